@@ -1,0 +1,126 @@
+"""The one interface every backend serves: `stream(ChatRequest) -> iterator of text pieces`."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, fields
+from typing import Protocol
+
+import anyio
+
+from playground.template import Message, Prompt
+
+
+class BackendError(RuntimeError):
+    """Something went wrong while answering; the message is shown to the person as it is."""
+
+
+class ParamError(ValueError):
+    """A sampling parameter that the server will not take; the message says which and why."""
+
+
+# name -> (type, low, high); the sliders use the same ranges, API callers meet them here.
+PARAM_RANGES: dict[str, tuple[type, float, float]] = {
+    "temperature": (float, 0.0, 2.0),
+    "top_p": (float, 0.01, 1.0),
+    "top_k": (int, 0, 1000),
+    "max_new_tokens": (int, 1, 8192),
+    "repetition_penalty": (float, 1.0, 2.0),
+    "seed": (int, -1, 2**31 - 1),
+}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """The card's defaults. temperature 0 means greedy; top_k 0 means no top-k; seed -1 is random."""
+
+    temperature: float = 0.2
+    top_p: float = 0.95
+    top_k: int = 50
+    max_new_tokens: int = 512
+    repetition_penalty: float = 1.2
+    seed: int = -1
+
+    @classmethod
+    def parse(cls, max_new_tokens_limit: int | None = None, **raw: object) -> SamplingParams:
+        """Checks values that may come from anyone (API callers bypass the sliders)."""
+        unknown = set(raw) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ParamError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+        values = {}
+        for name, value in raw.items():
+            if value is None:
+                continue
+            kind, low, high = PARAM_RANGES[name]
+            if name == "max_new_tokens" and max_new_tokens_limit is not None:
+                high = min(high, max_new_tokens_limit)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ParamError(f"{name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ParamError(f"{name} must be a finite number, got {value!r}")
+            if kind is int:
+                if value != int(value):
+                    raise ParamError(f"{name} must be a whole number, got {value!r}")
+                value = int(value)
+            if not low <= value <= high:
+                raise ParamError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+            values[name] = kind(value)
+        return cls(**values)
+
+
+@dataclass
+class ChatRequest:
+    messages: list[Message]  # an optional system message, then user/assistant turns ending with the user
+    params: SamplingParams = field(default_factory=SamplingParams)
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    model: str
+    device: str
+    quantization: str
+    context_length: int
+    demo: bool = False
+
+    def describe(self) -> str:
+        quant = "" if self.quantization == "none" else f", {self.quantization}"
+        return f"**{self.model}** on {self.device}{quant} · context {self.context_length} tokens"
+
+
+class Backend(Protocol):
+    info: BackendInfo
+
+    def prepare(self, messages: list[Message], max_new_tokens: int) -> Prompt:
+        """The prompt the request would send (after trimming old turns); raises ContextError."""
+
+    def stream(self, request: ChatRequest) -> Iterator[str]:
+        """Text pieces of the reply, without control tokens, until <|end|> or request.cancel."""
+
+
+_DONE = object()
+
+
+async def astream(backend: Backend, request: ChatRequest) -> AsyncIterator[str]:
+    """Runs `backend.stream` off the event loop; a cancelled or closed consumer cancels the request."""
+    pieces = backend.stream(request)
+    try:
+        while (piece := await anyio.to_thread.run_sync(next, pieces, _DONE)) is not _DONE:
+            yield piece
+    finally:
+        request.cancel.set()
+        # Shielded: a cancelled consumer still waits the one decode step it takes to stop.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(pieces.close)
+
+
+def load_backend(settings) -> Backend:
+    """The backend `settings` ask for; with no --model, the offline demo checkpoint."""
+    from playground.backends.local import LocalBackend
+    from playground.demo import demo_checkpoint
+
+    if settings.model:
+        return LocalBackend.from_pretrained(settings.model, settings.quantize)
+    return LocalBackend.from_pretrained(str(demo_checkpoint(settings.cache_dir)), settings.quantize, demo=True)

@@ -1,0 +1,158 @@
+"""transformers in this process: a Hub id or a local folder, streamed from a worker thread."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
+
+from playground.backends import BackendError, BackendInfo, ChatRequest
+from playground.template import EOS, Message, Prompt, control_ids, fit_to_context, stop_ids
+
+QUANTIZATIONS = ("none", "8bit", "4bit")
+
+
+class CancelCriteria(StoppingCriteria):
+    """Stops generate() at the next decode step once the request's cancel event is set."""
+
+    def __init__(self, cancel: threading.Event):
+        self.cancel = cancel
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.cancel.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def quantization_config(quantize: str) -> BitsAndBytesConfig | None:
+    if quantize == "none":
+        return None
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
+    if not torch.cuda.is_available():
+        raise BackendError(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes); this machine has none")
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def describe_device(model) -> str:
+    devices = sorted({str(p.device) for p in model.parameters()})
+    if devices == ["cpu"]:
+        return "CPU"
+    gpus = [d for d in devices if d.startswith("cuda")]
+    name = torch.cuda.get_device_name(torch.device(gpus[0]))
+    return name if len(gpus) == 1 else f"{len(gpus)} x {name}"
+
+
+def context_length(config) -> int:
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    raise BackendError("the model's config gives no context length (max_position_embeddings / n_positions)")
+
+
+@dataclass
+class LocalBackend:
+    model: torch.nn.Module
+    tokenizer: object
+    info: BackendInfo
+    # One generate() at a time per model: the GPU is shared and the seed is process-wide.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_pretrained(cls, model_id: str, quantize: str = "none", demo: bool = False) -> LocalBackend:
+        quant = quantization_config(quantize)
+        if torch.cuda.is_available():
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            device_map = "auto"
+        else:
+            dtype, device_map = torch.float32, None
+        tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=False)
+        control_ids(tokenizer)  # fail at start-up, not at the first message, on a non-StarChat tokenizer
+        model = AutoModelForCausalLM.from_pretrained(
+            model_id,
+            dtype=dtype,
+            device_map=device_map,
+            quantization_config=quant,
+            use_safetensors=True,
+            trust_remote_code=False,
+        )
+        model.eval()
+        name = Path(model_id).name if Path(model_id).exists() else model_id
+        info = BackendInfo(name, describe_device(model), quantize, context_length(model.config), demo)
+        return cls(model, tokenizer, info)
+
+    def prepare(self, messages: list[Message], max_new_tokens: int) -> Prompt:
+        return fit_to_context(self.tokenizer, messages, max_new_tokens, self.info.context_length)
+
+    def generation_config(self, request: ChatRequest) -> GenerationConfig:
+        p = request.params
+        sampling = {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k}
+        return GenerationConfig(
+            max_new_tokens=p.max_new_tokens,
+            repetition_penalty=p.repetition_penalty,
+            eos_token_id=stop_ids(self.tokenizer),
+            pad_token_id=control_ids(self.tokenizer)[EOS],
+            **(sampling if p.temperature > 0 else {"do_sample": False}),
+        )
+
+    def stream(self, request: ChatRequest) -> Iterator[str]:
+        prompt = self.prepare(request.messages, request.params.max_new_tokens)
+        device = self.model.get_input_embeddings().weight.device
+        input_ids = torch.tensor([prompt.input_ids], device=device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        seed = request.params.seed if request.params.seed >= 0 else secrets.randbelow(2**31)
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                with self._lock, torch.inference_mode():
+                    if request.cancel.is_set():
+                        return
+                    torch.manual_seed(seed)
+                    self.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=torch.ones_like(input_ids),
+                        generation_config=self.generation_config(request),
+                        stopping_criteria=StoppingCriteriaList([CancelCriteria(request.cancel)]),
+                        streamer=streamer,
+                    )
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                failure.append(
+                    BackendError(
+                        "The GPU ran out of memory on this request and its memory was freed. "
+                        "Try a shorter conversation or fewer max new tokens."
+                    )
+                )
+            except Exception as exc:  # surfaced to the caller below, never lost in the thread
+                failure.append(exc)
+            finally:
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="starchat-generate", daemon=True)
+        thread.start()
+        try:
+            yield from (piece for piece in streamer if piece)  # it yields '' while holding back
+        finally:
+            request.cancel.set()
+            thread.join()
+        if failure:
+            raise failure[0]

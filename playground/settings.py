@@ -1,0 +1,45 @@
+"""Command-line flags and their environment twins (STARCHAT_<NAME>), so a Space needs no code."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import MISSING, dataclass, field, fields
+
+
+def option(default, help: str, **argparse_kwargs):
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = option("", "Hub id or local folder of a StarChat checkpoint (default: the offline demo model)")
+    backend: str = option("local", "where replies come from", choices=("local",))
+    quantize: str = option(
+        "none", "load the local model in 8-bit or 4-bit (bitsandbytes, CUDA only)", choices=("none", "8bit", "4bit")
+    )
+    host: str = option("127.0.0.1", "address to listen on (0.0.0.0 inside a container or Space)")
+    port: int = option(7860, "port to listen on")
+    concurrency: int = option(1, "generations running at once (one Gradio concurrency group)")
+    queue_size: int = option(16, "requests waiting beyond those running; more are told the server is busy")
+    max_new_tokens_limit: int = option(2048, "the largest max_new_tokens a request may ask for")
+    max_message_chars: int = option(20000, "the longest message a person may send")
+    cache_dir: str = option(
+        os.path.join(os.path.expanduser("~"), ".cache", "starchat-playground"),
+        "where the demo checkpoint is built and kept",
+    )
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        parser = argparse.ArgumentParser(description="StarChat Playground: chat with StarChat-style coding models.")
+        for f in fields(cls):
+            name = f.name.replace("_", "-")
+            env_name = f"STARCHAT_{f.name.upper()}"
+            kind = type(f.default) if f.default is not MISSING else str
+            default = kind(env[env_name]) if env_name in env else f.default
+            extra = {k: v for k, v in f.metadata.items() if k != "help"}
+            parser.add_argument(
+                f"--{name}", type=kind, default=default, help=f"{f.metadata['help']} [env {env_name}]", **extra
+            )
+        return cls(**vars(parser.parse_args(argv)))

@@ -1,0 +1,181 @@
+"""The StarChat dialogue format: render, token-safe encode, fit to the context window.
+
+This is the only module that knows the control tokens; training imports it.
+
+    <|system|>\\n{system}<|end|>\\n<|user|>\\n{u1}<|end|>\\n<|assistant|>\\n{a1}<|end|>\\n<|user|>\\n{u2}<|end|>\\n<|assistant|>
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+SYSTEM = "<|system|>"
+USER = "<|user|>"
+ASSISTANT = "<|assistant|>"
+END = "<|end|>"
+# Added to the base vocabulary in this order, so on StarCoderPlus' 49152 tokens <|end|> is 49155.
+CONTROL_TOKENS = (SYSTEM, USER, ASSISTANT, END)
+EOS = "<|endoftext|>"
+ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+
+Message = dict[str, str]
+
+# Jinja twin of `render`, stored in every checkpoint's tokenizer so that
+# `apply_chat_template(..., add_generation_prompt=True)` gives exactly our prompt.
+CHAT_TEMPLATE = (
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
+    "{%- else -%}{%- set system = '' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{{ '<|system|>\\n' + system + '<|end|>\\n' }}"
+    "{%- for m in turns -%}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}"
+)
+
+
+class DialogueError(ValueError):
+    """A conversation that does not fit the format; the message is meant for people."""
+
+
+class ContextError(DialogueError):
+    """The newest message (with the system prompt and the reply budget) exceeds the context."""
+
+
+@dataclass(frozen=True)
+class Piece:
+    text: str
+    role: str
+    control: bool  # a control token, encoded as its single id; else text from a person or the model
+    trained: bool  # what the assistant says: its text and its closing <|end|>
+
+
+def split_system(messages: Sequence[Message]) -> tuple[str, list[Message]]:
+    if messages and messages[0]["role"] == "system":
+        return messages[0]["content"], list(messages[1:])
+    return "", list(messages)
+
+
+def validate(messages: Sequence[Message], *, last: str) -> None:
+    """Roles alternate user/assistant after an optional system message; the last role is `last`."""
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLE_TOKENS:
+            raise DialogueError(f"message {i} must be {{'role': 'system'|'user'|'assistant', 'content': str}}")
+    _, turns = split_system(messages)
+    if not turns:
+        raise DialogueError("the conversation has no user message")
+    for i, m in enumerate(turns):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            raise DialogueError(f"turn {i} should be from the {expected}, not the {m['role']}")
+    if turns[-1]["role"] != last:
+        raise DialogueError(f"the conversation must end with a {last} message")
+
+
+def turn_pieces(role: str, content: str) -> list[Piece]:
+    trained = role == "assistant"
+    return [
+        Piece(ROLE_TOKENS[role], role, control=True, trained=False),
+        Piece("\n" + content, role, control=False, trained=trained),
+        Piece(END, role, control=True, trained=trained),
+        Piece("\n", role, control=False, trained=False),
+    ]
+
+
+def pieces(messages: Sequence[Message], add_generation_prompt: bool = True) -> Iterator[Piece]:
+    system, turns = split_system(messages)
+    yield from turn_pieces("system", system)
+    for m in turns:
+        yield from turn_pieces(m["role"], m["content"])
+    if add_generation_prompt:
+        yield Piece(ASSISTANT, "assistant", control=True, trained=False)
+
+
+def render(messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+    return "".join(p.text for p in pieces(messages, add_generation_prompt))
+
+
+def reply_text(generated: str) -> str:
+    """The assistant's text: what follows `<|assistant|>\n` (the model writes that newline itself)."""
+    return generated.removeprefix("\n")
+
+
+def control_ids(tokenizer) -> dict[str, int]:
+    """Ids of the control tokens and <|endoftext|>, asked of the tokenizer (never hard-coded)."""
+    ids = {}
+    for token in (*CONTROL_TOKENS, EOS):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or (token_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
+            raise DialogueError(f"the tokenizer has no {token} token: this is not a StarChat checkpoint")
+        ids[token] = token_id
+    return ids
+
+
+def stop_ids(tokenizer) -> list[int]:
+    ids = control_ids(tokenizer)
+    return [ids[END], ids[EOS]]
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Text from a person or a model: typed control tokens become ordinary text tokens."""
+    if not text:
+        return []
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def encode_piece(piece: Piece, tokenizer, ids: dict[str, int]) -> list[int]:
+    return [ids[piece.text]] if piece.control else encode_text(tokenizer, piece.text)
+
+
+def encode_pieces(tokenizer, messages: Sequence[Message], add_generation_prompt: bool = True):
+    """Yields (piece, ids); control ids come only from here."""
+    ids = control_ids(tokenizer)
+    for piece in pieces(messages, add_generation_prompt):
+        yield piece, encode_piece(piece, tokenizer, ids)
+
+
+def encode(tokenizer, messages: Sequence[Message], add_generation_prompt: bool = True) -> list[int]:
+    return [i for _, ids in encode_pieces(tokenizer, messages, add_generation_prompt) for i in ids]
+
+
+def encode_turn(tokenizer, role: str, content: str) -> list[int]:
+    ids = control_ids(tokenizer)
+    return [i for piece in turn_pieces(role, content) for i in encode_piece(piece, tokenizer, ids)]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    input_ids: list[int]
+    dropped_turns: int  # earlier user/assistant pairs left out to fit the context
+    context_length: int
+    max_new_tokens: int
+
+    @property
+    def used(self) -> int:
+        return len(self.input_ids) + self.max_new_tokens
+
+
+def fit_to_context(tokenizer, messages: Sequence[Message], max_new_tokens: int, context_length: int) -> Prompt:
+    """Encodes a conversation that ends with a user message, dropping the oldest whole turns.
+
+    The system prompt and the newest message always stay; if they alone leave no room for
+    `max_new_tokens`, a ContextError says by how much.
+    """
+    validate(messages, last="user")
+    system, turns = split_system(messages)
+    head = encode_turn(tokenizer, "system", system)
+    blocks = [encode_turn(tokenizer, m["role"], m["content"]) for m in turns]
+    budget = context_length - max_new_tokens - 1  # the final <|assistant|>
+    fixed = len(head) + len(blocks[-1])
+    if fixed > budget:
+        raise ContextError(
+            f"The message is too long: with the system prompt it takes {fixed + 1} tokens and the reply "
+            f"may take {max_new_tokens}, but the model's context holds {context_length}. "
+            "Shorten the message or lower 'max new tokens'."
+        )
+    start = 0
+    total = len(head) + sum(len(b) for b in blocks)
+    while total > budget:
+        total -= len(blocks[start]) + len(blocks[start + 1])
+        start += 2
+    input_ids = head + [i for b in blocks[start:] for i in b] + [control_ids(tokenizer)[ASSISTANT]]
+    return Prompt(input_ids, start // 2, context_length, max_new_tokens)

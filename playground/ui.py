@@ -1,0 +1,195 @@
+"""The Gradio Blocks playground: layout and event wiring; the turn itself is playground.chat."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import gradio as gr
+
+from playground.backends import PARAM_RANGES, ParamError, SamplingParams
+from playground.chat import Chat, export_conversation, import_conversation
+from playground.display import display_messages, error_notice, from_display, to_display
+from playground.template import DialogueError, Message
+
+EXAMPLES = [
+    "How can I write a Python function to generate the nth Fibonacci number?",
+    "How do I get the current date using shell commands? Explain how it works.",
+    "How do I reverse a list in Python?",
+    "Write a Python function that checks whether a string is a palindrome.",
+]
+
+DEMO_NOTICE = (
+    "This is the **offline demo model**: a tiny StarChat-format model trained on this machine, "
+    "good for trying the playground, not for real answers. To chat with StarChat-β, run "
+    "`python app.py --model HuggingFaceH4/starchat-beta` on a GPU (add `--quantize 4bit` for a 16 GB card)."
+)
+
+PARAM_NAMES = ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "seed")
+
+
+def show(conversation: list[Message], error: str | None = None) -> list[Message]:
+    return display_messages(conversation) + ([error_notice(error)] if error else [])
+
+
+def build_ui(chat: Chat) -> gr.Blocks:
+    info = chat.backend.info
+    defaults = SamplingParams()
+
+    async def run(before, history, system, raw, on_success, on_error) -> AsyncIterator[tuple]:
+        """Streams one reply; on an error before any reply text, the conversation is as it was."""
+        try:
+            params = chat.params(**dict(zip(PARAM_NAMES, raw, strict=True)))
+        except ParamError as exc:
+            yield show(before, str(exc)), before, on_error, gr.skip()
+            return
+        async for update in chat.respond(history, system, params):
+            if update.error and update.conversation[-1]["role"] == "user":
+                yield show(before, update.error), before, on_error, update.context
+            else:
+                yield show(update.conversation, update.error), update.conversation, on_success, update.context
+
+    async def submit(message, conversation, system, *raw):
+        try:
+            chat.check_message(message)
+        except DialogueError as exc:
+            yield show(conversation, str(exc)), conversation, message, gr.skip()
+            return
+        history = [*conversation, {"role": "user", "content": message}]
+        async for out in run(conversation, history, system, raw, "", message):
+            yield out
+
+    async def retry(conversation, system, *raw):
+        if not conversation:
+            yield show(conversation), conversation, gr.skip(), gr.skip()
+            return
+        history = conversation[:-1] if conversation[-1]["role"] == "assistant" else conversation
+        raw = (*raw[:-1], -1)  # a retry always draws a new seed
+        async for out in run(conversation, history, system, raw, gr.skip(), gr.skip()):
+            yield out
+
+    async def edit(conversation, system, *raw, edit: gr.EditData):
+        index = edit.index if isinstance(edit.index, int) else edit.index[0]
+        if index >= len(conversation) or conversation[index]["role"] != "user":
+            yield show(conversation), conversation, gr.skip(), gr.skip()
+            return
+        old = conversation[index]["content"]
+        text = old if edit.value == to_display(old) else from_display(edit.value)
+        history = [*conversation[:index], {"role": "user", "content": text}]
+        async for out in run(conversation, history, system, raw, gr.skip(), gr.skip()):
+            yield out
+
+    def undo(conversation):
+        if len(conversation) < 2:
+            return show(conversation), conversation, gr.skip(), gr.skip()
+        rest = conversation[:-2]
+        return show(rest), rest, conversation[-2]["content"], ""
+
+    def save(conversation, system) -> str:
+        folder = Path(chat.settings.cache_dir, "exports")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / time.strftime("conversation-%Y%m%d-%H%M%S.json")
+        path.write_text(export_conversation(conversation, system), encoding="utf-8")
+        return str(path)
+
+    def load(path, conversation, system):
+        try:
+            loaded, loaded_system = import_conversation(Path(path).read_text(encoding="utf-8"))
+        except (DialogueError, UnicodeDecodeError) as exc:
+            gr.Warning(f"Could not load that conversation: {exc}")
+            return show(conversation), conversation, system
+        return show(loaded), loaded, loaded_system
+
+    async def chat_api(
+        message: str,
+        history: list[dict],
+        system_prompt: str = "",
+        temperature: float = defaults.temperature,
+        top_p: float = defaults.top_p,
+        top_k: int = defaults.top_k,
+        max_new_tokens: int = defaults.max_new_tokens,
+        repetition_penalty: float = defaults.repetition_penalty,
+        seed: int = defaults.seed,
+    ) -> AsyncIterator[str]:
+        """Streams the assistant's reply to `message` after `history`; the last value is the whole reply."""
+        raw = (temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed)
+        try:
+            params = chat.params(**dict(zip(PARAM_NAMES, raw, strict=True)))
+            message = chat.check_message(message)
+            if not isinstance(history, list) or not isinstance(system_prompt, str):
+                raise DialogueError("history must be a list of {role, content} and system_prompt a string")
+        except (ParamError, DialogueError) as exc:
+            raise gr.Error(str(exc)) from exc
+        async for update in chat.respond([*history, {"role": "user", "content": message}], system_prompt, params):
+            if update.error:
+                raise gr.Error(update.error)
+            yield update.conversation[-1]["content"]
+
+    def slider(name: str, label: str, step: float, info: str = "") -> gr.Slider:
+        _, low, high = PARAM_RANGES[name]
+        if name == "max_new_tokens":
+            high = min(high, chat.settings.max_new_tokens_limit)
+        return gr.Slider(low, high, value=getattr(defaults, name), step=step, label=label, info=info or None)
+
+    with gr.Blocks(title="StarChat Playground") as demo:
+        gr.Markdown(f"# ⭐💬 StarChat Playground\n{info.describe()}", elem_id="model-info")
+        if info.demo:
+            gr.Markdown(DEMO_NOTICE, elem_id="demo-notice")
+        conversation = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(
+                    label="Conversation",
+                    elem_id="chatbot",
+                    height=520,
+                    editable="user",
+                    buttons=["copy", "copy_all"],
+                    placeholder="Ask a coding question. Edit one of your messages to regenerate from there.",
+                )
+                context = gr.Markdown(elem_id="context")
+                with gr.Row():
+                    textbox = gr.Textbox(
+                        show_label=False, placeholder="Ask a coding question…", lines=2, scale=6, elem_id="message"
+                    )
+                    send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+                with gr.Row():
+                    stop = gr.Button("⏹ Stop", variant="stop", elem_id="stop")
+                    retry_button = gr.Button("🔄 Retry", elem_id="retry")
+                    undo_button = gr.Button("↩️ Undo", elem_id="undo")
+                    clear = gr.Button("🗑️ Clear", elem_id="clear")
+                gr.Examples(EXAMPLES, inputs=textbox, label="Examples")
+            with gr.Column(scale=1):
+                system = gr.Textbox(label="System prompt", lines=4, elem_id="system")
+                with gr.Accordion("Sampling", open=True):
+                    temperature = slider("temperature", "Temperature", 0.05, "0 = greedy")
+                    top_p = slider("top_p", "Top-p", 0.01)
+                    top_k = slider("top_k", "Top-k", 1, "0 = off")
+                    max_new_tokens = slider("max_new_tokens", "Max new tokens", 1)
+                    repetition_penalty = slider("repetition_penalty", "Repetition penalty", 0.01)
+                    seed = gr.Number(value=-1, precision=0, label="Seed", info="-1 = random", elem_id="seed")
+                with gr.Accordion("Conversation file", open=False):
+                    save_button = gr.Button("Save as JSON", elem_id="save")
+                    saved = gr.File(label="Saved conversation", interactive=False)
+                    upload = gr.UploadButton("Load JSON", file_types=[".json"], elem_id="load")
+
+        params = [system, temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed]
+        outputs = [chatbot, conversation, textbox, context]
+        gpu = {
+            "concurrency_id": "gpu",
+            "concurrency_limit": chat.settings.concurrency,
+            "api_visibility": "private",
+        }
+        generating = [
+            textbox.submit(submit, [textbox, conversation, *params], outputs, **gpu),
+            send.click(submit, [textbox, conversation, *params], outputs, **gpu),
+            retry_button.click(retry, [conversation, *params], outputs, **gpu),
+            chatbot.edit(edit, [conversation, *params], outputs, **gpu),
+        ]
+        stop.click(None, cancels=generating, api_visibility="private")
+        undo_button.click(undo, conversation, outputs, api_visibility="private", queue=False)
+        clear.click(lambda: ([], [], ""), None, [chatbot, conversation, context], api_visibility="private", queue=False)
+        save_button.click(save, [conversation, system], saved, api_visibility="private")
+        upload.upload(load, [upload, conversation, system], [chatbot, conversation, system], api_visibility="private")
+        gr.api(chat_api, api_name="chat", concurrency_id="gpu", concurrency_limit=chat.settings.concurrency)
+    return demo

@@ -1,0 +1,108 @@
+"""Shared fixtures: tiny StarChat checkpoints built on the fly (no network), and a served app."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from training.checkpoint import model_card, save_checkpoint
+from training.scratch import build_base, python_doc_dialogues
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An untrained one-layer StarChat-format GPTBigCode with a 256-token context, as a served folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = build_base(
+        python_doc_dialogues(limit=60),
+        tmp_path_factory.mktemp("base"),
+        vocab_size=400,
+        n_layer=1,
+        n_embd=32,
+        n_head=2,
+        n_positions=256,
+    )
+    out = tmp_path_factory.mktemp("tiny")
+    model = AutoModelForCausalLM.from_pretrained(base)
+    save_checkpoint(model, AutoTokenizer.from_pretrained(base), out, model_card("tiny", "scratch", {}, []))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_checkpoint):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """The app's cache; STARCHAT_TEST_CACHE keeps the demo model between local runs."""
+    return Path(os.environ.get("STARCHAT_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def demo_model(cache_dir) -> Path:
+    """The offline demo checkpoint, built by the real first-run path (the tiny recipe)."""
+    from playground.demo import demo_checkpoint
+
+    return demo_checkpoint(cache_dir)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(
+    *args: str, cache_dir: Path, env: dict | None = None, timeout: float = 240
+) -> tuple[subprocess.Popen, str]:
+    """`python app.py ARGS` on a free loopback port; returns the process and its URL once it answers."""
+    import httpx
+
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "STARCHAT_CACHE_DIR": str(cache_dir),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        **(env or {}),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "app.py"), "--port", str(port), *args],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError(f"app.py did not answer on {url}:\n{proc.stdout.read()}")
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -1,0 +1,45 @@
+"""LoRA adapter + its base -> a full served checkpoint (same format as a full fine-tune).
+
+python -m training.merge --base BASE --adapter ADAPTER_DIR --output DIR [--dtype bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from training.checkpoint import model_card, save_checkpoint
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def merge(
+    base: str, adapter: str | Path, output: str | Path, card: str | None = None, dtype: torch.dtype = torch.bfloat16
+) -> Path:
+    """Loads the base unquantized (a QLoRA run's 4-bit base too), so the merge is exact in `dtype`."""
+    tokenizer = AutoTokenizer.from_pretrained(adapter)  # the adapter's run added the chat tokens
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.config.use_cache = True
+    card = card or model_card(Path(output).name, base, {"base": base, "adapter": str(adapter)}, [])
+    return save_checkpoint(merged, tokenizer, output, card)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="the base model the adapter was trained on")
+    parser.add_argument("--adapter", required=True, help="folder with the LoRA adapter and its tokenizer")
+    parser.add_argument("--output", required=True, help="where the served checkpoint goes")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    args = parser.parse_args(argv)
+    print(f"served checkpoint: {merge(args.base, args.adapter, args.output, dtype=DTYPES[args.dtype])}")
+
+
+if __name__ == "__main__":
+    main()
