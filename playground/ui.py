@@ -130,10 +130,12 @@ def build_ui(chat: Chat) -> gr.Blocks:
         _, low, high = PARAM_RANGES[name]
         if name == "max_new_tokens":
             high = min(high, chat.settings.max_new_tokens_limit)
-        return gr.Slider(low, high, value=getattr(defaults, name), step=step, label=label, info=info or None)
+        return gr.Slider(
+            low, high, value=getattr(defaults, name), step=step, label=label, info=info or None, elem_id=name
+        )
 
     with gr.Blocks(title="StarChat Playground") as demo:
-        gr.Markdown(f"# ⭐💬 StarChat Playground\n{info.describe()}", elem_id="model-info")
+        gr.Markdown(f"# StarChat Playground\n{info.describe()}", elem_id="model-info")
         if info.demo:
             gr.Markdown(DEMO_NOTICE, elem_id="demo-notice")
         conversation = gr.State([])
@@ -154,10 +156,10 @@ def build_ui(chat: Chat) -> gr.Blocks:
                     )
                     send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
                 with gr.Row():
-                    stop = gr.Button("⏹ Stop", variant="stop", elem_id="stop")
-                    retry_button = gr.Button("🔄 Retry", elem_id="retry")
-                    undo_button = gr.Button("↩️ Undo", elem_id="undo")
-                    clear = gr.Button("🗑️ Clear", elem_id="clear")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    retry_button = gr.Button("Retry", elem_id="retry")
+                    undo_button = gr.Button("Undo", elem_id="undo")
+                    clear = gr.Button("Clear", elem_id="clear")
                 gr.Examples(EXAMPLES, inputs=textbox, label="Examples")
             with gr.Column(scale=1):
                 system = gr.Textbox(label="System prompt", lines=4, elem_id="system")

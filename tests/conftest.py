@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +64,57 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(*flags: str):
+    """The playground on a free loopback port in this process; yields (url, backend)."""
+    from playground.backends import load_backend
+    from playground.chat import Chat
+    from playground.settings import Settings
+    from playground.ui import build_ui
+
+    settings = Settings.from_args(list(flags), env={})
+    backend = load_backend(settings)
+    demo = build_ui(Chat(backend, settings))
+    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield url, backend
+    finally:
+        demo.close()
+
+
+def slow_model(backend, monkeypatch, *, delay: float, endless: bool) -> list[int]:
+    """Each decode step takes `delay` seconds; `endless` forbids <|end|> and <|endoftext|>.
+
+    Returns the list that counts forward calls, so a test can tell how far generation went.
+    """
+    stops = backend.tokenizer.convert_tokens_to_ids(["<|end|>", "<|endoftext|>"])
+    original = type(backend.model).forward.__get__(backend.model)
+    calls: list[int] = []
+
+    def forward(*args, **kwargs):
+        calls.append(1)
+        time.sleep(delay)
+        out = original(*args, **kwargs)
+        if endless:
+            out.logits[:, -1, stops] = -float("inf")
+        return out
+
+    monkeypatch.setattr(backend.model, "forward", forward)
+    return calls
+
+
+def generating() -> bool:
+    return any(t.name == "starchat-generate" for t in threading.enumerate())
+
+
+def wait_until_idle(seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while generating() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not generating()
 
 
 def start_app(

@@ -1,32 +1,20 @@
 """The playground served on loopback, driven through its public `/chat` endpoint with gradio_client."""
 
 import itertools
-import threading
 import time
 
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from playground.backends import load_backend
-from playground.chat import Chat
-from playground.settings import Settings
-from playground.ui import build_ui
-from tests.conftest import free_port
+from tests.conftest import generating, serve, slow_model, wait_until_idle
 
 
 @pytest.fixture(scope="module")
 def served(demo_model, tmp_path_factory):
-    settings = Settings.from_args(
-        ["--model", str(demo_model), "--cache-dir", str(tmp_path_factory.mktemp("cache")), "--queue-size", "1"],
-        env={},
-    )
-    backend = load_backend(settings)
-    demo = build_ui(Chat(backend, settings))
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield Client(url, verbose=False), backend
-    demo.close()
+    cache = str(tmp_path_factory.mktemp("cache"))
+    with serve("--model", str(demo_model), "--cache-dir", cache, "--queue-size", "1") as (url, backend):
+        yield Client(url, verbose=False), backend
 
 
 @pytest.fixture
@@ -36,35 +24,10 @@ def client(served):
 
 @pytest.fixture
 def endless(served, monkeypatch) -> list[int]:
-    """The model never ends a reply by itself and takes 5 ms a step; returns the count of forward calls."""
-    backend = served[1]
-    stops = backend.tokenizer.convert_tokens_to_ids(["<|end|>", "<|endoftext|>"])
-    original = backend.model.forward
-    calls = []
-
-    def forward(*args, **kwargs):
-        calls.append(1)
-        time.sleep(0.005)
-        out = original(*args, **kwargs)
-        out.logits[:, -1, stops] = -float("inf")
-        return out
-
-    monkeypatch.setattr(backend.model, "forward", forward)
-    return calls
+    return slow_model(served[1], monkeypatch, delay=0.005, endless=True)
 
 
 LONG = {"temperature": 1.0, "max_new_tokens": 800}
-
-
-def generating() -> bool:
-    return any(t.name == "starchat-generate" for t in threading.enumerate())
-
-
-def wait_until_idle(seconds: float = 20) -> bool:
-    deadline = time.monotonic() + seconds
-    while generating() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not generating()
 
 
 def test_chat_streams_the_reply_and_ends_with_the_whole_of_it(client):

@@ -1,0 +1,98 @@
+"""The playground in headless Debian Chromium, driven by Playwright as a person would use it."""
+
+import pytest
+
+from tests.conftest import serve, slow_model, wait_until_idle
+
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = "/usr/bin/chromium"
+FOLLOW_UP = "Tell me more about <b>this</b> <script>alert(1)</script>"
+BOTS = "#chatbot [data-testid=bot]"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+# Records every length the newest reply goes through, to see it stream in.
+WATCH_REPLY = """() => {
+  window.lengths = [];
+  new MutationObserver(() => {
+    const bots = document.querySelectorAll('#chatbot [data-testid=bot]');
+    if (bots.length) window.lengths.push(bots[bots.length - 1].innerText.length);
+  }).observe(document.querySelector('#chatbot'), {subtree: true, childList: true, characterData: true});
+}"""
+
+
+@pytest.fixture(scope="module")
+def app(demo_model, tmp_path_factory):
+    with serve("--model", str(demo_model), "--cache-dir", str(tmp_path_factory.mktemp("cache"))) as served:
+        yield served
+
+
+@pytest.fixture
+def page():
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        browser.close()
+
+
+def bot_texts(page) -> list[str]:
+    return page.locator(BOTS).all_inner_texts()
+
+
+def wait_for_stable_reply(page, count: int) -> str:
+    """Waits until there are `count` replies and the newest one stops changing."""
+    page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == {count}")
+    previous = None
+    for _ in range(100):
+        page.wait_for_timeout(300)
+        current = bot_texts(page)[-1]
+        if current and current == previous and wait_until_idle(0):
+            return current
+        previous = current
+    raise AssertionError("the reply never settled")
+
+
+def test_ask_stream_stop_retry_undo(app, page, monkeypatch, tmp_path):
+    url, backend = app
+    page.goto(url)
+    page.wait_for_selector("#model-info")
+
+    # Ask: the reply streams in and its code block is rendered, with a copy button.
+    slow_model(backend, monkeypatch, delay=0.02, endless=False)
+    page.evaluate(WATCH_REPLY)
+    page.locator("#message textarea").fill("How do I reverse a list in Python?")
+    page.locator("#send").click()
+    first = wait_for_stable_reply(page, 1)
+    assert len(set(page.evaluate("window.lengths"))) >= 5, "the reply did not stream in"
+    assert page.locator('#chatbot [data-testid="bot"] pre code').count() >= 1
+    assert page.locator('#chatbot [data-testid="bot"] .copy_code_button').count() >= 1
+    assert "reverse" in first.lower() or "slicing" in first.lower()
+    assert "Context:" in page.locator("#context").inner_text()
+
+    # Stop: a reply that would not end by itself stops where it is, and the server stops generating.
+    calls = slow_model(backend, monkeypatch, delay=0.02, endless=True)
+    page.locator("#message textarea").fill(FOLLOW_UP)
+    page.locator("#send").click()
+    page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 2")
+    page.wait_for_function(f"document.querySelectorAll('{BOTS}')[1].innerText.length > 20")
+    page.locator("#stop").click()
+    assert wait_until_idle(), "generation went on after Stop"
+    stopped = wait_for_stable_reply(page, 2)
+    assert len(calls) < 512 and stopped
+    assert FOLLOW_UP in page.locator("#chatbot [data-testid=user]").last.inner_text()  # shown as typed
+
+    # Retry: the last reply is generated again (a new seed), the conversation keeps its length.
+    calls = slow_model(backend, monkeypatch, delay=0.02, endless=False)
+    page.locator("#retry").click()
+    page.wait_for_timeout(500)
+    wait_for_stable_reply(page, 2)
+    assert len(calls) > 1
+    assert page.locator('#chatbot [data-testid="user"]').count() == 2
+
+    # Undo: the last exchange goes and its question comes back to the message box.
+    page.locator("#undo").click()
+    page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 1")
+    assert page.locator("#message textarea").input_value() == FOLLOW_UP
+    assert bot_texts(page) == [first]
+
+    page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+    assert (tmp_path / "playground.png").stat().st_size > 10_000
