@@ -69,7 +69,10 @@ def build_ui(chat: Chat) -> gr.Blocks:
         async for out in run(conversation, history, system, raw, gr.skip(), gr.skip()):
             yield out
 
-    async def edit(conversation, system, *raw, edit: gr.EditData):
+    async def edit(
+        conversation, system, temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed, edit: gr.EditData
+    ):
+        raw = (temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed)
         index = edit.index if isinstance(edit.index, int) else edit.index[0]
         if index >= len(conversation) or conversation[index]["role"] != "user":
             yield show(conversation), conversation, gr.skip(), gr.skip()
@@ -190,7 +193,10 @@ def build_ui(chat: Chat) -> gr.Blocks:
         ]
         stop.click(None, cancels=generating, api_visibility="private")
         undo_button.click(undo, conversation, outputs, api_visibility="private", queue=False)
-        clear.click(lambda: ([], [], ""), None, [chatbot, conversation, context], api_visibility="private", queue=False)
+        for clearing in (clear.click, chatbot.clear):  # our button and the chatbot's own trash icon
+            clearing(
+                lambda: ([], [], ""), None, [chatbot, conversation, context], api_visibility="private", queue=False
+            )
         save_button.click(save, [conversation, system], saved, api_visibility="private")
         upload.upload(load, [upload, conversation, system], [chatbot, conversation, system], api_visibility="private")
         gr.api(chat_api, api_name="chat", concurrency_id="gpu", concurrency_limit=chat.settings.concurrency)

@@ -96,3 +96,47 @@ def test_ask_stream_stop_retry_undo(app, page, monkeypatch, tmp_path):
 
     page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
     assert (tmp_path / "playground.png").stat().st_size > 10_000
+
+
+def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp_path):
+    url, backend = app
+    calls = slow_model(backend, monkeypatch, delay=0.0, endless=False)
+    page.goto(url)
+    page.wait_for_selector("#model-info")
+    for question in ["How do I sort a list in Python?", "How do I reverse a list in Python?"]:
+        page.locator("#message textarea").fill(question)
+        page.locator("#send").click()
+        wait_for_stable_reply(page, 1 if "sort" in question else 2)
+
+    # Editing the first question regenerates from there: the later exchange is gone.
+    page.locator('#chatbot button[aria-label="Edit"]').first.click()
+    page.locator("#chatbot textarea").fill("How do I get the current date using shell commands? Explain how it works.")
+    before = len(calls)
+    page.locator('#chatbot button[aria-label="Submit"]').click()
+    page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 1")
+    reply = wait_for_stable_reply(page, 1)
+    assert len(calls) > before and "date" in reply.lower()
+    users = page.locator("#chatbot [data-testid=user]").all_inner_texts()
+    assert len(users) == 1 and "current date" in users[0]
+
+    # Save as JSON, clear with the chatbot's own trash icon, load the file back.
+    page.get_by_text("Conversation file").click()
+    page.locator("#save").click()
+    link = page.locator("a[download]").first
+    link.wait_for()
+    with page.expect_download() as download:
+        link.click()
+    saved = tmp_path / "conversation.json"
+    download.value.save_as(saved)
+    assert "current date" in saved.read_text()
+    page.locator('#chatbot button[aria-label="Clear"]').click()
+    page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 0")
+    page.locator('input[data-testid="Load JSON-upload-button"]').set_input_files(str(saved))
+    page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 1")
+    assert bot_texts(page) == [reply]
+
+    # The loaded conversation is the one the model continues.
+    page.locator("#message textarea").fill("Thanks!")
+    page.locator("#send").click()
+    wait_for_stable_reply(page, 2)
+    assert len(page.locator("#chatbot [data-testid=user]").all_inner_texts()) == 2

@@ -1,0 +1,81 @@
+"""One chat turn as the UI and API run it, and conversation files."""
+
+import asyncio
+import json
+
+import pytest
+
+from playground.backends import BackendError, SamplingParams
+from playground.backends.local import LocalBackend
+from playground.chat import Chat, export_conversation, import_conversation
+from playground.settings import Settings
+from playground.template import DialogueError
+
+
+@pytest.fixture(scope="module")
+def chat(tiny_checkpoint) -> Chat:
+    return Chat(LocalBackend.from_pretrained(str(tiny_checkpoint)), Settings.from_args([], env={}))
+
+
+def run(chat, history, **params):
+    async def collect():
+        return [u async for u in chat.respond(history, "system", SamplingParams(max_new_tokens=16, **params))]
+
+    return asyncio.run(collect())
+
+
+def test_a_turn_streams_updates_ending_with_the_reply(chat):
+    updates = run(chat, [{"role": "user", "content": "hi"}], seed=1)
+    assert updates[0].conversation[-1] == {"role": "assistant", "content": ""}
+    assert updates[-1].error is None and updates[-1].conversation[-1]["role"] == "assistant"
+    assert "prompt tokens" in updates[-1].context and "of 256" in updates[-1].context
+    assert not updates[-1].conversation[-1]["content"].startswith("\n")  # the format's newline is not shown
+
+
+def test_a_too_long_message_fails_before_anything_is_generated(chat):
+    updates = run(chat, [{"role": "user", "content": "word " * 400}])
+    assert len(updates) == 1 and "too long" in updates[0].error
+    assert updates[0].conversation[-1]["role"] == "user"  # the UI restores the box from this
+
+
+def test_a_backend_failure_mid_reply_keeps_what_was_said(chat, monkeypatch):
+    def failing(request):
+        yield "partial"
+        raise BackendError("The GPU ran out of memory")
+
+    monkeypatch.setattr(chat.backend, "stream", failing)
+    updates = run(chat, [{"role": "user", "content": "hi"}])
+    assert updates[-1].error == "The GPU ran out of memory"
+    assert updates[-1].conversation[-1] == {"role": "assistant", "content": "partial"}
+
+
+def test_message_limits(chat):
+    with pytest.raises(DialogueError, match="empty"):
+        chat.check_message("  \n")
+    with pytest.raises(DialogueError, match="limit is 20000"):
+        chat.check_message("x" * 20001)
+
+
+def test_conversation_files_round_trip():
+    conversation = [{"role": "user", "content": "q <b>"}, {"role": "assistant", "content": "a"}]
+    text = export_conversation(conversation, "be nice")
+    assert json.loads(text)["messages"][0] == {"role": "system", "content": "be nice"}
+    assert import_conversation(text) == (conversation, "be nice")
+    assert import_conversation(json.dumps(conversation)) == (conversation, "")
+    assert import_conversation("[]") == ([], "")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        '{"messages": 3}',
+        '[{"role": "assistant", "content": "x"}]',
+        '[{"role": "user", "content": 1}]',
+        '[{"role": "user", "content": "unanswered"}]',
+        "[1, 2]",
+    ],
+)
+def test_bad_conversation_files_are_refused_with_a_reason(text):
+    with pytest.raises(DialogueError):
+        import_conversation(text)

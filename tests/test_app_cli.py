@@ -1,0 +1,41 @@
+"""`python app.py` as a newcomer runs it: no argument, no network, a CPU."""
+
+import subprocess
+import sys
+
+import httpx
+from gradio_client import Client
+
+from playground.settings import Settings
+from tests.conftest import ROOT, start_app, stop_app
+
+
+def test_help_lists_the_flags_and_their_environment_twins():
+    out = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for flag in ["--model", "--backend", "--quantize", "--host", "--port", "STARCHAT_MODEL", "STARCHAT_PORT"]:
+        assert flag in out.stdout
+
+
+def test_environment_twins_configure_without_flags_and_flags_win():
+    env = {"STARCHAT_MODEL": "some/model", "STARCHAT_PORT": "9999", "STARCHAT_QUANTIZE": "4bit"}
+    settings = Settings.from_args([], env=env)
+    assert (settings.model, settings.port, settings.quantize) == ("some/model", 9999, "4bit")
+    assert Settings.from_args(["--port", "1234"], env=env).port == 1234
+    assert Settings.from_args([], env={}).host == "127.0.0.1"
+
+
+def test_no_argument_serves_the_demo_model_and_answers_its_examples_on_topic(demo_model, cache_dir):
+    proc, url = start_app(cache_dir=cache_dir)  # demo_model built it in cache_dir: the first-run path
+    try:
+        page = Client(url, verbose=False)
+        reply = page.predict(
+            message="How can I write a Python function to generate the nth Fibonacci number?",
+            history=[],
+            seed=0,
+            api_name="/chat",
+        )
+        assert "fibonacci" in reply.lower() and "```" in reply
+        config = httpx.get(url + "config").json()
+        assert "offline demo model" in str(config)  # the UI says it is a demo, and how to serve a real one
+    finally:
+        stop_app(proc)
