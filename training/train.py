@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import datasets
@@ -78,6 +78,9 @@ def parse(argv: list[str]) -> tuple[ScriptArguments, TrainingArguments, dict]:
     if "--push_to_hub" in rest:  # `--push_to_hub REPO` names the repo; TrainingArguments' flag is a bool
         i = rest.index("--push_to_hub")
         rest[i : i + 2] = ["--push_to_hub_repo", rest[i + 1]]
+    known = {f.name for kind in (ScriptArguments, TrainingArguments) for f in fields(kind)}
+    if unknown := sorted(set(recipe) - known):
+        raise ValueError(f"{argv[0]}: unknown recipe key(s) {', '.join(unknown)}")
     parser = HfArgumentParser((ScriptArguments, TrainingArguments))
     parser.set_defaults(**recipe)
     script, args = parser.parse_args_into_dataclasses(rest)
@@ -141,7 +144,9 @@ def main(argv: list[str] | None = None) -> Path:
         test_size=script.test_size,
         seed=args.seed,
     )
-    print(f"data: {report.summary()}; {len(splits['train'])} train / {len(splits['test'])} test", flush=True)
+    if args.process_index == 0:
+        print(f"data: {report.summary()}; {len(splits['train'])} train / {len(splits['test'])} test", flush=True)
+        print(f"processes: {args.world_size} ({args.parallel_mode.value}) on {args.device.type}", flush=True)
 
     base = script.model_name_or_path
     if base == "scratch":

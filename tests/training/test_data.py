@@ -1,0 +1,83 @@
+"""Dataset rows -> validated dialogues; bad rows are dropped and counted, never a crash."""
+
+import json
+
+from training.data import DataReport, build_dataset, dialogues, load_phrases, parse_guanaco
+
+GOOD_TEXT = (
+    "### Human: How do I sort a list?### Assistant: Use sorted(xs).### Human: Thanks### Assistant: You're welcome."
+)
+REFUSAL = "### Human: Write a scraper.### Assistant: I'm sorry, but as an AI language model I cannot do that."
+
+
+def rows():
+    return [
+        {"text": GOOD_TEXT},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+        {
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"},
+            ]
+        },
+        {"text": REFUSAL},
+        {"text": "### Human: only a question"},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]},
+        {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]},
+        {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]},
+        {"messages": "nope"},
+        {"other": 1},
+        {"text": "### Human: " + "x" * 100 + "### Assistant: y"},
+        {"text": "preamble ### Human: q### Assistant: a"},
+    ]
+
+
+def test_guanaco_text_becomes_messages():
+    assert parse_guanaco(GOOD_TEXT) == [
+        {"role": "user", "content": "How do I sort a list?"},
+        {"role": "assistant", "content": "Use sorted(xs)."},
+        {"role": "user", "content": "Thanks"},
+        {"role": "assistant", "content": "You're welcome."},
+    ]
+
+
+def test_bad_rows_are_dropped_and_counted_by_reason():
+    report = DataReport()
+    kept = list(dialogues(rows(), report, max_chars=80, phrases=load_phrases()))
+    assert len(kept) == 3 and report.kept == 3 and report.rows == 12
+    assert report.dropped == {
+        "refusal/alignment phrase (uncensored filter)": 1,
+        "roles do not alternate or do not end with the assistant": 2,
+        "empty turn": 1,
+        "malformed messages": 1,
+        "no messages or text field": 2,
+        "too long": 1,
+        "text before the first ### Human:": 1,
+    }
+    assert "12 rows read, 3 dialogues kept" in report.summary()
+
+
+def test_the_uncensored_filter_can_be_switched_off():
+    report = DataReport()
+    kept = list(dialogues([{"text": REFUSAL}], report, max_chars=10_000, phrases=None))
+    assert len(kept) == 1 and not report.dropped
+
+
+def test_the_phrase_list_is_a_versioned_data_file():
+    from training.data import REFUSAL_PHRASES
+
+    assert "(version 1)" in REFUSAL_PHRASES.read_text().splitlines()[0]
+    assert "as an ai language model" in load_phrases()
+
+
+def test_files_of_each_format_and_a_deterministic_split(tmp_path):
+    jsonl = tmp_path / "a.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows()[:3] * 10))
+    import datasets
+
+    datasets.Dataset.from_list([{"text": GOOD_TEXT}] * 10).to_parquet(tmp_path / "b.parquet")
+    first, report = build_dataset([str(jsonl), str(tmp_path / "b.parquet")], test_size=0.2, seed=42)
+    again, _ = build_dataset([str(jsonl), str(tmp_path / "b.parquet")], test_size=0.2, seed=42)
+    assert report.kept == 40 and len(first["train"]) == 32 and len(first["test"]) == 8
+    assert first["test"]["messages"] == again["test"]["messages"]

@@ -1,0 +1,52 @@
+"""The recipes say what the card says, and the accelerate configs fit them."""
+
+from pathlib import Path
+
+import yaml
+
+from training.train import parse
+
+RECIPES = Path(__file__).resolve().parents[2] / "training" / "recipes"
+CONFIGS = RECIPES.parent / "accelerate"
+
+
+def test_starchat_beta_recipe_is_the_cards_hyperparameters():
+    script, args, _ = parse([str(RECIPES / "starchat-beta.yaml"), "--output_dir", "/tmp/unused", "--use_cpu", "true"])
+    assert script.model_name_or_path == "bigcode/starcoderplus" and not script.lora and script.uncensored
+    assert (args.learning_rate, args.lr_scheduler_type.value, args.warmup_steps) == (2e-5, "cosine", 0.03)
+    assert (args.num_train_epochs, args.seed, args.bf16, args.gradient_checkpointing) == (6, 42, True, True)
+    assert (args.adam_beta1, args.adam_beta2, args.adam_epsilon) == (0.9, 0.999, 1e-8)
+    processes = yaml.safe_load((CONFIGS / "deepspeed-zero3.yaml").read_text())["num_processes"]
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * processes == 256
+
+
+def test_deepspeed_configs_leave_the_schedule_to_the_recipe():
+    for name in ["deepspeed-zero3.yaml", "deepspeed-zero3-multinode.yaml"]:
+        config = yaml.safe_load((CONFIGS / name).read_text())
+        assert config["deepspeed_config"]["zero_stage"] == 3
+        assert "scheduler" not in str(config).lower()  # the original's silent override is not possible here
+
+
+def test_fsdp2_configs_shard_gptbigcode_blocks():
+    for name in ["fsdp2.yaml", "fsdp2-multinode.yaml"]:
+        fsdp = yaml.safe_load((CONFIGS / name).read_text())["fsdp_config"]
+        assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_transformer_layer_cls_to_wrap"] == "GPTBigCodeBlock"
+
+
+def test_qlora_recipe_is_one_gpu_4bit_lora_on_attention_and_mlp():
+    script, _, _ = parse([str(RECIPES / "starchat-qlora.yaml"), "--output_dir", "/tmp/unused", "--use_cpu", "true"])
+    assert script.lora and script.load_in_4bit
+    assert set(script.lora_target_modules) == {"c_attn", "c_proj", "c_fc"}
+
+
+def test_overrides_win_and_typos_are_refused(tmp_path):
+    script, args, recipe = parse([str(RECIPES / "tiny.yaml"), "--learning_rate", "0.5", "--packing", "false"])
+    assert args.learning_rate == 0.5 and script.packing is False and recipe["packing"] is False
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model_name_or_path: x\ndatasets: [y]\nlearnign_rate: 1\n")
+    try:
+        parse([str(bad)])
+    except ValueError as exc:
+        assert "learnign_rate" in str(exc)
+    else:
+        raise AssertionError("a misspelt key was accepted")

@@ -1,0 +1,211 @@
+"""Real training runs on the CPU: the tiny recipe end to end, resume after a kill, LoRA + merge, 2 processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+from playground.backends import ChatRequest, SamplingParams
+from playground.backends.local import LocalBackend
+from playground.template import render
+from tests.conftest import ROOT
+
+TINY = "training/recipes/tiny.yaml"
+# A smaller scratch model and no evaluation: these runs check mechanics, not quality.
+SMALL = [
+    "--scratch_layers",
+    "1",
+    "--scratch_embd",
+    "64",
+    "--scratch_vocab",
+    "512",
+    "--eval_strategy",
+    "no",
+    "--logging_steps",
+    "1",
+    "--disable_tqdm",
+    "true",
+]
+
+
+def train(*args: str, launcher: tuple[str, ...] = (sys.executable, "-m")) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*launcher, "training.train", TINY, *args], cwd=ROOT, capture_output=True, text=True, timeout=400
+    )
+
+
+def test_the_tiny_recipe_writes_the_served_checkpoint_contract(demo_model):
+    files = {p.name for p in demo_model.iterdir()}
+    assert {"model.safetensors", "config.json", "generation_config.json", "README.md", "tokenizer.json"} <= files
+    tokenizer = AutoTokenizer.from_pretrained(demo_model)
+    messages = [{"role": "system", "content": ""}, {"role": "user", "content": "hi"}]
+    assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == render(messages)
+    generation = GenerationConfig.from_pretrained(demo_model)
+    assert generation.eos_token_id == tokenizer.convert_tokens_to_ids(["<|end|>", "<|endoftext|>"])
+    assert (generation.do_sample, generation.temperature, generation.top_k, generation.top_p) == (True, 0.2, 50, 0.95)
+    assert (generation.repetition_penalty, generation.max_new_tokens) == (1.2, 512)
+
+
+def test_the_tiny_run_learns_eval_loss_falls_and_the_card_has_the_table(demo_model):
+    card = (demo_model / "README.md").read_text()
+    assert "| Training Loss | Epoch | Step | Validation Loss |" in card and "model_name_or_path: scratch" in card
+    table = card.split("| Training Loss | Epoch | Step | Validation Loss |")[1].split("\n\n")[0]
+    eval_losses = [float(line.split("|")[4]) for line in table.strip().splitlines()[1:]]
+    assert len(eval_losses) == 40 and min(eval_losses) < eval_losses[0] - 0.5
+
+
+def test_the_playground_serves_the_trained_folder_and_stops_at_end(demo_model):
+    backend = LocalBackend.from_pretrained(str(demo_model))
+    question = "How do I reverse a list in Python?"
+    reply = "".join(
+        backend.stream(
+            ChatRequest([{"role": "user", "content": question}], SamplingParams(temperature=0, max_new_tokens=300))
+        )
+    )
+    ids = backend.prepare([{"role": "user", "content": question}], 300).input_ids
+    out = backend.model.generate(torch.tensor([ids]), max_new_tokens=300, do_sample=False, repetition_penalty=1.2)
+    assert out[0, -1].item() == backend.tokenizer.convert_tokens_to_ids("<|end|>")  # it ended its turn
+    assert out.shape[1] - len(ids) < 300 and "reverse" in reply
+
+
+def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    steps = ["--max_steps", "12", "--save_strategy", "steps", "--save_steps", "6", *SMALL]
+    straight = train("--output_dir", str(tmp_path / "straight"), *steps)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.train", TINY, "--output_dir", str(killed), *steps],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_for(killed / "checkpoints" / "checkpoint-6" / "rng_state.pth", proc)
+    time.sleep(0.3)  # let the checkpoint's last file close
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "config.json").exists()  # nothing that looks like a finished checkpoint
+
+    resumed = train("--output_dir", str(killed), *steps, "--resume", "true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = json.loads((killed / "checkpoints" / "checkpoint-12" / "trainer_state.json").read_text())
+    assert state["global_step"] == 12 and [e["step"] for e in state["log_history"] if "loss" in e] == list(range(1, 13))
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
+
+
+def test_a_non_finite_loss_stops_with_a_clear_message(tmp_path):
+    run = train(
+        "--output_dir",
+        str(tmp_path / "nan"),
+        "--max_steps",
+        "30",
+        "--learning_rate",
+        "1e12",
+        "--max_grad_norm",
+        "0",
+        "--save_strategy",
+        "no",
+        *SMALL,
+    )
+    assert run.returncode != 0
+    assert "the training loss became" in run.stderr and "--resume" in run.stderr
+    assert not (tmp_path / "nan" / "config.json").exists()
+
+
+def test_lora_run_merges_into_a_checkpoint_with_the_adapter_models_logits(tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "lora"
+    run = train(
+        "--output_dir",
+        str(out),
+        "--lora",
+        "true",
+        "--lora_r",
+        "4",
+        "--learning_rate",
+        "1e-2",
+        "--max_steps",
+        "6",
+        "--save_strategy",
+        "no",
+        *SMALL,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    base = AutoModelForCausalLM.from_pretrained(out / "scratch-base")
+    base.resize_token_embeddings(len(tokenizer))
+    adapter_model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.tensor([tokenizer(render([{"role": "user", "content": "What does `len` do?"}]))["input_ids"]])
+    with torch.no_grad():
+        expected, got = adapter_model(ids).logits, merged(ids).logits
+    assert not torch.allclose(
+        expected,
+        AutoModelForCausalLM.from_pretrained(out / "scratch-base")(ids).logits[..., : expected.shape[-1]],
+        atol=1e-3,
+    )  # the adapter changed the model
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)  # fp32 merge: equal up to rounding
+
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.merge",
+            "--base",
+            str(out / "scratch-base"),
+            "--adapter",
+            str(out / "adapter"),
+            "--output",
+            str(tmp_path / "merged"),
+            "--dtype",
+            "float32",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    torch.testing.assert_close(
+        AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(ids).logits, expected, atol=1e-4, rtol=1e-4
+    )
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores for two processes")
+def test_two_process_accelerate_launch_trains_and_writes_a_loadable_checkpoint(tmp_path):
+    config = "training/accelerate/cpu-ddp.yaml"
+    run = train(
+        "--output_dir",
+        str(tmp_path / "ddp"),
+        "--max_steps",
+        "4",
+        "--save_strategy",
+        "no",
+        *SMALL,
+        launcher=("accelerate", "launch", "--config_file", config, "--main_process_port", "0", "-m"),
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "processes: 2 (distributed) on cpu" in run.stdout
+    backend = LocalBackend.from_pretrained(str(tmp_path / "ddp"))
+    assert "".join(backend.stream(ChatRequest([{"role": "user", "content": "hi"}], SamplingParams(max_new_tokens=8))))
