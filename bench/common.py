@@ -1,0 +1,63 @@
+"""What every benchmark shares: the StarCoderPlus shape, the device's name and limits, JSON lines."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import time
+
+import torch
+from transformers import GPTBigCodeConfig
+
+# bigcode/starcoderplus: 15.5B parameters, multi-query attention.
+STARCODERPLUS = dict(vocab_size=49156, n_positions=8192, n_embd=6144, n_layer=40, n_head=48, multi_query=True)
+TINY = dict(vocab_size=1024, n_positions=1024, n_embd=128, n_layer=2, n_head=4, multi_query=True)
+# Dense bf16 peak of the cards we compare against (H100 SXM and H200 share it).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
+
+
+def model_config(tiny: bool) -> GPTBigCodeConfig:
+    return GPTBigCodeConfig(**(TINY if tiny else STARCODERPLUS))
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def peak_flops(device: torch.device) -> float | None:
+    name = device_name(device)
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux: the process's peak
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, fn) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def emit(record: dict) -> None:
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
+    sys.stdout.flush()
