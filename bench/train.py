@@ -43,7 +43,9 @@ def build(tiny: bool, device: torch.device, quantize: bool, attention: str, chec
             model = GPTBigCodeForCausalLM.from_pretrained(
                 folder,
                 quantization_config=BitsAndBytesConfig(
-                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                    load_in_4bit=True,
+                    bnb_4bit_quant_type="nf4",
+                    bnb_4bit_use_double_quant=True,
                     bnb_4bit_compute_dtype=torch.bfloat16,
                 ),
                 attn_implementation=attention,
@@ -79,13 +81,19 @@ def measure(name: str, args, device, *, quantize: bool, attention: str, checkpoi
     tokens_per_s = args.batch * args.seq * args.steps / seconds
     peak = peak_flops(device)
     record = {
-        "bench": "train", "path": name, "device": device_name(device), "params": parameters,
-        "batch": args.batch, "seq": args.seq, "attention": attention, "checkpointing": checkpointing,
-        "quantization": "nf4" if quantize else "none", "tokens_per_s": tokens_per_s,
+        "bench": "train",
+        "path": name,
+        "device": device_name(device),
+        "params": parameters,
+        "batch": args.batch,
+        "seq": args.seq,
+        "attention": attention,
+        "checkpointing": checkpointing,
+        "quantization": "nf4" if quantize else "none",
+        "tokens_per_s": tokens_per_s,
         "mfu_6n": 6 * parameters * tokens_per_s / peak if peak else None,
         "peak_memory_gib": peak_memory_gib(device),
     }
-    del model, optimizer
     return record
 
 
@@ -96,8 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=None, help="timed steps (10; 3 with --tiny)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--checkpointing", choices=["auto", "on", "off"], default="auto",
-                        help="ours: 'auto' keeps activations unless the model is too big for the memory")
+    parser.add_argument(
+        "--checkpointing",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="ours: 'auto' keeps activations unless the model is too big for the memory",
+    )
     args = parser.parse_args(argv)
     args.seq = args.seq or (128 if args.tiny else 2048)
     args.steps = args.steps or (3 if args.tiny else 10)
@@ -112,14 +124,19 @@ def main(argv: list[str] | None = None) -> None:
         ours_checkpointing = weights + activations > 0.9 * free
     else:
         ours_checkpointing = args.checkpointing == "on"
-    emit(measure("seed: plain PEFT, checkpointing", args, device, quantize=False, attention="sdpa",
-                 checkpointing=True))
+    emit(measure("seed: plain PEFT, checkpointing", args, device, quantize=False, attention="sdpa", checkpointing=True))
     emit(measure("ours: LoRA", args, device, quantize=False, attention=fast, checkpointing=ours_checkpointing))
     if device.type == "cuda":
         emit(measure("ours: QLoRA", args, device, quantize=True, attention=fast, checkpointing=True))
     else:
-        emit({"bench": "train", "path": "ours: QLoRA", "device": device_name(device),
-              "skipped": "bitsandbytes 4-bit needs a CUDA GPU"})
+        emit(
+            {
+                "bench": "train",
+                "path": "ours: QLoRA",
+                "device": device_name(device),
+                "skipped": "bitsandbytes 4-bit needs a CUDA GPU",
+            }
+        )
 
 
 if __name__ == "__main__":

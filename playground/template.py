@@ -94,6 +94,23 @@ def render(messages: Sequence[Message], add_generation_prompt: bool = True) -> s
     return "".join(p.text for p in pieces(messages, add_generation_prompt))
 
 
+_INERT = {token: token[0] + "\u200b" + token[1:] for token in (*CONTROL_TOKENS, EOS)}
+
+
+def inert(text: str) -> str:
+    """Control-token strings in a person's text, made inert for a server that tokenizes text itself.
+
+    A zero-width space after the `<` keeps them visible as typed but no longer a special token.
+    """
+    for token, safe in _INERT.items():
+        text = text.replace(token, safe)
+    return text
+
+
+def inert_messages(messages: Sequence[Message]) -> list[Message]:
+    return [{"role": m["role"], "content": inert(m["content"])} for m in messages]
+
+
 def reply_text(generated: str) -> str:
     """The assistant's text: what follows `<|assistant|>\n` (the model writes that newline itself)."""
     return generated.removeprefix("\n")

@@ -92,12 +92,20 @@ class BackendInfo:
 
 class Backend(Protocol):
     info: BackendInfo
+    tokenizer: object  # the served checkpoint's: for trimming, and for counting tokens
 
     def prepare(self, messages: list[Message], max_new_tokens: int) -> Prompt:
         """The prompt the request would send (after trimming old turns); raises ContextError."""
 
     def stream(self, request: ChatRequest) -> Iterator[str]:
         """Text pieces of the reply, without control tokens, until <|end|> or request.cancel."""
+
+
+def context_length(config) -> int:
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if isinstance(getattr(config, key, None), int):
+            return getattr(config, key)
+    raise BackendError("the model's config gives no context length (max_position_embeddings / n_positions)")
 
 
 _DONE = object()

@@ -19,7 +19,7 @@ from transformers import (
     TextIteratorStreamer,
 )
 
-from playground.backends import BackendError, BackendInfo, ChatRequest
+from playground.backends import BackendError, BackendInfo, ChatRequest, context_length
 from playground.template import EOS, Message, Prompt, control_ids, fit_to_context, stop_ids
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
@@ -59,13 +59,6 @@ def describe_device(model) -> str:
     gpus = [d for d in devices if d.startswith("cuda")]
     name = torch.cuda.get_device_name(torch.device(gpus[0]))
     return name if len(gpus) == 1 else f"{len(gpus)} x {name}"
-
-
-def context_length(config) -> int:
-    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-        if isinstance(getattr(config, key, None), int):
-            return getattr(config, key)
-    raise BackendError("the model's config gives no context length (max_position_embeddings / n_positions)")
 
 
 @dataclass

@@ -8,8 +8,14 @@ from tests.conftest import ROOT
 
 
 def test_tiny_train_bench_prints_json_lines_for_both_ways():
-    out = subprocess.run([sys.executable, "-m", "bench.train", "--tiny", "--steps", "2"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.train", "--tiny", "--steps", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     paths = [r["path"] for r in records]
     assert paths == ["seed: plain PEFT, checkpointing", "ours: LoRA", "ours: QLoRA"]

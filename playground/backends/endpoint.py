@@ -1,0 +1,150 @@
+"""A running text-generation server: TGI's streaming API, or an OpenAI-compatible `/v1/completions`.
+
+Our template renders the prompt (a raw completion), so the StarChat format stays exact whatever
+the server. The server tokenizes what we send, so people's text must not reach it as control
+tokens: the `openai` protocol sends token ids (vLLM, SGLang), `tgi` and `openai-text` send text in
+which control-token strings from people are made inert (`template.inert`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+
+import httpx
+import openai
+from transformers import AutoConfig, AutoTokenizer
+
+from playground.backends import BackendError, BackendInfo, ChatRequest, SamplingParams, context_length
+from playground.template import (
+    END,
+    EOS,
+    Message,
+    Prompt,
+    control_ids,
+    fit_to_context,
+    inert_messages,
+    render,
+    split_system,
+)
+
+PROTOCOLS = ("tgi", "openai", "openai-text")
+
+
+@dataclass
+class EndpointBackend:
+    url: str
+    protocol: str
+    tokenizer: object
+    info: BackendInfo
+    token: str | None = None
+    timeout: float = 60.0
+    served_model: str = ""
+
+    @classmethod
+    def connect(
+        cls,
+        model: str,
+        url: str,
+        protocol: str = "tgi",
+        token: str | None = None,
+        timeout: float = 60.0,
+        served_model: str = "",
+    ) -> EndpointBackend:
+        """`model` names the checkpoint the server serves: its tokenizer and context length are read here."""
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"the endpoint protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        if not url:
+            raise ValueError("--backend endpoint needs --endpoint-url")
+        if not model:
+            raise ValueError("--backend endpoint needs --model: the checkpoint the server serves (for its tokenizer)")
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+        control_ids(tokenizer)
+        config = AutoConfig.from_pretrained(model, trust_remote_code=False)
+        info = BackendInfo(model, f"{protocol} server {url}", "server-side", context_length(config))
+        backend = cls(
+            url.rstrip("/"), protocol, tokenizer, info, token or os.environ.get("HF_TOKEN"), timeout, served_model
+        )
+        if protocol != "tgi" and not served_model:
+            try:
+                backend.served_model = backend.openai().models.list().data[0].id
+            except Exception as exc:
+                raise describe_failure(backend.url, exc) from exc
+        return backend
+
+    def prepare(self, messages: list[Message], max_new_tokens: int) -> Prompt:
+        return fit_to_context(self.tokenizer, messages, max_new_tokens, self.info.context_length)
+
+    def openai(self) -> openai.OpenAI:
+        key = self.token or "none"
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, timeout=self.timeout, max_retries=0)
+
+    def stream(self, request: ChatRequest) -> Iterator[str]:
+        prompt = self.prepare(request.messages, request.params.max_new_tokens)
+        system, turns = split_system(request.messages)
+        kept = [{"role": "system", "content": system}, *turns[2 * prompt.dropped_turns :]]
+        if self.protocol == "tgi":
+            pieces = self.tgi(render(inert_messages(kept)), request.params)
+        elif self.protocol == "openai":
+            pieces = self.completions(prompt.input_ids, request.params)
+        else:
+            pieces = self.completions(render(inert_messages(kept)), request.params)
+        try:
+            with closing(pieces):
+                for piece in pieces:
+                    if request.cancel.is_set():
+                        return  # closing the stream closes the connection: the server stops generating
+                    yield piece
+        except Exception as exc:  # the client libraries' errors, as one a person can act on
+            raise describe_failure(self.url, exc) from exc
+
+    def tgi(self, prompt: str, p: SamplingParams) -> Iterator[str]:
+        from huggingface_hub import InferenceClient
+
+        client = InferenceClient(base_url=self.url, token=self.token, timeout=self.timeout)
+        sampling = {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k or None}
+        outputs = client.text_generation(
+            prompt,
+            stream=True,
+            details=True,
+            max_new_tokens=p.max_new_tokens,
+            repetition_penalty=p.repetition_penalty,
+            seed=p.seed if p.seed >= 0 else None,
+            stop=[END],
+            **(sampling if p.temperature > 0 else {"do_sample": False}),
+        )
+        for output in outputs:
+            if not output.token.special:
+                yield output.token.text
+
+    def completions(self, prompt: str | list[int], p: SamplingParams) -> Iterator[str]:
+        stream = self.openai().completions.create(
+            model=self.served_model,
+            prompt=prompt,
+            stream=True,
+            max_tokens=p.max_new_tokens,
+            temperature=p.temperature,
+            top_p=p.top_p,
+            seed=p.seed if p.seed >= 0 else None,
+            stop=[END, EOS],
+            extra_body={"top_k": p.top_k or -1, "repetition_penalty": p.repetition_penalty},
+        )
+        with closing(stream):
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].text:
+                    yield chunk.choices[0].text
+
+
+def describe_failure(url: str, exc: Exception) -> BackendError:
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, httpx.TimeoutException | openai.APITimeoutError):
+        return BackendError(f"The model server at {url} did not answer in time. Try again, or ask for fewer tokens.")
+    if isinstance(exc, httpx.ConnectError) or isinstance(exc.__cause__, httpx.ConnectError):
+        return BackendError(f"The model server at {url} is not reachable: is it running?")
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | openai.APIConnectionError):
+        return BackendError(f"The model server at {url} closed the connection in the middle of the reply.")
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return BackendError(f"The model server at {url} answered an error{f' ({status})' if status else ''}: {exc}")

@@ -1,0 +1,121 @@
+"""Real HTTP servers on 127.0.0.1 that speak TGI's and OpenAI's streaming protocols, for the tests.
+
+They stream a fixed reply word by word, remember what they were sent, and can be told to fail:
+`error` answers 500, `die_after` closes the connection mid-stream.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Script:
+    reply: str = "Use `sorted(xs)` to sort.\n\n```python\nprint(sorted([3, 1, 2]))\n```"
+    delay: float = 0.002  # seconds between tokens
+    error: bool = False
+    die_after: int | None = None  # tokens sent before the connection is cut
+    requests: list[dict] = field(default_factory=list)
+    disconnects: int = 0  # streams the client closed before the end
+
+    def tokens(self) -> list[str]:
+        words = self.reply.split(" ")
+        return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    script: Script
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/v1/models":
+            self.send_json(200, {"object": "list", "data": [{"id": "fake-starchat", "object": "model"}]})
+        elif self.path == "/info":
+            self.send_json(200, {"model_id": "fake-starchat", "max_total_tokens": 8192})
+        else:
+            self.send_json(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        self.script.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+        if self.script.error:
+            self.send_json(500, {"error": "the model crashed", "error_type": "generation"})
+            return
+        openai = self.path.startswith("/v1/")
+        if not body.get("stream"):
+            self.send_json(200, {"generated_text": self.script.reply})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        try:
+            for i, token in enumerate(self.script.tokens()):
+                if self.script.die_after is not None and i >= self.script.die_after:
+                    self.connection.shutdown(2)  # the server dies mid-stream
+                    return
+                self.event(self.openai_chunk(token, None) if openai else self.tgi_chunk(i, token, None))
+                time.sleep(self.script.delay)
+            if openai:
+                self.event(self.openai_chunk("", "stop"))
+                self.wfile.write(b"data: [DONE]\n\n")
+            else:
+                self.event(self.tgi_chunk(len(self.script.tokens()), "<|end|>", self.script.reply, special=True))
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.script.disconnects += 1
+        self.close_connection = True
+
+    def event(self, payload: dict) -> None:
+        self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
+        self.wfile.flush()
+
+    @staticmethod
+    def tgi_chunk(i: int, text: str, final: str | None, special: bool = False) -> dict:
+        token = {"id": i, "text": text, "logprob": -0.1, "special": special}
+        return {"index": i, "token": token, "generated_text": final, "details": None, "top_tokens": None}
+
+    @staticmethod
+    def openai_chunk(text: str, finish: str | None) -> dict:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return {
+            "id": "cmpl-fake",
+            "object": "text_completion",
+            "created": 0,
+            "model": "fake-starchat",
+            "choices": [choice],
+        }
+
+    def send_json(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class FakeServer:
+    """`with FakeServer() as server:` serves on server.url until the block ends."""
+
+    def __init__(self, script: Script | None = None):
+        self.script = script or Script()
+        handler = type("BoundHandler", (Handler,), {"script": self.script})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> FakeServer:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
