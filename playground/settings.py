@@ -14,7 +14,19 @@ def option(default, help: str, **argparse_kwargs):
 @dataclass(frozen=True)
 class Settings:
     model: str = option("", "Hub id or local folder of a StarChat checkpoint (default: the offline demo model)")
-    backend: str = option("local", "where replies come from", choices=("local",))
+    backend: str = option(
+        "local", "local: transformers on this machine; endpoint: a running server", choices=("local", "endpoint")
+    )
+    endpoint_url: str = option("", "the text-generation server's base URL, for --backend endpoint")
+    endpoint_protocol: str = option(
+        "tgi",
+        "tgi: TGI's streaming API; openai: /v1/completions with token ids (vLLM, SGLang); "
+        "openai-text: /v1/completions with text",
+        choices=("tgi", "openai", "openai-text"),
+    )
+    endpoint_model: str = option("", "the model's name on an OpenAI-compatible server (default: the first listed)")
+    endpoint_token: str = option("", "bearer token for the server (default: the HF_TOKEN environment variable)")
+    endpoint_timeout: float = option(60.0, "seconds to wait for the server to answer")
     quantize: str = option(
         "none", "load the local model in 8-bit or 4-bit (bitsandbytes, CUDA only)", choices=("none", "8bit", "4bit")
     )

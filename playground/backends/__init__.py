@@ -129,6 +129,17 @@ def load_backend(settings) -> Backend:
     from playground.backends.local import LocalBackend
     from playground.demo import demo_checkpoint
 
+    if settings.backend == "endpoint":
+        from playground.backends.endpoint import EndpointBackend
+
+        return EndpointBackend.connect(
+            settings.model,
+            settings.endpoint_url,
+            settings.endpoint_protocol,
+            settings.endpoint_token or None,
+            settings.endpoint_timeout,
+            settings.endpoint_model,
+        )
     if settings.model:
         return LocalBackend.from_pretrained(settings.model, settings.quantize)
     return LocalBackend.from_pretrained(str(demo_checkpoint(settings.cache_dir)), settings.quantize, demo=True)

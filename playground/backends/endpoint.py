@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 
-import httpx
 import openai
 from transformers import AutoConfig, AutoTokenizer
 
@@ -115,9 +114,13 @@ class EndpointBackend:
             stop=[END],
             **(sampling if p.temperature > 0 else {"do_sample": False}),
         )
+        finished = False
         for output in outputs:
+            finished = output.generated_text is not None  # only the last event carries it
             if not output.token.special:
                 yield output.token.text
+        if not finished:
+            raise cut_off(self.url)
 
     def completions(self, prompt: str | list[int], p: SamplingParams) -> Iterator[str]:
         stream = self.openai().completions.create(
@@ -131,20 +134,35 @@ class EndpointBackend:
             stop=[END, EOS],
             extra_body={"top_k": p.top_k or -1, "repetition_penalty": p.repetition_penalty},
         )
+        finished = False
         with closing(stream):
             for chunk in stream:
-                if chunk.choices and chunk.choices[0].text:
-                    yield chunk.choices[0].text
+                if chunk.choices:
+                    finished = chunk.choices[0].finish_reason is not None
+                    if chunk.choices[0].text:
+                        yield chunk.choices[0].text
+        if not finished:
+            raise cut_off(self.url)
+
+
+def cut_off(url: str) -> BackendError:
+    return BackendError(f"The model server at {url} closed the connection in the middle of the reply.")
 
 
 def describe_failure(url: str, exc: Exception) -> BackendError:
+    """Classifies by the names along the exception chain: huggingface_hub, openai and httpx each
+    raise their own classes (huggingface_hub through its httpx fork) for the same few failures."""
     if isinstance(exc, BackendError):
         return exc
-    if isinstance(exc, httpx.TimeoutException | openai.APITimeoutError):
+    chain, status, seen = [], None, exc
+    while seen is not None and len(chain) < 8:
+        chain.append(type(seen).__name__)
+        status = status or getattr(getattr(seen, "response", None), "status_code", None)
+        seen = seen.__cause__ or seen.__context__
+    if any("Timeout" in name for name in chain):
         return BackendError(f"The model server at {url} did not answer in time. Try again, or ask for fewer tokens.")
-    if isinstance(exc, httpx.ConnectError) or isinstance(exc.__cause__, httpx.ConnectError):
+    if "ConnectError" in chain:
         return BackendError(f"The model server at {url} is not reachable: is it running?")
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | openai.APIConnectionError):
-        return BackendError(f"The model server at {url} closed the connection in the middle of the reply.")
-    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if {"RemoteProtocolError", "ReadError", "APIConnectionError"} & set(chain):
+        return cut_off(url)
     return BackendError(f"The model server at {url} answered an error{f' ({status})' if status else ''}: {exc}")
