@@ -14,14 +14,13 @@ def main(argv: list[str] | None = None) -> None:
     # Gradio's uploads and downloads stay inside the app's cache folder.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(settings.cache_dir, "gradio")))
 
-    from playground.backends import load_backend
-    from playground.chat import Chat
-    from playground.ui import build_ui
+    import uvicorn
 
-    backend = load_backend(settings)
-    demo = build_ui(Chat(backend, settings))
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
-    demo.launch(server_name=settings.host, server_port=settings.port)
+    from playground.server import create_app
+
+    app, _ = create_app(settings)
+    print(f"StarChat Playground on http://{settings.host}:{settings.port} (OpenAI API at /v1)", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
+from collections import defaultdict, deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from playground.backends import Backend, BackendError, ChatRequest, SamplingParams, astream
 from playground.settings import Settings
@@ -18,6 +20,8 @@ class Update:
     conversation: list[Message]
     context: str = ""
     error: str | None = None
+    status: int = 200  # for HTTP callers: 400 a bad request, 429 too many, 502 the backend failed
+    prompt_tokens: int = 0
 
 
 def describe_context(prompt: Prompt) -> str:
@@ -31,10 +35,45 @@ def describe_context(prompt: Prompt) -> str:
     return text
 
 
-@dataclass(frozen=True)
+class RateLimited(DialogueError):
+    """A client asked more often than the server allows."""
+
+
+@dataclass
+class RateLimiter:
+    """At most `per_minute` requests per client in any sliding minute; 0 means no limit."""
+
+    per_minute: int
+    seen: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))
+
+    def check(self, client: str) -> None:
+        if not self.per_minute:
+            return
+        now = time.monotonic()
+        times = self.seen[client]
+        while times and now - times[0] >= 60:
+            times.popleft()
+        if len(times) >= self.per_minute:
+            wait = 60 - (now - times[0])
+            raise RateLimited(f"Too many requests: the limit is {self.per_minute} a minute. Try again in {wait:.0f} s.")
+        times.append(now)
+
+
+@dataclass
 class Chat:
-    backend: Backend
+    backends: dict[str, Backend]  # display name -> backend; the first is the default
     settings: Settings
+    rate: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rate = RateLimiter(self.settings.rate_limit)
+
+    def backend(self, name: str = "") -> Backend:
+        if not name:
+            return next(iter(self.backends.values()))
+        if name not in self.backends:
+            raise DialogueError(f"Unknown model {name!r}; this server has: {', '.join(self.backends)}.")
+        return self.backends[name]
 
     def params(self, **raw: object) -> SamplingParams:
         return SamplingParams.parse(max_new_tokens_limit=self.settings.max_new_tokens_limit, **raw)
@@ -48,25 +87,34 @@ class Chat:
             )
         return text
 
-    async def respond(self, history: list[Message], system: str, params: SamplingParams) -> AsyncIterator[Update]:
+    async def respond(
+        self, history: list[Message], system: str, params: SamplingParams, model: str = "", client: str = ""
+    ) -> AsyncIterator[Update]:
         """Streams the assistant's reply to `history`, which ends with the user's message."""
         messages = [{"role": "system", "content": system}, *history]
         try:
-            prompt = self.backend.prepare(messages, params.max_new_tokens)
+            if len(history) > self.settings.max_history_messages:
+                raise DialogueError(
+                    f"The conversation has {len(history)} messages; the limit is "
+                    f"{self.settings.max_history_messages}. Clear it or start from an earlier message."
+                )
+            backend = self.backend(model)
+            prompt = backend.prepare(messages, params.max_new_tokens)
+            self.rate.check(client)
         except DialogueError as exc:
-            yield Update(history, error=str(exc))
+            yield Update(history, error=str(exc), status=429 if isinstance(exc, RateLimited) else 400)
             return
-        context = describe_context(prompt)
+        context, size = describe_context(prompt), len(prompt.input_ids)
         generated = reply = ""
-        yield Update([*history, {"role": "assistant", "content": reply}], context)
+        yield Update([*history, {"role": "assistant", "content": reply}], context, prompt_tokens=size)
         try:
-            async for piece in astream(self.backend, ChatRequest(messages, params)):
+            async for piece in astream(backend, ChatRequest(messages, params)):
                 generated += piece
                 reply = reply_text(generated)
-                yield Update([*history, {"role": "assistant", "content": reply}], context)
+                yield Update([*history, {"role": "assistant", "content": reply}], context, prompt_tokens=size)
         except (BackendError, DialogueError) as exc:
             kept = [*history, {"role": "assistant", "content": reply}] if reply else history
-            yield Update(kept, context, error=str(exc))
+            yield Update(kept, context, error=str(exc), status=502, prompt_tokens=size)
 
 
 def export_conversation(conversation: list[Message], system: str) -> str:

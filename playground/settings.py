@@ -30,12 +30,21 @@ class Settings:
     quantize: str = option(
         "none", "load the local model in 8-bit or 4-bit (bitsandbytes, CUDA only)", choices=("none", "8bit", "4bit")
     )
-    host: str = option("127.0.0.1", "address to listen on (0.0.0.0 inside a container or Space)")
+    models_file: str = option("", "a YAML list of models (local folders, Hub ids, endpoints) to choose from")
+    host: str = option(
+        # A Hugging Face Space (SPACE_ID is set there) must listen on every interface.
+        "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1",
+        "address to listen on (0.0.0.0 inside a container; the default in a Space)",
+    )
     port: int = option(7860, "port to listen on")
     concurrency: int = option(1, "generations running at once (one Gradio concurrency group)")
     queue_size: int = option(16, "requests waiting beyond those running; more are told the server is busy")
     max_new_tokens_limit: int = option(2048, "the largest max_new_tokens a request may ask for")
     max_message_chars: int = option(20000, "the longest message a person may send")
+    max_history_messages: int = option(200, "the most earlier messages a conversation may carry")
+    rate_limit: int = option(0, "requests a client (IP address) may make per minute; 0 is no limit")
+    auth: str = option("", "USER:PASSWORD that the web page asks for (none by default)")
+    api_key: str = option("", "the bearer key the OpenAI-compatible API asks for (none by default)")
     cache_dir: str = option(
         os.path.join(os.path.expanduser("~"), ".cache", "starchat-playground"),
         "where the demo checkpoint is built and kept",

@@ -33,44 +33,86 @@ def show(conversation: list[Message], error: str | None = None) -> list[Message]
     return display_messages(conversation) + ([error_notice(error)] if error else [])
 
 
+def client_of(request: gr.Request | None) -> str:
+    return request.client.host if request and request.client else ""
+
+
 def build_ui(chat: Chat) -> gr.Blocks:
-    info = chat.backend.info
+    names = list(chat.backends)
     defaults = SamplingParams()
 
-    async def run(before, history, system, raw, on_success, on_error) -> AsyncIterator[tuple]:
+    def describe(name: str) -> str:
+        info = chat.backend(name).info
+        return info.describe() + (f"\n\n{DEMO_NOTICE}" if info.demo else "")
+
+    async def run(before, history, system, model, raw, request, on_success, on_error) -> AsyncIterator[tuple]:
         """Streams one reply; on an error before any reply text, the conversation is as it was."""
         try:
             params = chat.params(**dict(zip(PARAM_NAMES, raw, strict=True)))
         except ParamError as exc:
             yield show(before, str(exc)), before, on_error, gr.skip()
             return
-        async for update in chat.respond(history, system, params):
+        async for update in chat.respond(history, system, params, model, client_of(request)):
             if update.error and update.conversation[-1]["role"] == "user":
                 yield show(before, update.error), before, on_error, update.context
             else:
                 yield show(update.conversation, update.error), update.conversation, on_success, update.context
 
-    async def submit(message, conversation, system, *raw):
+    async def submit(
+        message,
+        conversation,
+        system,
+        model,
+        temperature,
+        top_p,
+        top_k,
+        max_new_tokens,
+        repetition_penalty,
+        seed,
+        request: gr.Request,
+    ):
+        raw = (temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed)
         try:
             chat.check_message(message)
         except DialogueError as exc:
             yield show(conversation, str(exc)), conversation, message, gr.skip()
             return
         history = [*conversation, {"role": "user", "content": message}]
-        async for out in run(conversation, history, system, raw, "", message):
+        async for out in run(conversation, history, system, model, raw, request, "", message):
             yield out
 
-    async def retry(conversation, system, *raw):
+    async def retry(
+        conversation,
+        system,
+        model,
+        temperature,
+        top_p,
+        top_k,
+        max_new_tokens,
+        repetition_penalty,
+        seed,
+        request: gr.Request,
+    ):
+        raw = (temperature, top_p, top_k, max_new_tokens, repetition_penalty, -1)  # a retry draws a new seed
         if not conversation:
             yield show(conversation), conversation, gr.skip(), gr.skip()
             return
         history = conversation[:-1] if conversation[-1]["role"] == "assistant" else conversation
-        raw = (*raw[:-1], -1)  # a retry always draws a new seed
-        async for out in run(conversation, history, system, raw, gr.skip(), gr.skip()):
+        async for out in run(conversation, history, system, model, raw, request, gr.skip(), gr.skip()):
             yield out
 
     async def edit(
-        conversation, system, temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed, edit: gr.EditData
+        conversation,
+        system,
+        model,
+        temperature,
+        top_p,
+        top_k,
+        max_new_tokens,
+        repetition_penalty,
+        seed,
+        edit: gr.EditData,
+        request: gr.Request,
     ):
         raw = (temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed)
         index = edit.index if isinstance(edit.index, int) else edit.index[0]
@@ -80,7 +122,7 @@ def build_ui(chat: Chat) -> gr.Blocks:
         old = conversation[index]["content"]
         text = old if edit.value == to_display(old) else from_display(edit.value)
         history = [*conversation[:index], {"role": "user", "content": text}]
-        async for out in run(conversation, history, system, raw, gr.skip(), gr.skip()):
+        async for out in run(conversation, history, system, model, raw, request, gr.skip(), gr.skip()):
             yield out
 
     def undo(conversation):
@@ -114,8 +156,13 @@ def build_ui(chat: Chat) -> gr.Blocks:
         max_new_tokens: int = defaults.max_new_tokens,
         repetition_penalty: float = defaults.repetition_penalty,
         seed: int = defaults.seed,
+        model: str = "",
+        request: gr.Request = None,
     ) -> AsyncIterator[str]:
-        """Streams the assistant's reply to `message` after `history`; the last value is the whole reply."""
+        """Streams the assistant's reply to `message` after `history`; the last value is the whole reply.
+
+        `model` picks one of the server's models by its display name (default: the first).
+        """
         raw = (temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed)
         try:
             params = chat.params(**dict(zip(PARAM_NAMES, raw, strict=True)))
@@ -124,7 +171,8 @@ def build_ui(chat: Chat) -> gr.Blocks:
                 raise DialogueError("history must be a list of {role, content} and system_prompt a string")
         except (ParamError, DialogueError) as exc:
             raise gr.Error(str(exc)) from exc
-        async for update in chat.respond([*history, {"role": "user", "content": message}], system_prompt, params):
+        history = [*history, {"role": "user", "content": message}]
+        async for update in chat.respond(history, system_prompt, params, model, client_of(request)):
             if update.error:
                 raise gr.Error(update.error)
             yield update.conversation[-1]["content"]
@@ -138,9 +186,8 @@ def build_ui(chat: Chat) -> gr.Blocks:
         )
 
     with gr.Blocks(title="StarChat Playground") as demo:
-        gr.Markdown(f"# StarChat Playground\n{info.describe()}", elem_id="model-info")
-        if info.demo:
-            gr.Markdown(DEMO_NOTICE, elem_id="demo-notice")
+        gr.Markdown("# StarChat Playground")
+        info = gr.Markdown(describe(names[0]), elem_id="model-info")
         conversation = gr.State([])
         with gr.Row():
             with gr.Column(scale=3):
@@ -165,6 +212,7 @@ def build_ui(chat: Chat) -> gr.Blocks:
                     clear = gr.Button("Clear", elem_id="clear")
                 gr.Examples(EXAMPLES, inputs=textbox, label="Examples")
             with gr.Column(scale=1):
+                model = gr.Dropdown(names, value=names[0], label="Model", elem_id="model", visible=len(names) > 1)
                 system = gr.Textbox(label="System prompt", lines=4, elem_id="system")
                 with gr.Accordion("Sampling", open=True):
                     temperature = slider("temperature", "Temperature", 0.05, "0 = greedy")
@@ -178,7 +226,8 @@ def build_ui(chat: Chat) -> gr.Blocks:
                     saved = gr.File(label="Saved conversation", interactive=False)
                     upload = gr.UploadButton("Load JSON", file_types=[".json"], elem_id="load")
 
-        params = [system, temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed]
+        params = [system, model, temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed]
+        model.change(describe, model, info, api_visibility="private", queue=False)
         outputs = [chatbot, conversation, textbox, context]
         gpu = {
             "concurrency_id": "gpu",

@@ -68,28 +68,31 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve(*flags: str):
-    """The playground on a free loopback port in this process; yields (url, backend)."""
-    from playground.backends import load_backend
-    from playground.chat import Chat
+    """The whole server (UI, /chat, /v1) on a free loopback port in this process; yields (url, chat)."""
+    import uvicorn
+
+    from playground.server import create_app
     from playground.settings import Settings
-    from playground.ui import build_ui
 
-    settings = Settings.from_args(list(flags), env={})
-    backend = load_backend(settings)
-    demo = build_ui(Chat(backend, settings))
-    demo.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    app, chat = create_app(Settings.from_args(list(flags), env={}))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
     try:
-        yield url, backend
+        yield f"http://127.0.0.1:{server.config.port}/", chat
     finally:
-        demo.close()
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
-def slow_model(backend, monkeypatch, *, delay: float, endless: bool) -> list[int]:
+def slow_model(chat, monkeypatch, *, delay: float, endless: bool) -> list[int]:
     """Each decode step takes `delay` seconds; `endless` forbids <|end|> and <|endoftext|>.
 
     Returns the list that counts forward calls, so a test can tell how far generation went.
     """
+    backend = chat.backend()
     stops = backend.tokenizer.convert_tokens_to_ids(["<|end|>", "<|endoftext|>"])
     original = type(backend.model).forward.__get__(backend.model)
     calls: list[int] = []

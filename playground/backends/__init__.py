@@ -6,6 +6,7 @@ import math
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Protocol
 
 import anyio
@@ -143,3 +144,36 @@ def load_backend(settings) -> Backend:
     if settings.model:
         return LocalBackend.from_pretrained(settings.model, settings.quantize)
     return LocalBackend.from_pretrained(str(demo_checkpoint(settings.cache_dir)), settings.quantize, demo=True)
+
+
+MODEL_KEYS = {
+    "model",
+    "backend",
+    "quantize",
+    "endpoint_url",
+    "endpoint_protocol",
+    "endpoint_model",
+    "endpoint_token",
+    "endpoint_timeout",
+}
+
+
+def load_backends(settings) -> dict[str, Backend]:
+    """Display name -> backend: the models file's entries in order, or the one model of the flags."""
+    if not settings.models_file:
+        backend = load_backend(settings)
+        return {backend.info.model: backend}
+    import dataclasses
+
+    import yaml
+
+    entries = (yaml.safe_load(Path(settings.models_file).read_text()) or {}).get("models") or []
+    if not entries:
+        raise ValueError(f"{settings.models_file}: no entries under 'models:'")
+    backends = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "name" not in entry or set(entry) - MODEL_KEYS - {"name"}:
+            raise ValueError(f"{settings.models_file}: entry {i} needs a name and only the keys {sorted(MODEL_KEYS)}")
+        overrides = {k: v for k, v in entry.items() if k != "name"}
+        backends[str(entry["name"])] = load_backend(dataclasses.replace(settings, **overrides))
+    return backends

@@ -13,8 +13,8 @@ from tests.conftest import generating, serve, slow_model, wait_until_idle
 @pytest.fixture(scope="module")
 def served(demo_model, tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("cache"))
-    with serve("--model", str(demo_model), "--cache-dir", cache, "--queue-size", "1") as (url, backend):
-        yield Client(url, verbose=False), backend
+    with serve("--model", str(demo_model), "--cache-dir", cache, "--queue-size", "1") as (url, chat):
+        yield Client(url, verbose=False), chat
 
 
 @pytest.fixture

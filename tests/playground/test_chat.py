@@ -14,7 +14,7 @@ from playground.template import DialogueError
 
 @pytest.fixture(scope="module")
 def chat(tiny_checkpoint) -> Chat:
-    return Chat(LocalBackend.from_pretrained(str(tiny_checkpoint)), Settings.from_args([], env={}))
+    return Chat({"tiny": LocalBackend.from_pretrained(str(tiny_checkpoint))}, Settings.from_args([], env={}))
 
 
 def run(chat, history, **params):
@@ -43,7 +43,7 @@ def test_a_backend_failure_mid_reply_keeps_what_was_said(chat, monkeypatch):
         yield "partial"
         raise BackendError("The GPU ran out of memory")
 
-    monkeypatch.setattr(chat.backend, "stream", failing)
+    monkeypatch.setattr(chat.backend(), "stream", failing)
     updates = run(chat, [{"role": "user", "content": "hi"}])
     assert updates[-1].error == "The GPU ran out of memory"
     assert updates[-1].conversation[-1] == {"role": "assistant", "content": "partial"}

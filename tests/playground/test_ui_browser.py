@@ -52,12 +52,12 @@ def wait_for_stable_reply(page, count: int) -> str:
 
 
 def test_ask_stream_stop_retry_undo(app, page, monkeypatch, tmp_path):
-    url, backend = app
+    url, chat = app
     page.goto(url)
     page.wait_for_selector("#model-info")
 
     # Ask: the reply streams in and its code block is rendered, with a copy button.
-    slow_model(backend, monkeypatch, delay=0.02, endless=False)
+    slow_model(chat, monkeypatch, delay=0.02, endless=False)
     page.evaluate(WATCH_REPLY)
     page.locator("#message textarea").fill("How do I reverse a list in Python?")
     page.locator("#send").click()
@@ -69,7 +69,7 @@ def test_ask_stream_stop_retry_undo(app, page, monkeypatch, tmp_path):
     assert "Context:" in page.locator("#context").inner_text()
 
     # Stop: a reply that would not end by itself stops where it is, and the server stops generating.
-    calls = slow_model(backend, monkeypatch, delay=0.02, endless=True)
+    calls = slow_model(chat, monkeypatch, delay=0.02, endless=True)
     page.locator("#message textarea").fill(FOLLOW_UP)
     page.locator("#send").click()
     page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 2")
@@ -81,7 +81,7 @@ def test_ask_stream_stop_retry_undo(app, page, monkeypatch, tmp_path):
     assert FOLLOW_UP in page.locator("#chatbot [data-testid=user]").last.inner_text()  # shown as typed
 
     # Retry: the last reply is generated again (a new seed), the conversation keeps its length.
-    calls = slow_model(backend, monkeypatch, delay=0.02, endless=False)
+    calls = slow_model(chat, monkeypatch, delay=0.02, endless=False)
     page.locator("#retry").click()
     page.wait_for_timeout(500)
     wait_for_stable_reply(page, 2)
@@ -99,8 +99,8 @@ def test_ask_stream_stop_retry_undo(app, page, monkeypatch, tmp_path):
 
 
 def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp_path):
-    url, backend = app
-    calls = slow_model(backend, monkeypatch, delay=0.0, endless=False)
+    url, chat = app
+    calls = slow_model(chat, monkeypatch, delay=0.0, endless=False)
     page.goto(url)
     page.wait_for_selector("#model-info")
     for question in ["How do I sort a list in Python?", "How do I reverse a list in Python?"]:
