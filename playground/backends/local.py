@@ -61,6 +61,16 @@ def describe_device(model) -> str:
     return name if len(gpus) == 1 else f"{len(gpus)} x {name}"
 
 
+def on_gpu(fn):
+    """ZeroGPU Spaces lend the GPU only inside functions marked with `spaces.GPU` (a no-op on other
+    hardware); without the `spaces` package, as everywhere outside Spaces, nothing changes."""
+    try:
+        import spaces
+    except ImportError:
+        return fn
+    return spaces.GPU(fn)
+
+
 @dataclass
 class LocalBackend:
     model: torch.nn.Module
@@ -106,6 +116,7 @@ class LocalBackend:
             **(sampling if p.temperature > 0 else {"do_sample": False}),
         )
 
+    @on_gpu
     def stream(self, request: ChatRequest) -> Iterator[str]:
         prompt = self.prepare(request.messages, request.params.max_new_tokens)
         device = self.model.get_input_embeddings().weight.device

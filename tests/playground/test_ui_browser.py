@@ -140,3 +140,43 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
     page.locator("#send").click()
     wait_for_stable_reply(page, 2)
     assert len(page.locator("#chatbot [data-testid=user]").all_inner_texts()) == 2
+
+
+def test_switching_model_keeps_the_conversation(tiny_checkpoint, page, tmp_path):
+    import yaml
+
+    from tests.fakes import FakeServer
+
+    with FakeServer() as tgi:
+        models = tmp_path / "models.yaml"
+        models.write_text(
+            yaml.safe_dump(
+                {
+                    "models": [
+                        {"name": "Tiny", "model": str(tiny_checkpoint)},
+                        {
+                            "name": "Remote",
+                            "model": str(tiny_checkpoint),
+                            "backend": "endpoint",
+                            "endpoint_url": tgi.url,
+                        },
+                    ]
+                }
+            )
+        )
+        with serve("--models-file", str(models), "--cache-dir", str(tmp_path)) as (url, _):
+            page.goto(url)
+            page.locator("#max_new_tokens input[type=number]").fill("16")
+            page.locator("#max_new_tokens input[type=number]").press("Enter")
+            page.locator("#message textarea").fill("hello")
+            page.locator("#send").click()
+            first = wait_for_stable_reply(page, 1)
+            page.locator("#model input").click()
+            page.get_by_role("option", name="Remote").click()
+            page.wait_for_function("document.querySelector('#model-info').innerText.includes('tgi server')")
+            page.locator("#message textarea").fill("and now?")
+            page.locator("#send").click()
+            wait_for_stable_reply(page, 2)
+            assert bot_texts(page)[0] == first  # the conversation is still there
+            assert "sorted" in bot_texts(page)[1]  # and the endpoint answered it
+            assert tgi.script.requests[-1]["body"]["inputs"].count("<|user|>") == 2

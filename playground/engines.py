@@ -1,0 +1,127 @@
+"""Commands that serve a checkpoint on vLLM or TGI, and the playground command that uses them.
+
+    python -m playground.engines vllm CHECKPOINT [--gpus N] [--port 8000] [--run]
+    python -m playground.engines tgi CHECKPOINT [--gpus N] [--port 8080]
+
+It checks the checkpoint first (the chat template renders our format; generation_config.json
+stops at <|end|>), since both engines take the template and the stop ids from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+from playground.backends import context_length
+from playground.template import render, stop_ids
+
+
+@dataclass(frozen=True)
+class Plan:
+    server: list[str]
+    playground: list[str]
+
+
+def check_checkpoint(checkpoint: str) -> int:
+    """Returns the context length; raises ValueError naming what is missing for an engine."""
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
+    if tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) != render(messages):
+        raise ValueError(f"{checkpoint}: its chat template does not render the StarChat format")
+    eos = GenerationConfig.from_pretrained(checkpoint).eos_token_id
+    if set(stop_ids(tokenizer)) - set(eos if isinstance(eos, list) else [eos]):
+        raise ValueError(f"{checkpoint}: generation_config.json must stop at <|end|> and <|endoftext|>")
+    return context_length(AutoConfig.from_pretrained(checkpoint))
+
+
+def plan(engine: str, checkpoint: str, gpus: int, port: int) -> Plan:
+    context = check_checkpoint(checkpoint)
+    url = f"http://127.0.0.1:{port}"
+    if engine == "vllm":
+        # vLLM reads the chat template and generation_config.json (the stop ids) from the folder itself.
+        server = [
+            "vllm",
+            "serve",
+            checkpoint,
+            "--tensor-parallel-size",
+            str(gpus),
+            "--port",
+            str(port),
+            "--max-model-len",
+            str(context),
+            "--generation-config",
+            "auto",
+        ]
+        protocol = "openai"  # token ids: people's text never becomes control tokens
+    elif engine == "tgi":
+        folder = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else None
+        volume = ["-v", f"{folder}:/model"] if folder else []
+        server = [
+            "docker",
+            "run",
+            "--gpus",
+            "all",
+            "--shm-size",
+            "1g",
+            "-p",
+            f"{port}:80",
+            *volume,
+            "ghcr.io/huggingface/text-generation-inference:latest",
+            "--model-id",
+            "/model" if folder else checkpoint,
+            "--num-shard",
+            str(gpus),
+            "--max-total-tokens",
+            str(context),
+            "--max-input-tokens",
+            str(context - 512),
+        ]
+        protocol = "tgi"
+    else:
+        raise ValueError(f"engine must be vllm or tgi, got {engine!r}")
+    playground = [
+        "python",
+        "app.py",
+        "--backend",
+        "endpoint",
+        "--endpoint-protocol",
+        protocol,
+        "--endpoint-url",
+        url,
+        "--model",
+        checkpoint,
+    ]
+    return Plan(server, playground)
+
+
+def gpu_count() -> int:
+    try:
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
+    except ImportError:
+        return 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("engine", choices=["vllm", "tgi"])
+    parser.add_argument("checkpoint", help="a served checkpoint folder or Hub id")
+    parser.add_argument("--gpus", type=int, default=None, help="tensor-parallel degree (default: every GPU here)")
+    parser.add_argument("--port", type=int, default=None, help="the engine's port (vllm 8000, tgi 8080)")
+    parser.add_argument("--run", action="store_true", help="start the engine instead of printing the commands")
+    args = parser.parse_args(argv)
+    port = args.port or (8000 if args.engine == "vllm" else 8080)
+    commands = plan(args.engine, args.checkpoint, args.gpus or gpu_count(), port)
+    if args.run:
+        os.execvp(commands.server[0], commands.server)
+    print(f"# 1. start {args.engine}\n{shlex.join(commands.server)}\n# 2. then\n{shlex.join(commands.playground)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Several models in one playground: a models file of local folders and endpoints."""
+
+import pytest
+import yaml
+from gradio_client import Client
+
+from playground.backends import MODEL_KEYS, load_backends
+from playground.settings import Settings
+from tests.conftest import ROOT, serve
+from tests.fakes import FakeServer
+
+
+def test_the_example_file_is_the_original_spaces_pair():
+    entries = yaml.safe_load((ROOT / "models.example.yaml").read_text())["models"]
+    assert [e["name"] for e in entries] == ["StarChat-β", "StarChat-α"]
+    assert all(set(e) - {"name"} <= MODEL_KEYS and e["backend"] == "endpoint" for e in entries)
+
+
+def test_a_local_model_and_an_endpoint_side_by_side(tiny_checkpoint, tmp_path):
+    with FakeServer() as tgi:
+        models = tmp_path / "models.yaml"
+        models.write_text(
+            yaml.safe_dump(
+                {
+                    "models": [
+                        {"name": "Tiny (local)", "model": str(tiny_checkpoint)},
+                        {
+                            "name": "Remote",
+                            "model": str(tiny_checkpoint),
+                            "backend": "endpoint",
+                            "endpoint_url": tgi.url,
+                        },
+                    ]
+                }
+            )
+        )
+        with serve("--models-file", str(models), "--cache-dir", str(tmp_path)) as (url, chat):
+            assert list(chat.backends) == ["Tiny (local)", "Remote"]
+            client = Client(url, verbose=False)
+            history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+            remote = client.predict(
+                message="sort?", history=history, model="Remote", max_new_tokens=64, api_name="/chat"
+            )
+            assert remote == tgi.script.reply  # the same conversation went to the endpoint
+            local = client.predict(message="sort?", history=history, max_new_tokens=8, api_name="/chat")
+            assert local != tgi.script.reply and len(tgi.script.requests) == 1
+            config = str(client.view_api(print_info=False, return_format="dict"))
+            assert "model" in config
+
+
+def test_a_bad_models_file_is_named(tmp_path):
+    bad = tmp_path / "models.yaml"
+    bad.write_text("models:\n  - model: x\n")
+    with pytest.raises(ValueError, match="entry 0 needs a name"):
+        load_backends(Settings.from_args(["--models-file", str(bad)], env={}))
