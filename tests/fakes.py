@@ -22,9 +22,16 @@ class Script:
     requests: list[dict] = field(default_factory=list)
     disconnects: int = 0  # streams the client closed before the end
 
-    def tokens(self) -> list[str]:
-        words = self.reply.split(" ")
+    echo_seed: bool = False  # start the reply with the request's seed, to tell clients' replies apart
+
+    def tokens(self, body: dict | None = None) -> list[str]:
+        reply = self.reply_for(body or {})
+        words = reply.split(" ")
         return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+
+    def reply_for(self, body: dict) -> str:
+        seed = body.get("seed", body.get("parameters", {}).get("seed"))
+        return f"seed {seed}: {self.reply}" if self.echo_seed else self.reply
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -57,7 +64,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()
         try:
-            for i, token in enumerate(self.script.tokens()):
+            tokens = self.script.tokens(body)
+            for i, token in enumerate(tokens):
                 if self.script.die_after is not None and i >= self.script.die_after:
                     self.connection.shutdown(2)  # the server dies mid-stream
                     return
@@ -67,7 +75,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.event(self.openai_chunk("", "stop"))
                 self.wfile.write(b"data: [DONE]\n\n")
             else:
-                self.event(self.tgi_chunk(len(self.script.tokens()), "<|end|>", self.script.reply, special=True))
+                self.event(self.tgi_chunk(len(tokens), "<|end|>", "".join(tokens), special=True))
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.script.disconnects += 1
@@ -108,7 +116,8 @@ class FakeServer:
     def __init__(self, script: Script | None = None):
         self.script = script or Script()
         handler = type("BoundHandler", (Handler,), {"script": self.script})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 128})  # many clients connect at once
+        self.httpd = server(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
