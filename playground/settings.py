@@ -31,6 +31,13 @@ class Settings:
         "none", "load the local model in 8-bit or 4-bit (bitsandbytes, CUDA only)", choices=("none", "8bit", "4bit")
     )
     models_file: str = option("", "a YAML list of models (local folders, Hub ids, endpoints) to choose from")
+    engine: str = option(
+        "auto",
+        "local decoding: fast (batched, static cache; CUDA graphs on a GPU), plain "
+        "(transformers generate), auto (fast on a GPU where it can)",
+        choices=("auto", "fast", "plain"),
+    )
+    batch_slots: int = option(8, "conversations the fast engine decodes together")
     host: str = option(
         # A Hugging Face Space (SPACE_ID is set there) must listen on every interface.
         "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1",

@@ -141,9 +141,10 @@ def load_backend(settings) -> Backend:
             settings.endpoint_timeout,
             settings.endpoint_model,
         )
-    if settings.model:
-        return LocalBackend.from_pretrained(settings.model, settings.quantize)
-    return LocalBackend.from_pretrained(str(demo_checkpoint(settings.cache_dir)), settings.quantize, demo=True)
+    model = settings.model or str(demo_checkpoint(settings.cache_dir))
+    return LocalBackend.from_pretrained(
+        model, settings.quantize, demo=not settings.model, engine=settings.engine, slots=settings.batch_slots
+    )
 
 
 MODEL_KEYS = {

@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from playground.backends import BackendError, BackendInfo, ChatRequest, context_length
+from playground.backends.fast import FastEngine, Job, supports
 from playground.template import EOS, Message, Prompt, control_ids, fit_to_context, stop_ids
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
@@ -79,8 +80,14 @@ class LocalBackend:
     # One generate() at a time per model: the GPU is shared and the seed is process-wide.
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
+    engine: FastEngine | None = None  # continuous batching over a static cache; None: plain generate
+
     @classmethod
-    def from_pretrained(cls, model_id: str, quantize: str = "none", demo: bool = False) -> LocalBackend:
+    def from_pretrained(
+        cls, model_id: str, quantize: str = "none", demo: bool = False, engine: str = "auto", slots: int = 8
+    ) -> LocalBackend:
+        """engine: "fast" (our batched decoder), "plain" (generate), or "auto": fast on a CUDA GPU
+        for a GPTBigCode model on one device without bitsandbytes, plain otherwise."""
         quant = quantization_config(quantize)
         if torch.cuda.is_available():
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -99,8 +106,15 @@ class LocalBackend:
         )
         model.eval()
         name = Path(model_id).name if Path(model_id).exists() else model_id
-        info = BackendInfo(name, describe_device(model), quantize, context_length(model.config), demo)
-        return cls(model, tokenizer, info)
+        fast = engine == "fast" or (engine == "auto" and torch.cuda.is_available() and supports(model))
+        if fast and not supports(model):
+            raise BackendError("--engine fast serves GPTBigCode (multi-query) models on one device, unquantized")
+        device = describe_device(model) + (f", batched decoding of {slots}" if fast else "")
+        info = BackendInfo(name, device, quantize, context_length(model.config), demo)
+        backend = cls(model, tokenizer, info)
+        if fast:
+            backend.engine = FastEngine(model, tokenizer, stop_ids(tokenizer), slots)
+        return backend
 
     def prepare(self, messages: list[Message], max_new_tokens: int) -> Prompt:
         return fit_to_context(self.tokenizer, messages, max_new_tokens, self.info.context_length)
@@ -119,6 +133,9 @@ class LocalBackend:
     @on_gpu
     def stream(self, request: ChatRequest) -> Iterator[str]:
         prompt = self.prepare(request.messages, request.params.max_new_tokens)
+        if self.engine:
+            yield from self.stream_batched(request, prompt.input_ids)
+            return
         device = self.model.get_input_embeddings().weight.device
         input_ids = torch.tensor([prompt.input_ids], device=device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
@@ -160,3 +177,13 @@ class LocalBackend:
             thread.join()
         if failure:
             raise failure[0]
+
+    def stream_batched(self, request: ChatRequest, prompt: list[int]) -> Iterator[str]:
+        job = Job(request, prompt, TextIteratorStreamer(self.tokenizer, skip_special_tokens=True))
+        self.engine.submit(job)
+        try:
+            yield from (piece for piece in job.streamer if piece)
+        finally:
+            request.cancel.set()  # the engine frees the slot at its next step
+        if job.error:
+            raise job.error
