@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from transformers import TextIteratorStreamer
 
 from playground.backends import BackendError, ChatRequest
 
@@ -38,7 +37,7 @@ def supports(model) -> bool:
 class Job:
     request: ChatRequest
     prompt: list[int]
-    streamer: TextIteratorStreamer
+    streamer: object  # TextIteratorStreamer-like: put(token ids), end()
     error: BaseException | None = None
     generated: int = 0
     generator: torch.Generator | None = None
@@ -46,15 +45,18 @@ class Job:
 
 
 class FastEngine:
-    def __init__(self, model, tokenizer, stop_ids: list[int], slots: int = 8, compile: bool | None = None):
-        self.model, self.tokenizer, self.stop_ids = model, tokenizer, stop_ids
+    def __init__(
+        self, model, stop_ids: list[int], slots: int = 8, compile: bool | None = None,
+        max_context: int | None = None,
+    ):
+        self.model, self.stop_ids = model, stop_ids
         config = model.config
         self.device = model.get_input_embeddings().weight.device
         self.dtype = model.get_input_embeddings().weight.dtype
         self.blocks = model.transformer.h
         self.heads, self.head_dim = config.n_head, config.n_embd // config.n_head
         self.slots = slots
-        self.max_len = config.n_positions
+        self.max_len = min(max_context or config.n_positions, config.n_positions)
         self.buckets = [b for b in BUCKETS if b < self.max_len] + [self.max_len]
         shape = (len(self.blocks), slots, self.max_len, self.head_dim)
         self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)

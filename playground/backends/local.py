@@ -113,7 +113,7 @@ class LocalBackend:
         info = BackendInfo(name, device, quantize, context_length(model.config), demo)
         backend = cls(model, tokenizer, info)
         if fast:
-            backend.engine = FastEngine(model, tokenizer, stop_ids(tokenizer), slots)
+            backend.engine = FastEngine(model, stop_ids(tokenizer), slots)
         return backend
 
     def prepare(self, messages: list[Message], max_new_tokens: int) -> Prompt:

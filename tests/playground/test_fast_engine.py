@@ -49,8 +49,7 @@ def test_greedy_gives_the_same_tokens_as_plain_generate(plain, fast, text):
 
 
 def test_more_requests_than_slots_join_and_leave_and_each_gets_its_own_reply(plain, fast):
-    requests = [ask(text, max_new_tokens=n) for text, n in zip(PROMPTS * 2, [40, 7, 25, 3, 12, 30, 40, 9],
-                                                                 strict=True)]
+    requests = [ask(text, max_new_tokens=n) for text, n in zip(PROMPTS * 2, [40, 7, 25, 3, 12, 30, 40, 9], strict=True)]
     expected = [reply(plain, ask(r.messages[-1]["content"], max_new_tokens=r.params.max_new_tokens)) for r in requests]
     assert together(fast, requests) == expected
     assert fast.engine.busy() == 0
@@ -78,8 +77,10 @@ def test_a_cancel_mid_batch_leaves_the_other_streams_untouched(plain, fast, monk
 
 def test_each_request_keeps_its_own_sampling_and_seed(fast):
     solo = reply(fast, ask("hi", temperature=1.0, seed=42))
-    crowd = together(fast, [ask("hi", temperature=1.0, seed=42), ask("x", temperature=1.5, seed=1),
-                            ask("y", temperature=0.7, seed=2)])
+    crowd = together(
+        fast,
+        [ask("hi", temperature=1.0, seed=42), ask("x", temperature=1.5, seed=1), ask("y", temperature=0.7, seed=2)],
+    )
     assert crowd[0] == solo  # the same seed, whatever else runs beside it
     assert reply(fast, ask("hi", temperature=1.0, seed=43)) != solo
 
