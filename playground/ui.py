@@ -45,76 +45,43 @@ def build_ui(chat: Chat) -> gr.Blocks:
         info = chat.backend(name).info
         return info.describe() + (f"\n\n{DEMO_NOTICE}" if info.demo else "")
 
-    async def run(before, history, system, model, raw, request, on_success, on_error) -> AsyncIterator[tuple]:
+    async def run(before, history, values, request, on_success, on_error, **overrides) -> AsyncIterator[tuple]:
         """Streams one reply; on an error before any reply text, the conversation is as it was."""
         try:
-            params = chat.params(**dict(zip(PARAM_NAMES, raw, strict=True)))
+            raw = {name: values[component] for name, component in zip(PARAM_NAMES, samplers, strict=True)}
+            params = chat.params(**{**raw, **overrides})
         except ParamError as exc:
             yield show(before, str(exc)), before, on_error, gr.skip()
             return
-        async for update in chat.respond(history, system, params, model, client_of(request)):
+        updates = chat.respond(history, values[system], params, values[model], client_of(request))
+        async for update in updates:
             if update.error and update.conversation[-1]["role"] == "user":
                 yield show(before, update.error), before, on_error, update.context
             else:
                 yield show(update.conversation, update.error), update.conversation, on_success, update.context
 
-    async def submit(
-        message,
-        conversation,
-        system,
-        model,
-        temperature,
-        top_p,
-        top_k,
-        max_new_tokens,
-        repetition_penalty,
-        seed,
-        request: gr.Request,
-    ):
-        raw = (temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed)
+    async def submit(values: dict, request: gr.Request):
+        message, conversation = values[textbox], values[state]
         try:
             chat.check_message(message)
         except DialogueError as exc:
             yield show(conversation, str(exc)), conversation, message, gr.skip()
             return
         history = [*conversation, {"role": "user", "content": message}]
-        async for out in run(conversation, history, system, model, raw, request, "", message):
+        async for out in run(conversation, history, values, request, "", message):
             yield out
 
-    async def retry(
-        conversation,
-        system,
-        model,
-        temperature,
-        top_p,
-        top_k,
-        max_new_tokens,
-        repetition_penalty,
-        seed,
-        request: gr.Request,
-    ):
-        raw = (temperature, top_p, top_k, max_new_tokens, repetition_penalty, -1)  # a retry draws a new seed
+    async def retry(values: dict, request: gr.Request):
+        conversation = values[state]
         if not conversation:
             yield show(conversation), conversation, gr.skip(), gr.skip()
             return
         history = conversation[:-1] if conversation[-1]["role"] == "assistant" else conversation
-        async for out in run(conversation, history, system, model, raw, request, gr.skip(), gr.skip()):
+        async for out in run(conversation, history, values, request, gr.skip(), gr.skip(), seed=-1):  # a new seed
             yield out
 
-    async def edit(
-        conversation,
-        system,
-        model,
-        temperature,
-        top_p,
-        top_k,
-        max_new_tokens,
-        repetition_penalty,
-        seed,
-        edit: gr.EditData,
-        request: gr.Request,
-    ):
-        raw = (temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed)
+    async def edit(values: dict, edit: gr.EditData, request: gr.Request):
+        conversation = values[state]
         index = edit.index if isinstance(edit.index, int) else edit.index[0]
         if index >= len(conversation) or conversation[index]["role"] != "user":
             yield show(conversation), conversation, gr.skip(), gr.skip()
@@ -122,7 +89,7 @@ def build_ui(chat: Chat) -> gr.Blocks:
         old = conversation[index]["content"]
         text = old if edit.value == to_display(old) else from_display(edit.value)
         history = [*conversation[:index], {"role": "user", "content": text}]
-        async for out in run(conversation, history, system, model, raw, request, gr.skip(), gr.skip()):
+        async for out in run(conversation, history, values, request, gr.skip(), gr.skip()):
             yield out
 
     def undo(conversation):
@@ -188,7 +155,7 @@ def build_ui(chat: Chat) -> gr.Blocks:
     with gr.Blocks(title="StarChat Playground") as demo:
         gr.Markdown("# StarChat Playground")
         info = gr.Markdown(describe(names[0]), elem_id="model-info")
-        conversation = gr.State([])
+        state = gr.State([])  # the raw conversation: what the model sees, apart from what is rendered
         with gr.Row():
             with gr.Column(scale=3):
                 chatbot = gr.Chatbot(
@@ -226,27 +193,26 @@ def build_ui(chat: Chat) -> gr.Blocks:
                     saved = gr.File(label="Saved conversation", interactive=False)
                     upload = gr.UploadButton("Load JSON", file_types=[".json"], elem_id="load")
 
-        params = [system, model, temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed]
+        samplers = [temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed]  # PARAM_NAMES' order
+        turn = {state, system, model, *samplers}  # a set: handlers get one dict of values
         model.change(describe, model, info, api_visibility="private", queue=False)
-        outputs = [chatbot, conversation, textbox, context]
+        outputs = [chatbot, state, textbox, context]
         gpu = {
             "concurrency_id": "gpu",
             "concurrency_limit": chat.settings.concurrency,
             "api_visibility": "private",
         }
         generating = [
-            textbox.submit(submit, [textbox, conversation, *params], outputs, **gpu),
-            send.click(submit, [textbox, conversation, *params], outputs, **gpu),
-            retry_button.click(retry, [conversation, *params], outputs, **gpu),
-            chatbot.edit(edit, [conversation, *params], outputs, **gpu),
+            textbox.submit(submit, {textbox, *turn}, outputs, **gpu),
+            send.click(submit, {textbox, *turn}, outputs, **gpu),
+            retry_button.click(retry, turn, outputs, **gpu),
+            chatbot.edit(edit, turn, outputs, **gpu),
         ]
         stop.click(None, cancels=generating, api_visibility="private")
-        undo_button.click(undo, conversation, outputs, api_visibility="private", queue=False)
+        undo_button.click(undo, state, outputs, api_visibility="private", queue=False)
         for clearing in (clear.click, chatbot.clear):  # our button and the chatbot's own trash icon
-            clearing(
-                lambda: ([], [], ""), None, [chatbot, conversation, context], api_visibility="private", queue=False
-            )
-        save_button.click(save, [conversation, system], saved, api_visibility="private")
-        upload.upload(load, [upload, conversation, system], [chatbot, conversation, system], api_visibility="private")
+            clearing(lambda: ([], [], ""), None, [chatbot, state, context], api_visibility="private", queue=False)
+        save_button.click(save, [state, system], saved, api_visibility="private")
+        upload.upload(load, [upload, state, system], [chatbot, state, system], api_visibility="private")
         gr.api(chat_api, api_name="chat", concurrency_id="gpu", concurrency_limit=chat.settings.concurrency)
     return demo

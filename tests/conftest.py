@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -163,3 +164,21 @@ def stop_app(proc: subprocess.Popen) -> None:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def bench_records(module: str, *args: str) -> list[dict]:
+    """Runs `python -m MODULE ARGS` and returns the JSON lines it printed."""
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True
+    ).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def local_and_remote(folder: Path, checkpoint: Path, url: str, local_name: str) -> Path:
+    """A models file: the tiny checkpoint served here, and the same checkpoint behind an endpoint."""
+    import yaml
+
+    remote = {"name": "Remote", "model": str(checkpoint), "backend": "endpoint", "endpoint_url": url}
+    models = folder / "models.yaml"
+    models.write_text(yaml.safe_dump({"models": [{"name": local_name, "model": str(checkpoint)}, remote]}))
+    return models

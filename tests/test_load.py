@@ -66,6 +66,20 @@ def budget(way, tokens: int) -> dict:
     return {"max_tokens": tokens} if way is via_openai else {"max_new_tokens": tokens}
 
 
+def endpoint_flags(checkpoint, url: str, cache, *more: str) -> list[str]:
+    return [
+        "--model",
+        str(checkpoint),
+        "--backend",
+        "endpoint",
+        "--endpoint-url",
+        url,
+        "--cache-dir",
+        str(cache),
+        *more,
+    ]
+
+
 @pytest.fixture(scope="module")
 def local_server(tiny_checkpoint, tmp_path_factory):
     flags = [
@@ -112,20 +126,7 @@ def test_32_clients_at_once_each_get_their_own_reply(local_server, way, capsys):
 def test_32_clients_through_the_endpoint_backend(tiny_checkpoint, tmp_path, way, capsys):
     script = Script(echo_seed=True, delay=0.005)
     with FakeServer(script) as tgi:
-        flags = [
-            "--model",
-            str(tiny_checkpoint),
-            "--backend",
-            "endpoint",
-            "--endpoint-url",
-            tgi.url,
-            "--cache-dir",
-            str(tmp_path),
-            "--queue-size",
-            "64",
-            "--concurrency",
-            "8",
-        ]
+        flags = endpoint_flags(tiny_checkpoint, tgi.url, tmp_path, "--queue-size", "64", "--concurrency", "8")
         with serve(*flags) as (url, _), ThreadPoolExecutor(CLIENTS) as pool:
             results = list(pool.map(lambda seed: way(url, seed, **budget(way, 64)), range(CLIENTS)))
     for seed, (reply, _, _) in enumerate(results):
@@ -136,23 +137,12 @@ def test_32_clients_through_the_endpoint_backend(tiny_checkpoint, tmp_path, way,
 
 def test_an_endpoint_dying_mid_stream_is_a_clear_error_and_the_next_request_works(tiny_checkpoint, tmp_path):
     script = Script(die_after=4)
-    with FakeServer(script) as tgi:
-        flags = [
-            "--model",
-            str(tiny_checkpoint),
-            "--backend",
-            "endpoint",
-            "--endpoint-url",
-            tgi.url,
-            "--cache-dir",
-            str(tmp_path),
-        ]
-        with serve(*flags) as (url, _):
-            client = Client(url, verbose=False)
-            with pytest.raises(AppError, match="closed the connection in the middle of the reply"):
-                client.predict(message="hi", history=[], max_new_tokens=64, api_name="/chat")
-            script.die_after = None
-            assert client.predict(message="hi", history=[], max_new_tokens=64, api_name="/chat") == script.reply
+    with FakeServer(script) as tgi, serve(*endpoint_flags(tiny_checkpoint, tgi.url, tmp_path)) as (url, _):
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError, match="closed the connection in the middle of the reply"):
+            client.predict(message="hi", history=[], max_new_tokens=64, api_name="/chat")
+        script.die_after = None
+        assert client.predict(message="hi", history=[], max_new_tokens=64, api_name="/chat") == script.reply
 
 
 def test_50_random_cancels_leave_no_generation_running(local_server, monkeypatch):

@@ -87,8 +87,10 @@ class BackendInfo:
     demo: bool = False
 
     def describe(self) -> str:
-        quant = "" if self.quantization == "none" else f", {self.quantization}"
-        return f"**{self.model}** on {self.device}{quant} · context {self.context_length} tokens"
+        return (
+            f"**{self.model}** · {self.device} · quantization: {self.quantization} · "
+            f"context {self.context_length} tokens"
+        )
 
 
 class Backend(Protocol):

@@ -46,7 +46,11 @@ class Job:
 
 class FastEngine:
     def __init__(
-        self, model, stop_ids: list[int], slots: int = 8, compile: bool | None = None,
+        self,
+        model,
+        stop_ids: list[int],
+        slots: int = 8,
+        compile: bool | None = None,
         max_context: int | None = None,
     ):
         self.model, self.stop_ids = model, stop_ids

@@ -1,22 +1,10 @@
 """`python -m bench.generate --tiny`: the seed's way and ours in one run, JSON lines naming the device."""
 
-import json
-import subprocess
-import sys
-
-from tests.conftest import ROOT
+from tests.conftest import bench_records
 
 
 def test_tiny_generate_bench_measures_both_ways_and_checks_greedy_agreement():
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.generate", "--tiny", "--streams", "1,4"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
-    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    records = bench_records("bench.generate", "--tiny", "--streams", "1,4")
     assert records[0]["path"] == "checks" and records[0]["greedy_match"] is True
     runs = [r for r in records if "streams" in r]
     assert [(r["path"].split(":")[0], r["streams"]) for r in runs] == [

@@ -1,22 +1,10 @@
 """`python -m bench.train --tiny`: JSON lines naming the device, the seed's way and ours in one run."""
 
-import json
-import subprocess
-import sys
-
-from tests.conftest import ROOT
+from tests.conftest import bench_records
 
 
 def test_tiny_train_bench_prints_json_lines_for_both_ways():
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.train", "--tiny", "--steps", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    ).stdout
-    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    records = bench_records("bench.train", "--tiny", "--steps", "2")
     paths = [r["path"] for r in records]
     assert paths == ["seed: plain PEFT, checkpointing", "ours: LoRA", "ours: QLoRA"]
     assert all(r["device"].startswith("CPU") for r in records)

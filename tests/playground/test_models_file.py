@@ -6,7 +6,7 @@ from gradio_client import Client
 
 from playground.backends import MODEL_KEYS, load_backends
 from playground.settings import Settings
-from tests.conftest import ROOT, serve
+from tests.conftest import ROOT, local_and_remote, serve
 from tests.fakes import FakeServer
 
 
@@ -18,22 +18,7 @@ def test_the_example_file_is_the_original_spaces_pair():
 
 def test_a_local_model_and_an_endpoint_side_by_side(tiny_checkpoint, tmp_path):
     with FakeServer() as tgi:
-        models = tmp_path / "models.yaml"
-        models.write_text(
-            yaml.safe_dump(
-                {
-                    "models": [
-                        {"name": "Tiny (local)", "model": str(tiny_checkpoint)},
-                        {
-                            "name": "Remote",
-                            "model": str(tiny_checkpoint),
-                            "backend": "endpoint",
-                            "endpoint_url": tgi.url,
-                        },
-                    ]
-                }
-            )
-        )
+        models = local_and_remote(tmp_path, tiny_checkpoint, tgi.url, "Tiny (local)")
         with serve("--models-file", str(models), "--cache-dir", str(tmp_path)) as (url, chat):
             assert list(chat.backends) == ["Tiny (local)", "Remote"]
             client = Client(url, verbose=False)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from tests.conftest import serve, slow_model, wait_until_idle
+from tests.conftest import local_and_remote, serve, slow_model, wait_until_idle
+from tests.fakes import FakeServer
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
@@ -143,27 +144,8 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
 
 
 def test_switching_model_keeps_the_conversation(tiny_checkpoint, page, tmp_path):
-    import yaml
-
-    from tests.fakes import FakeServer
-
     with FakeServer() as tgi:
-        models = tmp_path / "models.yaml"
-        models.write_text(
-            yaml.safe_dump(
-                {
-                    "models": [
-                        {"name": "Tiny", "model": str(tiny_checkpoint)},
-                        {
-                            "name": "Remote",
-                            "model": str(tiny_checkpoint),
-                            "backend": "endpoint",
-                            "endpoint_url": tgi.url,
-                        },
-                    ]
-                }
-            )
-        )
+        models = local_and_remote(tmp_path, tiny_checkpoint, tgi.url, "Tiny")
         with serve("--models-file", str(models), "--cache-dir", str(tmp_path)) as (url, _):
             page.goto(url)
             page.locator("#max_new_tokens input[type=number]").fill("16")
