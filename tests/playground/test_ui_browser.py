@@ -162,3 +162,17 @@ def test_switching_model_keeps_the_conversation(tiny_checkpoint, page, tmp_path)
             assert bot_texts(page)[0] == first  # the conversation is still there
             assert "sorted" in bot_texts(page)[1]  # and the endpoint answered it
             assert tgi.script.requests[-1]["body"]["inputs"].count("<|user|>") == 2
+
+
+def test_closing_the_tab_ends_the_generation(app, page, monkeypatch):
+    url, chat = app
+    calls = slow_model(chat, monkeypatch, delay=0.02, endless=True)
+    page.goto(url)
+    page.locator("#message textarea").fill("Tell me everything.")
+    page.locator("#send").click()
+    page.wait_for_function(
+        f"document.querySelectorAll('{BOTS}').length == 1 && document.querySelector('{BOTS}').innerText.length > 20"
+    )
+    page.close()
+    assert wait_until_idle(), "generation went on after the tab closed"
+    assert len(calls) < 512
