@@ -106,15 +106,20 @@ class LocalBackend:
         )
         model.eval()
         name = Path(model_id).name if Path(model_id).exists() else model_id
-        fast = engine == "fast" or (engine == "auto" and torch.cuda.is_available() and supports(model))
-        if fast and not supports(model):
+        if engine == "fast" and not supports(model):
             raise BackendError("--engine fast serves GPTBigCode (multi-query) models on one device, unquantized")
+        fast = None
+        if engine == "fast" or (engine == "auto" and torch.cuda.is_available() and supports(model)):
+            try:
+                fast = FastEngine(model, stop_ids(tokenizer), slots)
+            except Exception as exc:
+                if engine == "fast":
+                    raise
+                # auto: a compile or capture failure must not keep the playground from serving.
+                print(f"The fast engine could not start ({exc!r}); serving with plain generate.", flush=True)
         device = describe_device(model) + (f", batched decoding of {slots}" if fast else "")
         info = BackendInfo(name, device, quantize, context_length(model.config), demo)
-        backend = cls(model, tokenizer, info)
-        if fast:
-            backend.engine = FastEngine(model, stop_ids(tokenizer), slots)
-        return backend
+        return cls(model, tokenizer, info, engine=fast)
 
     def prepare(self, messages: list[Message], max_new_tokens: int) -> Prompt:
         return fit_to_context(self.tokenizer, messages, max_new_tokens, self.info.context_length)

@@ -113,3 +113,20 @@ def test_top_k_and_top_p_keep_only_the_tokens_they_should(fast):
 
 def test_top_k_one_is_greedy(fast):
     assert reply(fast, ask("hello", temperature=1.5, top_k=1, seed=3)) == reply(fast, ask("hello"))
+
+
+def test_auto_falls_back_to_plain_generate_when_the_engine_cannot_start(tiny_checkpoint, monkeypatch, capsys):
+    import playground.backends.local as local
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no CUDA graphs here")
+
+    monkeypatch.setattr(local.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(local, "FastEngine", broken)
+    monkeypatch.setattr(local, "describe_device", lambda model: "CPU")
+    monkeypatch.setattr(local.torch.cuda, "is_bf16_supported", lambda: False)  # loads in fp16, on the CPU here
+    backend = LocalBackend.from_pretrained(str(tiny_checkpoint), engine="auto")
+    assert backend.engine is None and "serving with plain generate" in capsys.readouterr().out
+    assert reply(backend, ask("hi", max_new_tokens=4)) is not None
+    with pytest.raises(RuntimeError, match="no CUDA graphs"):
+        LocalBackend.from_pretrained(str(tiny_checkpoint), engine="fast")

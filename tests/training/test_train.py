@@ -97,8 +97,8 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    wait_for(killed / "checkpoints" / "checkpoint-6" / "rng_state.pth", proc)
-    time.sleep(0.3)  # let the checkpoint's last file close
+    wait_for(killed / "checkpoints" / "checkpoint-6" / "trainer_state.json", proc)  # the checkpoint's last file
+    time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "config.json").exists()  # nothing that looks like a finished checkpoint
