@@ -74,10 +74,12 @@ class FastEngine:
         self.decode_step = (
             torch.compile(self.decode, mode="reduce-overhead", fullgraph=True) if compile else self.decode
         )
-        if compile:
-            self.warm_up()
-        self.thread = threading.Thread(target=self.loop, name="starchat-batch", daemon=True)
+        # CUDA graphs are captured per thread: warm up in the thread that will replay them.
+        started: queue.Queue[BaseException | None] = queue.Queue()
+        self.thread = threading.Thread(target=self.loop, args=(compile, started), name="starchat-batch", daemon=True)
         self.thread.start()
+        if failure := started.get():
+            raise failure
 
     # -- the model, over our cache ---------------------------------------------------------------
 
@@ -220,7 +222,14 @@ class FastEngine:
                 self.logits[live] = logits[live]
                 self.positions[live] += 1
 
-    def loop(self) -> None:
+    def loop(self, warm_up: bool, started: queue.Queue) -> None:
+        try:
+            if warm_up:
+                self.warm_up()
+        except Exception as exc:
+            started.put(exc)
+            return
+        started.put(None)
         while True:
             try:
                 self.admit(block=not any(self.jobs))

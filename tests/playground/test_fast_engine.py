@@ -130,3 +130,16 @@ def test_auto_falls_back_to_plain_generate_when_the_engine_cannot_start(tiny_che
     assert reply(backend, ask("hi", max_new_tokens=4)) is not None
     with pytest.raises(RuntimeError, match="no CUDA graphs"):
         LocalBackend.from_pretrained(str(tiny_checkpoint), engine="fast")
+
+
+def test_the_compiled_decode_step_gives_the_same_tokens(plain, tiny_checkpoint):
+    """torch.compile traces the whole step as one graph (fullgraph=True) and warms it up at start.
+
+    On the CPU this is Inductor without CUDA graphs; on a GPU the same graph is captured and replayed.
+    """
+    from playground.backends.fast import FastEngine
+    from playground.template import stop_ids
+
+    compiled = LocalBackend.from_pretrained(str(tiny_checkpoint), engine="plain")
+    compiled.engine = FastEngine(compiled.model, stop_ids(compiled.tokenizer), slots=2, compile=True, max_context=128)
+    assert reply(compiled, ask(PROMPTS[0])) == reply(plain, ask(PROMPTS[0]))
