@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,6 @@ class Job:
     error: BaseException | None = None
     generated: int = 0
     generator: torch.Generator | None = None
-    done: threading.Event = field(default_factory=threading.Event)
 
 
 class FastEngine:
@@ -174,7 +173,6 @@ class FastEngine:
         self.jobs[slot] = None
         job.error = error
         job.streamer.end()
-        job.done.set()
 
     def admit(self, block: bool) -> None:
         while None in self.jobs:
@@ -185,7 +183,6 @@ class FastEngine:
             block = False
             if job.request.cancel.is_set():
                 job.streamer.end()
-                job.done.set()
                 continue
             slot = self.jobs.index(None)
             self.jobs[slot] = job
@@ -204,20 +201,22 @@ class FastEngine:
         rows = [slot for slot, job in enumerate(self.jobs) if job]
         if not rows:
             return
-        tokens = torch.zeros(self.slots, dtype=torch.long, device=self.device)
-        for slot, token in zip(rows, self.sample(rows), strict=True):
+        sampled = self.sample(rows)
+        positions = self.positions.tolist()  # one device sync a step, not one a slot
+        tokens = [0] * self.slots
+        for slot, token in zip(rows, sampled, strict=True):
             job = self.jobs[slot]
             job.generated += 1
             job.streamer.put(torch.tensor([token]))
-            self.seen[slot, token] = True
             tokens[slot] = token
-            full = int(self.positions[slot]) + 1 >= self.max_len
+            full = positions[slot] + 1 >= self.max_len
             if token in self.stop_ids or job.generated >= job.request.params.max_new_tokens or full:
                 self.finish(slot)
+        self.seen[torch.tensor(rows, device=self.device), torch.tensor(sampled, device=self.device)] = True
         live = [slot for slot in rows if self.jobs[slot]]
         if live:
-            length = next(b for b in self.buckets if b > int(self.positions[live].max()))
-            logits = self.decode_step(tokens, self.positions, length)
+            length = next(b for b in self.buckets if b > max(positions[slot] for slot in live))
+            logits = self.decode_step(torch.tensor(tokens, device=self.device), self.positions, length)
             with torch.inference_mode():
                 self.logits[live] = logits[live]
                 self.positions[live] += 1
