@@ -67,7 +67,7 @@ def parse(chat: Chat, body: object) -> tuple[list, str, object, str, bool]:
 
 def openai_routes(chat: Chat) -> APIRouter:
     in_flight = 0
-    limit = chat.settings.concurrency + chat.settings.queue_size
+    limit = chat.concurrency + chat.settings.queue_size
 
     def require_key(request: Request) -> None:
         key = chat.settings.api_key

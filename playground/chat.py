@@ -68,6 +68,10 @@ class Chat:
     def __post_init__(self) -> None:
         self.rate = RateLimiter(self.settings.rate_limit)
 
+    @property
+    def concurrency(self) -> int:
+        return self.settings.concurrency or max(b.info.parallel for b in self.backends.values())
+
     def backend(self, name: str = "") -> Backend:
         if not name:
             return next(iter(self.backends.values()))

@@ -14,7 +14,7 @@ from playground.ui import build_ui
 
 def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
     chat = Chat(load_backends(settings), settings)
-    demo = build_ui(chat).queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
+    demo = build_ui(chat).queue(max_size=settings.queue_size, default_concurrency_limit=chat.concurrency)
     app = FastAPI(title="StarChat Playground")
     app.include_router(openai_routes(chat))
     auth = tuple(settings.auth.split(":", 1)) if settings.auth else None

@@ -44,7 +44,11 @@ class Settings:
         "address to listen on (0.0.0.0 inside a container; the default in a Space)",
     )
     port: int = option(7860, "port to listen on")
-    concurrency: int = option(1, "generations running at once (one Gradio concurrency group)")
+    concurrency: int = option(
+        0,
+        "generations running at once (one Gradio concurrency group); 0: what the backend decodes together "
+        "(the fast engine's slots, 1 for plain generate, 16 for an endpoint)",
+    )
     queue_size: int = option(16, "requests waiting beyond those running; more are told the server is busy")
     max_new_tokens_limit: int = option(2048, "the largest max_new_tokens a request may ask for")
     max_message_chars: int = option(20000, "the longest message a person may send")

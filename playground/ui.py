@@ -199,7 +199,7 @@ def build_ui(chat: Chat) -> gr.Blocks:
         outputs = [chatbot, state, textbox, context]
         gpu = {
             "concurrency_id": "gpu",
-            "concurrency_limit": chat.settings.concurrency,
+            "concurrency_limit": chat.concurrency,
             "api_visibility": "private",
         }
         generating = [
@@ -214,5 +214,5 @@ def build_ui(chat: Chat) -> gr.Blocks:
             clearing(lambda: ([], [], ""), None, [chatbot, state, context], api_visibility="private", queue=False)
         save_button.click(save, [state, system], saved, api_visibility="private")
         upload.upload(load, [upload, state, system], [chatbot, state, system], api_visibility="private")
-        gr.api(chat_api, api_name="chat", concurrency_id="gpu", concurrency_limit=chat.settings.concurrency)
+        gr.api(chat_api, api_name="chat", concurrency_id="gpu", concurrency_limit=chat.concurrency)
     return demo

@@ -85,6 +85,7 @@ class BackendInfo:
     quantization: str
     context_length: int
     demo: bool = False
+    parallel: int = 1  # requests it serves at once: more wait in the queue
 
     def describe(self) -> str:
         return (

@@ -62,7 +62,8 @@ class EndpointBackend:
         tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
         control_ids(tokenizer)
         config = AutoConfig.from_pretrained(model, trust_remote_code=False)
-        info = BackendInfo(model, f"{protocol} server {url}", "server-side", context_length(config))
+        # The server batches requests itself; this many may stream from it at once.
+        info = BackendInfo(model, f"{protocol} server {url}", "server-side", context_length(config), parallel=16)
         backend = cls(
             url.rstrip("/"), protocol, tokenizer, info, token or os.environ.get("HF_TOKEN"), timeout, served_model
         )

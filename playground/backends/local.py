@@ -118,7 +118,7 @@ class LocalBackend:
                 # auto: a compile or capture failure must not keep the playground from serving.
                 print(f"The fast engine could not start ({exc!r}); serving with plain generate.", flush=True)
         device = describe_device(model) + (f", batched decoding of {slots}" if fast else "")
-        info = BackendInfo(name, device, quantize, context_length(model.config), demo)
+        info = BackendInfo(name, device, quantize, context_length(model.config), demo, slots if fast else 1)
         return cls(model, tokenizer, info, engine=fast)
 
     def prepare(self, messages: list[Message], max_new_tokens: int) -> Prompt:

@@ -143,3 +143,33 @@ def test_the_compiled_decode_step_gives_the_same_tokens(plain, tiny_checkpoint):
     compiled = LocalBackend.from_pretrained(str(tiny_checkpoint), engine="plain")
     compiled.engine = FastEngine(compiled.model, stop_ids(compiled.tokenizer), slots=2, compile=True, max_context=128)
     assert reply(compiled, ask(PROMPTS[0])) == reply(plain, ask(PROMPTS[0]))
+
+
+def test_people_using_the_playground_at_once_share_the_batch(tiny_checkpoint, tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gradio_client import Client
+
+    from tests.conftest import serve
+
+    flags = ["--model", str(tiny_checkpoint), "--engine", "fast", "--batch-slots", "4", "--cache-dir", str(tmp_path)]
+    with serve(*flags) as (url, chat):
+        assert chat.concurrency == 4  # the Gradio group lets as many in as the engine decodes together
+        engine, step, together_at_once = chat.backend().engine, chat.backend().engine.step, []
+
+        def watched_step():
+            together_at_once.append(sum(job is not None for job in engine.jobs))
+            step()
+
+        monkeypatch.setattr(engine, "step", watched_step)
+        client = Client(url, verbose=False)
+
+        def ask_api(seed):
+            return client.predict(
+                message="hi", history=[], seed=seed, temperature=1.0, max_new_tokens=120, api_name="/chat"
+            )
+
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(ask_api, range(4)))
+        assert all(isinstance(r, str) for r in replies)
+        assert max(together_at_once) > 1
