@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -65,9 +67,30 @@ def parse(chat: Chat, body: object) -> tuple[list, str, object, str, bool]:
     return turns, system or "", chat.params(**raw), model, bool(body.get("stream"))
 
 
+@dataclass
+class Admission:
+    """Counts requests in flight; each admitted request is released exactly once, however it ends."""
+
+    limit: int
+    in_flight: int = 0
+
+    def enter(self) -> Callable[[], None] | None:
+        if self.in_flight >= self.limit:
+            return None
+        self.in_flight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.in_flight -= 1
+
+        return release
+
+
 def openai_routes(chat: Chat) -> APIRouter:
-    in_flight = 0
-    limit = chat.concurrency + chat.settings.queue_size
+    admission = Admission(chat.concurrency + chat.settings.queue_size)
 
     def require_key(request: Request) -> None:
         key = chat.settings.api_key
@@ -86,20 +109,19 @@ def openai_routes(chat: Chat) -> APIRouter:
 
     @router.post("/chat/completions")
     async def completions(request: Request):
-        nonlocal in_flight
         try:
             history, system, params, model, stream = parse(chat, await request.json())
         except json.JSONDecodeError:
             return error(400, "the body is not JSON")
         except (ParamError, DialogueError) as exc:
             return error(400, str(exc))
-        if in_flight >= limit:
+        release = admission.enter()
+        if release is None:
             return error(429, "The server is busy: too many requests are waiting. Try again shortly.", "server_busy")
-        in_flight += 1
         updates = chat.respond(history, system, params, model, request.client.host if request.client else "")
         first = await anext(updates)
         if first.error:
-            in_flight -= 1
+            release()
             return error(first.status, first.error)
         name = model or next(iter(chat.backends))
         tokenizer = chat.backend(model).tokenizer
@@ -125,7 +147,7 @@ def openai_routes(chat: Chat) -> APIRouter:
             try:
                 last = await collect()
             finally:
-                in_flight -= 1
+                release()
             if last.error:
                 return error(last.status, last.error, "server_error")
             reply = last.conversation[-1]["content"]
@@ -135,7 +157,6 @@ def openai_routes(chat: Chat) -> APIRouter:
             return {"object": "chat.completion", **meta, "choices": [choice], "usage": usage}
 
         async def events() -> AsyncIterator[str]:
-            nonlocal in_flight
             sent = ""
             try:
                 yield sse(
@@ -172,10 +193,12 @@ def openai_routes(chat: Chat) -> APIRouter:
                 )
                 yield "data: [DONE]\n\n"
             finally:
-                in_flight -= 1
+                release()
                 await updates.aclose()  # a client that went away cancels the generation
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        body = events()
+        weakref.finalize(body, release)  # a client gone before the body started: the generator never runs
+        return StreamingResponse(body, media_type="text/event-stream")
 
     return router
 

@@ -102,3 +102,14 @@ def test_beyond_the_queue_the_server_says_busy(served, client, monkeypatch):
     for stream in streams:
         stream.close()
     assert wait_until_idle()
+
+
+def test_an_admission_is_released_exactly_once():
+    from playground.api import Admission
+
+    admission = Admission(limit=1)
+    release = admission.enter()
+    assert admission.enter() is None  # full
+    release()
+    release()  # the stream's finally and its finalizer may both call it
+    assert admission.in_flight == 0 and admission.enter() is not None
