@@ -130,9 +130,15 @@ def build_ui(chat: Chat) -> gr.Blocks:
 
         `model` picks one of the server's models by its display name (default: the first).
         """
-        raw = (temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed)
         try:
-            params = chat.params(**dict(zip(PARAM_NAMES, raw, strict=True)))
+            params = chat.params(
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                max_new_tokens=max_new_tokens,
+                repetition_penalty=repetition_penalty,
+                seed=seed,
+            )
             message = chat.check_message(message)
             if not isinstance(history, list) or not isinstance(system_prompt, str):
                 raise DialogueError("history must be a list of {role, content} and system_prompt a string")
