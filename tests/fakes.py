@@ -128,3 +128,51 @@ class FakeServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class HubHandler(BaseHTTPRequestHandler):
+    """The calls `HfApi.create_repo` and `upload_folder` make, for small files sent inline."""
+
+    protocol_version = "HTTP/1.1"
+    commits: list[list[str]]
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def reply(self, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        if self.path == "/api/validate-yaml":  # upload_folder has the Hub check a README's front matter
+            self.reply({"errors": [], "warnings": []})
+        elif self.path == "/api/repos/create":
+            name = json.loads(body)
+            self.reply({"url": f"{base}/{name.get('organization')}/{name['name']}"})
+        elif "/preupload/" in self.path:
+            files = json.loads(body)["files"]
+            self.reply({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+        elif "/commit/" in self.path:
+            lines = [json.loads(line) for line in body.decode().splitlines() if line]
+            self.commits.append([line["value"]["path"] for line in lines if line["key"] == "file"])
+            repo = self.path.split("/api/models/")[1].split("/commit/")[0]
+            self.reply({"commitUrl": f"{base}/{repo}/commit/{'a' * 40}", "commitOid": "a" * 40})
+        else:
+            self.send_error(404)
+
+
+class FakeHub(FakeServer):
+    """A loopback stand-in for the Hub's upload API; `commits` lists the paths of each commit."""
+
+    def __init__(self):
+        self.commits: list[list[str]] = []
+        handler = type("BoundHub", (HubHandler,), {"commits": self.commits})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

@@ -17,6 +17,7 @@ from playground.backends import ChatRequest, SamplingParams
 from playground.backends.local import LocalBackend
 from playground.template import render
 from tests.conftest import ROOT
+from tests.fakes import FakeHub
 
 TINY = "training/recipes/tiny.yaml"
 # A smaller scratch model and no evaluation: these runs check mechanics, not quality.
@@ -36,9 +37,14 @@ SMALL = [
 ]
 
 
-def train(*args: str, launcher: tuple[str, ...] = (sys.executable, "-m")) -> subprocess.CompletedProcess:
+def train(*args: str, launcher: tuple[str, ...] = (sys.executable, "-m"), env: dict | None = None):
     return subprocess.run(
-        [*launcher, "training.train", TINY, *args], cwd=ROOT, capture_output=True, text=True, timeout=400
+        [*launcher, "training.train", TINY, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -209,3 +215,26 @@ def test_two_process_accelerate_launch_trains_and_writes_a_loadable_checkpoint(t
     assert "processes: 2 (distributed) on cpu" in run.stdout
     backend = LocalBackend.from_pretrained(str(tmp_path / "ddp"))
     assert "".join(backend.stream(ChatRequest([{"role": "user", "content": "hi"}], SamplingParams(max_new_tokens=8))))
+
+
+def test_push_to_hub_uploads_the_served_checkpoint_only(tmp_path):
+    with FakeHub() as hub:
+        run = train(
+            "--output_dir",
+            str(tmp_path / "pushed"),
+            "--max_steps",
+            "2",
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "1",
+            "--push_to_hub",
+            "someone/tiny-starchat",
+            *SMALL,
+            env={"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test"},
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert "pushed to" in run.stdout
+    [paths] = hub.commits
+    assert {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= set(paths)
+    assert not [p for p in paths if p.startswith(("checkpoints/", "scratch-base/", "adapter/"))]
