@@ -89,6 +89,11 @@ def serve(*flags: str):
         thread.join(timeout=10)
 
 
+def serve_model(model: Path, cache: Path, *flags: str):
+    """`serve` for one model folder with its own cache."""
+    return serve("--model", str(model), "--cache-dir", str(cache), *flags)
+
+
 def slow_model(chat, monkeypatch, *, delay: float, endless: bool) -> list[int]:
     """Each decode step takes `delay` seconds; `endless` forbids <|end|> and <|endoftext|>.
 

@@ -18,7 +18,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from playground.backends import ChatRequest, SamplingParams
-from tests.conftest import generating, serve, slow_model, wait_until_idle
+from tests.conftest import generating, serve_model, slow_model, wait_until_idle
 from tests.fakes import FakeServer, Script
 
 CLIENTS = 32
@@ -66,31 +66,13 @@ def budget(way, tokens: int) -> dict:
     return {"max_tokens": tokens} if way is via_openai else {"max_new_tokens": tokens}
 
 
-def endpoint_flags(checkpoint, url: str, cache, *more: str) -> list[str]:
-    return [
-        "--model",
-        str(checkpoint),
-        "--backend",
-        "endpoint",
-        "--endpoint-url",
-        url,
-        "--cache-dir",
-        str(cache),
-        *more,
-    ]
+def serve_endpoint(checkpoint, url: str, cache, *more: str):
+    return serve_model(checkpoint, cache, "--backend", "endpoint", "--endpoint-url", url, *more)
 
 
 @pytest.fixture(scope="module")
 def local_server(tiny_checkpoint, tmp_path_factory):
-    flags = [
-        "--model",
-        str(tiny_checkpoint),
-        "--cache-dir",
-        str(tmp_path_factory.mktemp("cache")),
-        "--queue-size",
-        "64",
-    ]
-    with serve(*flags) as served:
+    with serve_model(tiny_checkpoint, tmp_path_factory.mktemp("cache"), "--queue-size", "64") as served:
         yield served
 
 
@@ -126,8 +108,8 @@ def test_32_clients_at_once_each_get_their_own_reply(local_server, way, capsys):
 def test_32_clients_through_the_endpoint_backend(tiny_checkpoint, tmp_path, way, capsys):
     script = Script(echo_seed=True, delay=0.005)
     with FakeServer(script) as tgi:
-        flags = endpoint_flags(tiny_checkpoint, tgi.url, tmp_path, "--queue-size", "64", "--concurrency", "8")
-        with serve(*flags) as (url, _), ThreadPoolExecutor(CLIENTS) as pool:
+        more = ("--queue-size", "64", "--concurrency", "8")
+        with serve_endpoint(tiny_checkpoint, tgi.url, tmp_path, *more) as (url, _), ThreadPoolExecutor(CLIENTS) as pool:
             results = list(pool.map(lambda seed: way(url, seed, **budget(way, 64)), range(CLIENTS)))
     for seed, (reply, _, _) in enumerate(results):
         assert reply == f"seed {seed}: {script.reply}"
@@ -137,7 +119,7 @@ def test_32_clients_through_the_endpoint_backend(tiny_checkpoint, tmp_path, way,
 
 def test_an_endpoint_dying_mid_stream_is_a_clear_error_and_the_next_request_works(tiny_checkpoint, tmp_path):
     script = Script(die_after=4)
-    with FakeServer(script) as tgi, serve(*endpoint_flags(tiny_checkpoint, tgi.url, tmp_path)) as (url, _):
+    with FakeServer(script) as tgi, serve_endpoint(tiny_checkpoint, tgi.url, tmp_path) as (url, _):
         client = Client(url, verbose=False)
         with pytest.raises(AppError, match="closed the connection in the middle of the reply"):
             client.predict(message="hi", history=[], max_new_tokens=64, api_name="/chat")

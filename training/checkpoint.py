@@ -21,7 +21,7 @@ from playground.template import EOS, control_ids, stop_ids
 
 
 def served_generation_config(tokenizer) -> GenerationConfig:
-    p = SamplingParams()
+    p, ids = SamplingParams(), control_ids(tokenizer)
     return GenerationConfig(
         do_sample=True,
         temperature=p.temperature,
@@ -30,8 +30,8 @@ def served_generation_config(tokenizer) -> GenerationConfig:
         repetition_penalty=p.repetition_penalty,
         max_new_tokens=p.max_new_tokens,
         eos_token_id=stop_ids(tokenizer),
-        pad_token_id=control_ids(tokenizer)[EOS],
-        bos_token_id=control_ids(tokenizer)[EOS],
+        pad_token_id=ids[EOS],
+        bos_token_id=ids[EOS],
     )
 
 

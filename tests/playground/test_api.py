@@ -4,22 +4,13 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import serve, slow_model, wait_until_idle
+from tests.conftest import serve_model, slow_model, wait_until_idle
 
 
 @pytest.fixture(scope="module")
 def served(tiny_checkpoint, tmp_path_factory):
-    flags = [
-        "--model",
-        str(tiny_checkpoint),
-        "--cache-dir",
-        str(tmp_path_factory.mktemp("cache")),
-        "--api-key",
-        "sk-test",
-        "--queue-size",
-        "2",
-    ]
-    with serve(*flags) as (url, chat):
+    cache = tmp_path_factory.mktemp("cache")
+    with serve_model(tiny_checkpoint, cache, "--api-key", "sk-test", "--queue-size", "2") as (url, chat):
         yield url, chat
 
 

@@ -7,13 +7,13 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from tests.conftest import generating, serve, slow_model, wait_until_idle
+from tests.conftest import generating, serve_model, slow_model, wait_until_idle
 
 
 @pytest.fixture(scope="module")
 def served(demo_model, tmp_path_factory):
     cache = str(tmp_path_factory.mktemp("cache"))
-    with serve("--model", str(demo_model), "--cache-dir", cache, "--queue-size", "1") as (url, chat):
+    with serve_model(demo_model, cache, "--queue-size", "1") as (url, chat):
         yield Client(url, verbose=False), chat
 
 

@@ -150,10 +150,9 @@ def test_people_using_the_playground_at_once_share_the_batch(tiny_checkpoint, tm
 
     from gradio_client import Client
 
-    from tests.conftest import serve
+    from tests.conftest import serve_model
 
-    flags = ["--model", str(tiny_checkpoint), "--engine", "fast", "--batch-slots", "4", "--cache-dir", str(tmp_path)]
-    with serve(*flags) as (url, chat):
+    with serve_model(tiny_checkpoint, tmp_path, "--engine", "fast", "--batch-slots", "4") as (url, chat):
         assert chat.concurrency == 4  # the Gradio group lets as many in as the engine decodes together
         engine, step, together_at_once = chat.backend().engine, chat.backend().engine.step, []
 

@@ -5,22 +5,13 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from tests.conftest import ROOT, serve
+from tests.conftest import ROOT, serve_model
 
 
 @pytest.fixture(scope="module")
 def locked(tiny_checkpoint, tmp_path_factory):
-    flags = [
-        "--model",
-        str(tiny_checkpoint),
-        "--cache-dir",
-        str(tmp_path_factory.mktemp("cache")),
-        "--auth",
-        "ada:lovelace",
-        "--rate-limit",
-        "3",
-    ]
-    with serve(*flags) as (url, _):
+    cache = tmp_path_factory.mktemp("cache")
+    with serve_model(tiny_checkpoint, cache, "--auth", "ada:lovelace", "--rate-limit", "3") as (url, _):
         yield url
 
 
@@ -42,7 +33,7 @@ def test_no_file_of_the_server_is_readable_through_gradios_file_routes(locked, p
 
 
 def test_a_client_over_the_rate_limit_is_told_to_wait(tiny_checkpoint, tmp_path):
-    with serve("--model", str(tiny_checkpoint), "--cache-dir", str(tmp_path), "--rate-limit", "2") as (url, _):
+    with serve_model(tiny_checkpoint, tmp_path, "--rate-limit", "2") as (url, _):
         client = Client(url, verbose=False)
         for _ in range(2):
             client.predict(message="hi", history=[], max_new_tokens=4, api_name="/chat")
@@ -51,8 +42,7 @@ def test_a_client_over_the_rate_limit_is_told_to_wait(tiny_checkpoint, tmp_path)
 
 
 def test_a_long_history_is_refused_with_its_limit(tiny_checkpoint, tmp_path):
-    flags = ["--model", str(tiny_checkpoint), "--cache-dir", str(tmp_path), "--max-history-messages", "2"]
-    with serve(*flags) as (url, _):
+    with serve_model(tiny_checkpoint, tmp_path, "--max-history-messages", "2") as (url, _):
         history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}] * 2
         with pytest.raises(AppError, match="has 5 messages; the limit is 2"):
             Client(url, verbose=False).predict(message="hi", history=history, max_new_tokens=4, api_name="/chat")

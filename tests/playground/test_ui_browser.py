@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.conftest import local_and_remote, serve, slow_model, wait_until_idle
+from tests.conftest import local_and_remote, serve, serve_model, slow_model, wait_until_idle
 from tests.fakes import FakeServer
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -23,7 +23,7 @@ WATCH_REPLY = """() => {
 
 @pytest.fixture(scope="module")
 def app(demo_model, tmp_path_factory):
-    with serve("--model", str(demo_model), "--cache-dir", str(tmp_path_factory.mktemp("cache"))) as served:
+    with serve_model(demo_model, tmp_path_factory.mktemp("cache")) as served:
         yield served
 
 
