@@ -18,6 +18,53 @@ from training.checkpoint import model_card, save_checkpoint
 from training.scratch import build_base, python_doc_dialogues
 
 ROOT = Path(__file__).resolve().parent.parent
+# Inductor compiles in a pool of worker processes that outlive the test that started them; on 2 cores
+# one compile thread is as fast and leaves no process behind.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+
+def descendants(pid: int | None = None) -> dict[int, str]:
+    """Living (not zombie) descendant processes of `pid` (default: this one), by pid, with their command line."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = {}, [pid or os.getpid()]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            with contextlib.suppress(OSError):
+                found[child] = (Path("/proc") / str(child) / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+            todo.append(child)
+    return found
+
+
+def survivors(before: dict[int, str], seconds: float) -> dict[int, str]:
+    """Descendants not in `before` that are still alive after waiting up to `seconds` for them to end."""
+    deadline = time.monotonic() + seconds
+    while (left := {p: c for p, c in descendants().items() if p not in before}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind():
+    """Every process a test starts (servers, training runs, browsers) has ended when the test ends."""
+    before = descendants()
+    yield
+    left = survivors(before, seconds=15)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, 9)
+    assert not left, f"processes outlived the test: {left}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_at_the_end():
+    yield
+    left = survivors({}, seconds=15)
+    assert not left, f"processes outlived the test run: {left}"
 
 
 @pytest.fixture(scope="session")

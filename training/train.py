@@ -209,6 +209,10 @@ def main(argv: list[str] | None = None) -> Path:
                 ignore_patterns=["checkpoints/*", "adapter/*", "scratch-base/*"],
             )
             print(f"pushed to https://huggingface.co/{script.push_to_hub_repo}", flush=True)
+    # Every rank waits for the save, then leaves the process group together: a rank that exits while
+    # another still talks to it makes gloo abort (SIGABRT) at interpreter shutdown.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return output
 
 

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from playground.backends import ChatRequest, SamplingParams
 from playground.backends.local import LocalBackend
 from playground.template import render
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from tests.fakes import FakeHub
 
 TINY = "training/recipes/tiny.yaml"
@@ -201,20 +201,35 @@ def test_lora_run_merges_into_a_checkpoint_with_the_adapter_models_logits(tmp_pa
 @pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores for two processes")
 def test_two_process_accelerate_launch_trains_and_writes_a_loadable_checkpoint(tmp_path):
     config = "training/accelerate/cpu-ddp.yaml"
+    out = tmp_path / "ddp"
     run = train(
         "--output_dir",
-        str(tmp_path / "ddp"),
+        str(out),
         "--max_steps",
         "4",
         "--save_strategy",
         "no",
         *SMALL,
-        launcher=("accelerate", "launch", "--config_file", config, "--main_process_port", "0", "-m"),
+        # A port of our own (a static rendezvous cannot negotiate port 0) and one thread per process on 2 cores.
+        launcher=("accelerate", "launch", "--config_file", config, "--main_process_port", str(free_port()), "-m"),
+        env={"OMP_NUM_THREADS": "1"},
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "processes: 2 (distributed) on cpu" in run.stdout
-    backend = LocalBackend.from_pretrained(str(tmp_path / "ddp"))
-    assert "".join(backend.stream(ChatRequest([{"role": "user", "content": "hi"}], SamplingParams(max_new_tokens=8))))
+    trained = AutoModelForCausalLM.from_pretrained(out)
+    scratch = AutoModelForCausalLM.from_pretrained(out / "scratch-base")
+    changed = [
+        name
+        for name, weight in scratch.state_dict().items()
+        if weight.shape == trained.state_dict()[name].shape and not torch.equal(weight, trained.state_dict()[name])
+    ]
+    assert len(changed) > len(scratch.state_dict()) // 2  # the four steps trained the weights
+    backend = LocalBackend.from_pretrained(str(out))
+    # A 4-step model may well answer with its stop token at once: it must load and run, not talk.
+    reply = backend.stream(
+        ChatRequest([{"role": "user", "content": "hi"}], SamplingParams(temperature=0, max_new_tokens=8))
+    )
+    assert isinstance("".join(reply), str)
 
 
 def test_push_to_hub_uploads_the_served_checkpoint_only(tmp_path):
