@@ -73,9 +73,13 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(self.script.delay)
             if openai:
                 self.event(self.openai_chunk("", "stop"))
+                if body.get("stream_options", {}).get("include_usage"):
+                    self.event({**self.openai_chunk("", None), "choices": [], "usage": self.usage(body, tokens)})
                 self.wfile.write(b"data: [DONE]\n\n")
             else:
-                self.event(self.tgi_chunk(len(tokens), "<|end|>", "".join(tokens), special=True))
+                final = self.tgi_chunk(len(tokens), "<|end|>", "".join(tokens), special=True)
+                details = {"finish_reason": "eos_token", "generated_tokens": len(tokens) + 1, "seed": None}
+                self.event({**final, "details": {**details, "input_length": 0}})
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.script.disconnects += 1
@@ -89,6 +93,11 @@ class Handler(BaseHTTPRequestHandler):
     def tgi_chunk(i: int, text: str, final: str | None, special: bool = False) -> dict:
         token = {"id": i, "text": text, "logprob": -0.1, "special": special}
         return {"index": i, "token": token, "generated_text": final, "details": None, "top_tokens": None}
+
+    @staticmethod
+    def usage(body: dict, tokens: list[str]) -> dict:
+        prompt = len(body.get("prompt") or [])
+        return {"prompt_tokens": prompt, "completion_tokens": len(tokens) + 1, "total_tokens": prompt + len(tokens) + 1}
 
     @staticmethod
     def openai_chunk(text: str, finish: str | None) -> dict:

@@ -72,10 +72,20 @@ class SamplingParams:
 
 
 @dataclass
+class Outcome:
+    """How a reply ended; the backend fills it in before its stream ends."""
+
+    tokens: int = 0  # tokens the model generated, its closing stop token included
+    finish: str = ""  # "stop": the model ended its turn; "length": max_new_tokens or the context ran out;
+    # "cancelled": the request was cancelled; "error": the backend failed mid-reply
+
+
+@dataclass
 class ChatRequest:
     messages: list[Message]  # an optional system message, then user/assistant turns ending with the user
     params: SamplingParams = field(default_factory=SamplingParams)
     cancel: threading.Event = field(default_factory=threading.Event)
+    outcome: Outcome = field(default_factory=Outcome)
 
 
 @dataclass(frozen=True)

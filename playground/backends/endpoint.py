@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import openai
 from transformers import AutoConfig, AutoTokenizer
 
-from playground.backends import BackendError, BackendInfo, ChatRequest, SamplingParams, context_length
+from playground.backends import BackendError, BackendInfo, ChatRequest, Outcome, SamplingParams, context_length
 from playground.template import (
     END,
     EOS,
@@ -86,21 +86,22 @@ class EndpointBackend:
         system, turns = split_system(request.messages)
         kept = [{"role": "system", "content": system}, *turns[2 * prompt.dropped_turns :]]
         if self.protocol == "tgi":
-            pieces = self.tgi(render(inert_messages(kept)), request.params)
+            pieces = self.tgi(render(inert_messages(kept)), request.params, request.outcome)
         elif self.protocol == "openai":
-            pieces = self.completions(prompt.input_ids, request.params)
+            pieces = self.completions(prompt.input_ids, request.params, request.outcome)
         else:
-            pieces = self.completions(render(inert_messages(kept)), request.params)
+            pieces = self.completions(render(inert_messages(kept)), request.params, request.outcome)
         try:
             with closing(pieces):
                 for piece in pieces:
                     if request.cancel.is_set():
+                        request.outcome.finish = "cancelled"
                         return  # closing the stream closes the connection: the server stops generating
                     yield piece
         except Exception as exc:  # the client libraries' errors, as one a person can act on
             raise describe_failure(self.url, exc) from exc
 
-    def tgi(self, prompt: str, p: SamplingParams) -> Iterator[str]:
+    def tgi(self, prompt: str, p: SamplingParams, outcome: Outcome) -> Iterator[str]:
         from huggingface_hub import InferenceClient
 
         client = InferenceClient(base_url=self.url, token=self.token, timeout=self.timeout)
@@ -117,13 +118,18 @@ class EndpointBackend:
         )
         finished = False
         for output in outputs:
+            outcome.tokens += 1
             finished = output.generated_text is not None  # only the last event carries it
+            if finished and output.details:
+                outcome.tokens = output.details.generated_tokens
+                outcome.finish = "length" if output.details.finish_reason == "length" else "stop"
             if not output.token.special:
                 yield output.token.text
         if not finished:
             raise cut_off(self.url)
+        outcome.finish = outcome.finish or "stop"
 
-    def completions(self, prompt: str | list[int], p: SamplingParams) -> Iterator[str]:
+    def completions(self, prompt: str | list[int], p: SamplingParams, outcome: Outcome) -> Iterator[str]:
         stream = self.openai().completions.create(
             model=self.served_model,
             prompt=prompt,
@@ -133,13 +139,19 @@ class EndpointBackend:
             top_p=p.top_p,
             seed=p.seed if p.seed >= 0 else None,
             stop=[END, EOS],
+            stream_options={"include_usage": True},
             extra_body={"top_k": p.top_k or -1, "repetition_penalty": p.repetition_penalty},
         )
         finished = False
         with closing(stream):
             for chunk in stream:
+                if chunk.usage:  # the exact count, where the server sends it
+                    outcome.tokens = chunk.usage.completion_tokens
                 if chunk.choices:
+                    outcome.tokens += not chunk.usage
                     finished = chunk.choices[0].finish_reason is not None
+                    if finished:
+                        outcome.finish = "length" if chunk.choices[0].finish_reason == "length" else "stop"
                     if chunk.choices[0].text:
                         yield chunk.choices[0].text
         if not finished:

@@ -168,10 +168,11 @@ class FastEngine:
     def submit(self, job: Job) -> None:
         self.waiting.put(job)
 
-    def finish(self, slot: int, error: BaseException | None = None) -> None:
+    def finish(self, slot: int, reason: str, error: BaseException | None = None) -> None:
         job = self.jobs[slot]
         self.jobs[slot] = None
         job.error = error
+        job.request.outcome.tokens, job.request.outcome.finish = job.generated, reason
         job.streamer.end()
 
     def admit(self, block: bool) -> None:
@@ -182,6 +183,7 @@ class FastEngine:
                 return
             block = False
             if job.request.cancel.is_set():
+                job.request.outcome.finish = "cancelled"
                 job.streamer.end()
                 continue
             slot = self.jobs.index(None)
@@ -197,7 +199,7 @@ class FastEngine:
     def step(self) -> None:
         for slot, job in enumerate(self.jobs):
             if job and job.request.cancel.is_set():
-                self.finish(slot)
+                self.finish(slot, "cancelled")
         rows = [slot for slot, job in enumerate(self.jobs) if job]
         if not rows:
             return
@@ -209,9 +211,10 @@ class FastEngine:
             job.generated += 1
             job.streamer.put(torch.tensor([token]))
             tokens[slot] = token
-            full = positions[slot] + 1 >= self.max_len
-            if token in self.stop_ids or job.generated >= job.request.params.max_new_tokens or full:
-                self.finish(slot)
+            if token in self.stop_ids:
+                self.finish(slot, "stop")
+            elif job.generated >= job.request.params.max_new_tokens or positions[slot] + 1 >= self.max_len:
+                self.finish(slot, "length")
         self.seen[torch.tensor(rows, device=self.device), torch.tensor(sampled, device=self.device)] = True
         live = [slot for slot in rows if self.jobs[slot]]
         if live:
@@ -240,7 +243,7 @@ class FastEngine:
                     exc = BackendError("The GPU ran out of memory; its memory was freed. Try a shorter conversation.")
                 for slot, job in enumerate(self.jobs):
                     if job:
-                        self.finish(slot, exc)
+                        self.finish(slot, "error", exc)
 
     def busy(self) -> int:
         return sum(job is not None for job in self.jobs) + self.waiting.qsize()

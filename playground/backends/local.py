@@ -82,6 +82,10 @@ class LocalBackend:
 
     engine: FastEngine | None = None  # continuous batching over a static cache; None: plain generate
 
+    @property
+    def stop_ids(self) -> list[int]:
+        return stop_ids(self.tokenizer)
+
     @classmethod
     def from_pretrained(
         cls, model_id: str, quantize: str = "none", demo: bool = False, engine: str = "auto", slots: int = 8
@@ -130,7 +134,7 @@ class LocalBackend:
         return GenerationConfig(
             max_new_tokens=p.max_new_tokens,
             repetition_penalty=p.repetition_penalty,
-            eos_token_id=stop_ids(self.tokenizer),
+            eos_token_id=self.stop_ids,
             pad_token_id=control_ids(self.tokenizer)[EOS],
             **(sampling if p.temperature > 0 else {"do_sample": False}),
         )
@@ -153,13 +157,19 @@ class LocalBackend:
                     if request.cancel.is_set():
                         return
                     torch.manual_seed(seed)
-                    self.model.generate(
+                    out = self.model.generate(
                         input_ids=input_ids,
                         attention_mask=torch.ones_like(input_ids),
                         generation_config=self.generation_config(request),
                         stopping_criteria=StoppingCriteriaList([CancelCriteria(request.cancel)]),
                         streamer=streamer,
                     )
+                new = out[0, len(prompt.input_ids) :].tolist()
+                request.outcome.tokens = len(new)
+                if new and new[-1] in self.stop_ids:
+                    request.outcome.finish = "stop"
+                else:
+                    request.outcome.finish = "cancelled" if request.cancel.is_set() else "length"
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 failure.append(

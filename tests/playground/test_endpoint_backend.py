@@ -23,8 +23,11 @@ def ask(text: str = "How do I sort a list?", **params) -> ChatRequest:
 def test_streams_the_servers_reply_and_stops_at_end(tiny_checkpoint, protocol):
     with FakeServer() as server:
         backend = EndpointBackend.connect(str(tiny_checkpoint), server.url, protocol, token="secret")
-        pieces = list(backend.stream(ask(seed=5, top_k=0)))
+        request = ask(seed=5, top_k=0)
+        pieces = list(backend.stream(request))
         assert len(pieces) > 3 and "".join(pieces) == server.script.reply  # no <|end|> shown
+        # The server's own count (its words and the stop token) and reason.
+        assert (request.outcome.tokens, request.outcome.finish) == (len(server.script.tokens()) + 1, "stop")
         sent = server.script.requests[-1]
         assert sent["auth"] == "Bearer secret"
     if protocol == "tgi":

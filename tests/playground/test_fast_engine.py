@@ -172,3 +172,27 @@ def test_people_using_the_playground_at_once_share_the_batch(tiny_checkpoint, tm
             replies = list(pool.map(ask_api, range(4)))
         assert all(isinstance(r, str) for r in replies)
         assert max(together_at_once) > 1
+
+
+@pytest.mark.parametrize("engine", ["plain", "fast"])
+def test_each_reply_reports_its_token_count_and_why_it_ended(plain, fast, engine):
+    backend = {"plain": plain, "fast": fast}[engine]
+    cut = ask("Explain `sorted` in detail", max_new_tokens=1)
+    assert reply(backend, cut) is not None and (cut.outcome.tokens, cut.outcome.finish) == (1, "length")
+
+    end = backend.tokenizer.convert_tokens_to_ids("<|end|>")
+    calls = []
+
+    def third_token_ends_the_turn(module, inputs, logits):
+        calls.append(1)
+        if len(calls) == 3:  # the prefill gives the first token, each decode step the next
+            logits[..., end] = 1e4
+        return logits
+
+    hook = backend.model.lm_head.register_forward_hook(third_token_ends_the_turn)
+    try:
+        ended = ask("hi", max_new_tokens=200)
+        reply(backend, ended)
+    finally:
+        hook.remove()
+    assert (ended.outcome.tokens, ended.outcome.finish) == (3, "stop")  # two tokens of text and <|end|>
