@@ -22,13 +22,19 @@ ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
 Message = dict[str, str]
 
 # Jinja twin of `render`, stored in every checkpoint's tokenizer so that
-# `apply_chat_template(..., add_generation_prompt=True)` gives exactly our prompt.
+# `apply_chat_template(..., add_generation_prompt=True)` gives exactly our prompt. Engines that
+# tokenize the rendered text (vLLM's or TGI's chat API) would read a control string typed by a
+# person as the control token itself, so the template makes them inert exactly as `inert` does.
+_INERT = {token: token[0] + "\u200b" + token[1:] for token in (*CONTROL_TOKENS, EOS)}
+_JINJA_INERT = "".join(f" | replace('{token}', '{safe}')" for token, safe in _INERT.items())
 CHAT_TEMPLATE = (
     "{%- if messages and messages[0]['role'] == 'system' -%}"
     "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}"
     "{%- else -%}{%- set system = '' -%}{%- set turns = messages -%}{%- endif -%}"
-    "{{ '<|system|>\\n' + system + '<|end|>\\n' }}"
-    "{%- for m in turns -%}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|end|>\\n' }}{%- endfor -%}"
+    "{{ '<|system|>\\n' + (system" + _JINJA_INERT + ") + '<|end|>\\n' }}"
+    "{%- for m in turns -%}"
+    "{{ '<|' + m['role'] + '|>\\n' + (m['content']" + _JINJA_INERT + ") + '<|end|>\\n' }}"
+    "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}"
 )
 
@@ -92,9 +98,6 @@ def pieces(messages: Sequence[Message], add_generation_prompt: bool = True) -> I
 
 def render(messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
     return "".join(p.text for p in pieces(messages, add_generation_prompt))
-
-
-_INERT = {token: token[0] + "\u200b" + token[1:] for token in (*CONTROL_TOKENS, EOS)}
 
 
 def inert(text: str) -> str:
