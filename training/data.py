@@ -5,10 +5,12 @@ Bad rows are dropped and counted by reason; nothing here raises on a row.
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 import datasets
@@ -17,8 +19,11 @@ from playground.template import DialogueError, Message, validate
 from training.scratch import builtin_rows
 
 REFUSAL_PHRASES = Path(__file__).with_name("refusal_phrases.txt")
-_GUANACO_TURN = re.compile(r"###\s*(Human|Assistant)\s*:", re.I)
+# A Markdown code fence: up to three spaces, then three or more backticks or tildes.
+_FENCE = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})")
+_GUANACO_EVENT = re.compile(r"^[ \t]{0,3}(?P<fence>`{3,}|~{3,})|###\s*(?P<speaker>Human|Assistant)\s*:", re.I | re.M)
 _FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+SHOWN_PLACES = 3  # places named per reason in the summary
 
 
 class RowError(ValueError):
@@ -30,10 +35,25 @@ class DataReport:
     rows: int = 0
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
+    places: dict[str, list[str]] = field(default_factory=dict)  # reason -> where, e.g. "data.jsonl line 3"
+    cut: int = 0  # dialogues whose later turns were left out to fit block_size (training.format.fit_dialogue)
+
+    def drop(self, reason: str, place: str | None = None) -> None:
+        self.dropped[reason] += 1
+        if place is not None:
+            self.places.setdefault(reason, []).append(place)
 
     def summary(self) -> str:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in self.dropped.most_common()) or "none"
-        return f"{self.rows} rows read, {self.kept} dialogues kept; dropped: {reasons}"
+        reasons = ", ".join(self._reason(reason, n) for reason, n in self.dropped.most_common()) or "none"
+        cut = f"; {self.cut} cut after their last whole turn that fits block_size" if self.cut else ""
+        return f"{self.rows} rows read, {self.kept} dialogues kept{cut}; dropped: {reasons}"
+
+    def _reason(self, reason: str, n: int) -> str:
+        places = self.places.get(reason, [])
+        if not places:
+            return f"{n} {reason}"
+        more = ", ..." if len(places) > SHOWN_PLACES else ""
+        return f"{n} {reason} ({', '.join(places[:SHOWN_PLACES])}{more})"
 
 
 def load_phrases(path: Path = REFUSAL_PHRASES) -> list[str]:
@@ -41,27 +61,105 @@ def load_phrases(path: Path = REFUSAL_PHRASES) -> list[str]:
     return [line.strip().lower() for line in lines if line.strip() and not line.startswith("#")]
 
 
-def load_rows(source: str, split: str = "train") -> datasets.Dataset:
+def load_rows(source: str, report: DataReport, split: str = "train") -> Iterable[dict]:
     """A local JSON/JSONL/Parquet/CSV file, `builtin:NAME` (made offline), or a Hub dataset id."""
     if source.startswith("builtin:"):
-        return datasets.Dataset.from_list(builtin_rows(source.removeprefix("builtin:")))
+        return builtin_rows(source.removeprefix("builtin:"))
     path = Path(source)
     if path.exists():
         if path.suffix not in _FORMATS:
             raise ValueError(f"{source}: use one of {', '.join(_FORMATS)}")
+        if _FORMATS[path.suffix] == "json":
+            return json_rows(path, report)
         return datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
     return datasets.load_dataset(source, split=split)
 
 
+def json_rows(path: Path, report: DataReport) -> Iterator[dict]:
+    """A JSON array, or JSON Lines read line by line.
+
+    datasets' JSON loader fails the whole file on one broken line; here a broken line is one
+    dropped row, counted with its line number.
+    """
+    text = path.read_text(encoding="utf-8")
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None  # not one JSON document: JSON Lines
+    if isinstance(whole, list):
+        lines = [(f"{path.name} item {i}", row) for i, row in enumerate(whole)]
+    elif whole is not None:
+        lines = [(path.name, whole)]
+    else:
+        lines = [(f"{path.name} line {n}", line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    for place, line in lines:
+        if isinstance(line, str):
+            try:
+                line = json.loads(line)
+            except json.JSONDecodeError:
+                report.rows += 1
+                report.drop("unparsable JSON", place)
+                continue
+        if not isinstance(line, dict):
+            report.rows += 1
+            report.drop("not a JSON object", place)
+            continue
+        yield line
+
+
 def parse_guanaco(text: str) -> list[Message]:
-    """`### Human: ... ### Assistant: ...` turns in one string (openassistant-guanaco)."""
-    parts = _GUANACO_TURN.split(text)
-    if parts[0].strip():
+    """`### Human: ... ### Assistant: ...` turns in one string (openassistant-guanaco).
+
+    A marker inside a fenced code block is code, not a turn. The dataset joins turns without a
+    newline (`...research.### Assistant: ...`, also right after a closing fence), so outside a fence
+    a marker counts wherever it stands; a fence opens at the start of a line or of a turn.
+    """
+    turns: list[tuple[str, int, int]] = []  # (speaker, start, end) of each turn's text
+    first = 0  # where the first marker stands
+    fence = ""  # the opening run of backticks or tildes while inside a code block
+    hidden = False  # a marker inside the code block that is open now
+    for event in _GUANACO_EVENT.finditer(text):
+        run, speaker = event.group("fence"), event.group("speaker")
+        if run and not fence:
+            fence = run if _opens(text, event.end(), run) else ""
+            hidden = False
+        elif run:
+            fence = "" if run[0] == fence[0] and len(run) >= len(fence) else fence
+        elif fence:
+            hidden = True
+        else:
+            if turns:
+                turns[-1] = (turns[-1][0], turns[-1][1], event.start())
+            else:
+                first = event.start()
+            turns.append((speaker.lower(), event.end(), len(text)))
+            opener = _FENCE.match(text, event.end())  # "### Assistant: ```python"
+            if opener and _opens(text, opener.end(), opener.group(1)):
+                fence, hidden = opener.group(1), False
+    if fence and hidden:
+        raise RowError("an unclosed code fence hides a ### marker")
+    if not turns:
+        raise RowError("no ### Human: marker")
+    if text[:first].strip():
         raise RowError("text before the first ### Human:")
+    speakers = [speaker for speaker, _, _ in turns]
+    if speakers[0] != "human":
+        raise RowError("starts with ### Assistant: instead of ### Human:")
+    for a, b in pairwise(speakers):
+        if a == b:
+            raise RowError(f"two ### {a.title()}: turns in a row")
+    if speakers[-1] == "human":
+        raise RowError("the last ### Human: has no ### Assistant: answer")
     return [
-        {"role": "user" if speaker.lower() == "human" else "assistant", "content": content.strip()}
-        for speaker, content in zip(parts[1::2], parts[2::2], strict=True)
+        {"role": "user" if speaker == "human" else "assistant", "content": text[start:end].strip()}
+        for speaker, start, end in turns
     ]
+
+
+def _opens(text: str, after: int, run: str) -> bool:
+    """A run of backticks opens a fence only if its line holds no other backtick (else it is inline code)."""
+    end = text.find("\n", after)
+    return run[0] != "`" or "`" not in text[after : len(text) if end < 0 else end]
 
 
 def row_to_messages(row: dict, max_chars: int) -> list[Message]:
@@ -99,10 +197,10 @@ def dialogues(
         try:
             messages = row_to_messages(row, max_chars)
         except RowError as exc:
-            report.dropped[str(exc)] += 1
+            report.drop(str(exc))
             continue
         if phrases is not None and is_refusal(messages, phrases):
-            report.dropped["refusal/alignment phrase (uncensored filter)"] += 1
+            report.drop("refusal/alignment phrase (uncensored filter)")
             continue
         report.kept += 1
         yield messages
@@ -122,7 +220,7 @@ def build_dataset(
     kept = [
         {"messages": messages}
         for source in sources
-        for messages in dialogues(load_rows(source), report, max_chars=max_chars, phrases=phrases)
+        for messages in dialogues(load_rows(source, report), report, max_chars=max_chars, phrases=phrases)
     ]
     if len(kept) < 2:
         raise ValueError(f"fewer than two usable dialogues in {sources}: {report.summary()}")

@@ -48,7 +48,8 @@ def test_bad_rows_are_dropped_and_counted_by_reason():
     assert len(kept) == 3 and report.kept == 3 and report.rows == 12
     assert report.dropped == {
         "refusal/alignment phrase (uncensored filter)": 1,
-        "roles do not alternate or do not end with the assistant": 2,
+        "roles do not alternate or do not end with the assistant": 1,
+        "the last ### Human: has no ### Assistant: answer": 1,
         "empty turn": 1,
         "malformed messages": 1,
         "no messages or text field": 2,
@@ -81,3 +82,58 @@ def test_files_of_each_format_and_a_deterministic_split(tmp_path):
     again, _ = build_dataset([str(jsonl), str(tmp_path / "b.parquet")], test_size=0.2, seed=42)
     assert report.kept == 40 and len(first["train"]) == 32 and len(first["test"]) == 8
     assert first["test"]["messages"] == again["test"]["messages"]
+
+
+FENCED_ANSWER = (
+    "Prefix each turn, like this:\n\n```text\n### Human: What is 2 + 2?\n### Assistant: 4\n```\n\n"
+    "The model then learns where turns begin."
+)
+
+
+def test_guanaco_markers_inside_code_fences_are_code():
+    question = "How do I write a guanaco prompt?"
+    text = f"### Human: {question}### Assistant: {FENCED_ANSWER}### Human: Thanks### Assistant: Welcome."
+    assert parse_guanaco(text) == [
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": FENCED_ANSWER},
+        {"role": "user", "content": "Thanks"},
+        {"role": "assistant", "content": "Welcome."},
+    ]
+    # The dataset joins turns without a newline, also right after a closing fence.
+    code = "```python\nprint('### Human: hi')\n```"
+    assert parse_guanaco(f"### Human: Show me.### Assistant: {code}### Human: Why?### Assistant: Because.")[1:3] == [
+        {"role": "assistant", "content": code},
+        {"role": "user", "content": "Why?"},
+    ]
+
+
+def test_unbalanced_guanaco_text_is_dropped_with_what_was_wrong():
+    cases = {
+        "### Assistant: an answer to nothing": "starts with ### Assistant: instead of ### Human:",
+        "### Human: one### Human: two### Assistant: a": "two ### Human: turns in a row",
+        "### Human: q### Assistant: a### Assistant: b": "two ### Assistant: turns in a row",
+        "### Human: q### Assistant: a### Human: and?": "the last ### Human: has no ### Assistant: answer",
+        "### Human: see\n```\ncode### Assistant: never closed": "an unclosed code fence hides a ### marker",
+        "just text": "no ### Human: marker",
+    }
+    report = DataReport()
+    kept = list(dialogues([{"text": text} for text in cases], report, max_chars=1000, phrases=None))
+    assert kept == [] and report.dropped == {reason: 1 for reason in cases.values()}
+
+
+def test_a_broken_json_line_is_a_counted_reason_with_its_line_number(tmp_path):
+    good = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join([good, good, '{"messages": [{"role": "user", "content": "cut off', good, "", "[1, 2]"]))
+    splits, report = build_dataset([str(path)], test_size=0.34, seed=0)
+    assert len(splits["train"]) + len(splits["test"]) == report.kept == 3
+    assert report.rows == 5 and report.dropped == {"unparsable JSON": 1, "not a JSON object": 1}
+    assert "1 unparsable JSON (data.jsonl line 3)" in report.summary()
+    assert "1 not a JSON object (data.jsonl line 6)" in report.summary()
+
+
+def test_a_json_file_holding_one_array_is_read_whole(tmp_path):
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    (tmp_path / "data.json").write_text(json.dumps([row, row, row], indent=2))
+    _, report = build_dataset([str(tmp_path / "data.json")], test_size=0.34, seed=0)
+    assert report.rows == report.kept == 3 and not report.dropped
