@@ -33,7 +33,12 @@ CHAT_TEMPLATE = (
     "{%- else -%}{%- set system = '' -%}{%- set turns = messages -%}{%- endif -%}"
     "{{ '<|system|>\\n' + (system" + _JINJA_INERT + ") + '<|end|>\\n' }}"
     "{%- for m in turns -%}"
-    "{{ '<|' + m['role'] + '|>\\n' + (m['content']" + _JINJA_INERT + ") + '<|end|>\\n' }}"
+    "{%- set text = '\\n' + (m['content']" + _JINJA_INERT + ") + '<|end|>' -%}"
+    # {% generation %} marks what the assistant says, exactly the pieces training puts in the loss
+    # (return_assistant_tokens_mask, TRL's assistant-only loss).
+    "{{ '<|' + m['role'] + '|>' }}"
+    "{%- if m['role'] == 'assistant' -%}{% generation %}{{ text }}{% endgeneration %}"
+    "{%- else -%}{{ text }}{%- endif -%}{{ '\\n' }}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|assistant|>' }}{%- endif -%}"
 )

@@ -1,4 +1,4 @@
-"""Messages -> input_ids/labels through playground.template: the chat tokens, loss masks, packing."""
+"""Messages -> input_ids/labels through playground.template: the chat tokens, loss masks, the length rule, packing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from playground.template import CHAT_TEMPLATE, CONTROL_TOKENS, EOS, Message, control_ids, encode_pieces
+from playground.template import CHAT_TEMPLATE, CONTROL_TOKENS, EOS, Message, control_ids, encode_pieces, split_system
 
 IGNORE = -100  # the label the loss skips
 
@@ -41,8 +41,77 @@ def tokenize_dialogue(tokenizer, messages: Sequence[Message], train_on: str = "a
     return {"input_ids": input_ids, "labels": labels}
 
 
+def fit_dialogue(
+    tokenizer, messages: Sequence[Message], block_size: int, train_on: str = "assistant"
+) -> tuple[dict[str, list[int]] | None, bool]:
+    """`tokenize_dialogue` within block_size tokens, and whether the dialogue had to be cut.
+
+    The rule: a dialogue longer than block_size keeps its system prompt and its exchanges up to the
+    last whole assistant turn that fits, so it ends as every dialogue ends (`<|end|>\n<|endoftext|>`);
+    one whose first exchange alone does not fit is dropped (None).
+    """
+    _, turns = split_system(messages)
+    head = list(messages[: len(messages) - len(turns)])
+    for keep in range(len(turns), 0, -2):  # validated dialogues are user/assistant pairs
+        example = tokenize_dialogue(tokenizer, head + list(turns[:keep]), train_on)
+        if len(example["input_ids"]) <= block_size:
+            return example, keep < len(turns)
+    return None, True
+
+
+def pack_blocks(examples: list[dict[str, list[int]]], block_size: int):
+    """Whole dialogues into blocks of at most block_size tokens (best fit decreasing, TRL's packer).
+
+    Each block keeps `seq_lengths`, its dialogues' lengths, for PackedCollator. Dialogues must
+    already fit (fit_dialogue): TRL would cut a longer one without saying so.
+    """
+    import datasets
+    from trl.data_utils import pack_dataset  # only training packs; the benchmark builds its blocks itself
+
+    if too_long := [len(e["input_ids"]) for e in examples if len(e["input_ids"]) > block_size]:
+        raise ValueError(f"{len(too_long)} dialogue(s) longer than block_size {block_size}: fit them first")
+    rows = datasets.Dataset.from_list([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+    return pack_dataset(rows, block_size, strategy="bfd", map_kwargs={"load_from_cache_file": False})
+
+
+@dataclass(frozen=True)
+class PackedCollator:
+    """Packed blocks in which every dialogue attends only to itself.
+
+    Position ids restart at each dialogue and no attention mask is passed, so transformers builds a
+    block-diagonal causal mask from them (sdpa, eager, flex attention) or runs flash attention
+    varlen; the model must not use a KV cache while training (load_model turns it off), or
+    transformers ignores the packing. The first token of each dialogue gets no label: the previous
+    dialogue's last token must not learn to predict it. transformers' DataCollatorWithFlattening
+    and TRL's padding-free collator put the whole batch in one row, which makes SDPA's masked
+    attention grow with the square of the batch's tokens; one row per block keeps it per block.
+    A shorter block is padded at its end; the padding is a sequence of its own, outside the loss.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        batch = {"input_ids": [], "labels": [], "position_ids": []}
+        for f in features:
+            labels, positions, start = list(f["labels"]), [], 0
+            for length in f["seq_lengths"]:
+                labels[start] = IGNORE
+                positions += range(length)
+                start += length
+            pad = width - len(f["input_ids"])
+            batch["input_ids"].append(list(f["input_ids"]) + [self.pad_token_id] * pad)
+            batch["labels"].append(labels + [IGNORE] * pad)
+            batch["position_ids"].append(positions + list(range(pad)))
+        return {k: torch.tensor(v) for k, v in batch.items()}
+
+
 def pack(examples: Iterable[dict[str, list[int]]], block_size: int) -> Iterator[dict[str, list[int]]]:
-    """Concatenates dialogues and cuts blocks of block_size; the last, shorter block is kept."""
+    """StarChat's packing: concatenates dialogues and cuts blocks of block_size under one causal mask.
+
+    Dialogues in a block attend to each other; PackedCollator's packing keeps them apart. The last,
+    shorter block is kept.
+    """
     ids: list[int] = []
     labels: list[int] = []
     for example in examples:

@@ -1,11 +1,21 @@
-"""Chat tokens, exact label masks and packing."""
+"""Chat tokens, exact label masks, the length rule and packing without cross-talk."""
 
 import pytest
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 from playground.template import CHAT_TEMPLATE, render
-from training.format import IGNORE, Collator, add_chat_tokens, pack, tokenize_dialogue
+from training.format import (
+    IGNORE,
+    Collator,
+    PackedCollator,
+    add_chat_tokens,
+    fit_dialogue,
+    pack,
+    pack_blocks,
+    tokenize_dialogue,
+)
 
 
 def starcoder_sized_tokenizer() -> PreTrainedTokenizerFast:
@@ -73,3 +83,67 @@ def test_the_collator_pads_short_blocks_out_of_attention_and_loss():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["labels"].tolist() == [[5, 6, 7], [8, IGNORE, IGNORE]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_the_served_template_marks_exactly_the_trained_spans(tokenizer):
+    """TRL's assistant-only loss reads the template's {% generation %} spans: they are our loss mask."""
+    rendered = tokenizer.apply_chat_template(
+        DIALOGUE, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    example = tokenize_dialogue(tokenizer, DIALOGUE)
+    assert rendered["input_ids"] == example["input_ids"][:-1]  # the template adds no <|endoftext|>
+    assert rendered["assistant_masks"] == [int(label != IGNORE) for label in example["labels"][:-1]]
+
+
+LONG = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "What is a list?"},
+    {"role": "assistant", "content": "An ordered, mutable sequence."},
+    {"role": "user", "content": "Show every method."},
+    {"role": "assistant", "content": " ".join(f"list.method_{i}()" for i in range(200))},
+    {"role": "user", "content": "Thanks"},
+    {"role": "assistant", "content": "You're welcome."},
+]
+
+
+def test_an_over_long_dialogue_is_cut_after_its_last_whole_turn_that_fits(tokenizer):
+    whole = tokenize_dialogue(tokenizer, LONG)
+    two_exchanges = tokenize_dialogue(tokenizer, LONG[:5])
+    first_exchange = tokenize_dialogue(tokenizer, LONG[:3])
+    assert fit_dialogue(tokenizer, LONG, len(whole["input_ids"])) == (whole, False)
+    assert fit_dialogue(tokenizer, LONG, len(whole["input_ids"]) - 1) == (two_exchanges, True)
+    # The long second answer does not fit: the dialogue ends after the first answer, as any dialogue ends.
+    assert fit_dialogue(tokenizer, LONG, len(two_exchanges["input_ids"]) - 1) == (first_exchange, True)
+    assert tokenizer.decode(first_exchange["input_ids"]).endswith("sequence.<|end|>\n<|endoftext|>")
+    # Not even the first exchange fits: dropped.
+    assert fit_dialogue(tokenizer, LONG, len(first_exchange["input_ids"]) - 1) == (None, True)
+
+
+def test_a_packed_dialogue_sees_only_itself(tokenizer, tiny_checkpoint):
+    """Loss and logits of each dialogue inside packed blocks equal those of the dialogue alone."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, attn_implementation="sdpa").eval()
+    model.config.use_cache = False  # as training loads it
+    dialogues = [
+        tokenize_dialogue(tokenizer, DIALOGUE),
+        tokenize_dialogue(tokenizer, LONG[:3], train_on="all"),  # a label on its first token too
+        tokenize_dialogue(tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]),
+        tokenize_dialogue(tokenizer, [{"role": "user", "content": "Explain `sorted`."}, LONG[2]]),
+    ]
+    block_size = max(len(d["input_ids"]) for d in dialogues) + 10
+    blocks = pack_blocks(dialogues, block_size)
+    assert len(blocks) < len(dialogues) and all(len(b["input_ids"]) <= block_size for b in blocks)
+    batch = PackedCollator(tokenizer.pad_token_id)(list(blocks))
+    with torch.no_grad():
+        packed = model(**batch)
+        total, counted = 0.0, 0
+        for row, block in enumerate(blocks):
+            start = 0
+            for length in block["seq_lengths"]:
+                ids, labels = block["input_ids"][start : start + length], block["labels"][start : start + length]
+                alone = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+                torch.testing.assert_close(packed.logits[row, start : start + length], alone.logits[0])
+                n = sum(label != IGNORE for label in labels[1:])  # the first token is never predicted
+                total, counted = total + alone.loss.item() * n, counted + n
+                start += length
+    assert counted == sum(sum(label != IGNORE for label in d["labels"][1:]) for d in dialogues)
+    assert packed.loss.item() == pytest.approx(total / counted, rel=1e-5)
