@@ -17,6 +17,7 @@ from transformers import (
     StoppingCriteria,
     StoppingCriteriaList,
     TextIteratorStreamer,
+    TextStreamer,
 )
 
 from playground.backends import BackendError, BackendInfo, ChatRequest, context_length
@@ -24,6 +25,22 @@ from playground.backends.fast import FastEngine, Job, supports
 from playground.template import EOS, Message, Prompt, control_ids, fit_to_context, stop_ids
 
 QUANTIZATIONS = ("none", "8bit", "4bit")
+
+
+class Pieces(TextStreamer):
+    """TextStreamer's incremental decoding (whole words, no broken characters), kept for a generator to yield."""
+
+    def __init__(self, tokenizer):
+        super().__init__(tokenizer, skip_special_tokens=True)
+        self.pieces: list[str] = []
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.pieces.append(text)
+
+    def take(self) -> list[str]:
+        pieces, self.pieces = self.pieces, []
+        return pieces
 
 
 class CancelCriteria(StoppingCriteria):
@@ -168,8 +185,9 @@ class LocalBackend:
                 request.outcome.tokens = len(new)
                 if new and new[-1] in self.stop_ids:
                     request.outcome.finish = "stop"
-                else:
-                    request.outcome.finish = "cancelled" if request.cancel.is_set() else "length"
+                else:  # generate() ends the streamer before it returns, so a consumer may cancel after a full reply
+                    cut = request.cancel.is_set() and len(new) < request.params.max_new_tokens
+                    request.outcome.finish = "cancelled" if cut else "length"
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 failure.append(
@@ -194,10 +212,15 @@ class LocalBackend:
             raise failure[0]
 
     def stream_batched(self, request: ChatRequest, prompt: list[int]) -> Iterator[str]:
-        job = Job(request, prompt, TextIteratorStreamer(self.tokenizer, skip_special_tokens=True))
+        """The engine hands over token ids; they are turned into text here, in the caller's thread."""
+        job, text = Job(request, prompt), Pieces(self.tokenizer)
         self.engine.submit(job)
         try:
-            yield from (piece for piece in job.streamer if piece)
+            for token in job:
+                text.put(torch.tensor([token]))
+                yield from text.take()
+            text.end()
+            yield from text.take()
         finally:
             request.cancel.set()  # the engine frees the slot at its next step
         if job.error:

@@ -3,6 +3,7 @@
 import threading
 
 import pytest
+import torch
 
 from playground.backends import ChatRequest, SamplingParams
 from playground.backends.local import LocalBackend
@@ -85,30 +86,66 @@ def test_each_request_keeps_its_own_sampling_and_seed(fast):
     assert reply(fast, ask("hi", temperature=1.0, seed=43)) != solo
 
 
-def test_top_k_and_top_p_keep_only_the_tokens_they_should(fast):
+def rows(n: int, **values) -> dict:
+    """Sampling values for `n` rows, as the engine keeps them on the device."""
     import torch
 
-    from playground.backends.fast import Job
+    defaults = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "penalty": 1.0, "seed": 0}
+    out = {k: torch.full((n,), float(values.get(k, v))) for k, v in defaults.items()}
+    out["top_k"], out["seed"] = out["top_k"].long(), out["seed"].long()
+    out["draw"] = torch.arange(n)  # row i is the i-th draw of one request
+    return out
 
-    engine = fast.engine  # idle: its thread waits for work, so its rows are ours for this test
-    logits = torch.full((engine.logits.shape[1],), -1e9)
-    logits[[5, 6, 7]] = torch.tensor([0.5, 0.3, 0.2]).log()
-    cases = {0: {"top_k": 2, "top_p": 1.0}, 1: {"top_k": 0, "top_p": 0.6}, 2: {"top_k": 0, "top_p": 0.4}}
-    for row, params in cases.items():
-        job = Job(ask("", temperature=1.0, repetition_penalty=1.0, **params), [], None)
-        job.generator = torch.Generator().manual_seed(row)
-        engine.jobs[row] = job
-        engine.logits[row] = logits
-        engine.seen[row] = False
-    try:
-        drawn = [engine.sample([0, 1, 2]) for _ in range(300)]
-    finally:
-        engine.jobs[:3] = [None] * 3
-    assert {d[0] for d in drawn} == {5, 6}  # top-k 2
-    assert {d[1] for d in drawn} == {5, 6}  # top-p 0.6: 0.5 is not enough, 0.5 + 0.3 is
-    assert {d[2] for d in drawn} == {5}  # top-p 0.4: the first token alone
-    share = sum(d[0] == 5 for d in drawn) / len(drawn)
+
+def test_top_k_and_top_p_keep_only_the_tokens_they_should():
+    import torch
+
+    from playground.backends.fast import sample
+
+    logits = torch.full((300, 64), -1e9)
+    logits[:, [5, 6, 7]] = torch.tensor([0.5, 0.3, 0.2]).log()
+    seen = torch.zeros(300, 64, dtype=torch.bool)
+    cases = {"top-k 2": {"top_k": 2}, "top-p 0.6": {"top_p": 0.6}, "top-p 0.4": {"top_p": 0.4}}
+    drawn = {name: sample(logits, seen, **rows(300, **values)).tolist() for name, values in cases.items()}
+    assert set(drawn["top-k 2"]) == {5, 6}
+    assert set(drawn["top-p 0.6"]) == {5, 6}  # 0.5 is not enough, 0.5 + 0.3 is
+    assert set(drawn["top-p 0.4"]) == {5}  # the first token alone
+    share = drawn["top-k 2"].count(5) / 300
     assert 0.5 < share < 0.75  # 0.5 / 0.8 = 0.625 after top-k renormalises
+
+
+def test_sampling_draws_from_the_distribution_and_a_row_never_depends_on_its_neighbours():
+    import torch
+
+    from playground.backends.fast import sample
+
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    n = 4000
+    logits, seen = probs.log().expand(n, 4).clone(), torch.zeros(n, 4, dtype=torch.bool)
+    counts = torch.bincount(sample(logits, seen, **rows(n, seed=11)), minlength=4) / n
+    assert (counts - probs).abs().max() < 0.03
+    alone = sample(logits[:1], seen[:1], **{k: v[7:8] for k, v in rows(n, seed=11).items()})
+    crowd = sample(logits[:50], seen[:50], **{**rows(50, seed=11), "draw": torch.full((50,), 7)})
+    assert (crowd == alone).all()  # the same (seed, draw) gives the same token, whatever the batch
+    other_seed = sample(logits, seen, **rows(n, seed=12))
+    assert (other_seed != sample(logits, seen, **rows(n, seed=11))).float().mean() > 0.5
+
+
+def test_repetition_penalty_and_greedy_rows_sit_beside_sampled_ones():
+    import torch
+
+    from playground.backends.fast import sample
+
+    logits = torch.tensor([[2.0, 1.9, -1.0, -1.1]] * 2)
+    seen = torch.tensor([[True, False, False, False], [True, False, True, False]])
+    values = rows(2, temperature=0.0, penalty=1.2)
+    assert sample(logits, seen, **values).tolist() == [1, 1]  # 2.0 / 1.2 < 1.9
+    values["penalty"] = torch.tensor([1.0, 2.0])
+    logits = torch.tensor([[2.0, 1.9, -1.0, -1.1], [-5.0, -5.0, -1.0, -1.1]])
+    assert sample(logits, seen, **values).tolist() == [0, 3]  # a seen negative logit is multiplied: -2 < -1.1
+    values["temperature"] = torch.tensor([0.0, 1.0])
+    values["top_k"] = torch.tensor([0, 1])
+    assert sample(logits, seen, **values).tolist() == [0, 3]  # greedy row, and top-k 1 on a sampled row
 
 
 def test_top_k_one_is_greedy(fast):
@@ -132,17 +169,129 @@ def test_auto_falls_back_to_plain_generate_when_the_engine_cannot_start(tiny_che
         LocalBackend.from_pretrained(str(tiny_checkpoint), engine="fast")
 
 
-def test_the_compiled_decode_step_gives_the_same_tokens(plain, tiny_checkpoint):
-    """torch.compile traces the whole step as one graph (fullgraph=True) and warms it up at start.
+def test_the_compiled_decode_step_gives_the_same_tokens_and_never_recompiles_once_warm(plain, tiny_checkpoint):
+    """Each layer is one Inductor graph shared by every layer, compiled at start-up for every bucket.
 
-    On the CPU this is Inductor without CUDA graphs; on a GPU the same graph is captured and replayed.
+    On the CPU this is Inductor without CUDA graphs; on a GPU the same step is captured and replayed.
     """
+    from torch._dynamo.utils import counters
+
     from playground.backends.fast import FastEngine
     from playground.template import stop_ids
 
     compiled = LocalBackend.from_pretrained(str(tiny_checkpoint), engine="plain")
-    compiled.engine = FastEngine(compiled.model, stop_ids(compiled.tokenizer), slots=2, compile=True, max_context=128)
+    compiled.engine = FastEngine(compiled.model, stop_ids(compiled.tokenizer), slots=2, compile=True)
+    graphs = counters["stats"]["unique_graphs"]
     assert reply(compiled, ask(PROMPTS[0])) == reply(plain, ask(PROMPTS[0]))
+    assert together(compiled, [ask(PROMPTS[1]), ask(PROMPTS[3], max_new_tokens=90)]) == [
+        reply(plain, ask(PROMPTS[1])),
+        reply(plain, ask(PROMPTS[3], max_new_tokens=90)),
+    ]
+    assert counters["stats"]["unique_graphs"] == graphs  # every (batch, context) bucket was ready
+
+
+def watch_runs(engine, monkeypatch) -> list[tuple[str, object]]:
+    """Records, in order, each packed prefill (its pieces' spans) and each decode step's batch size."""
+    events: list[tuple[str, object]] = []
+    prefill, run = engine.prefill, engine.run
+
+    def watched_prefill(pieces):
+        events.append(("prefill", [(id(job), a, b) for job, a, b in pieces]))
+        return prefill(pieces)
+
+    def watched_run(batch, length):
+        events.append(("decode", batch))
+        run(batch, length)
+
+    monkeypatch.setattr(engine, "prefill", watched_prefill)
+    monkeypatch.setattr(engine, "run", watched_run)
+    return events
+
+
+@pytest.fixture
+def roomy(tiny_checkpoint):
+    """An engine of 8 slots that prefills at most 16 tokens per iteration, over its own model."""
+    from playground.backends.fast import FastEngine
+    from playground.template import stop_ids
+
+    backend = LocalBackend.from_pretrained(str(tiny_checkpoint), engine="plain")
+    backend.engine = FastEngine(backend.model, stop_ids(backend.tokenizer), slots=8, prefill_tokens=16)
+    return backend
+
+
+def test_a_step_decodes_only_the_live_conversations_padded_to_a_power_of_two(plain, roomy, monkeypatch):
+    events = watch_runs(roomy.engine, monkeypatch)
+    short, long = ask("hi", max_new_tokens=3), ask("hello there", max_new_tokens=30)
+    assert together(roomy, [short, long]) == [
+        reply(plain, ask("hi", max_new_tokens=3)),
+        reply(plain, ask("hello there", max_new_tokens=30)),
+    ]
+    batches = [batch for kind, batch in events if kind == "decode"]
+    assert set(batches) <= {1, 2} and batches[-1] == 1  # never the 8 slots; alone again: a batch of one
+    assert reply(roomy, ask("hello")) == reply(plain, ask("hello"))
+    assert roomy.engine.busy() == 0
+
+
+def test_waiting_prompts_are_prefilled_together(plain, fast, monkeypatch):
+    from playground.backends.fast import Job
+
+    engine = fast.engine
+    events = watch_runs(engine, monkeypatch)
+    prompts = [fast.prepare(ask(text).messages, 40).input_ids for text in PROMPTS[:3]]
+    jobs = [Job(ask(text), prompt) for text, prompt in zip(PROMPTS[:3], prompts, strict=True)]
+    with engine.waiting.mutex:  # the idle engine waits on the queue: let it find all three at once
+        engine.waiting.queue.extend(jobs[1:])
+    engine.submit(jobs[0])
+    replies = [fast.tokenizer.decode(list(job), skip_special_tokens=True) for job in jobs]
+    assert events[0] == ("prefill", [(id(job), 0, len(job.prompt)) for job in jobs[1:] + jobs[:1]])
+    assert replies == [reply(plain, ask(text)) for text in PROMPTS[:3]]
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(plain, roomy, monkeypatch):
+    stops = roomy.tokenizer.convert_tokens_to_ids(["<|end|>", "<|endoftext|>"])
+    hooks = [
+        backend.model.lm_head.register_forward_hook(lambda m, i, out: out.index_fill_(-1, torch.tensor(stops), -1e9))
+        for backend in (plain, roomy)
+    ]
+    try:
+        events = watch_runs(roomy.engine, monkeypatch)
+        running, long_text = ask("hi", max_new_tokens=150), "Explain `sorted` in detail " * 6
+        first = threading.Event()
+        pieces: list[str] = []
+
+        def consume():
+            for piece in roomy.stream(running):
+                pieces.append(piece)
+                first.set()
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        first.wait(timeout=60)
+        long = ask(long_text, max_new_tokens=5)
+        answer = reply(roomy, long)
+        thread.join(timeout=120)
+        assert answer == reply(plain, ask(long_text, max_new_tokens=5))
+        assert "".join(pieces) == reply(plain, ask("hi", max_new_tokens=150))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    chunks = [i for i, (kind, spans) in enumerate(events) if kind == "prefill" and spans[0][1] > 0]
+    assert len(chunks) >= 3  # a 60-odd token prompt in pieces of at most 16
+    between = events[chunks[0] - 1 : chunks[-1]]
+    assert sum(kind == "decode" for kind, _ in between) >= len(chunks)  # the running stream kept going
+
+
+def test_text_is_made_from_token_ids_outside_the_decode_thread(fast, monkeypatch):
+    threads = set()
+    decode = fast.tokenizer.decode
+
+    def watched(*args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(fast.tokenizer, "decode", watched)
+    assert reply(fast, ask("hello", max_new_tokens=12))
+    assert threads and "starchat-batch" not in threads
 
 
 def test_people_using_the_playground_at_once_share_the_batch(tiny_checkpoint, tmp_path, monkeypatch):
