@@ -61,3 +61,37 @@ def timed(device: torch.device, fn) -> float:
 def emit(record: dict) -> None:
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
     sys.stdout.flush()
+
+
+def teacher_forced(model, prompt: list[int], tokens: list[int], logits: torch.Tensor, margin: float) -> dict:
+    """The engine's logits at each generated position against one plain forward over the prompt and the
+    engine's own tokens: the same inputs position by position, so rounding cannot snowball into a
+    different continuation and every position is compared. Agreement counts only positions where the
+    plain top-1 leads the second by more than `margin` standard deviations of that position's logits;
+    a near-tie says nothing about a bug."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        ids = torch.tensor([prompt + tokens[:-1]], device=device)
+        plain = model(ids).logits[0, len(prompt) - 1 :].float().cpu()
+    ours = logits.float().cpu()
+    top2 = plain.topk(2, dim=-1).values
+    confident = top2[:, 0] - top2[:, 1] > margin * plain.std(-1)
+    agree = (plain.argmax(-1) == ours.argmax(-1))[confident]
+    return {
+        "positions": len(tokens),
+        "confident_positions": int(confident.sum()),
+        "max_abs_diff": float((plain - ours).abs().max()),
+        "relative_error": float((plain - ours).norm() / plain.norm()),
+        "top1_agreement": float(agree.float().mean()) if len(agree) else float("nan"),
+        "margin": margin,
+    }
+
+
+def compile_counters() -> dict[str, int]:
+    """Inductor's and Dynamo's counters that must not move once an engine is warm."""
+    from torch._dynamo.utils import counters
+
+    return {
+        "compiled_graphs": int(counters["stats"]["unique_graphs"]),
+        "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
+    }

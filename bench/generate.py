@@ -1,45 +1,76 @@
-"""Decoding a StarCoderPlus-shaped model with random weights: the seed's way against ours, in one run.
+"""Decoding a StarCoderPlus-shaped model with random weights: the seed's way, ours and a peer, in one run.
 
-    python -m bench.generate            # one GPU: bf16, then 8-bit and 4-bit (plain generate)
+    python -m bench.generate            # one GPU: bf16 (seed's way, ours, transformers' static cache)
     python -m bench.generate --tiny     # a tiny model on the CPU, for the test suite
 
 The seed's way is the card's `pipeline()`: `generate()` eager with a dynamic cache. Ours is the
-playground's fast engine (static cache, continuous batching, CUDA graphs on a GPU). For 1, 8 and
-32 streams it prints time to first token, decode tok/s (all streams and per stream), peak memory,
-and the weight bandwidth achieved as a share of a device-to-device copy measured in the same run.
+playground's fast engine (static cache, continuous batching, a CUDA graph per bucket on a GPU),
+sized for the most streams asked for. The peer is transformers' own static-cache `generate`, which
+compiles itself on a GPU. For each stream count it prints time to first token (the first and the
+last stream's), decode tok/s (all streams and per stream), peak memory, the weight bandwidth
+achieved as a share of a device-to-device copy measured in the same run, and for ours the step's
+time, the graph's time alone, the loop's overhead per step and the prefill time. A teacher-forced
+check compares the engine's logits with a plain forward at two prompt lengths. Once the engine is
+warm, any compilation, skipped CUDA graph or late capture during the timed runs fails the run.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
+import statistics
+import sys
 import threading
 import time
 
 import torch
-from transformers import BitsAndBytesConfig, GPTBigCodeForCausalLM
+from transformers import GPTBigCodeForCausalLM
 
-from bench.common import device_name, emit, model_config, peak_memory_gib, reset_peak_memory, synchronize, timed
+from bench.common import (
+    compile_counters,
+    device_name,
+    emit,
+    model_config,
+    peak_memory_gib,
+    reset_peak_memory,
+    synchronize,
+    teacher_forced,
+    timed,
+)
 from playground.backends import ChatRequest, SamplingParams
 from playground.backends.fast import FastEngine, Job
 
 SAMPLING = {"do_sample": True, "temperature": 0.2, "top_k": 50, "top_p": 0.95}
+MARGIN = 0.1  # plain top-1 must lead the second by this many standard deviations for a position to count
 
 
 class Clock:
-    """A streamer that only notes when tokens arrive (the prompt's put, then one per step)."""
+    """A streamer for generate() that only notes when tokens arrive (the prompt's put, then one per step)."""
 
     def __init__(self):
+        self.times: list[float] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+class TimedJob(Job):
+    """A job that notes when each of its tokens reaches the host."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.times: list[float] = []
         self.tokens: list[int] = []
         self.finished = threading.Event()
 
-    def put(self, value: torch.Tensor) -> None:
-        self.times.append(time.perf_counter())
-        self.tokens += value.flatten().tolist()
-
-    def end(self) -> None:
-        self.finished.set()
+    def put(self, token: int | None) -> None:
+        if token is None:
+            self.finished.set()
+        else:
+            self.times.append(time.perf_counter())
+            self.tokens.append(token)
 
 
 def copy_bandwidth(device: torch.device) -> float:
@@ -53,17 +84,29 @@ def copy_bandwidth(device: torch.device) -> float:
 
 
 def random_model(tiny: bool, device: torch.device) -> GPTBigCodeForCausalLM:
+    """Random weights ten times the usual scale: at the default (0.02) the current token's tied embedding
+    decides every top-1 and a broken cache goes unseen by the teacher-forced check; speed is the same."""
     torch.manual_seed(0)
+    config = model_config(tiny)
+    config.initializer_range = 0.2
     with torch.device(device):
-        model = GPTBigCodeForCausalLM(model_config(tiny))
+        model = GPTBigCodeForCausalLM(config)
     return model.to(torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
 
 
 def weight_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+    """Bytes of weights read per decode step (quantized tensors count their packed data and scales)."""
+    return sum(t.numel() * t.element_size() for p in model.parameters() for t in flat_tensors(p))
 
 
-def seed_way(model, prompts: torch.Tensor, new: int) -> dict:
+def flat_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    if hasattr(tensor, "__tensor_flatten__") and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        names, _ = tensor.__tensor_flatten__()
+        return [t for name in names for t in flat_tensors(getattr(tensor, name))]
+    return [tensor]
+
+
+def seed_way(model, prompts: torch.Tensor, new: int, **options) -> dict:
     clock = Clock()
     start = time.perf_counter()
     with torch.inference_mode():
@@ -75,23 +118,51 @@ def seed_way(model, prompts: torch.Tensor, new: int) -> dict:
             streamer=clock,
             pad_token_id=0,
             **SAMPLING,
+            **options,
         )
     synchronize(prompts.device)
     steps = clock.times[1:]  # the first put is the prompt
-    return {"ttft_ms": (steps[0] - start) * 1000, "decode_s": steps[-1] - steps[0], "tokens": len(steps) - 1}
+    ttft = (steps[0] - start) * 1000
+    return {"ttft_ms": ttft, "ttft_last_ms": ttft, "decode_s": steps[-1] - steps[0], "tokens": len(steps) - 1}
+
+
+def peer_way(model, prompts: torch.Tensor, new: int) -> dict:
+    """transformers' static cache: the first call compiles (on a GPU), the second is timed."""
+    start = time.perf_counter()
+    seed_way(model, prompts, new, cache_implementation="static")
+    warm_up = time.perf_counter() - start
+    return {**seed_way(model, prompts, new, cache_implementation="static"), "warm_up_s": warm_up}
 
 
 def our_way(engine: FastEngine, prompts: torch.Tensor, new: int) -> dict:
     params = SamplingParams(max_new_tokens=new, temperature=0.2, top_k=50, top_p=0.95, repetition_penalty=1.0)
-    jobs = [Job(ChatRequest([], params), row.tolist(), Clock()) for row in prompts]
+    jobs = [TimedJob(ChatRequest([], params), row.tolist()) for row in prompts]
+    engine.stats.__init__()
     start = time.perf_counter()
     for job in jobs:
         engine.submit(job)
     for job in jobs:
-        job.streamer.finished.wait()
-    first = min(job.streamer.times[0] for job in jobs)
-    last = max(job.streamer.times[-1] for job in jobs)
-    return {"ttft_ms": (jobs[0].streamer.times[0] - start) * 1000, "decode_s": last - first, "tokens": new - 1}
+        job.finished.wait()
+    first = min(job.times[0] for job in jobs)
+    last = max(job.times[-1] for job in jobs)
+    stats = engine.stats
+    return {
+        "ttft_ms": (jobs[0].times[0] - start) * 1000,
+        "ttft_last_ms": (max(job.times[0] for job in jobs) - start) * 1000,
+        "decode_s": last - first,
+        "tokens": new - 1,
+        "step_ms": stats.step_s / max(stats.steps, 1) * 1000,
+        "prefill_ms": stats.prefill_s * 1000,
+    }
+
+
+def step_alone_ms(engine: FastEngine, batch: int, length: int) -> float:
+    """The decode step without the loop: its CUDA graph's replay on a GPU, the (compiled) step on the CPU.
+    The engine is idle, so every row is parked and only the unread cache column is written."""
+    step = engine.graphs[batch, length].replay if engine.graphs is not None else lambda: engine.decode(batch, length)
+    with torch.inference_mode():
+        step()
+        return statistics.median(timed(engine.device, step) for _ in range(20)) * 1000
 
 
 def record(path: str, streams: int, run: dict, model, device, bandwidth: float, **extra) -> dict:
@@ -102,109 +173,148 @@ def record(path: str, streams: int, run: dict, model, device, bandwidth: float, 
         "device": device_name(device),
         "streams": streams,
         "ttft_ms": run["ttft_ms"],
+        "ttft_last_ms": run["ttft_last_ms"],
         "decode_tok_s": streams * steps_per_s,
         "per_stream_tok_s": steps_per_s,
         "weight_bandwidth_share": weight_bytes(model) * steps_per_s / bandwidth,
         "copy_bandwidth_gb_s": bandwidth / 1e9,
         "peak_memory_gib": peak_memory_gib(device),
+        **{k: v for k, v in run.items() if k not in ("ttft_ms", "ttft_last_ms", "decode_s", "tokens")},
         **extra,
     }
 
 
-def greedy_match(model, engine: FastEngine, prompt: torch.Tensor, new: int) -> bool:
-    """The fast path and plain generate pick the same tokens when both decode greedily."""
-    with torch.inference_mode():
-        plain = model.generate(
-            prompt[None],
-            attention_mask=torch.ones_like(prompt[None]),
-            max_new_tokens=new,
-            min_new_tokens=new,
-            do_sample=False,
-            pad_token_id=0,
-        )[0, len(prompt) :].tolist()
-    job = Job(
-        ChatRequest([], SamplingParams(max_new_tokens=new, temperature=0, repetition_penalty=1.0)),
-        prompt.tolist(),
-        Clock(),
-    )
+def ours(engine: FastEngine, model, prompts: torch.Tensor, new: int, bandwidth: float, path: str, **extra) -> dict:
+    device = prompts.device
+    run = our_way(engine, prompts, new)
+    batch = next(b for b in engine.batch_buckets if b >= len(prompts))
+    length = next(b for b in engine.context_buckets if b > prompts.shape[1] + new // 2)
+    run["graph_ms"] = step_alone_ms(engine, batch, length)
+    run["loop_overhead_ms"] = run["step_ms"] - run["graph_ms"]
+    return record(path, len(prompts), run, model, device, bandwidth, **extra)
+
+
+def engine_logits(engine: FastEngine, prompt: list[int], new: int) -> tuple[list[int], torch.Tensor]:
+    """The engine's tokens (sampled as the card samples) and the logits each was drawn from."""
+    params = SamplingParams(max_new_tokens=new, temperature=0.2, top_k=50, top_p=0.95, repetition_penalty=1.2, seed=1)
+    job = TimedJob(ChatRequest([], params), prompt, logits=[])
     engine.submit(job)
-    job.streamer.finished.wait()
-    return job.streamer.tokens == plain
+    job.finished.wait()
+    return job.tokens, torch.stack(job.logits)
 
 
-def quantized(tiny: bool, device: torch.device, prompt_len: int, new: int, bandwidth: float) -> None:
-    if device.type != "cuda":
-        emit(
-            {
-                "bench": "generate",
-                "path": "8bit / 4bit",
-                "device": device_name(device),
-                "skipped": "bitsandbytes needs a CUDA GPU",
-            }
-        )
-        return
-    with tempfile.TemporaryDirectory() as folder:
-        random_model(tiny, device).save_pretrained(folder)
-        torch.cuda.empty_cache()
-        for name, config in [
-            ("8bit", BitsAndBytesConfig(load_in_8bit=True)),
-            (
-                "4bit",
-                BitsAndBytesConfig(
-                    load_in_4bit=True,
-                    bnb_4bit_quant_type="nf4",
-                    bnb_4bit_use_double_quant=True,
-                    bnb_4bit_compute_dtype=torch.bfloat16,
-                ),
-            ),
-        ]:
-            reset_peak_memory(device)
-            model = GPTBigCodeForCausalLM.from_pretrained(folder, quantization_config=config, device_map={"": device})
-            memory = torch.cuda.memory_allocated(device) / 2**30
-            prompts = torch.randint(1, model.config.vocab_size, (1, prompt_len), device=device)
-            emit(
-                record(f"seed, {name}", 1, seed_way(model, prompts, new), model, device, bandwidth, weights_gib=memory)
-            )
-            del model
-            torch.cuda.empty_cache()
+def check(model, engine: FastEngine, prompt: list[int], new: int, path: str, minimum: float) -> dict:
+    tokens, logits = engine_logits(engine, prompt, new)
+    result = teacher_forced(model, prompt, tokens, logits, MARGIN)
+    device = next(model.parameters()).device
+    passed = result["top1_agreement"] >= minimum
+    return {
+        "bench": "generate",
+        "path": path,
+        "device": device_name(device),
+        "prompt": len(prompt),
+        **result,
+        "passed": passed,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny model on the CPU")
     parser.add_argument("--prompt", type=int, default=None, help="prompt tokens (512; 32 with --tiny)")
+    parser.add_argument(
+        "--long-prompt", type=int, default=None, help="the long prompt's tokens (2000; 200 with --tiny)"
+    )
     parser.add_argument("--new", type=int, default=None, help="new tokens (256; 16 with --tiny)")
     parser.add_argument("--streams", default="1,8,32", help="comma-separated stream counts")
-    parser.add_argument("--no-quantized", action="store_true", help="skip the 8-bit / 4-bit runs")
+    parser.add_argument("--peer-streams", default="1,32", help="stream counts for the peer (each compiles anew)")
+    parser.add_argument("--start-up-only", action="store_true", help="start the engine, print its warm-up, stop")
     args = parser.parse_args(argv)
     prompt_len, new = args.prompt or (32 if args.tiny else 512), args.new or (16 if args.tiny else 256)
+    long_len, long_new = args.long_prompt or (200 if args.tiny else 2000), 64 if not args.tiny else 8
     streams = [int(s) for s in args.streams.split(",")]
+    peer_streams = [int(s) for s in args.peer_streams.split(",") if s]
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     bandwidth = copy_bandwidth(device)
     model = random_model(args.tiny, device)
     vocab = model.config.vocab_size
     # No stop ids: random weights would end replies at random; every stream decodes `new` tokens.
-    engine = FastEngine(model, stop_ids=[], slots=max(streams), max_context=prompt_len + new + 1)
+    context = max(prompt_len + new, long_len + long_new) + 1
+    engine = FastEngine(model, stop_ids=[], slots=max(streams), compile=True, max_context=context)
     emit(
         {
             "bench": "generate",
-            "path": "checks",
+            "path": "ours: start-up",
             "device": device_name(device),
             "weights_gib": weight_bytes(model) / 2**30,
-            "greedy_match": greedy_match(
-                model, engine, torch.randint(1, vocab, (prompt_len,), device=device), min(new, 32)
-            ),
+            "warm_up_s": engine.warm_up_s,
+            "graphs": len(engine.graphs or {}),
+            "batch_buckets": engine.batch_buckets,
+            "context_buckets": engine.context_buckets,
         }
     )
+    if args.start_up_only:
+        return
+    counters, moved = compile_counters(), {}
+
+    def timed_ours(*run_args, **run_kwargs) -> dict:
+        before = compile_counters()
+        result = ours(engine, model, *run_args, **run_kwargs)
+        for key, value in compile_counters().items():
+            moved[key] = moved.get(key, 0) + value - before[key]
+        return result
+
+    checks = [check(model, engine, torch.randint(1, vocab, (prompt_len,)).tolist(), 32, "check: teacher-forced", 0.99)]
+    checks.append(
+        check(model, engine, torch.randint(1, vocab, (long_len,)).tolist(), 32, "check: teacher-forced", 0.99)
+    )
+    for result in checks:
+        emit(result)
     for n in streams:
         prompts = torch.randint(1, vocab, (n, prompt_len), device=device)
         reset_peak_memory(device)
         emit(record("seed: generate, eager, dynamic cache", n, seed_way(model, prompts, new), model, device, bandwidth))
         reset_peak_memory(device)
-        emit(record("ours: fast engine", n, our_way(engine, prompts, new), model, device, bandwidth))
-    del engine, model
-    if not args.no_quantized:
-        quantized(args.tiny, device, prompt_len, new, bandwidth)
+        emit(timed_ours(prompts, new, bandwidth, "ours: fast engine"))
+        if n in peer_streams:
+            reset_peak_memory(device)
+            run = peer_way(model, prompts, new)
+            path = "peer: transformers generate, static cache" + (", compiled" if device.type == "cuda" else "")
+            emit(record(path, n, run, model, device, bandwidth))
+    prompts = torch.randint(1, vocab, (1, long_len), device=device)
+    emit(
+        record(
+            "seed: generate, eager, dynamic cache",
+            1,
+            seed_way(model, prompts, long_new),
+            model,
+            device,
+            bandwidth,
+            prompt=long_len,
+        )
+    )
+    emit(timed_ours(prompts, long_new, bandwidth, "ours: fast engine", prompt=long_len))
+    late = engine.late_captures
+    emit(
+        {
+            "bench": "generate",
+            "path": "ours: guards",
+            "device": device_name(device),
+            **moved,
+            "late_captures": late,
+            "at_warm_up": counters,
+        }
+    )
+    failures = [f"{key} moved by {value}" for key, value in moved.items() if value] + [f"{late} late captures"] * bool(
+        late
+    )
+    failures += [
+        f"teacher-forced top-1 agreement {c['top1_agreement']:.3f} at prompt {c['prompt']}"
+        for c in checks
+        if not c["passed"]
+    ]
+    if failures:
+        sys.exit("bench.generate FAILED: " + "; ".join(failures))
 
 
 if __name__ == "__main__":

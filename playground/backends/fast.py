@@ -363,7 +363,7 @@ class FastEngine:
             job, token = self.jobs[row], sampled[row]
             job.generated += 1
             if job.logits is not None:
-                job.logits.append(self.logits[row].cpu())
+                job.logits.append(self.logits[row].to("cpu", copy=True))
             job.put(token)
             if token in self.stop_ids:
                 self.finish(row, "stop")

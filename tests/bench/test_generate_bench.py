@@ -1,19 +1,47 @@
-"""`python -m bench.generate --tiny`: the seed's way and ours in one run, JSON lines naming the device."""
+"""`python -m bench.generate --tiny`: the seed's way, ours and the peer in one run, JSON lines naming the device."""
 
+import torch
+
+from bench.generate import check, random_model
+from playground.backends.fast import FastEngine, decode_layer
 from tests.conftest import bench_records
 
 
-def test_tiny_generate_bench_measures_both_ways_and_checks_greedy_agreement():
-    records = bench_records("bench.generate", "--tiny", "--streams", "1,4")
-    assert records[0]["path"] == "checks" and records[0]["greedy_match"] is True
-    runs = [r for r in records if "streams" in r]
-    assert [(r["path"].split(":")[0], r["streams"]) for r in runs] == [
-        ("seed", 1),
-        ("ours", 1),
-        ("seed", 4),
-        ("ours", 4),
+def test_tiny_generate_bench_measures_three_ways_and_checks_the_engine():
+    records = bench_records("bench.generate", "--tiny", "--streams", "1,4", "--peer-streams", "1")
+    start, checks, runs, guards = records[0], records[1:3], records[3:-1], records[-1]
+    assert start["path"] == "ours: start-up" and start["warm_up_s"] > 0 and start["batch_buckets"] == [1, 2, 4]
+    assert [c["prompt"] for c in checks] == [32, 200]
+    assert [(r["path"].split(":")[0], r["streams"], r.get("prompt")) for r in runs] == [
+        ("seed", 1, None),
+        ("ours", 1, None),
+        ("peer", 1, None),
+        ("seed", 4, None),
+        ("ours", 4, None),
+        ("seed", 1, 200),
+        ("ours", 1, 200),
     ]
+    for c in checks:
+        assert c["passed"] and c["top1_agreement"] == 1.0 and c["max_abs_diff"] < 1e-3  # fp32: near-exact
     for r in runs:
         assert r["device"].startswith("CPU") and r["decode_tok_s"] > 0 and r["ttft_ms"] > 0
-        assert r["weight_bandwidth_share"] > 0 and r["copy_bandwidth_gb_s"] > 0
-    assert "CUDA" in records[-1]["skipped"]
+        assert r["weight_bandwidth_share"] > 0 and r["copy_bandwidth_gb_s"] > 0 and r["ttft_last_ms"] >= r["ttft_ms"]
+    for r in (r for r in runs if r["path"].startswith("ours")):
+        assert r["step_ms"] > 0 and r["graph_ms"] > 0 and r["prefill_ms"] > 0 and "loop_overhead_ms" in r
+    assert guards["path"] == "ours: guards" and guards["compiled_graphs"] == guards["late_captures"] == 0
+
+
+def test_the_teacher_forced_check_tells_a_bug_from_rounding():
+    torch.manual_seed(0)
+    model = random_model(tiny=True, device=torch.device("cpu"))
+    engine = FastEngine(model, stop_ids=[], slots=2, max_context=100)
+    prompt = torch.randint(1, model.config.vocab_size, (40,)).tolist()
+    good = check(model, engine, prompt, 16, "check", 0.99)
+    assert good["passed"] and good["confident_positions"] > 8
+
+    def off_by_one(block, x, keys, values, positions, visible):  # each new token overwrites the one before it
+        return decode_layer(block, x, keys, values, (positions - 1).clamp(min=0), visible)
+
+    engine.layer = off_by_one
+    bad = check(model, engine, prompt, 16, "check", 0.99)
+    assert not bad["passed"] and bad["max_abs_diff"] > 0.1

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Every GPU figure in one call, as JSON lines: decoding (seed's way, ours, transformers' static cache),
+# a restart's warm-up, and training. Under 9 minutes on one H100; each part has its own time limit,
+# and a part that fails is reported and does not stop the others (the exit code says it failed).
+#
+#   bash bench/gpu.sh [--tiny] [OUTDIR]     # OUTDIR (default: $OUT, else a new temporary folder) gets gpu.jsonl and gpu.log
+#
+# --tiny runs the same parts on a tiny model on the CPU (a minute or two), as the test suite does.
+# Inductor's caches go to OUTDIR/inductor-cache unless TORCHINDUCTOR_CACHE_DIR is set, so the
+# restart line shows what a second start of the app costs.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+tiny=()
+if [[ "${1:-}" == "--tiny" ]]; then tiny=(--tiny); shift; fi
+out="${1:-${OUT:-$(mktemp -d)}}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$out/inductor-cache}"
+# A GPU machine that cannot reach PyPI gets its missing wheels (torchao) carried in .whl/:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .whl torchao==0.18.0
+if ! python3 -c "import torchao" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+start=$SECONDS
+status=0
+part() {  # part SECONDS NAME ARGS...: one python -m run, its JSON lines to gpu.jsonl, everything to gpu.log
+    local limit=$1 name=$2
+    shift 2
+    echo "== $name (limit ${limit}s, at $((SECONDS - start))s)" | tee -a "$out/gpu.log" >&2
+    timeout "$limit" python3 -m "$@" 2>>"$out/gpu.log" | tee -a "$out/gpu.log" | grep '^{' >>"$out/gpu.jsonl"
+    local code=${PIPESTATUS[0]}
+    if ((code != 0)); then
+        status=1
+        printf '{"bench": "gpu.sh", "part": "%s", "failed": "exit %d", "at_s": %d}\n' "$name" "$code" $((SECONDS - start)) >>"$out/gpu.jsonl"
+        tail -5 "$out/gpu.log" >&2
+    fi
+}
+if ((${#tiny[@]})); then
+    part 240 generate bench.generate --tiny --streams 1,4 --peer-streams 1
+    part 120 restart bench.generate --tiny --streams 1,4 --start-up-only
+    part 240 train bench.train --tiny --steps 2
+else
+    part 330 generate bench.generate
+    part 60 restart bench.generate --start-up-only
+    part $((530 - (SECONDS - start))) train bench.train
+fi
+echo "== done in $((SECONDS - start))s: $out/gpu.jsonl" >&2
+cat "$out/gpu.jsonl"
+exit $status

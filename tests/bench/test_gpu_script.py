@@ -1,0 +1,27 @@
+"""`bash bench/gpu.sh --tiny`: the one GPU command, its every part run on a tiny model on the CPU."""
+
+import json
+import os
+import subprocess
+
+from tests.conftest import ROOT
+
+
+def test_gpu_script_runs_every_part_and_writes_json_lines(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}  # torch sets it on first use
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu.sh"), "--tiny", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "gpu.jsonl").read_text().splitlines()]
+    assert not [r for r in records if "failed" in r]
+    paths = [(r["bench"], r.get("path")) for r in records]
+    assert paths.count(("generate", "ours: start-up")) == 2  # the run, then a restart over Inductor's disk cache
+    assert ("generate", "ours: guards") in paths and ("generate", "check: teacher-forced") in paths
+    assert any(bench == "train" for bench, _ in paths)
+    assert all(r["device"].startswith("CPU") for r in records if "device" in r)
+    assert (tmp_path / "inductor-cache").is_dir()
