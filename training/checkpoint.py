@@ -8,11 +8,12 @@ config.json is removed before any new file lands.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
-import torch
-import transformers
 import yaml
 from transformers import GenerationConfig
 
@@ -35,31 +36,88 @@ def served_generation_config(tokenizer) -> GenerationConfig:
     )
 
 
+LIBRARIES = {
+    "transformers": "Transformers",
+    "torch": "PyTorch",
+    "peft": "PEFT",
+    "accelerate": "Accelerate",
+    "datasets": "Datasets",
+    "trl": "TRL",
+    "tokenizers": "Tokenizers",
+}
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
 def results_table(log_history: list[dict]) -> str:
-    """The card's table: one row per evaluation, with the training loss logged just before it."""
+    """The card's table: one row per evaluation with the training loss logged before it; without
+    evaluations, one row per logged training loss."""
     rows = ["| Training Loss | Epoch | Step | Validation Loss |", "|:-------------:|:-----:|:----:|:---------------:|"]
+    evaluated = any("eval_loss" in entry for entry in log_history)
     train_loss = None
     for entry in log_history:
         if "loss" in entry:
             train_loss = entry["loss"]
+            if not evaluated:
+                rows.append(f"| {train_loss:.4f} | {entry['epoch']:.2f} | {entry['step']} | - |")
         if "eval_loss" in entry:
             shown = f"{train_loss:.4f}" if train_loss is not None else "-"
             rows.append(f"| {shown} | {entry['epoch']:.2f} | {entry['step']} | {entry['eval_loss']:.4f} |")
     return "\n".join(rows)
 
 
-def model_card(name: str, base: str, recipe: dict, log_history: list[dict], data_summary: str = "") -> str:
-    front = {"base_model": base, "license": "bigcode-openrail-m", "tags": ["starchat-playground", "code"]}
+def hub_ids(names: Sequence[str]) -> list[str]:
+    """The names that are Hub repositories: not local paths, `scratch` or `builtin:` data."""
+    return [n for n in names if n != "scratch" and _HUB_ID.fullmatch(n) and not Path(n).exists()]
+
+
+def versions() -> str:
+    found = []
+    for package, name in LIBRARIES.items():
+        try:
+            found.append(f"- {name} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return "\n".join(found)
+
+
+def model_card(
+    name: str,
+    base: str,
+    settings: dict,
+    log_history: list[dict],
+    data_summary: str = "",
+    *,
+    datasets: Sequence[str] = (),
+    hardware: str = "",
+) -> str:
+    """The served checkpoint's README.md: what ran (`settings`: the effective arguments), on what data
+    and hardware, with which libraries, and the losses."""
+    front: dict = {}
+    if hub_ids([base]):
+        front["base_model"] = base
+    if hub_ids(datasets):
+        front["datasets"] = hub_ids(datasets)
+    front["license"] = "bigcode-openrail-m"
+    front["tags"] = ["starchat-playground", "code", *(["lora"] if settings.get("lora") else [])]
+    front["pipeline_tag"] = "text-generation"
+    if base == "scratch":
+        base_text = "None: trained from scratch, a GPTBigCode built by `training/scratch.py` (sizes below)."
+    else:
+        base_text = f"`{base}`" + (f" ([on the Hub](https://huggingface.co/{base}))" if "base_model" in front else "")
+    data = "\n".join(f"- `{d}`" for d in datasets) + (f"\n\n{data_summary}" if data_summary else "")
     return (
         f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n# {name}\n\n"
-        f"A StarChat-format coding assistant fine-tuned from `{base}` with StarChat Playground's training package.\n"
+        f"A StarChat-format coding assistant fine-tuned with StarChat Playground's training package.\n"
         "Serve it with `python app.py --model <this folder>`.\n\n"
         "## Dialogue format\n\n```\n<|system|>\n{system}<|end|>\n<|user|>\n{query}<|end|>\n<|assistant|>\n```\n\n"
         "Generation stops at `<|end|>` (see `generation_config.json`).\n\n"
-        + (f"## Data\n\n{data_summary}\n\n" if data_summary else "")
-        + f"## Recipe\n\n```yaml\n{yaml.safe_dump(recipe, sort_keys=True)}```\n\n"
+        f"## Base model\n\n{base_text}\n\n"
+        f"## Data\n\n{data or 'not recorded'}\n\n"
+        "## Training arguments\n\n```yaml\n# what ran: the recipe with the command line's overrides\n"
+        f"{yaml.safe_dump(settings, sort_keys=True)}```\n\n"
+        f"## Hardware\n\n{hardware or 'not recorded'}\n\n"
         f"## Training results\n\n{results_table(log_history)}\n\n"
-        f"## Framework versions\n\n- Transformers {transformers.__version__}\n- PyTorch {torch.__version__}\n"
+        f"## Framework versions\n\n{versions()}\n"
     )
 
 
@@ -69,7 +127,8 @@ def save_checkpoint(model, tokenizer, output_dir: str | Path, card: str, state_d
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     model.save_pretrained(staging, state_dict=state_dict)
-    tokenizer.save_pretrained(staging)
+    # The chat template goes into tokenizer_config.json, the only place TGI's chat API reads it.
+    tokenizer.save_pretrained(staging, save_jinja_files=False)
     served_generation_config(tokenizer).save_pretrained(staging)
     (staging / "README.md").write_text(card, encoding="utf-8")
     (output / "config.json").unlink(missing_ok=True)

@@ -84,8 +84,8 @@ def builtin_rows(name: str) -> list[dict]:
     return [{"messages": m} for m in taught + python_doc_dialogues()]
 
 
-def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE like StarCoder's, with <|endoftext|> as id 0 and the chat tokens after it."""
+def train_tokenizer(texts: list[str], vocab_size: int, chat_tokens: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE like StarCoder's, with <|endoftext|> as id 0 and (chat_tokens) the chat tokens after it."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -96,7 +96,8 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS
     )
-    add_chat_tokens(wrapped)
+    if chat_tokens:
+        add_chat_tokens(wrapped)
     return wrapped
 
 
@@ -110,11 +111,16 @@ def build_base(
     n_head: int = 4,
     n_positions: int = 1024,
     seed: int = 42,
+    chat_tokens: bool = True,
 ) -> Path:
-    """An untrained GPTBigCode (multi-query, like StarCoder) and its tokenizer, saved to output_dir."""
+    """An untrained GPTBigCode (multi-query, like StarCoder) and its tokenizer, saved to output_dir.
+
+    chat_tokens=False makes a base like StarCoderPlus, whose vocabulary training extends.
+    """
     import torch
 
-    tokenizer = train_tokenizer([render(d, add_generation_prompt=False) for d in dialogues], vocab_size)
+    texts = [render(d, add_generation_prompt=False) for d in dialogues]
+    tokenizer = train_tokenizer(texts, vocab_size, chat_tokens)
     config = GPTBigCodeConfig(
         vocab_size=len(tokenizer),
         n_positions=n_positions,

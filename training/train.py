@@ -11,15 +11,20 @@ because the loss masks must follow playground.template exactly.
 
 from __future__ import annotations
 
+import enum
 import math
+import platform
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 import datasets
 import torch
 import yaml
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     HfArgumentParser,
@@ -32,9 +37,33 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from playground.template import CONTROL_TOKENS
 from training.checkpoint import model_card, save_checkpoint
-from training.data import build_dataset
-from training.format import Collator, add_chat_tokens, pack, tokenize_dialogue
+from training.data import DataReport, build_dataset
+from training.format import Collator, PackedCollator, add_chat_tokens, fit_dialogue, pack, pack_blocks
 from training.scratch import build_base
+
+# What a model card shows of TrainingArguments whatever the recipe says (and whatever else was set).
+CARD_ARGUMENTS = (
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "optim",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "weight_decay",
+    "max_grad_norm",
+    "bf16",
+    "fp16",
+    "activation_checkpointing",
+    "seed",
+)
+NOT_ON_THE_CARD = {"output_dir", "hub_token"}  # the card lives in the output folder; a token is a secret
+# Not the Trainer's to upload: its resumable state, the adapter (merged in), the scratch base.
+NOT_PUSHED = ["checkpoints/*", "adapter/*", "scratch-base/*", ".incomplete/*"]
 
 
 @dataclass
@@ -42,8 +71,21 @@ class ScriptArguments:
     model_name_or_path: str = field(default="", metadata={"help": "base model: Hub id, folder, or 'scratch'"})
     datasets: list[str] = field(default_factory=list, metadata={"help": "files, Hub ids or builtin:NAME"})
     train_on: str = field(default="assistant", metadata={"help": "'assistant' (mask system/user) or 'all'"})
-    packing: bool = field(default=True, metadata={"help": "concatenate dialogues into block_size blocks"})
-    block_size: int = 2048
+    packing: bool = field(default=True, metadata={"help": "put several dialogues in each block_size block"})
+    padding_free: bool = field(
+        default=True,
+        metadata={
+            "help": "packed dialogues attend only to themselves (position ids restart per dialogue); "
+            "false: StarChat's way, blocks cut from the concatenated dialogues under one causal mask"
+        },
+    )
+    block_size: int = field(
+        default=2048,
+        metadata={"help": "tokens per block; a longer dialogue is cut after its last whole turn that fits"},
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"] = field(
+        default="sdpa", metadata={"help": "all of these keep packed dialogues apart; flash needs its package"}
+    )
     max_chars: int = field(default=32_000, metadata={"help": "drop dialogues longer than this"})
     uncensored: bool = field(default=True, metadata={"help": "drop dialogues with refusal phrases (the card)"})
     test_size: float = 0.05
@@ -54,7 +96,9 @@ class ScriptArguments:
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["c_attn", "c_proj", "c_fc"])
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint in DIR/checkpoints"})
-    push_to_hub_repo: str = field(default="", metadata={"help": "upload the served checkpoint here at the end"})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "start over in a DIR that holds a run, deleting its checkpoints"}
+    )
     scratch_layers: int = 2
     scratch_embd: int = 192
     scratch_vocab: int = 2048
@@ -71,24 +115,64 @@ class StopOnNonFiniteLoss(TrainerCallback):
 
 
 def parse(argv: list[str]) -> tuple[ScriptArguments, TrainingArguments, dict]:
+    """The recipe with the flags' overrides, and the effective arguments for the model card."""
     if not argv or argv[0].startswith("-"):
         raise SystemExit("usage: python -m training.train RECIPE.yaml [--key value ...]")
     recipe = yaml.safe_load(Path(argv[0]).read_text()) or {}
-    rest = list(argv[1:])
-    if "--push_to_hub" in rest:  # `--push_to_hub REPO` names the repo; TrainingArguments' flag is a bool
-        i = rest.index("--push_to_hub")
-        rest[i : i + 2] = ["--push_to_hub_repo", rest[i + 1]]
     known = {f.name for kind in (ScriptArguments, TrainingArguments) for f in fields(kind)}
     if unknown := sorted(set(recipe) - known):
         raise ValueError(f"{argv[0]}: unknown recipe key(s) {', '.join(unknown)}")
     parser = HfArgumentParser((ScriptArguments, TrainingArguments))
     parser.set_defaults(**recipe)
-    script, args = parser.parse_args_into_dataclasses(rest)
+    script, args = parser.parse_args_into_dataclasses(argv[1:])
     if not script.model_name_or_path or not script.datasets:
         raise SystemExit("the recipe must name model_name_or_path and datasets")
     # Nan/inf losses must reach StopOnNonFiniteLoss, not be filtered out of the logged mean.
     args.logging_nan_inf_filter = False
-    return script, args, {**recipe, **{k: v for k, v in asdict(script).items() if k in recipe}}
+    # PackedCollator needs each block's seq_lengths, a column the model's forward does not name.
+    args.remove_unused_columns = False
+    named = set(recipe) | {flag[2:].split("=")[0] for flag in argv[1:] if flag.startswith("--")}
+    return script, args, effective_arguments(script, args, named)
+
+
+def effective_arguments(script: ScriptArguments, args: TrainingArguments, named: set[str]) -> dict:
+    """Every ScriptArguments field, the TrainingArguments that decide the result and any other one set."""
+    chosen = (set(CARD_ARGUMENTS) | (named & {f.name for f in fields(TrainingArguments)})) - NOT_ON_THE_CARD
+    values = {name: getattr(args, name) for name in chosen}
+    settings = asdict(script) | {k: v.value if isinstance(v, enum.Enum) else v for k, v in values.items()}
+    settings["num_processes"] = args.world_size
+    settings["total_train_batch_size"] = (
+        args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    )
+    return settings
+
+
+def claim_output(output: Path, script: ScriptArguments, args: TrainingArguments) -> None:
+    """Refuses a folder that holds a run unless told to resume or start over (then clears it)."""
+    checkpoints = output / "checkpoints"
+    held = sorted(p.name for p in checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else []
+    if (output / "config.json").exists():
+        held.append("a served checkpoint")
+    if script.resume or not held:
+        return
+    if not script.overwrite_output_dir:
+        raise SystemExit(
+            f"{output} already holds a run ({', '.join(held)}): pass --resume true to continue it, "
+            "or --overwrite_output_dir true to start over (its checkpoints are deleted)"
+        )
+    if args.local_process_index == 0:
+        for folder in (checkpoints, output / "adapter", output / "scratch-base"):
+            shutil.rmtree(folder, ignore_errors=True)
+        (output / "config.json").unlink(missing_ok=True)  # until the new run is saved, no finished checkpoint
+
+
+def check_positions(base: str, block_size: int) -> None:
+    positions = AutoConfig.from_pretrained(base).max_position_embeddings
+    if block_size > positions:
+        raise SystemExit(
+            f"--block_size {block_size} is longer than the model's {positions} positions "
+            f"(max_position_embeddings of {base}): use --block_size {positions} or less"
+        )
 
 
 def load_model(script: ScriptArguments, args: TrainingArguments, base: str, tokenizer):
@@ -102,17 +186,23 @@ def load_model(script: ScriptArguments, args: TrainingArguments, base: str, toke
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
-    dtype = torch.bfloat16 if args.bf16 else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, quantization_config=quantization)
+    # A full fine-tune keeps fp32 master weights and bf16 is the Trainer's autocast: in bf16 weights AdamW's
+    # small updates round away (lr 2e-5: most of them). DeepSpeed and FSDP keep fp32 masters of their own.
+    # LoRA's adapters are fp32 (PEFT upcasts them), so its frozen base may stay in bf16.
+    dtype = torch.bfloat16 if script.lora and args.bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(
+        base, dtype=dtype, quantization_config=quantization, attn_implementation=script.attn_implementation
+    )
     if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
+    # Also what keeps packed dialogues apart: with a cache transformers ignores the packing in position ids.
     model.config.use_cache = False
     if not script.lora:
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if script.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.activation_checkpointing)
     config = LoraConfig(
         r=script.lora_r,
         lora_alpha=script.lora_alpha,
@@ -125,17 +215,51 @@ def load_model(script: ScriptArguments, args: TrainingArguments, base: str, toke
     return get_peft_model(model, config)
 
 
-def tokenized(split: datasets.Dataset, tokenizer, script: ScriptArguments) -> datasets.Dataset:
-    rows = split.map(
-        lambda row: tokenize_dialogue(tokenizer, row["messages"], script.train_on), remove_columns=["messages"]
+def tokenized(split: datasets.Dataset, tokenizer, script: ScriptArguments, report: DataReport) -> datasets.Dataset:
+    """Dialogues within block_size (fit_dialogue's rule, counted in the report), packed as the flags say."""
+    examples = []
+    for messages in split["messages"]:
+        example, cut = fit_dialogue(tokenizer, messages, script.block_size, script.train_on)
+        if example is None:
+            report.drop(f"first exchange longer than block_size ({script.block_size} tokens)")
+            report.kept -= 1
+            continue
+        report.cut += cut
+        examples.append(example)
+    if not script.packing or not examples:
+        return datasets.Dataset.from_list(examples)
+    if script.padding_free:
+        return pack_blocks(examples, script.block_size)
+    return datasets.Dataset.from_list(list(pack(examples, script.block_size)))
+
+
+def hardware(args: TrainingArguments) -> str:
+    if args.device.type == "cuda":
+        return f"{args.world_size} x {torch.cuda.get_device_name(args.device)}"
+    threads = torch.get_num_threads()
+    return f"{args.world_size} process(es) on {args.device.type} ({platform.machine()}, {threads} threads each)"
+
+
+def push(folder: Path, repo: str | None, token: str | None, private: bool | None) -> str:
+    """Uploads the served checkpoint where transformers' Trainer would: `repo` (hub_model_id), else a repo
+    named after the output folder in the token's namespace. Returns the commit's URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo or folder.absolute().name, private=private, exist_ok=True).repo_id
+    commit = api.upload_folder(
+        repo_id=repo_id, folder_path=folder, ignore_patterns=NOT_PUSHED, commit_message="Upload the served checkpoint"
     )
-    return datasets.Dataset.from_list(list(pack(rows, script.block_size))) if script.packing else rows
+    return commit.commit_url
 
 
 def main(argv: list[str] | None = None) -> Path:
-    script, args, recipe = parse(sys.argv[1:] if argv is None else argv)
+    script, args, settings = parse(sys.argv[1:] if argv is None else argv)
     output = Path(args.output_dir)
     args.output_dir = str(output / "checkpoints")
+    claim_output(output, script, args)
+    # The Trainer would push DIR/checkpoints at every save; the served folder is pushed at the end instead.
+    push_to_hub, args.push_to_hub = args.push_to_hub, False
     set_seed(args.seed)
     splits, report = build_dataset(
         script.datasets,
@@ -144,9 +268,6 @@ def main(argv: list[str] | None = None) -> Path:
         test_size=script.test_size,
         seed=args.seed,
     )
-    if args.process_index == 0:
-        print(f"data: {report.summary()}; {len(splits['train'])} train / {len(splits['test'])} test", flush=True)
-        print(f"processes: {args.world_size} ({args.parallel_mode.value}) on {args.device.type}", flush=True)
 
     base = script.model_name_or_path
     if base == "scratch":
@@ -161,16 +282,23 @@ def main(argv: list[str] | None = None) -> Path:
                     n_embd=script.scratch_embd,
                     seed=args.seed,
                 )
+    check_positions(base, script.block_size)
     tokenizer = AutoTokenizer.from_pretrained(base)
     add_chat_tokens(tokenizer)
-    model = load_model(script, args, base, tokenizer)
-    train_set = tokenized(splits["train"], tokenizer, script)
-    eval_set = tokenized(splits["test"], tokenizer, script)
+    train_set = tokenized(splits["train"], tokenizer, script, report)
+    eval_set = tokenized(splits["test"], tokenizer, script, report)
+    if not len(train_set):
+        raise SystemExit(f"no training dialogue fits block_size {script.block_size}: {report.summary()}")
+    if args.process_index == 0:
+        print(f"data: {report.summary()}; {len(train_set)} train / {len(eval_set)} test examples", flush=True)
+        print(f"processes: {args.world_size} ({args.parallel_mode.value}) on {args.device.type}", flush=True)
 
+    model = load_model(script, args, base, tokenizer)
+    packed = script.packing and script.padding_free
     trainer = Trainer(
         model=model,
         args=args,
-        data_collator=Collator(tokenizer.pad_token_id),
+        data_collator=(PackedCollator if packed else Collator)(tokenizer.pad_token_id),
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,
@@ -181,34 +309,40 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"no checkpoint in {args.output_dir}: starting from the beginning", flush=True)
     trainer.train(resume_from_checkpoint=resume_from)
 
-    name = output.name
-    card = model_card(name, script.model_name_or_path, recipe, trainer.state.log_history, report.summary())
+    card = model_card(
+        output.name,
+        script.model_name_or_path,
+        settings,
+        trainer.state.log_history,
+        report.summary(),
+        datasets=script.datasets,
+        hardware=hardware(args),
+    )
+    served = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
     if script.lora:
         from training.merge import merge
 
-        trainer.save_model(str(output / "adapter"))
-        if trainer.is_world_process_zero():
-            tokenizer.save_pretrained(output / "adapter")
-            merge(base, output / "adapter", output, card, dtype=torch.bfloat16 if args.bf16 else torch.float32)
-    else:
         state_dict = trainer.accelerator.get_state_dict(trainer.model)  # gathers shards (ZeRO-3, FSDP)
         if trainer.is_world_process_zero():
-            unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+            # Only the chat tokens' rows of the resized embedding were trained (trainable_token_indices) and
+            # the adapter holds them; PEFT's default would also save the whole embedding, and the tied head.
+            adapter = trainer.accelerator.unwrap_model(trainer.model)
+            adapter.save_pretrained(output / "adapter", state_dict=state_dict, save_embedding_layers=False)
+            tokenizer.save_pretrained(output / "adapter", save_jinja_files=False)
+            merge(base, output / "adapter", output, card, dtype=served)
+    else:
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model)
+        if unwrapped.dtype != served:  # config.json records the weights' dtype (DeepSpeed's are bf16 already)
+            unwrapped.to(served)
+        state_dict = trainer.accelerator.get_state_dict(trainer.model)  # gathers shards (ZeRO-3, FSDP)
+        if trainer.is_world_process_zero():
             unwrapped.config.use_cache = True
             save_checkpoint(unwrapped, tokenizer, output, card, state_dict=state_dict)
     if trainer.is_world_process_zero():
         print(f"served checkpoint: {output}", flush=True)
-        if script.push_to_hub_repo:
-            from huggingface_hub import HfApi
-
-            api = HfApi()
-            api.create_repo(script.push_to_hub_repo, exist_ok=True)
-            api.upload_folder(
-                repo_id=script.push_to_hub_repo,
-                folder_path=output,
-                ignore_patterns=["checkpoints/*", "adapter/*", "scratch-base/*"],
-            )
-            print(f"pushed to https://huggingface.co/{script.push_to_hub_repo}", flush=True)
+        if push_to_hub:
+            url = push(output, args.hub_model_id, args.hub_token, args.hub_private_repo)
+            print(f"pushed to {url}", flush=True)
     # Every rank waits for the save, then leaves the process group together: a rank that exits while
     # another still talks to it makes gloo abort (SIGABRT) at interpreter shutdown.
     trainer.accelerator.wait_for_everyone()

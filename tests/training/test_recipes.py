@@ -1,7 +1,10 @@
 """The recipes say what the card says, and the accelerate configs fit them."""
 
+import re
+import warnings
 from pathlib import Path
 
+import pytest
 import yaml
 
 from training.train import parse
@@ -50,3 +53,35 @@ def test_overrides_win_and_typos_are_refused(tmp_path):
         assert "learnign_rate" in str(exc)
     else:
         raise AssertionError("a misspelt key was accepted")
+
+
+def test_no_recipe_key_is_deprecated():
+    for recipe in sorted(RECIPES.glob("*.yaml")):
+        keys = yaml.safe_load(recipe.read_text())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            parse([str(recipe), "--output_dir", "/tmp/unused", "--use_cpu", "true"])
+        deprecated = [
+            str(w.message) for w in caught if "deprecated" in str(w.message) and any(k in str(w.message) for k in keys)
+        ]
+        assert not deprecated, f"{recipe.name}: {deprecated}"
+
+
+def test_every_file_a_config_or_recipe_names_exists():
+    root = RECIPES.parents[1]
+    for path in [*CONFIGS.glob("*.yaml"), *RECIPES.glob("*.yaml")]:
+        for named in re.findall(r"(?<![\w./-])[a-z][\w./-]*\.yaml", path.read_text()):  # not RECIPE.yaml
+            candidates = [root / named, path.parent / named, CONFIGS / named, RECIPES / named]
+            assert any(c.exists() for c in candidates), f"{path.name} names {named}, which does not exist"
+
+
+def test_push_to_hub_and_hub_model_id_are_transformers_flags():
+    tiny = str(RECIPES / "tiny.yaml")
+    _, args, _ = parse([tiny, "--push_to_hub", "true", "--hub_model_id", "me/x"])
+    assert args.push_to_hub and args.hub_model_id == "me/x"
+    _, args, _ = parse([tiny, "--hub_model_id", "me/x", "--push_to_hub"])  # bare, as the last flag
+    assert args.push_to_hub and args.hub_model_id == "me/x"
+    _, args, _ = parse([tiny])
+    assert not args.push_to_hub and args.hub_model_id is None
+    with pytest.raises(SystemExit):  # argparse: "--push_to_hub: Truthy value expected: got me/x ..."
+        parse([tiny, "--push_to_hub", "me/x"])

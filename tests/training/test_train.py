@@ -10,14 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from playground.backends import ChatRequest, SamplingParams
 from playground.backends.local import LocalBackend
 from playground.template import render
 from tests.conftest import ROOT, free_port
 from tests.fakes import FakeHub
+from training.scratch import build_base, python_doc_dialogues
+from training.train import main, push
 
 TINY = "training/recipes/tiny.yaml"
 # A smaller scratch model and no evaluation: these runs check mechanics, not quality.
@@ -138,13 +141,24 @@ def test_a_non_finite_loss_stops_with_a_clear_message(tmp_path):
     assert not (tmp_path / "nan" / "config.json").exists()
 
 
+def card_arguments(folder: Path) -> dict:
+    card = (folder / "README.md").read_text()
+    return yaml.safe_load(card.split("## Training arguments\n\n```yaml\n")[1].split("```")[0])
+
+
 def test_lora_run_merges_into_a_checkpoint_with_the_adapter_models_logits(tmp_path):
     from peft import PeftModel
 
+    # Like StarCoderPlus, the base has no chat tokens: training adds them and resizes the embedding.
+    base = build_base(
+        python_doc_dialogues(limit=200), tmp_path / "base", vocab_size=512, n_layer=1, n_embd=64, chat_tokens=False
+    )
     out = tmp_path / "lora"
     run = train(
         "--output_dir",
         str(out),
+        "--model_name_or_path",
+        str(base),
         "--lora",
         "true",
         "--lora_r",
@@ -159,18 +173,24 @@ def test_lora_run_merges_into_a_checkpoint_with_the_adapter_models_logits(tmp_pa
     )
     assert run.returncode == 0, run.stderr[-3000:]
     tokenizer = AutoTokenizer.from_pretrained(out)
-    base = AutoModelForCausalLM.from_pretrained(out / "scratch-base")
-    base.resize_token_embeddings(len(tokenizer))
-    adapter_model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
-    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert len(tokenizer) == AutoConfig.from_pretrained(base).vocab_size + 4
+    # The card tells what ran: the flags, not the recipe's values.
+    ran = card_arguments(out)
+    assert (ran["lora"], ran["lora_r"], ran["learning_rate"], ran["max_steps"]) == (True, 4, 1e-2, 6)
+    # The adapter holds the four chat-token rows, not the whole resized embedding (twice, when tied).
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    embedding_rows = {name: t.shape[0] for name, t in adapter.items() if "lora_" not in name}
+    assert embedding_rows and set(embedding_rows.values()) == {4}, embedding_rows
+    base_model = AutoModelForCausalLM.from_pretrained(base).eval()
+    base_model.resize_token_embeddings(len(tokenizer))
     ids = torch.tensor([tokenizer(render([{"role": "user", "content": "What does `len` do?"}]))["input_ids"]])
     with torch.no_grad():
+        untrained = base_model(ids).logits
+    adapter_model = PeftModel.from_pretrained(base_model, str(out / "adapter")).eval()
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
         expected, got = adapter_model(ids).logits, merged(ids).logits
-    assert not torch.allclose(
-        expected,
-        AutoModelForCausalLM.from_pretrained(out / "scratch-base")(ids).logits[..., : expected.shape[-1]],
-        atol=1e-3,
-    )  # the adapter changed the model
+    assert not torch.allclose(expected, untrained, atol=1e-3)  # the adapter changed the model
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)  # fp32 merge: equal up to rounding
 
     again = subprocess.run(
@@ -179,7 +199,7 @@ def test_lora_run_merges_into_a_checkpoint_with_the_adapter_models_logits(tmp_pa
             "-m",
             "training.merge",
             "--base",
-            str(out / "scratch-base"),
+            str(base),
             "--adapter",
             str(out / "adapter"),
             "--output",
@@ -243,13 +263,115 @@ def test_push_to_hub_uploads_the_served_checkpoint_only(tmp_path):
             "steps",
             "--save_steps",
             "1",
-            "--push_to_hub",
+            "--hub_model_id",
             "someone/tiny-starchat",
             *SMALL,
+            "--push_to_hub",  # bare, as transformers' flag
             env={"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test"},
         )
         assert run.returncode == 0, run.stderr[-3000:]
-    assert "pushed to" in run.stdout
+    assert "/someone/tiny-starchat/commit/" in run.stdout  # the commit URL the Hub answered
     [paths] = hub.commits
     assert {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= set(paths)
     assert not [p for p in paths if p.startswith(("checkpoints/", "scratch-base/", "adapter/"))]
+
+
+def test_without_a_hub_model_id_the_repo_is_named_after_the_output_folder(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    folder = tmp_path / "my-starchat"
+    folder.mkdir()
+    (folder / "README.md").write_text("card")
+    with FakeHub() as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        url = push(folder, repo=None, token="hf_test", private=False)
+    assert "/my-starchat/commit/" in url and hub.commits == [["README.md"]]
+
+
+def changed_share(before: dict, after: dict) -> float:
+    """The share of the blocks' weights that changed (every step reaches them, unlike unused embedding rows)."""
+    names = [k for k in before if k.startswith("transformer.h.")]
+    changed = sum((before[k] != after[k].to(before[k].dtype)).sum().item() for k in names)
+    return changed / sum(before[k].numel() for k in names)
+
+
+def test_a_bf16_full_fine_tune_keeps_fp32_master_weights(tmp_path):
+    """Pure bf16 weights under AdamW lose small updates: at lr 2e-5 most of them rounded away."""
+    out = tmp_path / "bf16"
+    steps = ["--bf16", "true", "--learning_rate", "2e-5", "--max_steps", "3", "--save_strategy", "steps"]
+    run = train("--output_dir", str(out), *steps, "--save_steps", "3", *SMALL)
+    assert run.returncode == 0, run.stderr[-3000:]
+    before = load_file(out / "scratch-base" / "model.safetensors")
+    trained = load_file(out / "checkpoints" / "checkpoint-3" / "model.safetensors")
+    assert {t.dtype for t in trained.values()} == {torch.float32}
+    assert changed_share(before, trained) > 0.9
+    served = load_file(out / "model.safetensors")
+    assert {t.dtype for t in served.values()} == {torch.bfloat16}  # served in bf16, as the recipe asks
+
+
+def test_a_used_output_folder_is_refused_unless_resumed_or_overwritten(tmp_path):
+    out = tmp_path / "run"
+    first = train("--output_dir", str(out), "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1", *SMALL)
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit, match=r"--resume true.*--overwrite_output_dir true"):
+        main([TINY, "--output_dir", str(out), "--max_steps", "2", *SMALL])
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == kept  # nothing lost
+
+    # Starting over, watched in TensorBoard.
+    again = train(
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "3",
+        "--save_strategy",
+        "no",
+        "--overwrite_output_dir",
+        "true",
+        "--report_to",
+        "tensorboard",
+        *SMALL,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not (out / "checkpoints" / "checkpoint-1").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    [events] = (out / "checkpoints" / "runs").glob("*/events.out.tfevents.*")
+    logged = EventAccumulator(str(events)).Reload()
+    assert [e.step for e in logged.Scalars("train/loss")] == [1, 2, 3]
+
+
+def test_a_block_size_beyond_the_models_positions_is_refused_before_training(tmp_path):
+    out = tmp_path / "long"
+    with pytest.raises(SystemExit, match=r"block_size 2048.*1024 positions"):
+        main([TINY, "--output_dir", str(out), "--block_size", "2048", *SMALL])
+    assert not (out / "checkpoints").exists()
+
+
+def test_without_packing_an_over_long_dialogue_is_cut_and_counted(tmp_path):
+    long = [
+        {"role": "user", "content": "What is a list?"},
+        {"role": "assistant", "content": "An ordered, mutable sequence."},
+        {"role": "user", "content": "Show every method."},
+        {"role": "assistant", "content": " ".join(f"list.method_{i}()" for i in range(600))},
+    ]
+    rows = [{"messages": m} for m in python_doc_dialogues(limit=40)] + [{"messages": long}] * 5
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "unpacked"
+    run = train(
+        "--output_dir",
+        str(out),
+        "--datasets",
+        str(data),
+        "--packing",
+        "false",
+        "--max_steps",
+        "3",
+        "--save_strategy",
+        "no",
+        *SMALL,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    cut = "5 cut after their last whole turn that fits block_size"
+    assert cut in run.stdout and cut in (out / "README.md").read_text()
