@@ -63,28 +63,32 @@ def emit(record: dict) -> None:
     sys.stdout.flush()
 
 
-def teacher_forced(model, prompt: list[int], tokens: list[int], logits: torch.Tensor, margin: float) -> dict:
-    """The engine's logits at each generated position against one plain forward over the prompt and the
-    engine's own tokens: the same inputs position by position, so rounding cannot snowball into a
-    different continuation and every position is compared. Agreement counts only positions where the
-    plain top-1 leads the second by more than `margin` standard deviations of that position's logits;
-    a near-tie says nothing about a bug."""
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        ids = torch.tensor([prompt + tokens[:-1]], device=device)
-        plain = model(ids).logits[0, len(prompt) - 1 :].float().cpu()
-    ours = logits.float().cpu()
-    top2 = plain.topk(2, dim=-1).values
-    confident = top2[:, 0] - top2[:, 1] > margin * plain.std(-1)
-    agree = (plain.argmax(-1) == ours.argmax(-1))[confident]
+def compare(reference: torch.Tensor, logits: torch.Tensor, margin: float) -> dict:
+    """Logits against reference logits for the same inputs, position by position. Agreement counts only
+    positions where the reference top-1 leads the second by more than `margin` standard deviations of
+    that position's logits; a near-tie says nothing about a bug."""
+    reference, logits = reference.float().cpu(), logits.float().cpu()
+    top2 = reference.topk(2, dim=-1).values
+    confident = top2[:, 0] - top2[:, 1] > margin * reference.std(-1)
+    agree = (reference.argmax(-1) == logits.argmax(-1))[confident]
     return {
-        "positions": len(tokens),
+        "positions": len(reference),
         "confident_positions": int(confident.sum()),
-        "max_abs_diff": float((plain - ours).abs().max()),
-        "relative_error": float((plain - ours).norm() / plain.norm()),
+        "max_abs_diff": float((reference - logits).abs().max()),
+        "relative_error": float((reference - logits).norm() / reference.norm()),
         "top1_agreement": float(agree.float().mean()) if len(agree) else float("nan"),
         "margin": margin,
     }
+
+
+def teacher_forced(model, prompt: list[int], tokens: list[int], logits: torch.Tensor, margin: float) -> dict:
+    """The engine's logits at each generated position against one plain forward over the prompt and the
+    engine's own tokens: the same inputs position by position, so rounding cannot snowball into a
+    different continuation and every position is compared."""
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        plain = model(torch.tensor([prompt + tokens[:-1]], device=device)).logits[0, len(prompt) - 1 :]
+    return compare(plain, logits, margin)
 
 
 def compile_counters() -> dict[str, int]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU figure in one call, as JSON lines: decoding (seed's way, ours, transformers' static cache),
-# a restart's warm-up, and training. Under 9 minutes on one H100; each part has its own time limit,
+# a restart's warm-up, int8 / int4 (torchao) and bitsandbytes, and training. Under 9 minutes on one H100; each part has its own time limit,
 # and a part that fails is reported and does not stop the others (the exit code says it failed).
 #
 #   bash bench/gpu.sh [--tiny] [OUTDIR]     # OUTDIR (default: $OUT, else a new temporary folder) gets gpu.jsonl and gpu.log
@@ -37,11 +37,13 @@ part() {  # part SECONDS NAME ARGS...: one python -m run, its JSON lines to gpu.
 if ((${#tiny[@]})); then
     part 240 generate bench.generate --tiny --streams 1,4 --peer-streams 1
     part 120 restart bench.generate --tiny --streams 1,4 --start-up-only
+    part 120 quantized bench.quantized --tiny --streams 1,4
     part 240 train bench.train --tiny --steps 2
 else
-    part 330 generate bench.generate
-    part 60 restart bench.generate --start-up-only
-    part $((530 - (SECONDS - start))) train bench.train
+    part 270 generate bench.generate
+    part 45 restart bench.generate --start-up-only
+    part 140 quantized bench.quantized
+    part $((520 - (SECONDS - start))) train bench.train
 fi
 echo "== done in $((SECONDS - start))s: $out/gpu.jsonl" >&2
 cat "$out/gpu.jsonl"

@@ -28,7 +28,10 @@ class Settings:
     endpoint_token: str = option("", "bearer token for the server (default: the HF_TOKEN environment variable)")
     endpoint_timeout: float = option(60.0, "seconds to wait for the server to answer")
     quantize: str = option(
-        "none", "load the local model in 8-bit or 4-bit (bitsandbytes, CUDA only)", choices=("none", "8bit", "4bit")
+        "none",
+        "int8 / int4: weight-only (torchao), served by the fast engine (int4 on a CUDA GPU only); "
+        "8bit / 4bit: bitsandbytes under plain generate (CUDA only)",
+        choices=("none", "int8", "int4", "8bit", "4bit"),
     )
     models_file: str = option("", "a YAML list of models (local folders, Hub ids, endpoints) to choose from")
     engine: str = option(

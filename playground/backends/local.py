@@ -24,7 +24,9 @@ from playground.backends import BackendError, BackendInfo, ChatRequest, context_
 from playground.backends.fast import FastEngine, Job, supports
 from playground.template import EOS, Message, Prompt, control_ids, fit_to_context, stop_ids
 
-QUANTIZATIONS = ("none", "8bit", "4bit")
+BITSANDBYTES = ("8bit", "4bit")  # plain generate; the fallback where the fast engine cannot serve
+TORCHAO = ("int8", "int4")  # weight-only, served by the fast engine
+QUANTIZATIONS = ("none", *TORCHAO, *BITSANDBYTES)
 
 
 class Pieces(TextStreamer):
@@ -54,7 +56,8 @@ class CancelCriteria(StoppingCriteria):
 
 
 def quantization_config(quantize: str) -> BitsAndBytesConfig | None:
-    if quantize == "none":
+    """bitsandbytes' config for 8bit / 4bit, applied while loading; None for the others."""
+    if quantize == "none" or quantize in TORCHAO:
         return None
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
@@ -68,6 +71,37 @@ def quantization_config(quantize: str) -> BitsAndBytesConfig | None:
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
     )
+
+
+def quantize_weights(model, quantize: str, device: torch.device):
+    """Weight-only int8 or int4 (torchao) for the linear layers of every transformer layer, one layer at a
+    time onto `device`: the model stays where it was loaded (the CPU), so the GPU never holds more than
+    one layer in bf16 and an int4 StarCoderPlus loads on a 16 GB card. The embeddings and the head they
+    share stay as loaded."""
+    if quantize == "int4" and device.type != "cuda":
+        raise BackendError("--quantize int4 needs a CUDA GPU (torchao's int4 kernels); on the CPU use --quantize int8")
+    from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
+
+    # tile_packed_to_4d is the format of PyTorch's own int4 kernel (tinygemm): no extra package needed.
+    config = (
+        Int8WeightOnlyConfig() if quantize == "int8" else Int4WeightOnlyConfig(int4_packing_format="tile_packed_to_4d")
+    )
+    for block in model.transformer.h:
+        quantize_(block.to(device), config)
+    return model.to(device)
+
+
+def fit_hint(weight_bytes: int, gpu_bytes: int) -> str | None:
+    """What to try when the weights leave no room on the card for the cache and the activations."""
+    room = 0.9 * gpu_bytes
+    if weight_bytes <= room:
+        return None
+    sizes = f"{weight_bytes / 1e9:.0f} GB of weights, {gpu_bytes / 1e9:.0f} GB card"
+    if weight_bytes / 2 <= room:
+        return f"{sizes}: try --quantize int8 (or int4)"
+    if weight_bytes / 3.5 <= room:  # int4 with its scales: about 3.5x smaller than bf16
+        return f"{sizes}: try --quantize int4"
+    return f"{sizes}: the model is too big even in int4; serve it on a larger card (--backend endpoint)"
 
 
 def describe_device(model) -> str:
@@ -115,6 +149,8 @@ class LocalBackend:
             device_map = "auto"
         else:
             dtype, device_map = torch.float32, None
+        if quantize in TORCHAO:
+            device_map = None  # loaded on the CPU, then quantized onto the GPU layer by layer
         tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=False)
         control_ids(tokenizer)  # fail at start-up, not at the first message, on a non-StarChat tokenizer
         model = AutoModelForCausalLM.from_pretrained(
@@ -126,9 +162,17 @@ class LocalBackend:
             trust_remote_code=False,
         )
         model.eval()
+        if quantize in TORCHAO:
+            model = quantize_weights(model, quantize, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        elif quantize == "none" and torch.cuda.is_available():
+            weights = sum(p.numel() * p.element_size() for p in model.parameters())
+            if hint := fit_hint(weights, torch.cuda.get_device_properties(0).total_memory):
+                print(hint, flush=True)
         name = Path(model_id).name if Path(model_id).exists() else model_id
         if engine == "fast" and not supports(model):
-            raise BackendError("--engine fast serves GPTBigCode (multi-query) models on one device, unquantized")
+            raise BackendError(
+                "--engine fast serves GPTBigCode (multi-query) models on one device, in full or --quantize int8/int4"
+            )
         fast = None
         if engine == "fast" or (engine == "auto" and torch.cuda.is_available() and supports(model)):
             try:

@@ -9,13 +9,12 @@ from tests.conftest import bench_records
 
 def test_tiny_generate_bench_measures_three_ways_and_checks_the_engine():
     records = bench_records("bench.generate", "--tiny", "--streams", "1,4", "--peer-streams", "1")
-    start, checks, runs, guards = records[0], records[1:3], records[3:-1], records[-1]
+    start, checks, runs, guards, peer = records[0], records[1:3], records[3:-2], records[-2], records[-1]
     assert start["path"] == "ours: start-up" and start["warm_up_s"] > 0 and start["batch_buckets"] == [1, 2, 4]
     assert [c["prompt"] for c in checks] == [32, 200]
     assert [(r["path"].split(":")[0], r["streams"], r.get("prompt")) for r in runs] == [
         ("seed", 1, None),
         ("ours", 1, None),
-        ("peer", 1, None),
         ("seed", 4, None),
         ("ours", 4, None),
         ("seed", 1, 200),
@@ -23,7 +22,8 @@ def test_tiny_generate_bench_measures_three_ways_and_checks_the_engine():
     ]
     for c in checks:
         assert c["passed"] and c["top1_agreement"] == 1.0 and c["max_abs_diff"] < 1e-3  # fp32: near-exact
-    for r in runs:
+    assert peer["path"].startswith("peer") and peer["streams"] == 1
+    for r in [*runs, peer]:
         assert r["device"].startswith("CPU") and r["decode_tok_s"] > 0 and r["ttft_ms"] > 0
         assert r["weight_bandwidth_share"] > 0 and r["copy_bandwidth_gb_s"] > 0 and r["ttft_last_ms"] >= r["ttft_ms"]
     for r in (r for r in runs if r["path"].startswith("ours")):
