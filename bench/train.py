@@ -3,74 +3,165 @@
     python -m bench.train            # one GPU: the seed's way (plain PEFT, checkpointing everywhere) vs ours
     python -m bench.train --tiny     # a tiny model on the CPU, for the test suite
 
-Ours is the recipe's setting: sequences packed without padding, the fastest attention this
-machine has, gradient checkpointing only when the activations would not fit. Each line is
-JSON: tokens/s, peak memory and 6N-MFU (6 x parameters x tokens/s over the card's bf16 peak).
+Ours is what training/ does with the QLoRA recipe's LoRA settings (r, alpha, dropout, targets, the
+four chat-token rows trained): blocks packed without padding or cross-talk (training.format's
+PackedCollator), the fastest attention this machine has, bf16, and activation checkpointing only on
+as many layers as the memory needs. Each line is JSON: tokens/s, peak memory and 6N-MFU
+(6 x parameters x tokens/s over the card's bf16 peak), naming the device.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.util
+import math
+import random
+import shutil
+import tempfile
+from pathlib import Path
 
 import torch
+import yaml
 from peft import LoraConfig, get_peft_model
-from transformers import BitsAndBytesConfig, GPTBigCodeForCausalLM
+from transformers import AutoModelForCausalLM, GPTBigCodeForCausalLM
 
 from bench.common import device_name, emit, model_config, peak_flops, peak_memory_gib, reset_peak_memory, timed
+from training.format import PackedCollator
+
+RECIPE = Path(__file__).resolve().parent.parent / "training" / "recipes" / "starchat-qlora.yaml"
+CHAT_TOKENS = 4  # the StarCoderPlus shape's vocabulary ends with the four chat tokens (49152-49155)
+# Bytes kept per token, per unit of hidden size, per layer for the backward pass in bf16: ~34 for the
+# block (Korthikanti et al.) and ~21 for LoRA's dropout copies of the inputs of c_attn, c_proj, c_fc, c_proj.
+KEPT_BYTES = 34 + 21
 
 
 def fastest_attention(device: torch.device) -> str:
-    if device.type == "cuda":
-        try:
-            import flash_attn  # noqa: F401
-
-            return "flash_attention_2"
-        except ImportError:
-            pass
+    """flash-attn's varlen kernels where installed; else SDPA (flash without a mask, mem-efficient with one)."""
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
     return "sdpa"
 
 
-def build(tiny: bool, device: torch.device, quantize: bool, attention: str, checkpointing: bool):
+def checkpointed_layers(tiny: bool, seq: int, batch: int, weight_bytes: float, free: float) -> int:
+    """The fewest blocks that must recompute their activations for a step to fit in `free` bytes."""
+    c = model_config(tiny)
+    tokens = seq * batch
+    kept = KEPT_BYTES * c.n_embd * tokens  # one block's saved activations
+    logits = 10 * c.vocab_size * tokens  # bf16 logits, their fp32 copy for the loss and its gradient
+    budget = 0.9 * free - weight_bytes - logits
+    if budget >= c.n_layer * kept:
+        return 0
+    input_only = 2 * c.n_embd * tokens  # what a checkpointed block keeps
+    return min(c.n_layer, math.ceil((c.n_layer * kept - budget) / (kept - input_only)))
+
+
+def random_model(tiny: bool, device: torch.device, dtype: torch.dtype, attention: str) -> GPTBigCodeForCausalLM:
     config = model_config(tiny)
-    config._attn_implementation = attention
+    config.use_cache = False  # also what lets transformers see the packing in the position ids
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
+
+
+def quantized_model(tiny: bool, device: torch.device, attention: str) -> GPTBigCodeForCausalLM:
+    """bitsandbytes quantizes at load time: random bf16 weights saved once (in memory where it fits), loaded 4-bit."""
+    from transformers import BitsAndBytesConfig
+
+    model = random_model(tiny, device, torch.bfloat16, attention)
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    shm = Path("/dev/shm")
+    where = str(shm) if shm.is_dir() and shutil.disk_usage(shm).free > 1.2 * size else None
+    with tempfile.TemporaryDirectory(dir=where) as folder:
+        model.save_pretrained(folder)
+        del model
+        torch.cuda.empty_cache()
+        quantized = GPTBigCodeForCausalLM.from_pretrained(
+            folder,
+            quantization_config=BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            ),
+            attn_implementation=attention,
+            device_map={"": device},
+        )
+    quantized.config.use_cache = False
+    from peft import prepare_model_for_kbit_training
+
+    # As training loads a QLoRA base; checkpointing is measure()'s to choose.
+    return prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
+
+
+def recipe_lora(vocab_size: int) -> LoraConfig:
+    recipe = yaml.safe_load(RECIPE.read_text())
+    return LoraConfig(
+        r=recipe["lora_r"],
+        lora_alpha=recipe["lora_alpha"],
+        lora_dropout=recipe["lora_dropout"],
+        target_modules=recipe["lora_target_modules"],
+        trainable_token_indices=list(range(vocab_size - CHAT_TOKENS, vocab_size)),
+        task_type="CAUSAL_LM",
+    )
+
+
+def packed_batch(batch: int, seq: int, vocab: int, device: torch.device) -> tuple[dict, list[list[int]]]:
+    """Rows of whole dialogues of random lengths (as training packs them), every token trained."""
+    rng = random.Random(0)
+    low, high = seq // 16, seq // 2
+    rows, lengths = [], []
+    for _ in range(batch):
+        sizes: list[int] = []
+        while sum(sizes) < seq:
+            sizes.append(min(rng.randint(low, high), seq - sum(sizes)))
+        ids = torch.randint(1, vocab, (seq,)).tolist()
+        rows.append({"input_ids": ids, "labels": ids, "seq_lengths": sizes})
+        lengths.append(sizes)
+    return {k: v.to(device) for k, v in PackedCollator(pad_token_id=0)(rows).items()}, lengths
+
+
+def isolation(model, inputs: dict, lengths: list[int]) -> float:
+    """Largest logit difference between the block's last dialogue packed and alone (0: no cross-talk)."""
+    start = sum(lengths[:-1])
+    model.eval()  # no dropout: the same dialogue must give the same logits
+    with torch.no_grad():
+        packed = model(input_ids=inputs["input_ids"][:1], position_ids=inputs["position_ids"][:1]).logits[0, start:]
+        alone = model(input_ids=inputs["input_ids"][:1, start:]).logits[0]
+    return float((packed.float() - alone.float()).abs().max())
+
+
+def measure(name: str, args, device, *, quantize: bool, attention: str, checkpointed: int, ours: bool) -> dict:
+    gc.collect()  # the previous path's model, before its memory is counted again
+    reset_peak_memory(device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if quantize:
-        import tempfile
-
-        # bitsandbytes quantizes at load time: save random bf16 weights once, load them in 4-bit.
-        with tempfile.TemporaryDirectory() as folder, torch.device(device):
-            GPTBigCodeForCausalLM(config).to(dtype).save_pretrained(folder)
-            model = GPTBigCodeForCausalLM.from_pretrained(
-                folder,
-                quantization_config=BitsAndBytesConfig(
-                    load_in_4bit=True,
-                    bnb_4bit_quant_type="nf4",
-                    bnb_4bit_use_double_quant=True,
-                    bnb_4bit_compute_dtype=torch.bfloat16,
-                ),
-                attn_implementation=attention,
-                device_map={"": device},
-            )
+        model = quantized_model(args.tiny, device, attention)
     else:
-        with torch.device(device):
-            model = GPTBigCodeForCausalLM(config).to(dtype)
+        model = random_model(args.tiny, device, dtype, attention)
     parameters = sum(p.numel() for p in model.parameters())
-    if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    lora = LoraConfig(r=16, lora_alpha=32, target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM")
-    return get_peft_model(model, lora), parameters
-
-
-def measure(name: str, args, device, *, quantize: bool, attention: str, checkpointing: bool) -> dict:
-    reset_peak_memory(device)
-    model, parameters = build(args.tiny, device, quantize, attention, checkpointing)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     vocab = model.config.vocab_size
-    batch = torch.randint(0, vocab, (args.batch, args.seq), device=device)
+    if checkpointed:
+        # transformers 5.24 renamed gradient_checkpointing_enable; a GPU image may hold an older one.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
+        model.enable_input_require_grads()
+        for block in model.transformer.h[checkpointed:]:  # selective: the rest keep their activations
+            block.gradient_checkpointing = False
+    if ours:
+        model = get_peft_model(model, recipe_lora(vocab))
+        inputs, lengths = packed_batch(args.batch, args.seq, vocab, device)
+    else:
+        lora = LoraConfig(r=16, lora_alpha=32, target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+        ids = torch.randint(0, vocab, (args.batch, args.seq), device=device)
+        inputs, lengths = {"input_ids": ids, "labels": ids}, []
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    # Ours runs as the Trainer runs a bf16 recipe: under bf16 autocast (the fp32 LoRA weights included).
+    autocast = ours and device.type == "cuda"
 
     def step():
-        loss = model(input_ids=batch, labels=batch).loss
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            loss = model(**inputs).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -87,13 +178,19 @@ def measure(name: str, args, device, *, quantize: bool, attention: str, checkpoi
         "params": parameters,
         "batch": args.batch,
         "seq": args.seq,
+        "dtype": str(dtype).removeprefix("torch."),
         "attention": attention,
-        "checkpointing": checkpointing,
+        "packing": "padding-free" if ours else "none",
+        "checkpointing": checkpointed > 0,
+        "checkpointed_layers": checkpointed,
         "quantization": "nf4" if quantize else "none",
         "tokens_per_s": tokens_per_s,
         "mfu_6n": 6 * parameters * tokens_per_s / peak if peak else None,
         "peak_memory_gib": peak_memory_gib(device),
     }
+    if ours:
+        record["dialogues_per_block"] = len(lengths[0])
+        record["isolation_max_abs_diff"] = isolation(model, inputs, lengths[0])
     return record
 
 
@@ -108,35 +205,45 @@ def main(argv: list[str] | None = None) -> None:
         "--checkpointing",
         choices=["auto", "on", "off"],
         default="auto",
-        help="ours: 'auto' keeps activations unless the model is too big for the memory",
+        help="ours: 'auto' checkpoints only as many layers as the memory needs",
     )
     args = parser.parse_args(argv)
     args.seq = args.seq or (128 if args.tiny else 2048)
     args.steps = args.steps or (3 if args.tiny else 10)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     fast = fastest_attention(device)
-    if args.checkpointing == "auto":
-        # bf16 weights, plus ~34 bytes x hidden x seq per layer of saved activations (Korthikanti et al.).
-        free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else float("inf")
-        c = model_config(args.tiny)
-        weights = 2 * (12 * c.n_embd**2 * c.n_layer + c.vocab_size * c.n_embd)
-        activations = 34 * c.n_embd * args.seq * c.n_layer * args.batch
-        ours_checkpointing = weights + activations > 0.9 * free
-    else:
-        ours_checkpointing = args.checkpointing == "on"
-    emit(measure("seed: plain PEFT, checkpointing", args, device, quantize=False, attention="sdpa", checkpointing=True))
-    emit(measure("ours: LoRA", args, device, quantize=False, attention=fast, checkpointing=ours_checkpointing))
-    if device.type == "cuda":
-        emit(measure("ours: QLoRA", args, device, quantize=True, attention=fast, checkpointing=True))
-    else:
-        emit(
-            {
-                "bench": "train",
-                "path": "ours: QLoRA",
-                "device": device_name(device),
-                "skipped": "bitsandbytes 4-bit needs a CUDA GPU",
-            }
+    layers = model_config(args.tiny).n_layer
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else float("inf")
+
+    def policy(weight_bytes: float) -> int:
+        if args.checkpointing != "auto":
+            return layers if args.checkpointing == "on" else 0
+        return checkpointed_layers(args.tiny, args.seq, args.batch, weight_bytes, free)
+
+    emit(
+        measure(
+            "seed: plain PEFT, checkpointing",
+            args,
+            device,
+            quantize=False,
+            attention="sdpa",
+            checkpointed=layers,
+            ours=False,
         )
+    )
+    c = model_config(args.tiny)
+    n = 12 * c.n_embd**2 * c.n_layer + c.vocab_size * c.n_embd  # parameters, near enough for the estimate
+    emit(measure("ours: LoRA", args, device, quantize=False, attention=fast, checkpointed=policy(2 * n), ours=True))
+    if device.type != "cuda":
+        reason = "bitsandbytes 4-bit needs a CUDA GPU"
+    elif importlib.util.find_spec("bitsandbytes") is None:
+        reason = "bitsandbytes is not installed"
+    else:
+        reason = ""
+    if reason:
+        emit({"bench": "train", "path": "ours: QLoRA", "device": device_name(device), "skipped": reason})
+    else:
+        emit(measure("ours: QLoRA", args, device, quantize=True, attention=fast, checkpointed=policy(n / 2), ours=True))
 
 
 if __name__ == "__main__":
