@@ -105,7 +105,7 @@ def recipe_lora(vocab_size: int) -> LoraConfig:
     )
 
 
-def packed_batch(batch: int, seq: int, vocab: int, device: torch.device) -> tuple[dict, list[list[int]]]:
+def packed_batch(batch: int, seq: int, vocab: int, device: torch.device, flatten: bool) -> tuple[dict, list[list[int]]]:
     """Rows of whole dialogues of random lengths (as training packs them), every token trained."""
     rng = random.Random(0)
     low, high = seq // 16, seq // 2
@@ -117,17 +117,17 @@ def packed_batch(batch: int, seq: int, vocab: int, device: torch.device) -> tupl
         ids = torch.randint(1, vocab, (seq,)).tolist()
         rows.append({"input_ids": ids, "labels": ids, "seq_lengths": sizes})
         lengths.append(sizes)
-    return {k: v.to(device) for k, v in PackedCollator(pad_token_id=0)(rows).items()}, lengths
+    return {k: v.to(device) for k, v in PackedCollator(0, flatten)(rows).items()}, lengths
 
 
 def isolation(model, inputs: dict, lengths: list[int]) -> float:
-    """Largest logit difference between the block's last dialogue packed and alone (0: no cross-talk)."""
-    start = sum(lengths[:-1])
+    """Largest logit difference between the first block's last dialogue packed and alone (0: no cross-talk)."""
+    start, end = sum(lengths[:-1]), sum(lengths)
     model.eval()  # no dropout: the same dialogue must give the same logits
     with torch.no_grad():
-        packed = model(input_ids=inputs["input_ids"][:1], position_ids=inputs["position_ids"][:1]).logits[0, start:]
-        alone = model(input_ids=inputs["input_ids"][:1, start:]).logits[0]
-    return float((packed.float() - alone.float()).abs().max())
+        packed = model(input_ids=inputs["input_ids"][:1], position_ids=inputs["position_ids"][:1]).logits
+        alone = model(input_ids=inputs["input_ids"][:1, start:end]).logits
+    return float((packed[0, start:end].float() - alone[0].float()).abs().max())
 
 
 def measure(name: str, args, device, *, quantize: bool, attention: str, checkpointed: int, ours: bool) -> dict:
@@ -149,7 +149,7 @@ def measure(name: str, args, device, *, quantize: bool, attention: str, checkpoi
             block.gradient_checkpointing = False
     if ours:
         model = get_peft_model(model, recipe_lora(vocab))
-        inputs, lengths = packed_batch(args.batch, args.seq, vocab, device)
+        inputs, lengths = packed_batch(args.batch, args.seq, vocab, device, flatten=attention.startswith("flash"))
     else:
         lora = LoraConfig(r=16, lora_alpha=32, target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)

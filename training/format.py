@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 
@@ -79,28 +80,35 @@ class PackedCollator:
     """Packed blocks in which every dialogue attends only to itself.
 
     Position ids restart at each dialogue and no attention mask is passed, so transformers builds a
-    block-diagonal causal mask from them (sdpa, eager, flex attention) or runs flash attention
-    varlen; the model must not use a KV cache while training (load_model turns it off), or
-    transformers ignores the packing. The first token of each dialogue gets no label: the previous
-    dialogue's last token must not learn to predict it. transformers' DataCollatorWithFlattening
-    and TRL's padding-free collator put the whole batch in one row, which makes SDPA's masked
-    attention grow with the square of the batch's tokens; one row per block keeps it per block.
-    A shorter block is padded at its end; the padding is a sequence of its own, outside the loss.
+    block-diagonal causal mask from them (sdpa, eager, flex attention); the model must not use a KV
+    cache while training (load_model turns it off), or transformers ignores the packing. The first
+    token of each dialogue gets no label: the previous dialogue's last token must not learn to
+    predict it. By default each block is a row and a shorter block is padded at its end (the padding
+    is a sequence of its own, outside the loss): transformers' DataCollatorWithFlattening and TRL's
+    padding-free collator put the whole batch in one row, which makes SDPA's masked attention grow
+    with the square of the batch's tokens. `flatten=True` makes that one row, no padding at all: what
+    flash attention needs, as it finds the dialogues in the position ids of a single row only.
     """
 
     pad_token_id: int
+    flatten: bool = False
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
-        batch = {"input_ids": [], "labels": [], "position_ids": []}
+        rows = []
         for f in features:
             labels, positions, start = list(f["labels"]), [], 0
             for length in f["seq_lengths"]:
                 labels[start] = IGNORE
                 positions += range(length)
                 start += length
-            pad = width - len(f["input_ids"])
-            batch["input_ids"].append(list(f["input_ids"]) + [self.pad_token_id] * pad)
+            rows.append((list(f["input_ids"]), labels, positions))
+        if self.flatten:
+            rows = [tuple(list(chain.from_iterable(row[i] for row in rows)) for i in range(3))]
+        width = max(len(ids) for ids, _, _ in rows)
+        batch = {"input_ids": [], "labels": [], "position_ids": []}
+        for ids, labels, positions in rows:
+            pad = width - len(ids)
+            batch["input_ids"].append(ids + [self.pad_token_id] * pad)
             batch["labels"].append(labels + [IGNORE] * pad)
             batch["position_ids"].append(positions + list(range(pad)))
         return {k: torch.tensor(v) for k, v in batch.items()}

@@ -294,11 +294,15 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"processes: {args.world_size} ({args.parallel_mode.value}) on {args.device.type}", flush=True)
 
     model = load_model(script, args, base, tokenizer)
-    packed = script.packing and script.padding_free
+    if script.packing and script.padding_free:
+        # Flash attention finds the dialogues in the position ids of a single row only.
+        collator = PackedCollator(tokenizer.pad_token_id, flatten=script.attn_implementation.startswith("flash"))
+    else:
+        collator = Collator(tokenizer.pad_token_id)
     trainer = Trainer(
         model=model,
         args=args,
-        data_collator=(PackedCollator if packed else Collator)(tokenizer.pad_token_id),
+        data_collator=collator,
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=tokenizer,

@@ -119,7 +119,8 @@ def test_an_over_long_dialogue_is_cut_after_its_last_whole_turn_that_fits(tokeni
     assert fit_dialogue(tokenizer, LONG, len(first_exchange["input_ids"]) - 1) == (None, True)
 
 
-def test_a_packed_dialogue_sees_only_itself(tokenizer, tiny_checkpoint):
+@pytest.mark.parametrize("flatten", [False, True], ids=["a-row-per-block", "one-row-for-flash-attention"])
+def test_a_packed_dialogue_sees_only_itself(tokenizer, tiny_checkpoint, flatten):
     """Loss and logits of each dialogue inside packed blocks equal those of the dialogue alone."""
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, attn_implementation="sdpa").eval()
     model.config.use_cache = False  # as training loads it
@@ -130,18 +131,21 @@ def test_a_packed_dialogue_sees_only_itself(tokenizer, tiny_checkpoint):
         tokenize_dialogue(tokenizer, [{"role": "user", "content": "Explain `sorted`."}, LONG[2]]),
     ]
     block_size = max(len(d["input_ids"]) for d in dialogues) + 10
-    blocks = pack_blocks(dialogues, block_size)
+    blocks = list(pack_blocks(dialogues, block_size))
     assert len(blocks) < len(dialogues) and all(len(b["input_ids"]) <= block_size for b in blocks)
-    batch = PackedCollator(tokenizer.pad_token_id)(list(blocks))
+    batch = PackedCollator(tokenizer.pad_token_id, flatten=flatten)(blocks)
+    assert batch["input_ids"].shape[0] == (1 if flatten else len(blocks))
     with torch.no_grad():
         packed = model(**batch)
         total, counted = 0.0, 0
-        for row, block in enumerate(blocks):
+        for i, block in enumerate(blocks):
+            row, offset = (0, sum(len(b["input_ids"]) for b in blocks[:i])) if flatten else (i, 0)
             start = 0
             for length in block["seq_lengths"]:
                 ids, labels = block["input_ids"][start : start + length], block["labels"][start : start + length]
                 alone = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
-                torch.testing.assert_close(packed.logits[row, start : start + length], alone.logits[0])
+                logits = packed.logits[row, offset + start : offset + start + length]
+                torch.testing.assert_close(logits, alone.logits[0])
                 n = sum(label != IGNORE for label in labels[1:])  # the first token is never predicted
                 total, counted = total + alone.loss.item() * n, counted + n
                 start += length
