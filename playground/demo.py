@@ -24,6 +24,7 @@ def demo_checkpoint(cache_dir: str | Path) -> Path:
             from training.train import main as train
 
             print(f"Building the offline demo model in {path} (first run only, about two minutes)...", flush=True)
-            train([str(RECIPE), "--output_dir", str(path), "--disable_tqdm", "false"])
+            # --resume: a build killed midway goes on from its last checkpoint (a used folder is refused otherwise).
+            train([str(RECIPE), "--output_dir", str(path), "--disable_tqdm", "false", "--resume", "true"])
             shutil.rmtree(path / "checkpoints", ignore_errors=True)
     return path

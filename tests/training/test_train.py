@@ -375,3 +375,27 @@ def test_without_packing_an_over_long_dialogue_is_cut_and_counted(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     cut = "5 cut after their last whole turn that fits block_size"
     assert cut in run.stdout and cut in (out / "README.md").read_text()
+
+
+def test_an_interrupted_demo_build_is_resumed_not_refused(tmp_path, monkeypatch):
+    """The playground builds its demo through training.train; a build killed midway left checkpoints."""
+    import training.train
+    from playground.demo import demo_checkpoint
+    from training.train import claim_output, parse
+
+    found = []
+
+    def claim_then_finish(argv):  # the real argument parsing and folder check, without the 90 s of training
+        script, args, _ = parse(argv)
+        output = Path(args.output_dir)
+        claim_output(output, script, args)
+        found.append(sorted(p.name for p in (output / "checkpoints").glob("*")))
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.json").write_text("{}")
+
+    monkeypatch.setattr(training.train, "main", claim_then_finish)
+    demo = demo_checkpoint(tmp_path)
+    (demo / "config.json").unlink()  # a second build, killed after its first epoch's checkpoint
+    (demo / "checkpoints" / "checkpoint-6").mkdir(parents=True)
+    assert demo_checkpoint(tmp_path) == demo
+    assert found == [[], ["checkpoint-6"]]  # resumed from, not refused nor deleted
