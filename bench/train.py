@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, GPTBigCodeForCausalLM
 
 from bench.common import device_name, emit, model_config, peak_flops, peak_memory_gib, reset_peak_memory, timed
@@ -87,8 +87,6 @@ def quantized_model(tiny: bool, device: torch.device, attention: str) -> GPTBigC
             device_map={"": device},
         )
     quantized.config.use_cache = False
-    from peft import prepare_model_for_kbit_training
-
     # As training loads a QLoRA base; checkpointing is measure()'s to choose.
     return prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
 
@@ -131,8 +129,7 @@ def isolation(model, inputs: dict, lengths: list[int]) -> float:
 
 
 def measure(name: str, args, device, *, quantize: bool, attention: str, checkpointed: int, ours: bool) -> dict:
-    gc.collect()  # the previous path's model, before its memory is counted again
-    reset_peak_memory(device)
+    gc.collect()  # the previous path's model, before this one's is built
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if quantize:
         model = quantized_model(args.tiny, device, attention)
@@ -166,6 +163,7 @@ def measure(name: str, args, device, *, quantize: bool, attention: str, checkpoi
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    reset_peak_memory(device)  # from here: the model as trained (QLoRA's bf16 original is gone) and its steps
     for _ in range(args.warmup):
         step()
     seconds = timed(device, lambda: [step() for _ in range(args.steps)])

@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import chain
+from typing import TYPE_CHECKING
 
 import torch
 
 from playground.template import CHAT_TEMPLATE, CONTROL_TOKENS, EOS, Message, control_ids, encode_pieces, split_system
+
+if TYPE_CHECKING:
+    import datasets
 
 IGNORE = -100  # the label the loss skips
 
@@ -60,14 +64,15 @@ def fit_dialogue(
     return None, True
 
 
-def pack_blocks(examples: list[dict[str, list[int]]], block_size: int):
+def pack_blocks(examples: list[dict[str, list[int]]], block_size: int) -> datasets.Dataset:
     """Whole dialogues into blocks of at most block_size tokens (best fit decreasing, TRL's packer).
 
     Each block keeps `seq_lengths`, its dialogues' lengths, for PackedCollator. Dialogues must
     already fit (fit_dialogue): TRL would cut a longer one without saying so.
     """
+    # Imported here: only training packs, the benchmark (on a GPU image without them) builds its own blocks.
     import datasets
-    from trl.data_utils import pack_dataset  # only training packs; the benchmark builds its blocks itself
+    from trl.data_utils import pack_dataset
 
     if too_long := [len(e["input_ids"]) for e in examples if len(e["input_ids"]) > block_size]:
         raise ValueError(f"{len(too_long)} dialogue(s) longer than block_size {block_size}: fit them first")
