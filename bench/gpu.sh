@@ -40,10 +40,10 @@ if ((${#tiny[@]})); then
     part 120 quantized bench.quantized --tiny --streams 1,4
     part 240 train bench.train --tiny --steps 2
 else
-    part 270 generate bench.generate
-    part 45 restart bench.generate --start-up-only
-    part 140 quantized bench.quantized
-    part $((520 - (SECONDS - start))) train bench.train
+    part 260 generate bench.generate
+    part 40 restart bench.generate --start-up-only
+    part 200 quantized bench.quantized
+    part $((535 - (SECONDS - start))) train bench.train
 fi
 echo "== done in $((SECONDS - start))s: $out/gpu.jsonl" >&2
 cat "$out/gpu.jsonl"

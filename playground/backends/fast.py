@@ -246,7 +246,7 @@ class FastEngine:
             self.draw[rows],
         )
         self.tokens[rows] = token
-        self.seen[rows, token] = True
+        self.seen[rows, token] = torch.ones_like(token, dtype=torch.bool)  # a CPU `True` cannot enter a graph
         self.draw[rows] += 1
 
     def attend(self, block, layer: int, q, k, v, rows: list[int], start: int) -> torch.Tensor:
