@@ -164,7 +164,7 @@ class LocalBackend:
         model.eval()
         if quantize in TORCHAO:
             model = quantize_weights(model, quantize, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-        elif quantize == "none" and torch.cuda.is_available():
+        elif quantize == "none" and next(model.parameters()).device.type == "cuda":
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
             if hint := fit_hint(weights, torch.cuda.get_device_properties(0).total_memory):
                 print(hint, flush=True)
