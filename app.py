@@ -16,11 +16,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    from playground.server import create_app
+    from playground.server import create_app, describe_api, uvicorn_options
 
     app, _ = create_app(settings)
-    print(f"StarChat Playground on http://{settings.host}:{settings.port} (OpenAI API at /v1)", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    print(f"StarChat Playground on http://{settings.host}:{settings.port} ({describe_api(settings)})", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", **uvicorn_options(settings))
 
 
 if __name__ == "__main__":

@@ -1,100 +1,139 @@
 """OpenAI-compatible routes on the playground's own server: `/v1/models` and `/v1/chat/completions`.
 
-They run through the same `Chat` as the UI: the same backends, limits and rate limit. Requests
-beyond `concurrency + queue_size` in flight are told the server is busy (429), as a full Gradio
-queue tells the UI's users.
+They run through the same `Chat` as the UI: the same backends, limits, rate limit and admission
+budget. What the API does not support is refused with a 400 that says so, never silently ignored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
-import weakref
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, suppress
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from playground.backends import ParamError
-from playground.chat import Chat, Update
-from playground.template import DialogueError, encode_text, split_system
+from playground.chat import Chat, Update, check_text
+from playground.template import DialogueError, split_system
 
-EXTRA = {"top_k", "repetition_penalty"}  # ours, beside OpenAI's own sampling fields
-IGNORED = {
-    "model",
-    "messages",
-    "stream",
-    "n",
-    "stop",
-    "user",
-    "stream_options",
-    "frequency_penalty",
-    "presence_penalty",
-    "logit_bias",
-    "response_format",
+SAMPLING = {"temperature", "top_p", "seed", "top_k", "repetition_penalty"}  # the last two are ours
+ACCEPTED = {"model", "messages", "stream", "stream_options", "n", "stop", "user", "max_tokens", "max_completion_tokens"}
+# Fields we accept only at the value that changes nothing.
+NEUTRAL = {
+    "frequency_penalty": (0, 0.0),
+    "presence_penalty": (0, 0.0),
+    "logit_bias": ({},),
+    "logprobs": (False,),
+    "response_format": ({"type": "text"},),
 }
+MAX_STOPS = 4
 
 
-def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}}, status)
+def error(status: int, message: str, kind: str = "invalid_request_error", retry_after: int = 0) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
+    return JSONResponse(body, status, headers=headers)
 
 
-def parse(chat: Chat, body: object) -> tuple[list, str, object, str, bool]:
-    """(history, system, params, model, stream) from an OpenAI chat request; raises with a clear reason."""
+def content_text(content: object) -> object:
+    """OpenAI's content: a string, or a list of parts of which we take text parts only."""
+    if not isinstance(content, list):
+        return content
+    if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+        raise DialogueError("only text content parts ({'type': 'text', 'text': ...}) are supported")
+    return "".join(p["text"] for p in content)
+
+
+def parse_stop(stop: object, limit: int) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
+    if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(s, str) and s for s in stops):
+        raise DialogueError(f"stop must be a string or a list of at most {MAX_STOPS} non-empty strings")
+    return [check_text(s, "stop string", limit) for s in stops]
+
+
+def parse(chat: Chat, body: object) -> tuple[list, str, object, str, bool, list[str]]:
+    """(history, system, params, model, stream, stop) from an OpenAI chat request; raises with a clear reason."""
     if not isinstance(body, dict):
         raise DialogueError("the body must be a JSON object")
-    unknown = set(body) - IGNORED - EXTRA - {"temperature", "top_p", "max_tokens", "max_completion_tokens", "seed"}
-    if unknown:
+    if unknown := set(body) - ACCEPTED - SAMPLING - set(NEUTRAL):
         raise DialogueError(f"unsupported field(s): {', '.join(sorted(unknown))}")
-    if body.get("n", 1) != 1:
+    for name, neutral in NEUTRAL.items():
+        if name in body and body[name] is not None and body[name] not in neutral:
+            raise DialogueError(f"{name} is not supported (only {neutral[0]!r})")
+    if body.get("n", 1) not in (1, None):
         raise DialogueError("n must be 1")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise DialogueError("messages must be a non-empty list of {role, content}")
-    messages = [{"role": m.get("role"), "content": m.get("content")} for m in messages]
+    messages = [{"role": m.get("role"), "content": content_text(m.get("content"))} for m in messages]
     system, turns = split_system(messages)
     if not turns or turns[-1]["role"] != "user":
         raise DialogueError("the last message must be from the user")
     chat.check_message(turns[-1]["content"])
-    raw = {k: body[k] for k in ("temperature", "top_p", "seed", *EXTRA) if k in body}
+    raw = {k: body[k] for k in SAMPLING if k in body}
     tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if tokens is not None:
         raw["max_new_tokens"] = tokens
     model = body.get("model") or ""
+    if not isinstance(model, str):
+        raise DialogueError("model must be a string")
     model = "" if model not in chat.backends and len(chat.backends) == 1 else model
-    return turns, system or "", chat.params(**raw), model, bool(body.get("stream"))
+    stop = parse_stop(body.get("stop"), chat.settings.max_message_chars)
+    return turns, system or "", chat.params(**raw), model, bool(body.get("stream")), stop
 
 
-@dataclass
-class Admission:
-    """Counts requests in flight; each admitted request is released exactly once, however it ends."""
+def finish_reason(update: Update) -> str:
+    return "length" if update.finish == "length" else "stop"
 
-    limit: int
-    in_flight: int = 0
 
-    def enter(self) -> Callable[[], None] | None:
-        if self.in_flight >= self.limit:
+def usage(first: Update, last: Update) -> dict:
+    return {
+        "prompt_tokens": first.prompt_tokens,
+        "completion_tokens": last.tokens,
+        "total_tokens": first.prompt_tokens + last.tokens,
+    }
+
+
+class ClosingStream(StreamingResponse):
+    """A streamed response that runs `on_close` however it ends, also when the client left before
+    the first byte (the body then never starts, so its own `finally` would not run)."""
+
+    def __init__(self, body: AsyncIterator[str], on_close: Callable[[], Awaitable[None]]):
+        super().__init__(body, media_type="text/event-stream")
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.on_close()
+
+
+async def until_done_or_gone(request: Request, work: Awaitable[Update]) -> Update | None:
+    """Awaits `work`, cancelling it if the client disconnects first (then returns None)."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.25)
+        if not task.done() and await request.is_disconnected():
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
             return None
-        self.in_flight += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.in_flight -= 1
-
-        return release
+    return task.result()
 
 
 def openai_routes(chat: Chat) -> APIRouter:
-    admission = Admission(chat.concurrency + chat.settings.queue_size)
+    settings = chat.settings
 
     def require_key(request: Request) -> None:
-        key = chat.settings.api_key
-        if key and request.headers.get("authorization") != f"Bearer {key}":
+        if settings.auth and not settings.api_key:
+            message = "the OpenAI-compatible API is off: this server's page has a login; start it with --api-key KEY"
+            raise HTTPException(403, {"message": message, "type": "api_off"})
+        if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
             message = "a valid API key is needed: Authorization: Bearer KEY"
             raise HTTPException(401, {"message": message, "type": "invalid_api_key"})
 
@@ -109,98 +148,69 @@ def openai_routes(chat: Chat) -> APIRouter:
 
     @router.post("/chat/completions")
     async def completions(request: Request):
+        # JSON only: a cross-site form or text/plain POST (no CORS preflight) is refused.
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            return error(415, "the body must be JSON, with Content-Type: application/json")
         try:
-            history, system, params, model, stream = parse(chat, await request.json())
-        except json.JSONDecodeError:
-            return error(400, "the body is not JSON")
+            body = json.loads(await request.body())
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested beyond reason
+            return error(400, "the body is not valid JSON")
+        try:
+            history, system, params, model, stream, stop = parse(chat, body)
         except (ParamError, DialogueError) as exc:
             return error(400, str(exc))
-        release = admission.enter()
-        if release is None:
-            return error(429, "The server is busy: too many requests are waiting. Try again shortly.", "server_busy")
-        updates = chat.respond(history, system, params, model, request.client.host if request.client else "")
+        client = request.client.host if request.client else ""
+        updates = chat.respond(history, system, params, model, client, stop)
         first = await anext(updates)
         if first.error:
-            release()
-            return error(first.status, first.error)
-        name = model or next(iter(chat.backends))
-        tokenizer = chat.backend(model).tokenizer
-        meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
-
-        def finish(reply: str) -> tuple[str, dict]:
-            completion_tokens = len(encode_text(tokenizer, reply))
-            reason = "length" if completion_tokens >= params.max_new_tokens else "stop"
-            usage = {
-                "prompt_tokens": first.prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": first.prompt_tokens + completion_tokens,
-            }
-            return reason, usage
-
-        async def collect() -> Update:
-            last = first
-            async for last in updates:  # noqa: B007 - the last update holds the whole reply
-                pass
-            return last
+            await updates.aclose()
+            kind = "server_busy" if first.status == 429 else "invalid_request_error"
+            return error(first.status, first.error, kind, first.retry_after)
+        meta = {
+            "id": f"chatcmpl-{uuid.uuid4().hex}",
+            "created": int(time.time()),
+            "model": model or next(iter(chat.backends)),
+        }
 
         if not stream:
-            try:
-                last = await collect()
-            finally:
-                release()
+            async with aclosing(updates):
+                last = await until_done_or_gone(request, last_of(updates, first))
+            if last is None:
+                return error(499, "the client closed the request")
             if last.error:
                 return error(last.status, last.error, "server_error")
-            reply = last.conversation[-1]["content"]
-            reason, usage = finish(reply)
-            message = {"role": "assistant", "content": reply}
-            choice = {"index": 0, "message": message, "finish_reason": reason}
-            return {"object": "chat.completion", **meta, "choices": [choice], "usage": usage}
+            message = {"role": "assistant", "content": last.conversation[-1]["content"]}
+            choice = {"index": 0, "message": message, "finish_reason": finish_reason(last)}
+            return {"object": "chat.completion", **meta, "choices": [choice], "usage": usage(first, last)}
+
+        def chunk(delta: dict, reason: str | None = None, **extra) -> str:
+            choice = {"index": 0, "delta": delta, "finish_reason": reason}
+            return sse({**meta, "object": "chat.completion.chunk", "choices": [choice], **extra})
 
         async def events() -> AsyncIterator[str]:
-            sent = ""
-            try:
-                yield sse(
-                    {
-                        **meta,
-                        "object": "chat.completion.chunk",
-                        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-                    }
-                )
-                async for update in updates:
-                    if update.error:
-                        yield sse({"error": {"message": update.error, "type": "server_error", "code": update.status}})
-                        return
-                    reply = update.conversation[-1]["content"]
-                    if len(reply) > len(sent):
-                        yield sse(
-                            {
-                                **meta,
-                                "object": "chat.completion.chunk",
-                                "choices": [
-                                    {"index": 0, "delta": {"content": reply[len(sent) :]}, "finish_reason": None}
-                                ],
-                            }
-                        )
-                        sent = reply
-                reason, usage = finish(sent)
-                yield sse(
-                    {
-                        **meta,
-                        "object": "chat.completion.chunk",
-                        "usage": usage,
-                        "choices": [{"index": 0, "delta": {}, "finish_reason": reason}],
-                    }
-                )
-                yield "data: [DONE]\n\n"
-            finally:
-                release()
-                await updates.aclose()  # a client that went away cancels the generation
+            yield chunk({"role": "assistant", "content": ""})
+            sent, last = "", first
+            async for last in updates:
+                if last.error:
+                    yield sse({"error": {"message": last.error, "type": "server_error", "code": last.status}})
+                    return
+                reply = last.conversation[-1]["content"]
+                if len(reply) > len(sent):
+                    yield chunk({"content": reply[len(sent) :]})
+                    sent = reply
+            yield chunk({}, finish_reason(last), usage=usage(first, last))
+            yield "data: [DONE]\n\n"
 
-        body = events()
-        weakref.finalize(body, release)  # a client gone before the body started: the generator never runs
-        return StreamingResponse(body, media_type="text/event-stream")
+        return ClosingStream(events(), updates.aclose)  # closing cancels the generation
 
     return router
+
+
+async def last_of(updates: AsyncIterator[Update], first: Update) -> Update:
+    last = first
+    async for last in updates:  # noqa: B007 - the last update holds the whole reply
+        pass
+    return last
 
 
 def sse(payload: dict) -> str:

@@ -1,27 +1,47 @@
-"""One chat turn as the UI and the APIs run it: check, trim to the context, stream, report errors."""
+"""One chat turn as the UI and the APIs run it: check, admit, trim to the context, stream, report.
+
+Every door (the page, Gradio's `/chat`, the OpenAI-compatible `/v1`) comes through `Chat.respond`,
+so they share one set of input limits, one rate limit and one admission budget.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
+
+import anyio
 
 from playground.backends import Backend, BackendError, ChatRequest, SamplingParams, astream
 from playground.settings import Settings
 from playground.template import DialogueError, Message, Prompt, reply_text, split_system, validate
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 @dataclass(frozen=True)
 class Update:
-    """The conversation so far (ending with the partial reply once one streams), or why it failed."""
+    """The conversation so far (ending with the partial reply once one streams), or why it failed.
+
+    The last update of a reply that ran carries `finish` ("stop", "length", "cancelled" or
+    "error"), the tokens generated and the timings.
+    """
 
     conversation: list[Message]
     context: str = ""
     error: str | None = None
     status: int = 200  # for HTTP callers: 400 a bad request, 429 too many, 502 the backend failed
+    retry_after: int = 0  # seconds, with a 429
     prompt_tokens: int = 0
+    finish: str = ""
+    tokens: int = 0
+    first_token_s: float | None = None  # from the request's arrival to the first visible text
+    seconds: float = 0.0  # from the request's arrival to the end
 
 
 def describe_context(prompt: Prompt) -> str:
@@ -35,8 +55,12 @@ def describe_context(prompt: Prompt) -> str:
     return text
 
 
-class RateLimited(DialogueError):
-    """A client asked more often than the server allows."""
+class Refused(DialogueError):
+    """Not now: the client asks too often or the server is full. `retry_after` is in seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -54,9 +78,58 @@ class RateLimiter:
         while times and now - times[0] >= 60:
             times.popleft()
         if len(times) >= self.per_minute:
-            wait = 60 - (now - times[0])
-            raise RateLimited(f"Too many requests: the limit is {self.per_minute} a minute. Try again in {wait:.0f} s.")
+            wait = max(1, round(60 - (now - times[0])))
+            raise Refused(f"Too many requests: the limit is {self.per_minute} a minute. Try again in {wait} s.", wait)
         times.append(now)
+
+
+@dataclass
+class Admission:
+    """Generations running (up to `running`) and waiting (up to `waiting` more); the rest are refused.
+
+    Each admitted request is released exactly once, however it ends.
+    """
+
+    running: int
+    waiting: int
+    in_flight: int = 0
+    slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.running)
+
+    def enter(self) -> Callable[[], None]:
+        if self.in_flight >= self.running + self.waiting:
+            raise Refused("The server is busy: too many requests are waiting. Try again shortly.", 1)
+        self.in_flight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.in_flight -= 1
+
+        return release
+
+
+def check_text(text: object, what: str, limit: int) -> str:
+    """Text from anyone: a string, valid Unicode (no lone surrogates), at most `limit` characters."""
+    if not isinstance(text, str):
+        raise DialogueError(f"The {what} must be text, not {type(text).__name__}.")
+    if bad := _SURROGATE.search(text):
+        raise DialogueError(
+            f"The {what} holds an invalid character (a lone surrogate, U+{ord(bad.group()):04X}) "
+            f"at position {bad.start()}."
+        )
+    if len(text) > limit:
+        raise DialogueError(f"The {what} has {len(text)} characters; the limit is {limit}.")
+    return text
+
+
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """How many characters at the end of `text` could be the start of a stop string."""
+    return max((n for stop in stops for n in range(len(stop) - 1, 0, -1) if text.endswith(stop[:n])), default=0)
 
 
 @dataclass
@@ -64,18 +137,20 @@ class Chat:
     backends: dict[str, Backend]  # display name -> backend; the first is the default
     settings: Settings
     rate: RateLimiter = field(init=False)
+    admission: Admission = field(init=False)
 
     def __post_init__(self) -> None:
         self.rate = RateLimiter(self.settings.rate_limit)
+        self.admission = Admission(self.concurrency, self.settings.queue_size)
 
     @property
     def concurrency(self) -> int:
         return self.settings.concurrency or max(b.info.parallel for b in self.backends.values())
 
-    def backend(self, name: str = "") -> Backend:
+    def backend(self, name: object = "") -> Backend:
         if not name:
             return next(iter(self.backends.values()))
-        if name not in self.backends:
+        if not isinstance(name, str) or name not in self.backends:
             raise DialogueError(f"Unknown model {name!r}; this server has: {', '.join(self.backends)}.")
         return self.backends[name]
 
@@ -83,62 +158,145 @@ class Chat:
         return SamplingParams.parse(max_new_tokens_limit=self.settings.max_new_tokens_limit, **raw)
 
     def check_message(self, text: object) -> str:
-        if not isinstance(text, str) or not text.strip():
+        check_text(text, "message", self.settings.max_message_chars)
+        if not text.strip():
             raise DialogueError("The message is empty.")
-        if len(text) > self.settings.max_message_chars:
-            raise DialogueError(
-                f"The message has {len(text)} characters; the limit is {self.settings.max_message_chars}."
-            )
         return text
 
+    def check_conversation(self, history: object, system: object) -> None:
+        """Bounds what reaches the tokenizer: every turn, the system prompt and their sum."""
+        limit = self.settings.max_message_chars
+        check_text(system, "system prompt", limit)
+        if not isinstance(history, list) or not all(isinstance(m, dict) for m in history):
+            raise DialogueError("The history must be a list of {role, content} messages.")
+        earlier = len(history) - 1
+        if earlier > self.settings.max_history_messages:
+            raise DialogueError(
+                f"The conversation has {earlier} earlier messages; the limit is "
+                f"{self.settings.max_history_messages}. Clear it or start from an earlier message."
+            )
+        for i, m in enumerate(history):
+            check_text(m.get("content"), f"message {i}" if i < len(history) - 1 else "message", limit)
+        validate([{"role": "system", "content": system}, *history], last="user")
+        total = len(system) + sum(len(m["content"]) for m in history)
+        if total > self.settings.max_conversation_chars:
+            raise DialogueError(
+                f"The conversation has {total} characters; the limit is {self.settings.max_conversation_chars}. "
+                "Clear it or start from an earlier message."
+            )
+
     async def respond(
-        self, history: list[Message], system: str, params: SamplingParams, model: str = "", client: str = ""
+        self,
+        history: list[Message],
+        system: str,
+        params: SamplingParams,
+        model: str = "",
+        client: str = "",
+        stop: Sequence[str] = (),
     ) -> AsyncIterator[Update]:
-        """Streams the assistant's reply to `history`, which ends with the user's message."""
-        messages = [{"role": "system", "content": system}, *history]
+        """Streams the assistant's reply to `history`, which ends with the user's message.
+
+        A reply is cut before the first of the `stop` strings, also when it spans streamed pieces.
+        """
+        start = time.monotonic()
         try:
-            if len(history) > self.settings.max_history_messages:
-                raise DialogueError(
-                    f"The conversation has {len(history)} messages; the limit is "
-                    f"{self.settings.max_history_messages}. Clear it or start from an earlier message."
-                )
+            self.check_conversation(history, system)
             backend = self.backend(model)
-            prompt = backend.prepare(messages, params.max_new_tokens)
             self.rate.check(client)
+            release = self.admission.enter()
+        except Refused as exc:
+            yield Update(history, error=str(exc), status=429, retry_after=exc.retry_after)
+            return
         except DialogueError as exc:
-            yield Update(history, error=str(exc), status=429 if isinstance(exc, RateLimited) else 400)
+            yield Update(history, error=str(exc), status=400)
+            return
+        try:
+            async for update in self._generate(backend, history, system, params, stop, start):
+                yield update
+        finally:
+            release()
+
+    async def _generate(self, backend, history, system, params, stop, start) -> AsyncIterator[Update]:
+        messages = [{"role": "system", "content": system}, *history]
+        try:  # tokenizing takes a while for long conversations: not on the event loop
+            prompt = await anyio.to_thread.run_sync(backend.prepare, messages, params.max_new_tokens)
+        except DialogueError as exc:
+            yield Update(history, error=str(exc), status=400)
             return
         context, size = describe_context(prompt), len(prompt.input_ids)
+        request = ChatRequest(messages, params)
         generated = reply = ""
-        yield Update([*history, {"role": "assistant", "content": reply}], context, prompt_tokens=size)
-        try:
-            async for piece in astream(backend, ChatRequest(messages, params)):
-                generated += piece
-                reply = reply_text(generated)
-                yield Update([*history, {"role": "assistant", "content": reply}], context, prompt_tokens=size)
-        except (BackendError, DialogueError) as exc:
-            kept = [*history, {"role": "assistant", "content": reply}] if reply else history
-            yield Update(kept, context, error=str(exc), status=502, prompt_tokens=size)
+        first_token_s, finish = None, ""
+        waiting = self.admission.slots.locked()
+        yield Update(
+            [*history, {"role": "assistant", "content": ""}],
+            context + ("; waiting for a free slot" if waiting else ""),
+            prompt_tokens=size,
+        )
+        async with self.admission.slots:
+            if waiting:
+                yield Update([*history, {"role": "assistant", "content": ""}], context, prompt_tokens=size)
+            try:
+                async with aclosing(astream(backend, request)) as pieces:
+                    async for piece in pieces:
+                        generated += piece
+                        text = reply_text(generated)
+                        cut = min((i for s in stop if (i := text.find(s)) >= 0), default=-1)
+                        if cut >= 0:
+                            reply, finish = text[:cut], "stop"
+                            break
+                        shown = text[: len(text) - held_back(text, stop)]
+                        if shown != reply:
+                            reply = shown
+                            first_token_s = first_token_s or time.monotonic() - start
+                            yield Update(
+                                [*history, {"role": "assistant", "content": reply}], context, prompt_tokens=size
+                            )
+                    else:
+                        reply = reply_text(generated)
+            except (BackendError, DialogueError) as exc:
+                kept = [*history, {"role": "assistant", "content": reply}] if reply else history
+                yield Update(kept, context, error=str(exc), status=502, prompt_tokens=size, finish="error")
+                return
+        if reply and first_token_s is None:
+            first_token_s = time.monotonic() - start
+        yield Update(
+            [*history, {"role": "assistant", "content": reply}],
+            context,
+            prompt_tokens=size,
+            finish=finish or request.outcome.finish,
+            tokens=request.outcome.tokens,
+            first_token_s=first_token_s,
+            seconds=time.monotonic() - start,
+        )
 
 
 def export_conversation(conversation: list[Message], system: str) -> str:
     return json.dumps({"messages": [{"role": "system", "content": system}, *conversation]}, indent=2)
 
 
-def import_conversation(text: str) -> tuple[list[Message], str]:
-    """Reads what `export_conversation` writes (or a bare message list); returns (conversation, system)."""
+def import_conversation(text: str, limit: int = 100_000) -> tuple[list[Message], str]:
+    """Reads what `export_conversation` writes (or a bare message list); returns (conversation, system).
+
+    The whole file is checked before anything is returned: roles, text, at most `limit` characters.
+    """
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
         raise DialogueError(f"The file is not JSON: {exc}") from exc
     messages = data.get("messages") if isinstance(data, dict) else data
     if not isinstance(messages, list):
         raise DialogueError("The file must hold a list of messages or {'messages': [...]}.")
     messages = [{"role": m.get("role"), "content": m.get("content")} if isinstance(m, dict) else m for m in messages]
+    for i, m in enumerate(messages):
+        if isinstance(m, dict):
+            check_text(m["content"], f"message {i}", limit)
     only_system = len(messages) == 1 and isinstance(messages[0], dict) and messages[0]["role"] == "system"
     if messages and not only_system:
         validate(messages, last="assistant")
     system, conversation = split_system(messages)
     if not isinstance(system, str):
         raise DialogueError("The system prompt must be text.")
+    if sum(len(m["content"]) for m in messages) > limit:
+        raise DialogueError(f"The conversation is longer than {limit} characters.")
     return conversation, system

@@ -25,8 +25,13 @@ def _map_prose(text: str, fn) -> str:
     return "".join(part if i % 2 else fn(part) for i, part in enumerate(parts))
 
 
+# A markdown image would make every viewer's browser fetch its URL (a way to leak a conversation).
+_IMAGE = re.compile(r"!(\[[^\]\n]*\][([])")
+
+
 def to_display(text: str) -> str:
-    return _map_prose(text, lambda prose: re.sub("[&<>]", lambda m: _ESCAPES[m.group()], prose))
+    """Outside code: HTML shown as typed, and images as links."""
+    return _map_prose(text, lambda prose: _IMAGE.sub(r"\1", re.sub("[&<>]", lambda m: _ESCAPES[m.group()], prose)))
 
 
 def from_display(text: str) -> str:

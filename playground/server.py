@@ -8,16 +8,41 @@ from fastapi import FastAPI
 from playground.api import openai_routes
 from playground.backends import load_backends
 from playground.chat import Chat
+from playground.guards import BodyLimit, LoginPageWithoutApi, LoginThrottle
 from playground.settings import Settings
 from playground.ui import build_ui
 
 
 def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
     chat = Chat(load_backends(settings), settings)
-    demo = build_ui(chat).queue(max_size=settings.queue_size, default_concurrency_limit=chat.concurrency)
-    app = FastAPI(title="StarChat Playground")
+    # Chat.respond admits and queues every generation itself (one budget for the page and the APIs),
+    # so Gradio's own queue only bounds what is in flight.
+    demo = build_ui(chat).queue(max_size=chat.concurrency + settings.queue_size, default_concurrency_limit=None)
+    # Schema pages (ours and Gradio's app's) would list the API to anyone, login or not.
+    app = FastAPI(title="StarChat Playground", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(openai_routes(chat))
     auth = tuple(settings.auth.split(":", 1)) if settings.auth else None
-    if auth and len(auth) != 2:
-        raise ValueError("--auth takes USER:PASSWORD")
-    return gr.mount_gradio_app(app, demo, path="/", auth=auth), chat
+    app = gr.mount_gradio_app(
+        app, demo, path="/", auth=auth, max_file_size=settings.max_request_bytes, app_kwargs={"openapi_url": None}
+    )
+    # Gradio checks that a file named in an event's payload was uploaded to this server only once
+    # `launch()` has run (processing_utils._check_allowed); mounted, it never runs, and any event
+    # would copy any server path (/etc/passwd, /dev/zero) into its served cache. Turn the check on.
+    demo.has_launched = True
+    app.add_middleware(LoginPageWithoutApi)
+    app.add_middleware(LoginThrottle)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    return app, chat
+
+
+def uvicorn_options(settings: Settings) -> dict:
+    """X-Forwarded-For names the client (for the rate limit) only when it comes from a trusted proxy."""
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False}
+    return {"proxy_headers": True, "forwarded_allow_ips": settings.trusted_proxies}
+
+
+def describe_api(settings: Settings) -> str:
+    if settings.auth and not settings.api_key:
+        return "OpenAI API at /v1 is off: the page has --auth; give --api-key KEY to turn it on"
+    return "OpenAI API at /v1" + (" (bearer key)" if settings.api_key else "")

@@ -49,16 +49,28 @@ class Settings:
     port: int = option(7860, "port to listen on")
     concurrency: int = option(
         0,
-        "generations running at once (one Gradio concurrency group); 0: what the backend decodes together "
+        "generations running at once, the page and the APIs together; 0: what the backend decodes together "
         "(the fast engine's slots, 1 for plain generate, 16 for an endpoint)",
     )
-    queue_size: int = option(16, "requests waiting beyond those running; more are told the server is busy")
+    queue_size: int = option(
+        16, "requests waiting beyond those running, the page and the APIs together; more are told the server is busy"
+    )
     max_new_tokens_limit: int = option(2048, "the largest max_new_tokens a request may ask for")
     max_message_chars: int = option(20000, "the longest message a person may send")
     max_history_messages: int = option(200, "the most earlier messages a conversation may carry")
+    max_conversation_chars: int = option(100_000, "the most characters a whole conversation may carry")
+    max_request_bytes: int = option(2_000_000, "the largest request body (API calls, uploads) the server reads")
     rate_limit: int = option(0, "requests a client (IP address) may make per minute; 0 is no limit")
     auth: str = option("", "USER:PASSWORD that the web page asks for (none by default)")
-    api_key: str = option("", "the bearer key the OpenAI-compatible API asks for (none by default)")
+    api_key: str = option(
+        "", "the bearer key the OpenAI-compatible API asks for (none by default; with --auth, /v1 is off without it)"
+    )
+    trusted_proxies: str = option(
+        # In a Space every request comes through the Hub's proxy, which sets X-Forwarded-For.
+        "*" if os.environ.get("SPACE_ID") else "",
+        "comma-separated addresses of reverse proxies whose X-Forwarded-For names the client "
+        "(for the rate limit); '*' trusts any; none by default (the default in a Space: '*')",
+    )
     cache_dir: str = option(
         os.path.join(os.path.expanduser("~"), ".cache", "starchat-playground"),
         "where the demo checkpoint is built and kept",
@@ -77,4 +89,8 @@ class Settings:
             parser.add_argument(
                 f"--{name}", type=kind, default=default, help=f"{f.metadata['help']} [env {env_name}]", **extra
             )
-        return cls(**vars(parser.parse_args(argv)))
+        settings = cls(**vars(parser.parse_args(argv)))
+        user, colon, password = settings.auth.partition(":")
+        if settings.auth and not (user and colon and password):
+            parser.error("--auth takes USER:PASSWORD, both not empty")
+        return settings

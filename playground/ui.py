@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import gradio as gr
 
@@ -25,6 +23,15 @@ DEMO_NOTICE = (
     "good for trying the playground, not for real answers. To chat with StarChat-β, run "
     "`python app.py --model HuggingFaceH4/starchat-beta` on a GPU (add `--quantize 4bit` for a 16 GB card)."
 )
+
+DOWNLOAD_JS = """(text) => {
+  const link = document.createElement('a');
+  link.href = URL.createObjectURL(new Blob([text], {type: 'application/json'}));
+  link.download = 'conversation-' + new Date().toISOString().slice(0, 19).replaceAll(':', '') + '.json';
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+}"""
+READ_UPLOAD_JS = "async (file) => file ? await (await fetch(file.url)).text() : ''"
 
 PARAM_NAMES = ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "seed")
 
@@ -98,17 +105,11 @@ def build_ui(chat: Chat) -> gr.Blocks:
         rest = conversation[:-2]
         return show(rest), rest, conversation[-2]["content"], ""
 
-    def save(conversation, system) -> str:
-        folder = Path(chat.settings.cache_dir, "exports")
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / time.strftime("conversation-%Y%m%d-%H%M%S.json")
-        path.write_text(export_conversation(conversation, system), encoding="utf-8")
-        return str(path)
-
-    def load(path, conversation, system):
+    def load(text, conversation, system):
+        """The file's text, read by the browser: the server never opens a path a client names."""
         try:
-            loaded, loaded_system = import_conversation(Path(path).read_text(encoding="utf-8"))
-        except (DialogueError, UnicodeDecodeError) as exc:
+            loaded, loaded_system = import_conversation(text, chat.settings.max_conversation_chars)
+        except DialogueError as exc:
             gr.Warning(f"Could not load that conversation: {exc}")
             return show(conversation), conversation, system
         return show(loaded), loaded, loaded_system
@@ -196,18 +197,14 @@ def build_ui(chat: Chat) -> gr.Blocks:
                     seed = gr.Number(value=-1, precision=0, label="Seed", info="-1 = random", elem_id="seed")
                 with gr.Accordion("Conversation file", open=False):
                     save_button = gr.Button("Save as JSON", elem_id="save")
-                    saved = gr.File(label="Saved conversation", interactive=False)
                     upload = gr.UploadButton("Load JSON", file_types=[".json"], elem_id="load")
+                    file_text = gr.Textbox(visible=False)  # a conversation file's text, on its way in or out
 
         samplers = [temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed]  # PARAM_NAMES' order
         turn = {state, system, model, *samplers}  # a set: handlers get one dict of values
         model.change(describe, model, info, api_visibility="private", queue=False)
         outputs = [chatbot, state, textbox, context]
-        gpu = {
-            "concurrency_id": "gpu",
-            "concurrency_limit": chat.concurrency,
-            "api_visibility": "private",
-        }
+        gpu = {"api_visibility": "private"}  # Chat.respond admits and queues generations
         generating = [
             textbox.submit(submit, {textbox, *turn}, outputs, **gpu),
             send.click(submit, {textbox, *turn}, outputs, **gpu),
@@ -218,7 +215,13 @@ def build_ui(chat: Chat) -> gr.Blocks:
         undo_button.click(undo, state, outputs, api_visibility="private", queue=False)
         for clearing in (clear.click, chatbot.clear):  # our button and the chatbot's own trash icon
             clearing(lambda: ([], [], ""), None, [chatbot, state, context], api_visibility="private", queue=False)
-        save_button.click(save, [state, system], saved, api_visibility="private")
-        upload.upload(load, [upload, state, system], [chatbot, state, system], api_visibility="private")
-        gr.api(chat_api, api_name="chat", concurrency_id="gpu", concurrency_limit=chat.concurrency)
+        # Saved in the browser: no file on the server that another visitor could fetch.
+        save_button.click(export_conversation, [state, system], file_text, api_visibility="private").then(
+            None, file_text, None, js=DOWNLOAD_JS
+        )
+        # The browser reads the uploaded file and sends its text: no event takes a path from a client.
+        upload.upload(None, upload, file_text, js=READ_UPLOAD_JS).then(
+            load, [file_text, state, system], [chatbot, state, system], api_visibility="private"
+        )
+        gr.api(chat_api, api_name="chat")
     return demo

@@ -48,6 +48,14 @@ def survivors(before: dict[int, str], seconds: float) -> dict[int, str]:
     return left
 
 
+@pytest.fixture(scope="session", autouse=True)
+def gradio_folder(tmp_path_factory) -> Path:
+    """Gradio's uploads and cache for this run alone (not the machine's shared /tmp/gradio)."""
+    folder = tmp_path_factory.mktemp("gradio")
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_behind():
     """Every process a test starts (servers, training runs, browsers) has ended when the test ends."""
@@ -119,11 +127,19 @@ def serve(*flags: str):
     """The whole server (UI, /chat, /v1) on a free loopback port in this process; yields (url, chat)."""
     import uvicorn
 
-    from playground.server import create_app
+    from playground.server import create_app, uvicorn_options
     from playground.settings import Settings
 
-    app, chat = create_app(Settings.from_args(list(flags), env={}))
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning", timeout_graceful_shutdown=1)
+    settings = Settings.from_args(list(flags), env={})
+    app, chat = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=free_port(),
+        log_level="warning",
+        timeout_graceful_shutdown=1,
+        **uvicorn_options(settings),
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -33,6 +33,14 @@ PARAM_RANGES: dict[str, tuple[type, float, float]] = {
 }
 
 
+MIN_TEMPERATURE = 0.01
+
+
+def number(value: float) -> str:
+    """A number as people write it: 2147483647, 0.95, 1e-300 (not 2.14748e+09)."""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e16 else repr(float(value))
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """The card's defaults. temperature 0 means greedy; top_k 0 means no top-k; seed -1 is random."""
@@ -66,7 +74,9 @@ class SamplingParams:
                     raise ParamError(f"{name} must be a whole number, got {value!r}")
                 value = int(value)
             if not low <= value <= high:
-                raise ParamError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+                raise ParamError(f"{name} must be between {number(low)} and {number(high)}, got {number(value)}")
+            if name == "temperature" and 0 < value < MIN_TEMPERATURE:  # dividing by it overflows the logits
+                raise ParamError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {number(value)}")
             values[name] = kind(value)
         return cls(**values)
 

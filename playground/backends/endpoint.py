@@ -8,11 +8,13 @@ which control-token strings from people are made inert (`template.inert`).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 
+import httpx
 import openai
 from transformers import AutoConfig, AutoTokenizer
 
@@ -102,29 +104,42 @@ class EndpointBackend:
             raise describe_failure(self.url, exc) from exc
 
     def tgi(self, prompt: str, p: SamplingParams, outcome: Outcome) -> Iterator[str]:
-        from huggingface_hub import InferenceClient
-
-        client = InferenceClient(base_url=self.url, token=self.token, timeout=self.timeout)
+        """TGI's `/generate_stream`. httpx rather than huggingface_hub's InferenceClient: that client
+        refuses every URL, this server's included, when HF_HUB_OFFLINE=1, as air-gapped sites run."""
         sampling = {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k or None}
-        outputs = client.text_generation(
-            prompt,
-            stream=True,
-            details=True,
-            max_new_tokens=p.max_new_tokens,
-            repetition_penalty=p.repetition_penalty,
-            seed=p.seed if p.seed >= 0 else None,
-            stop=[END],
+        parameters = {
+            "details": True,
+            "max_new_tokens": p.max_new_tokens,
+            "repetition_penalty": p.repetition_penalty,
+            "seed": p.seed if p.seed >= 0 else None,
+            "stop": [END],
             **(sampling if p.temperature > 0 else {"do_sample": False}),
-        )
+        }
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        body = {"inputs": prompt, "parameters": {k: v for k, v in parameters.items() if v is not None}, "stream": True}
         finished = False
-        for output in outputs:
-            outcome.tokens += 1
-            finished = output.generated_text is not None  # only the last event carries it
-            if finished and output.details:
-                outcome.tokens = output.details.generated_tokens
-                outcome.finish = "length" if output.details.finish_reason == "length" else "stop"
-            if not output.token.special:
-                yield output.token.text
+        with (
+            httpx.Client(timeout=self.timeout) as client,
+            client.stream("POST", f"{self.url}/generate_stream", json=body, headers=headers) as response,
+        ):
+            if response.is_error:
+                response.read()
+                raise BackendError(
+                    f"The model server at {self.url} answered an error ({response.status_code}): {response.text[:300]}"
+                )
+            for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                event = json.loads(line.removeprefix("data:"))
+                if "error" in event:
+                    raise BackendError(f"The model server at {self.url} failed: {event['error']}")
+                outcome.tokens += 1
+                finished = event.get("generated_text") is not None  # only the last event carries it
+                if finished and event.get("details"):
+                    outcome.tokens = event["details"]["generated_tokens"]
+                    outcome.finish = "length" if event["details"]["finish_reason"] == "length" else "stop"
+                if not event["token"]["special"]:
+                    yield event["token"]["text"]
         if not finished:
             raise cut_off(self.url)
         outcome.finish = outcome.finish or "stop"

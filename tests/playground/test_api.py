@@ -1,8 +1,13 @@
 """The OpenAI-compatible API on the playground's server, used with the official `openai` client."""
 
+import json
+import re
+import time
+
 import httpx
 import openai
 import pytest
+from gradio_client.exceptions import AppError
 
 from tests.conftest import serve_model, slow_model, wait_until_idle
 
@@ -96,11 +101,181 @@ def test_beyond_the_queue_the_server_says_busy(served, client, monkeypatch):
 
 
 def test_an_admission_is_released_exactly_once():
-    from playground.api import Admission
+    from playground.chat import Admission, Refused
 
-    admission = Admission(limit=1)
+    admission = Admission(running=1, waiting=0)
     release = admission.enter()
-    assert admission.enter() is None  # full
+    with pytest.raises(Refused, match="busy"):
+        admission.enter()  # full
     release()
-    release()  # the stream's finally and its finalizer may both call it
+    release()  # a stream's end and its client's going away may both call it
     assert admission.in_flight == 0 and admission.enter() is not None
+
+
+def raw(url: str, body: bytes | str, content_type: str = "application/json") -> httpx.Response:
+    headers = {"authorization": "Bearer sk-test", "content-type": content_type}
+    return httpx.post(url + "v1/chat/completions", content=body, headers=headers, timeout=30)
+
+
+BAD_BODIES = [
+    json.dumps({"messages": [{"role": "user", "content": "hi \ud800"}]}),  # a lone surrogate, as JSON escapes it
+    json.dumps({"messages": [{"role": "system", "content": "\udfff"}, {"role": "user", "content": "hi"}]}),
+    json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}),
+    json.dumps({"messages": [{"role": "user", "content": "hi"}], "model": ["a", "list"]}),
+    json.dumps({"messages": [{"role": "user", "content": "hi"}], "model": {"a": 1}}),
+    json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": 1e-300}),
+    b"\xff\xfe not UTF-8",
+    "[" * 100_000 + "]" * 100_000,
+    "not json",
+]
+
+
+def test_failing_requests_of_every_kind_never_use_up_the_server(served):
+    url = served[0]
+    for i in range(50):
+        response = raw(url, BAD_BODIES[i % len(BAD_BODIES)])
+        assert response.status_code == 400, (i, response.text)
+        assert response.json()["error"]["message"]
+    assert raw(url, '{"messages": [{"role": "user", "content": "hi"}]}', "text/plain").status_code == 415
+    good = raw(url, json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}))
+    assert good.status_code == 200, good.text
+    assert served[1].admission.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (BAD_BODIES[0], "lone surrogate, U.D800. at position 3"),
+        (BAD_BODIES[3], "model must be a string"),
+        (BAD_BODIES[5], "temperature must be 0 .greedy. or at least 0.01, got 1e-300"),
+        (BAD_BODIES[6], "not valid JSON"),
+        (BAD_BODIES[7], "not valid JSON"),
+    ],
+)
+def test_odd_bodies_say_what_is_wrong(served, body, message):
+    assert re.search(message, raw(served[0], body).json()["error"]["message"])
+
+
+@pytest.mark.parametrize("max_tokens", [1, 16])
+def test_a_reply_cut_by_max_tokens_says_length_and_counts_exactly(served, client, monkeypatch, max_tokens):
+    slow_model(served[1], monkeypatch, delay=0, endless=True)
+    plain = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=max_tokens, temperature=0)
+    assert plain.choices[0].finish_reason == "length" and plain.usage.completion_tokens == max_tokens
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=max_tokens, temperature=0, stream=True
+        )
+    )
+    assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].usage.completion_tokens == max_tokens
+    assert plain.usage.total_tokens == plain.usage.prompt_tokens + max_tokens
+
+
+def test_a_reply_that_ends_says_stop_and_counts_its_end_token(served, client, monkeypatch):
+    backend = served[1].backend()
+    end = backend.tokenizer.convert_tokens_to_ids("<|end|>")
+    calls = []
+
+    def fifth_token_ends(module, inputs, logits):
+        calls.append(1)
+        if len(calls) == 5:
+            logits[..., end] = 1e4
+        return logits
+
+    hook = backend.model.lm_head.register_forward_hook(fifth_token_ends)
+    try:
+        reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=50, temperature=0)
+    finally:
+        hook.remove()
+    assert reply.choices[0].finish_reason == "stop" and reply.usage.completion_tokens == 5
+
+
+def test_stop_strings_cut_the_reply_before_the_first_match_also_across_pieces(served, client, monkeypatch):
+    slow_model(served[1], monkeypatch, delay=0, endless=True)
+    whole = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=40, temperature=0)
+    text = whole.choices[0].message.content
+    assert len(text) > 12
+    stop = text[5:11]  # spans several streamed pieces of a tiny model's reply
+    cut = client.chat.completions.create(
+        model="tiny", messages=MESSAGES, max_tokens=40, temperature=0, stop=["never there", stop]
+    )
+    assert cut.choices[0].message.content == text[: text.index(stop)] and cut.choices[0].finish_reason == "stop"
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=40, temperature=0, stop=stop, stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text[: text.index(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_content_as_a_list_of_text_parts_is_the_standard_format(client):
+    parts = [{"type": "text", "text": "How do I "}, {"type": "text", "text": "sort a list?"}]
+    as_parts = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": parts}], max_tokens=8, temperature=0
+    )
+    as_text = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "How do I sort a list?"}], max_tokens=8, temperature=0
+    )
+    assert as_parts.choices[0].message.content == as_text.choices[0].message.content
+    image = [{"type": "image_url", "image_url": {"url": "http://127.0.0.1/x.png"}}]
+    with pytest.raises(openai.BadRequestError, match="only text content parts"):
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": image}], max_tokens=8)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"frequency_penalty": 0.5},
+        {"presence_penalty": 1.0},
+        {"logit_bias": {"42": 5}},
+        {"response_format": {"type": "json_object"}},
+        {"stop": ["a", "b", "c", "d", "e"]},
+        {"extra_body": {"tools": []}},
+    ],
+)
+def test_what_is_not_supported_is_refused_not_ignored(client, kwargs):
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4, **kwargs)
+
+
+def test_neutral_values_of_unsupported_fields_are_fine(client):
+    neutral = {"frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "response_format": {"type": "text"}}
+    assert client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=4, **neutral).choices
+
+
+def test_a_non_streamed_request_stops_when_its_client_leaves(served, monkeypatch):
+    calls = slow_model(served[1], monkeypatch, delay=0.01, endless=True)
+    body = json.dumps({"messages": MESSAGES, "max_tokens": 200})
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            served[0] + "v1/chat/completions",
+            content=body,
+            headers={"authorization": "Bearer sk-test", "content-type": "application/json"},
+            timeout=httpx.Timeout(30, read=0.5),
+        )
+    assert wait_until_idle()
+    assert len(calls) < 1000 and served[1].admission.in_flight == 0
+
+
+def test_the_page_and_the_api_share_one_budget(served, client, monkeypatch):
+    """Concurrency 1 and a queue of 2: three generations in, by either door, and the fourth is told busy."""
+    from gradio_client import Client
+
+    slow_model(served[1], monkeypatch, delay=0.01, endless=True)
+    gradio = Client(served[0], verbose=False)
+    jobs = [gradio.submit(message="go", history=[], max_new_tokens=200, api_name="/chat") for _ in range(2)]
+    deadline = time.monotonic() + 30
+    while served[1].admission.in_flight < 2:
+        assert time.monotonic() < deadline, [job.status() for job in jobs]
+        time.sleep(0.02)
+    stream = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=200, stream=True)
+    with pytest.raises(openai.RateLimitError, match="busy") as refused:
+        client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=5)
+    assert int(refused.value.response.headers["Retry-After"]) > 0
+    late = gradio.submit(message="go", history=[], max_new_tokens=5, api_name="/chat")
+    with pytest.raises(AppError, match="busy"):
+        late.result()
+    stream.close()
+    for job in jobs:
+        job.cancel()
+    assert wait_until_idle()

@@ -127,3 +127,14 @@ def test_configuration_mistakes_are_named(tiny_checkpoint):
         EndpointBackend.connect(str(tiny_checkpoint), "")
     with pytest.raises(ValueError, match="--model"):
         EndpointBackend.connect("", "http://127.0.0.1:1")
+
+
+def test_an_explicit_tgi_url_is_reached_in_hub_offline_mode(tiny_checkpoint, monkeypatch):
+    """Air-gapped sites run with HF_HUB_OFFLINE=1; that is about the Hub, not the server we were told to use."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with FakeServer() as server:
+        backend = EndpointBackend.connect(str(tiny_checkpoint), server.url, "tgi")
+        assert "".join(backend.stream(ask())) == server.script.reply

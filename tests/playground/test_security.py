@@ -1,10 +1,20 @@
-"""Login, Gradio's file routes, per-client rate limit."""
+"""The server as a hostile client meets it: login, file paths, private events, sizes, proxies, limits."""
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
 
 import httpx
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from playground.settings import Settings
 from tests.conftest import ROOT, serve_model
 
 
@@ -44,5 +54,218 @@ def test_a_client_over_the_rate_limit_is_told_to_wait(tiny_checkpoint, tmp_path)
 def test_a_long_history_is_refused_with_its_limit(tiny_checkpoint, tmp_path):
     with serve_model(tiny_checkpoint, tmp_path, "--max-history-messages", "2") as (url, _):
         history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}] * 2
-        with pytest.raises(AppError, match="has 5 messages; the limit is 2"):
-            Client(url, verbose=False).predict(message="hi", history=history, max_new_tokens=4, api_name="/chat")
+        client = Client(url, verbose=False)
+        with pytest.raises(AppError, match="has 4 earlier messages; the limit is 2"):
+            client.predict(message="hi", history=history, max_new_tokens=4, api_name="/chat")
+        assert isinstance(client.predict(message="hi", history=history[:2], max_new_tokens=4, api_name="/chat"), str)
+
+
+def call_event(url: str, fn_index: int, data: list, http: httpx.Client | None = None) -> dict:
+    """Calls any event by its index through Gradio's queue, as a crafted client would; returns its last message."""
+    http = http or httpx.Client(base_url=url, timeout=30)
+    session = uuid.uuid4().hex
+    payload = json.dumps({"data": data, "fn_index": fn_index, "session_hash": session})  # lone surrogates escaped
+    joined = http.post("gradio_api/queue/join", content=payload, headers={"content-type": "application/json"})
+    if joined.status_code != 200:
+        return {"msg": "refused", "status": joined.status_code, "text": joined.text}
+    last = {}
+    with http.stream("GET", f"gradio_api/queue/data?session_hash={session}") as events:
+        for line in events.iter_lines():
+            if line.startswith("data:"):
+                last = json.loads(line[5:])
+                if last.get("msg") in ("process_completed", "close_stream", "unexpected_error"):
+                    break
+    return last
+
+
+def forged_file(path: str) -> dict:
+    return {"path": path, "orig_name": Path(path).name, "meta": {"_type": "gradio.FileData"}}
+
+
+@pytest.fixture(scope="module")
+def open_server(tiny_checkpoint, tmp_path_factory):
+    with serve_model(tiny_checkpoint, tmp_path_factory.mktemp("cache")) as (url, chat):
+        yield url, chat
+
+
+def test_no_event_reads_a_path_a_client_names(open_server):
+    """Every event with a server function, called directly with forged files for all its inputs."""
+    import gradio.utils
+
+    url, _ = open_server
+    dependencies = httpx.get(url + "config").json()["dependencies"]
+    upload_folder = Path(gradio.utils.get_upload_folder())
+    for path in ("/etc/passwd", str(ROOT / "app.py"), "/dev/zero", "/no/such/file"):
+        for dependency in dependencies:
+            if dependency["backend_fn"]:
+                result = call_event(url, dependency["id"], [forged_file(path)] * len(dependency["inputs"]))
+                assert "root:x:0:0" not in json.dumps(result) and "def main" not in json.dumps(result)
+    copied = [p for p in upload_folder.rglob("*") if p.is_file() and p.name in ("passwd", "app.py")]
+    assert not copied, copied
+    assert httpx.get(url + "v1/models", timeout=10).status_code == 200  # /dev/zero froze nothing
+
+
+def test_a_saved_conversation_goes_to_the_browser_not_to_a_file_on_the_server(open_server):
+    import gradio.utils
+
+    url, _ = open_server
+    dependencies = httpx.get(url + "config").json()["dependencies"]
+    [save] = [d for d in dependencies if d["api_name"] == "export_conversation"]
+    secret = f"my secret {uuid.uuid4().hex}"
+    result = call_event(url, save["id"], [None, secret])
+    assert secret in result["output"]["data"][0]  # the JSON text itself, for the page to download
+    holders = [p for p in Path(gradio.utils.get_upload_folder()).rglob("*") if p.is_file() and secret in p.read_text()]
+    assert not holders
+
+
+def test_a_conversation_file_is_read_as_text_and_checked_before_it_replaces_anything(open_server):
+    url, _ = open_server
+    dependencies = httpx.get(url + "config").json()["dependencies"]
+    [load] = [d for d in dependencies if d["api_name"] == "load"]
+    good = json.dumps(
+        {
+            "messages": [
+                {"role": "system", "content": "sys"},
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"},
+            ]
+        }
+    )
+    loaded = call_event(url, load["id"], [good, None, "old system"])["output"]["data"]
+    assert loaded[2] == "sys" and [m["content"][0]["text"] for m in loaded[0]] == ["q", "a"]
+    broken = good.replace('"a"', '"\\ud800"')
+    kept = call_event(url, load["id"], [broken, None, "old system"])
+    assert kept["output"]["data"][2] == "old system"  # nothing replaced
+
+
+def test_a_huge_request_is_refused_and_the_server_stays_responsive(open_server, capsys):
+    url, _ = open_server
+    latencies = []
+
+    def probe():
+        for _ in range(20):
+            start = time.monotonic()
+            assert httpx.get(url + "v1/models", timeout=30).status_code == 200
+            latencies.append(time.monotonic() - start)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    body = {
+        "model": "x",
+        "messages": [{"role": "system", "content": "x" * 4_000_000}, {"role": "user", "content": "hi"}],
+    }
+    response = httpx.post(url + "v1/chat/completions", json=body, timeout=60)
+    prober.join()
+    assert response.status_code == 413 and "larger than this server takes" in response.json()["error"]["message"]
+    with capsys.disabled():
+        print(f"\n[security] /v1/models during a 4 MB request: slowest {max(latencies) * 1000:.0f} ms")
+    upload = httpx.post(url + "gradio_api/upload", files={"files": ("big.json", b"x" * 3_000_000)}, timeout=60)
+    assert upload.status_code == 413
+
+
+def test_a_large_system_prompt_or_earlier_turn_is_refused_by_its_limit(open_server):
+    client = Client(open_server[0], verbose=False)
+    with pytest.raises(AppError, match="system prompt has 400000 characters; the limit is 20000"):
+        client.predict(message="hi", history=[], system_prompt="x" * 400_000, max_new_tokens=4, api_name="/chat")
+    history = [{"role": "user", "content": "x" * 30_000}, {"role": "assistant", "content": "ok"}]
+    with pytest.raises(AppError, match="message 0 has 30000 characters"):
+        client.predict(message="hi", history=history, max_new_tokens=4, api_name="/chat")
+    history = [{"role": "user", "content": "x" * 19_000}, {"role": "assistant", "content": "ok"}] * 6
+    with pytest.raises(AppError, match="conversation has 114014 characters; the limit is 100000"):
+        client.predict(message="hi", history=history, max_new_tokens=4, api_name="/chat")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"message": "hi \ud800 there"}, "invalid character .a lone surrogate, U.D800. at position 3"),
+        ({"system_prompt": "\udfff"}, "system prompt holds an invalid character"),
+        (
+            {"history": [{"role": "user", "content": "\ud800"}, {"role": "assistant", "content": "a"}]},
+            "message 0 holds",
+        ),
+        ({"message": ["a", "list"]}, "message must be text, not list"),
+        ({"message": 42}, "message must be text, not int"),
+        ({"temperature": 1e-300}, "temperature must be 0 .greedy. or at least 0.01, got 1e-300"),
+        ({"seed": 2**31}, "seed must be between -1 and 2147483647, got 2147483648"),
+    ],
+)
+def test_odd_input_on_chat_gets_a_clear_error(open_server, kwargs, message):
+    """Sent as raw JSON, as a browser's JSON.stringify sends them (gradio_client cannot encode a lone surrogate)."""
+    url, _ = open_server
+    [chat] = [d for d in httpx.get(url + "config").json()["dependencies"] if d["api_name"] == "chat"]
+    call = {"message": "hi", "history": [], "system_prompt": "", "temperature": 0.2, "top_p": 0.95, "top_k": 50}
+    call |= {"max_new_tokens": 4, "repetition_penalty": 1.2, "seed": -1, "model": ""} | kwargs
+    result = call_event(url, chat["id"], list(call.values()))
+    assert result["success"] is False and re.search(message, result["output"]["error"]), result
+    assert isinstance(
+        Client(url, verbose=False).predict(message="hi", history=[], max_new_tokens=4, api_name="/chat"), str
+    )
+
+
+def test_x_forwarded_for_from_an_untrusted_peer_is_not_a_new_client(tiny_checkpoint, tmp_path):
+    with serve_model(tiny_checkpoint, tmp_path, "--rate-limit", "2") as (url, _):
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        answers = [
+            httpx.post(url + "v1/chat/completions", json=body, headers={"X-Forwarded-For": f"10.0.0.{i}"}, timeout=30)
+            for i in range(3)
+        ]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert int(answers[2].headers["Retry-After"]) > 0
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit(tiny_checkpoint, tmp_path):
+    with serve_model(tiny_checkpoint, tmp_path, "--rate-limit", "1", "--trusted-proxies", "127.0.0.1") as (url, _):
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        answers = [
+            httpx.post(url + "v1/chat/completions", json=body, headers={"X-Forwarded-For": who}, timeout=30)
+            for who in ("203.0.113.1", "203.0.113.2", "203.0.113.1")
+        ]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+
+
+def test_with_auth_and_no_api_key_the_api_is_off_and_says_so(locked):
+    for call in (
+        lambda: httpx.get(locked + "v1/models"),
+        lambda: httpx.post(
+            locked + "v1/chat/completions", content='{"messages": []}', headers={"content-type": "text/plain"}
+        ),
+    ):
+        response = call()
+        assert response.status_code == 403 and "--api-key" in response.text
+
+
+def test_schema_pages_and_the_login_page_do_not_describe_the_api(locked):
+    for path in ("docs", "redoc", "openapi.json"):
+        assert httpx.get(locked + path).status_code == 404
+    page = httpx.get(locked).text
+    assert '"auth_required":true' in page and "named_endpoints" not in page and "/chat" not in page
+    with httpx.Client(base_url=locked) as http:
+        http.post("login", data={"username": "ada", "password": "lovelace"})
+        assert "named_endpoints" in http.get("/").text  # a person who logged in gets the page as it is
+
+
+def test_repeated_wrong_logins_are_slowed_down(tiny_checkpoint, tmp_path):
+    with (
+        serve_model(tiny_checkpoint, tmp_path, "--auth", "ada:lovelace") as (url, _),
+        httpx.Client(base_url=url) as http,
+    ):
+        answers = [http.post("login", data={"username": "ada", "password": f"guess{i}"}) for i in range(8)]
+        assert [a.status_code for a in answers] == [400] * 5 + [429] * 3
+        assert int(answers[-1].headers["Retry-After"]) > 0 and "Too many wrong logins" in answers[-1].text
+        assert http.post("login", data={"username": "ada", "password": "lovelace"}).status_code == 429  # even right
+
+
+@pytest.mark.parametrize("auth", ["user", "user:", ":password"])
+def test_an_auth_without_user_and_password_is_refused_before_anything_loads(auth, capsys):
+    with pytest.raises(SystemExit):
+        Settings.from_args(["--auth", auth], env={})
+    assert "--auth takes USER:PASSWORD" in capsys.readouterr().err
+    run = subprocess.run(
+        [sys.executable, "app.py", "--auth", auth, "--model", "/no/such/model"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "--auth takes USER:PASSWORD" in run.stderr
