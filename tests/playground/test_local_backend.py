@@ -97,7 +97,9 @@ def test_out_of_memory_frees_and_says_so(backend, monkeypatch):
     with pytest.raises(BackendError, match="ran out of memory"):
         list(backend.stream(ask("hi")))
     monkeypatch.undo()
-    assert "".join(backend.stream(ask("hi", max_new_tokens=4)))  # still serving
+    after = ask("hi", max_new_tokens=4)
+    "".join(backend.stream(after))  # still serving (an untrained model may well say nothing at all)
+    assert after.outcome.tokens >= 1 and after.outcome.finish in ("stop", "length")
 
 
 def test_quantization_needs_cuda_and_says_so():
