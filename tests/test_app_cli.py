@@ -4,10 +4,13 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 from gradio_client import Client
 
 from playground.settings import Settings
 from tests.conftest import ROOT, start_app, stop_app
+
+pytestmark = pytest.mark.slow  # Starts app.py, which builds or loads the demo model.
 
 
 def test_help_lists_the_flags_and_their_environment_twins():

@@ -21,6 +21,8 @@ from playground.backends import ChatRequest, SamplingParams
 from tests.conftest import generating, serve_model, slow_model, wait_until_idle
 from tests.fakes import FakeServer, Script
 
+pytestmark = pytest.mark.slow  # 32 clients at once per API.
+
 CLIENTS = 32
 QUESTION = [{"role": "user", "content": "How do I sort a list?"}]
 

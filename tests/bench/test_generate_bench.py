@@ -1,10 +1,13 @@
 """`python -m bench.generate --tiny`: the seed's way, ours and the peer in one run, JSON lines naming the device."""
 
+import pytest
 import torch
 
 from bench.generate import check, random_model
 from playground.backends.fast import FastEngine, decode_layer
 from tests.conftest import bench_records
+
+pytestmark = pytest.mark.slow  # Runs the benchmark end to end (compiles on the CPU).
 
 
 def test_tiny_generate_bench_measures_three_ways_and_checks_the_engine():

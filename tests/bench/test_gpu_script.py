@@ -4,7 +4,11 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow  # Runs bench/gpu.sh --tiny end to end.
 
 
 def test_gpu_script_runs_every_part_and_writes_json_lines(tmp_path):

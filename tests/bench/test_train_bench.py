@@ -1,7 +1,11 @@
 """`python -m bench.train --tiny`: JSON lines naming the device, the seed's way and ours in one run."""
 
+import pytest
+
 from bench.train import checkpointed_layers
 from tests.conftest import bench_records
+
+pytestmark = pytest.mark.slow  # Runs the benchmark end to end.
 
 
 def test_tiny_train_bench_prints_json_lines_for_both_ways():

@@ -22,6 +22,8 @@ from tests.fakes import FakeHub
 from training.scratch import build_base, python_doc_dialogues
 from training.train import main, push
 
+pytestmark = pytest.mark.slow  # Real training runs: minutes on 2 cores.
+
 TINY = "training/recipes/tiny.yaml"
 # A smaller scratch model and no evaluation: these runs check mechanics, not quality.
 SMALL = [
