@@ -67,6 +67,10 @@ class SamplingParams:
                 high = min(high, max_new_tokens_limit)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ParamError(f"{name} must be a number, got {value!r}")
+            if isinstance(value, int) and abs(value) > 2**53:  # beyond every range, and beyond a float
+                raise ParamError(
+                    f"{name} must be between {number(low)} and {number(high)}, got a {value.bit_length()}-bit number"
+                )
             if not math.isfinite(value):
                 raise ParamError(f"{name} must be a finite number, got {value!r}")
             if kind is int:
@@ -138,14 +142,26 @@ _DONE = object()
 async def astream(backend: Backend, request: ChatRequest) -> AsyncIterator[str]:
     """Runs `backend.stream` off the event loop; a cancelled or closed consumer cancels the request."""
     pieces = backend.stream(request)
+    # A cancelled consumer leaves its `next` running in the worker thread; closing the generator then
+    # would fail ("generator already executing"), so closing waits for that step under the same lock.
+    stepping = threading.Lock()
+
+    def step() -> object:
+        with stepping:
+            return next(pieces, _DONE)
+
+    def close() -> None:
+        with stepping:
+            pieces.close()
+
     try:
-        while (piece := await anyio.to_thread.run_sync(next, pieces, _DONE)) is not _DONE:
+        while (piece := await anyio.to_thread.run_sync(step)) is not _DONE:
             yield piece
     finally:
         request.cancel.set()
         # Shielded: a cancelled consumer still waits the one decode step it takes to stop.
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(pieces.close)
+            await anyio.to_thread.run_sync(close)
 
 
 def load_backend(settings) -> Backend:
