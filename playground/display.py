@@ -1,47 +1,84 @@
-"""Raw conversation text <-> the markdown the chatbot renders.
+"""Raw conversation text -> the markdown the chatbot renders, and the note under each reply.
 
 Gradio's chatbot renders HTML inside markdown (sanitized, but still rendered), so a person's
 `<b>` or a model's `<script>` would not show as typed. Outside code, `&`, `<` and `>` become
 entities, which markdown shows as the characters; code spans and fences are left as they are,
-since markdown already shows them literally. `from_display` undoes it for edited messages.
+since markdown already shows them literally. What is copied or edited is never this text: the
+page reads the raw conversation (`raw_json`) for its copy buttons and the edit box.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import re
 
 from playground.template import Message
 
 # A fenced block (closed, or still open at the end while a reply streams) or an inline code span.
 _CODE = re.compile(r"(```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]+`)", re.S)
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-_ESCAPED = re.compile("|".join(_ESCAPES.values()))
-_UNESCAPES = {v: k for k, v in _ESCAPES.items()}
-
-
-def _map_prose(text: str, fn) -> str:
-    parts = _CODE.split(text)
-    return "".join(part if i % 2 else fn(part) for i, part in enumerate(parts))
-
-
 # A markdown image would make every viewer's browser fetch its URL (a way to leak a conversation).
 _IMAGE = re.compile(r"!(\[[^\]\n]*\][([])")
+ENDINGS = {
+    "stop": "finished",
+    "length": "cut at max new tokens",
+    "cancelled": "stopped by you",
+    "error": "ended by an error",
+}
 
 
 def to_display(text: str) -> str:
     """Outside code: HTML shown as typed, and images as links."""
-    return _map_prose(text, lambda prose: _IMAGE.sub(r"\1", re.sub("[&<>]", lambda m: _ESCAPES[m.group()], prose)))
+    parts = _CODE.split(text)
+    return "".join(
+        part if i % 2 else _IMAGE.sub(r"\1", re.sub("[&<>]", lambda m: _ESCAPES[m.group()], part))
+        for i, part in enumerate(parts)
+    )
 
 
-def from_display(text: str) -> str:
-    return _map_prose(text, lambda prose: _ESCAPED.sub(lambda m: _UNESCAPES[m.group()], prose))
+def open_fence(text: str) -> str:
+    """The closing fence for a code block the text leaves open (a reply cut mid-code), or ''.
+
+    Line by line, as markdown reads fences: a block closes on a line of at least as many of its
+    fence characters and nothing else.
+    """
+    fence = ""
+    for line in text.split("\n"):
+        found = _FENCE.match(line)
+        if not found:
+            continue
+        marks, rest = found.groups()
+        if not fence and not (marks[0] == "`" and "`" in rest):
+            fence = marks
+        elif fence and marks[0] == fence[0] and len(marks) >= len(fence) and not rest.strip():
+            fence = ""
+    return fence
 
 
-def display_messages(conversation: list[Message]) -> list[Message]:
-    return [{"role": m["role"], "content": to_display(m["content"])} for m in conversation]
+def reply_note(finish: str, tokens: int, first_token_s: float | None, seconds: float) -> str:
+    """How a reply went: its tokens, time to first token, decoding speed and why it ended."""
+    parts = [f"{tokens} token{'s' * (tokens != 1)}"]
+    if first_token_s is not None:
+        parts.append(f"first token {first_token_s:.2f} s")
+        if tokens > 1 and seconds > first_token_s:
+            parts.append(f"{(tokens - 1) / (seconds - first_token_s):.1f} tokens/s")
+    return " · ".join([*parts, ENDINGS.get(finish, finish)])
 
 
-def error_notice(text: str) -> Message:
-    """Shown in the chat, never part of the conversation the model sees."""
-    return {"role": "assistant", "content": "⚠️ " + html.escape(text, quote=False)}
+def display_messages(conversation: list[Message], notes: dict[int, str] | None = None) -> list[Message]:
+    """What the chatbot shows; `notes` (by message index) go under replies, never into the conversation."""
+    shown = []
+    for i, m in enumerate(conversation):
+        text = to_display(m["content"])
+        if note := (notes or {}).get(i):
+            fence = open_fence(text)
+            text += (f"\n{fence}" if fence else "") + f'\n\n<span class="reply-note">{html.escape(note)}</span>'
+        shown.append({"role": m["role"], "content": text})
+    return shown
+
+
+def raw_json(conversation: list[Message]) -> str:
+    """The conversation exactly as typed and generated, for the page's copy buttons and edit box."""
+    return json.dumps([{"role": m["role"], "content": m["content"]} for m in conversation])

@@ -8,9 +8,9 @@ from fastapi import FastAPI
 from playground.api import openai_routes
 from playground.backends import load_backends
 from playground.chat import Chat
-from playground.guards import BodyLimit, LoginPageWithoutApi, LoginThrottle
+from playground.guards import BodyLimit, ForwardedClient, LoginPageWithoutApi, LoginThrottle, NoOutsideImages
 from playground.settings import Settings
-from playground.ui import build_ui
+from playground.ui import PAGE_CSS, PAGE_JS, build_ui
 
 
 def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
@@ -23,7 +23,14 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
     app.include_router(openai_routes(chat))
     auth = tuple(settings.auth.split(":", 1)) if settings.auth else None
     app = gr.mount_gradio_app(
-        app, demo, path="/", auth=auth, max_file_size=settings.max_request_bytes, app_kwargs={"openapi_url": None}
+        app,
+        demo,
+        path="/",
+        auth=auth,
+        max_file_size=settings.max_request_bytes,
+        app_kwargs={"openapi_url": None},
+        js=PAGE_JS,
+        css=PAGE_CSS,
     )
     # Gradio checks that a file named in an event's payload was uploaded to this server only once
     # `launch()` has run (processing_utils._check_allowed); mounted, it never runs, and any event
@@ -32,14 +39,14 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
     app.add_middleware(LoginPageWithoutApi)
     app.add_middleware(LoginThrottle)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(NoOutsideImages)
+    app.add_middleware(ForwardedClient, trusted=settings.trusted_proxies)  # outermost: every guard sees the client
     return app, chat
 
 
 def uvicorn_options(settings: Settings) -> dict:
-    """X-Forwarded-For names the client (for the rate limit) only when it comes from a trusted proxy."""
-    if not settings.trusted_proxies:
-        return {"proxy_headers": False}
-    return {"proxy_headers": True, "forwarded_allow_ips": settings.trusted_proxies}
+    """guards.ForwardedClient reads X-Forwarded-For (from trusted proxies only); uvicorn must not."""
+    return {"proxy_headers": False}
 
 
 def describe_api(settings: Settings) -> str:

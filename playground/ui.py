@@ -1,14 +1,20 @@
-"""The Gradio Blocks playground: layout and event wiring; the turn itself is playground.chat."""
+"""The Gradio Blocks playground: `layout` places the components, `wire` connects their events.
+
+The turn itself is playground.chat; what the chatbot renders is playground.display.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import gradio as gr
 
 from playground.backends import PARAM_RANGES, ParamError, SamplingParams
-from playground.chat import Chat, export_conversation, import_conversation
-from playground.display import display_messages, error_notice, from_display, to_display
+from playground.chat import Chat, Update, export_conversation, import_conversation
+from playground.display import ENDINGS, display_messages, raw_json, reply_note
 from playground.template import DialogueError, Message
 
 EXAMPLES = [
@@ -32,89 +38,348 @@ DOWNLOAD_JS = """(text) => {
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }"""
 READ_UPLOAD_JS = "async (file) => file ? await (await fetch(file.url)).text() : ''"
+# The box is emptied in the browser the moment a message is sent, so that what is typed next stays;
+# while a reply streams (Send is then hidden) nothing is taken.
+TAKE_JS = """(message, busy) => {
+  const box = document.querySelector('#message textarea');
+  if (document.querySelector('#send')?.offsetParent && message.trim() && box) {
+    box.value = '';
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+  }
+  return [message, busy];
+}"""
+
+# The chatbot's copy buttons and edit box would take the rendered text (HTML escaped as entities);
+# they get the raw text instead, from the hidden #raw-conversation box. Both clipboard paths that
+# Gradio uses are covered: navigator.clipboard.writeText, and execCommand('copy') off localhost.
+PAGE_JS = """() => {
+  const raw = () => JSON.parse(document.querySelector('#raw-conversation textarea')?.value || '[]');
+  const indexOf = (button) => {
+    const buttons = button.closest('.message-buttons') || button.closest('.message-row');
+    const rows = [...document.querySelectorAll('#chatbot .message-row')];
+    return rows.filter((row) => row === buttons || row.compareDocumentPosition(buttons) & 4).length - 1;
+  };
+  let next = null;
+  document.addEventListener('click', (event) => {
+    const button = event.target.closest('#chatbot button[aria-label]');
+    if (!button) return;
+    const label = button.getAttribute('aria-label');
+    if (label === 'Copy conversation') {
+      next = raw().map((m) => `${m.role}: ${m.content}`).join('\\n\\n');
+    } else if (label === 'Copy message') {
+      next = raw()[indexOf(button)]?.content ?? null;
+    } else if (label === 'Edit') {
+      // Gradio opens the box with the rendered text, possibly a few frames later: until then (or
+      // until the person types), the box is set back to the raw text.
+      const index = indexOf(button), text = raw()[index]?.content;
+      let typed = false;
+      const fill = (tries) => {
+        const box = document.querySelectorAll('#chatbot .message-row')[index]?.querySelector('textarea');
+        if (box && !box.dataset.raw) {
+          box.dataset.raw = '1';
+          box.addEventListener('input', (e) => { typed ||= e.isTrusted; });
+        }
+        if (box && text !== undefined && !typed && box.value !== text) {
+          box.value = text;
+          box.dispatchEvent(new Event('input', {bubbles: true}));
+        }
+        if (tries) requestAnimationFrame(() => fill(tries - 1));
+      };
+      fill(60);
+    }
+  }, true);
+  document.addEventListener('copy', (event) => {
+    if (next === null) return;
+    event.clipboardData.setData('text/plain', next);
+    event.preventDefault();
+    next = null;
+  }, true);
+  if (navigator.clipboard) {
+    const write = navigator.clipboard.writeText.bind(navigator.clipboard);
+    navigator.clipboard.writeText = (text) => {
+      const exact = next ?? text;
+      next = null;
+      return write(exact);
+    };
+  }
+}"""
+PAGE_CSS = ".reply-note { font-size: var(--text-sm); color: var(--body-text-color-subdued); }"
 
 PARAM_NAMES = ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "seed")
 
 
-def show(conversation: list[Message], error: str | None = None) -> list[Message]:
-    return display_messages(conversation) + ([error_notice(error)] if error else [])
+@dataclass
+class Page:
+    """The components the handlers read and write."""
+
+    blocks: gr.Blocks
+    info: gr.Markdown
+    chatbot: gr.Chatbot
+    raw: gr.Textbox  # hidden: the exact conversation, for the page's copy buttons and edit box
+    context: gr.Markdown
+    textbox: gr.Textbox
+    send: gr.Button
+    stop: gr.Button
+    retry: gr.Button
+    undo: gr.Button
+    clear: gr.Button
+    model: gr.Dropdown
+    system: gr.Textbox
+    samplers: list[gr.components.Component]  # in PARAM_NAMES' order
+    save: gr.Button
+    upload: gr.UploadButton
+    file_text: gr.Textbox
+    state: gr.State  # the raw conversation: what the model sees
+    notes: gr.State  # message index -> how that reply went; shown, never sent to the model
+    busy: gr.State  # a reply is being generated
+    sent: gr.State  # the message taken from the box, on its way to `Chat.respond`
+
+
+@dataclass
+class Reply:
+    """The newest reply of a session as it streams, for Stop to mark once its generator has ended."""
+
+    conversation: list[Message]
+    notes: dict[int, str]
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def session_of(request: gr.Request | None) -> str:
+    return (request.session_hash if request else None) or ""
 
 
 def client_of(request: gr.Request | None) -> str:
     return request.client.host if request and request.client else ""
 
 
-def build_ui(chat: Chat) -> gr.Blocks:
+def layout(chat: Chat, describe) -> Page:
     names = list(chat.backends)
     defaults = SamplingParams()
 
-    def describe(name: str) -> str:
-        info = chat.backend(name).info
-        return info.describe() + (f"\n\n{DEMO_NOTICE}" if info.demo else "")
+    def slider(name: str, label: str, step: float, info: str = "") -> gr.Slider:
+        _, low, high = PARAM_RANGES[name]
+        if name == "max_new_tokens":
+            high = min(high, chat.settings.max_new_tokens_limit)
+        return gr.Slider(
+            low, high, value=getattr(defaults, name), step=step, label=label, info=info or None, elem_id=name
+        )
 
-    async def run(before, history, values, request, on_success, on_error, **overrides) -> AsyncIterator[tuple]:
-        """Streams one reply; on an error before any reply text, the conversation is as it was."""
+    with gr.Blocks(title="StarChat Playground") as blocks:
+        gr.Markdown("# StarChat Playground")
+        info = gr.Markdown(describe(names[0]), elem_id="model-info")
+        with gr.Row():
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(
+                    label="Conversation",
+                    elem_id="chatbot",
+                    height=520,
+                    editable="user",
+                    buttons=["copy", "copy_all"],
+                    placeholder="Ask a coding question. Edit one of your messages to regenerate from there.",
+                )
+                raw = gr.Textbox("[]", visible="hidden", elem_id="raw-conversation")
+                context = gr.Markdown(elem_id="context")
+                with gr.Row():
+                    textbox = gr.Textbox(
+                        show_label=False, placeholder="Ask a coding question…", lines=2, scale=6, elem_id="message"
+                    )
+                    send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
+                    stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", visible=False)
+                with gr.Row():
+                    retry = gr.Button("Retry", elem_id="retry")
+                    undo = gr.Button("Undo", elem_id="undo")
+                    clear = gr.Button("Clear", elem_id="clear")
+                gr.Examples(EXAMPLES, inputs=textbox, label="Examples")
+            with gr.Column(scale=1):
+                model = gr.Dropdown(names, value=names[0], label="Model", elem_id="model", visible=len(names) > 1)
+                system = gr.Textbox(label="System prompt", lines=4, elem_id="system")
+                with gr.Accordion("Sampling", open=True):
+                    samplers = [
+                        slider("temperature", "Temperature", 0.05, "0 = greedy"),
+                        slider("top_p", "Top-p", 0.01),
+                        slider("top_k", "Top-k", 1, "0 = off"),
+                        slider("max_new_tokens", "Max new tokens", 1),
+                        slider("repetition_penalty", "Repetition penalty", 0.01),
+                        gr.Number(value=-1, precision=0, label="Seed", info="-1 = random", elem_id="seed"),
+                    ]
+                with gr.Accordion("Conversation file", open=False):
+                    save = gr.Button("Save as JSON", elem_id="save")
+                    upload = gr.UploadButton("Load JSON", file_types=[".json"], elem_id="load")
+                    file_text = gr.Textbox(visible=False)  # a conversation file's text, on its way in or out
+        return Page(
+            blocks, info, chatbot, raw, context, textbox, send, stop, retry, undo, clear, model, system, samplers,
+            save, upload, file_text, gr.State([]), gr.State({}), gr.State(False), gr.State(""),
+        )  # fmt: skip
+
+
+def wire(page: Page, chat: Chat, describe) -> None:
+    p = page
+    replies: dict[str, Reply] = {}  # session -> its newest reply, for Stop
+    turn = {p.state, p.notes, p.system, p.model, *p.samplers}  # a set: handlers get one dict of values
+    locked = {p.send: gr.update(visible=False), p.stop: gr.update(visible=True), p.retry: gr.update(interactive=False)}
+    unlocked = {p.busy: False, p.send: gr.update(visible=True), p.stop: gr.update(visible=False)}
+    unlocked[p.retry] = gr.update(interactive=True)
+
+    def show(conversation: list[Message], notes: dict[int, str]) -> dict:
+        return {p.chatbot: display_messages(conversation, notes), p.state: conversation, p.notes: notes,
+                p.raw: raw_json(conversation)}  # fmt: skip
+
+    async def run(values: dict, history: list[Message], request: gr.Request | None, **overrides) -> AsyncIterator:
+        """Streams one reply. Before any reply text, an error leaves the conversation as it was."""
+        before, notes = values[p.state], {i: n for i, n in values[p.notes].items() if i < len(history)}
         try:
-            raw = {name: values[component] for name, component in zip(PARAM_NAMES, samplers, strict=True)}
+            raw = {name: values[c] for name, c in zip(PARAM_NAMES, p.samplers, strict=True)}
             params = chat.params(**{**raw, **overrides})
         except ParamError as exc:
-            yield show(before, str(exc)), before, on_error, gr.skip()
+            gr.Warning(str(exc))
+            yield {**show(before, values[p.notes]), **unlocked, "failed": True}
             return
-        updates = chat.respond(history, values[system], params, values[model], client_of(request))
-        async for update in updates:
-            if update.error and update.conversation[-1]["role"] == "user":
-                yield show(before, update.error), before, on_error, update.context
-            else:
-                yield show(update.conversation, update.error), update.conversation, on_success, update.context
+        last: Update | None = None
+        key, ended = session_of(request), False
+        live = replies[key] = Reply(before, notes)
+        try:
+            async for update in chat.respond(history, values[p.system], params, values[p.model], client_of(request)):
+                last = update
+                if update.error and update.conversation[-1]["role"] == "user":
+                    gr.Warning(update.error)
+                    yield {**show(before, values[p.notes]), p.context: update.context or gr.skip(), **unlocked,
+                           "failed": True}  # fmt: skip
+                    ended = True
+                    return
+                if update.finish:
+                    index = len(update.conversation) - 1
+                    note = reply_note(update.finish, update.tokens, update.first_token_s, update.seconds)
+                    notes = {**notes, index: note}
+                live.conversation, live.notes = update.conversation, notes
+                yield {**show(update.conversation, notes), p.context: update.context}
+            ended = True
+        finally:
+            live.done.set()  # also when Stop cancels this generator; then Stop takes the entry
+            if ended and replies.get(key) is live:
+                del replies[key]
+        if last and last.error:
+            gr.Warning(last.error)
+        yield unlocked
 
-    async def submit(values: dict, request: gr.Request):
-        message, conversation = values[textbox], values[state]
+    def take(message: str, busy: bool) -> dict:
+        """Takes the message out of the box for sending; while a reply streams the box is left alone."""
+        if busy or not message.strip():
+            return {p.sent: ""}
         try:
             chat.check_message(message)
         except DialogueError as exc:
-            yield show(conversation, str(exc)), conversation, message, gr.skip()
+            gr.Warning(str(exc))
+            return {p.sent: "", p.textbox: message}
+        return {p.sent: message, p.busy: True, **locked}
+
+    async def submit(values: dict, request: gr.Request):
+        message = values[p.sent]
+        if not message:
+            yield {}
             return
-        history = [*conversation, {"role": "user", "content": message}]
-        async for out in run(conversation, history, values, request, "", message):
+        history = [*values[p.state], {"role": "user", "content": message}]
+        async for out in run(values, history, request):
+            # An error before the reply gives the message back, unless the person typed a new one.
+            if out.pop("failed", False) and not values[p.textbox]:
+                out[p.textbox] = message
             yield out
 
     async def retry(values: dict, request: gr.Request):
-        conversation = values[state]
+        conversation = values[p.state]
         if not conversation:
-            yield show(conversation), conversation, gr.skip(), gr.skip()
+            yield unlocked
             return
         history = conversation[:-1] if conversation[-1]["role"] == "assistant" else conversation
-        async for out in run(conversation, history, values, request, gr.skip(), gr.skip(), seed=-1):  # a new seed
+        yield {p.busy: True, **locked}
+        async for out in run(values, history, request, seed=-1):  # a new seed
+            out.pop("failed", None)
             yield out
 
     async def edit(values: dict, edit: gr.EditData, request: gr.Request):
-        conversation = values[state]
+        """The edit box holds the message's raw text (the page fills it in), so it is taken as typed."""
+        conversation = values[p.state]
         index = edit.index if isinstance(edit.index, int) else edit.index[0]
         if index >= len(conversation) or conversation[index]["role"] != "user":
-            yield show(conversation), conversation, gr.skip(), gr.skip()
+            yield {**show(conversation, values[p.notes]), **unlocked}
             return
-        old = conversation[index]["content"]
-        text = old if edit.value == to_display(old) else from_display(edit.value)
-        history = [*conversation[:index], {"role": "user", "content": text}]
-        async for out in run(conversation, history, values, request, gr.skip(), gr.skip()):
+        history = [*conversation[:index], {"role": "user", "content": edit.value}]
+        yield {p.busy: True, **locked}
+        async for out in run(values, history, request):
+            out.pop("failed", None)
             yield out
 
-    def undo(conversation):
-        if len(conversation) < 2:
-            return show(conversation), conversation, gr.skip(), gr.skip()
-        rest = conversation[:-2]
-        return show(rest), rest, conversation[-2]["content"], ""
+    async def stopped(conversation: list[Message], notes: dict[int, str], request: gr.Request) -> dict:
+        """Stop: the reply stays as far as it got, marked as stopped.
 
-    def load(text, conversation, system):
+        The cancelled generator may still be writing: this waits for its end and takes its last reply.
+        """
+        if live := replies.pop(session_of(request), None):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.done.wait(), 10)
+            conversation, notes = live.conversation, live.notes
+        if conversation and conversation[-1]["role"] == "assistant" and len(conversation) - 1 not in notes:
+            notes = {**notes, len(conversation) - 1: ENDINGS["cancelled"]}
+        return {**show(conversation, notes), **unlocked}
+
+    def undo(conversation: list[Message], notes: dict[int, str]) -> dict:
+        if len(conversation) < 2:
+            return {}
+        return {**show(conversation[:-2], notes), p.textbox: conversation[-2]["content"]}
+
+    def load(text: str, conversation: list[Message], system: str) -> dict:
         """The file's text, read by the browser: the server never opens a path a client names."""
         try:
             loaded, loaded_system = import_conversation(text, chat.settings.max_conversation_chars)
         except DialogueError as exc:
             gr.Warning(f"Could not load that conversation: {exc}")
-            return show(conversation), conversation, system
-        return show(loaded), loaded, loaded_system
+            return {p.state: conversation, p.system: system}  # nothing replaced
+        return {**show(loaded, {}), p.system: loaded_system}
 
-    async def chat_api(
+    private = {"api_visibility": "private"}
+    p.model.change(describe, p.model, p.info, queue=False, **private)
+    shown = [p.chatbot, p.state, p.notes, p.raw, p.context]
+    buttons = [p.busy, p.send, p.stop, p.retry]
+    took = [p.textbox, p.sent, *buttons]
+    generating = [
+        event(take, [p.textbox, p.busy], took, queue=False, js=TAKE_JS, **private).then(
+            submit, {p.sent, p.textbox, *turn}, [*shown, *buttons, p.textbox], **private
+        )
+        for event in (p.textbox.submit, p.send.click)
+    ]
+    generating += [
+        p.retry.click(retry, turn, [*shown, *buttons], **private),
+        p.chatbot.edit(edit, turn, [*shown, *buttons], **private),
+    ]
+    p.stop.click(None, cancels=generating, **private).then(stopped, [p.state, p.notes], [*shown, *buttons], **private)
+    p.undo.click(undo, [p.state, p.notes], [*shown, p.textbox], queue=False, **private)
+    for clearing in (p.clear.click, p.chatbot.clear):  # our button and the chatbot's own trash icon
+        clearing(lambda: {**show([], {}), p.context: ""}, None, shown, queue=False, **private)
+    # Saved in the browser: no file on the server that another visitor could fetch.
+    p.save.click(export_conversation, [p.state, p.system], p.file_text, **private).then(
+        None, p.file_text, None, js=DOWNLOAD_JS
+    )
+    # The browser reads the uploaded file and sends its text: no event takes a path from a client.
+    p.upload.upload(None, p.upload, p.file_text, js=READ_UPLOAD_JS).then(
+        load, [p.file_text, p.state, p.system], [p.chatbot, p.state, p.system, p.notes, p.raw, p.context], **private
+    )
+
+
+def build_ui(chat: Chat) -> gr.Blocks:
+    def describe(name: str) -> str:
+        info = chat.backend(name).info
+        return info.describe() + (f"\n\n{DEMO_NOTICE}" if info.demo else "")
+
+    page = layout(chat, describe)
+    with page.blocks:
+        wire(page, chat, describe)
+        gr.api(chat_api(chat), api_name="chat")
+    return page.blocks
+
+
+def chat_api(chat: Chat):
+    defaults = SamplingParams()
+
+    async def chat_endpoint(
         message: str,
         history: list[dict],
         system_prompt: str = "",
@@ -151,77 +416,4 @@ def build_ui(chat: Chat) -> gr.Blocks:
                 raise gr.Error(update.error)
             yield update.conversation[-1]["content"]
 
-    def slider(name: str, label: str, step: float, info: str = "") -> gr.Slider:
-        _, low, high = PARAM_RANGES[name]
-        if name == "max_new_tokens":
-            high = min(high, chat.settings.max_new_tokens_limit)
-        return gr.Slider(
-            low, high, value=getattr(defaults, name), step=step, label=label, info=info or None, elem_id=name
-        )
-
-    with gr.Blocks(title="StarChat Playground") as demo:
-        gr.Markdown("# StarChat Playground")
-        info = gr.Markdown(describe(names[0]), elem_id="model-info")
-        state = gr.State([])  # the raw conversation: what the model sees, apart from what is rendered
-        with gr.Row():
-            with gr.Column(scale=3):
-                chatbot = gr.Chatbot(
-                    label="Conversation",
-                    elem_id="chatbot",
-                    height=520,
-                    editable="user",
-                    buttons=["copy", "copy_all"],
-                    placeholder="Ask a coding question. Edit one of your messages to regenerate from there.",
-                )
-                context = gr.Markdown(elem_id="context")
-                with gr.Row():
-                    textbox = gr.Textbox(
-                        show_label=False, placeholder="Ask a coding question…", lines=2, scale=6, elem_id="message"
-                    )
-                    send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-                with gr.Row():
-                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
-                    retry_button = gr.Button("Retry", elem_id="retry")
-                    undo_button = gr.Button("Undo", elem_id="undo")
-                    clear = gr.Button("Clear", elem_id="clear")
-                gr.Examples(EXAMPLES, inputs=textbox, label="Examples")
-            with gr.Column(scale=1):
-                model = gr.Dropdown(names, value=names[0], label="Model", elem_id="model", visible=len(names) > 1)
-                system = gr.Textbox(label="System prompt", lines=4, elem_id="system")
-                with gr.Accordion("Sampling", open=True):
-                    temperature = slider("temperature", "Temperature", 0.05, "0 = greedy")
-                    top_p = slider("top_p", "Top-p", 0.01)
-                    top_k = slider("top_k", "Top-k", 1, "0 = off")
-                    max_new_tokens = slider("max_new_tokens", "Max new tokens", 1)
-                    repetition_penalty = slider("repetition_penalty", "Repetition penalty", 0.01)
-                    seed = gr.Number(value=-1, precision=0, label="Seed", info="-1 = random", elem_id="seed")
-                with gr.Accordion("Conversation file", open=False):
-                    save_button = gr.Button("Save as JSON", elem_id="save")
-                    upload = gr.UploadButton("Load JSON", file_types=[".json"], elem_id="load")
-                    file_text = gr.Textbox(visible=False)  # a conversation file's text, on its way in or out
-
-        samplers = [temperature, top_p, top_k, max_new_tokens, repetition_penalty, seed]  # PARAM_NAMES' order
-        turn = {state, system, model, *samplers}  # a set: handlers get one dict of values
-        model.change(describe, model, info, api_visibility="private", queue=False)
-        outputs = [chatbot, state, textbox, context]
-        gpu = {"api_visibility": "private"}  # Chat.respond admits and queues generations
-        generating = [
-            textbox.submit(submit, {textbox, *turn}, outputs, **gpu),
-            send.click(submit, {textbox, *turn}, outputs, **gpu),
-            retry_button.click(retry, turn, outputs, **gpu),
-            chatbot.edit(edit, turn, outputs, **gpu),
-        ]
-        stop.click(None, cancels=generating, api_visibility="private")
-        undo_button.click(undo, state, outputs, api_visibility="private", queue=False)
-        for clearing in (clear.click, chatbot.clear):  # our button and the chatbot's own trash icon
-            clearing(lambda: ([], [], ""), None, [chatbot, state, context], api_visibility="private", queue=False)
-        # Saved in the browser: no file on the server that another visitor could fetch.
-        save_button.click(export_conversation, [state, system], file_text, api_visibility="private").then(
-            None, file_text, None, js=DOWNLOAD_JS
-        )
-        # The browser reads the uploaded file and sends its text: no event takes a path from a client.
-        upload.upload(None, upload, file_text, js=READ_UPLOAD_JS).then(
-            load, [file_text, state, system], [chatbot, state, system], api_visibility="private"
-        )
-        gr.api(chat_api, api_name="chat")
-    return demo
+    return chat_endpoint

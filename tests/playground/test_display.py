@@ -1,35 +1,39 @@
-"""What the chatbot renders: HTML as text, code fences intact, and the way back for edits."""
+"""What the chatbot renders: HTML as text, code fences intact, and a note under each reply."""
 
-import pytest
+import json
 
-from playground.display import display_messages, from_display, to_display
+from playground.display import display_messages, open_fence, raw_json, reply_note, to_display
 
-CASES = [
-    "plain text",
-    "<b>bold?</b> & <script>alert(1)</script>",
-    "before\n```html\n<div>kept</div>\n```\nafter <i>x</i>",
-    "inline `<tag>` and <tag>",
-    "literal &lt; typed by a person, and &amp;",
-    "an open fence while streaming\n```python\nif a < b:",
-]
-
-
-@pytest.mark.parametrize("text", CASES)
-def test_round_trip(text):
-    assert from_display(to_display(text)) == text
+TYPED = "<b>bold?</b> & <script>alert(1)</script> -> a < b && c > d"
 
 
 def test_html_outside_code_becomes_text_and_code_is_untouched():
-    shown = to_display(CASES[2])
+    shown = to_display("before\n```html\n<div>kept</div>\n```\nafter <i>x</i>")
     assert "&lt;i&gt;x&lt;/i&gt;" in shown
     assert "```html\n<div>kept</div>\n```" in shown
     assert to_display("a `<b>` b") == "a `<b>` b"
-    assert to_display(CASES[5]).endswith("```python\nif a < b:")
+    assert to_display("an open fence while streaming\n```python\nif a < b:").endswith("```python\nif a < b:")
 
 
-def test_display_keeps_roles_and_order():
-    conversation = [{"role": "user", "content": "<x>"}, {"role": "assistant", "content": "y"}]
-    assert display_messages(conversation) == [
-        {"role": "user", "content": "&lt;x&gt;"},
-        {"role": "assistant", "content": "y"},
-    ]
+def test_the_raw_conversation_is_exactly_what_was_typed():
+    conversation = [{"role": "user", "content": TYPED}, {"role": "assistant", "content": "x &amp; y"}]
+    assert json.loads(raw_json(conversation)) == conversation
+
+
+def test_a_note_goes_under_its_reply_outside_any_code_block():
+    conversation = [{"role": "user", "content": "<x>"}, {"role": "assistant", "content": "```python\nwhile True:"}]
+    shown = display_messages(conversation, {1: "3 tokens · cut at max new tokens"})
+    assert shown[0] == {"role": "user", "content": "&lt;x&gt;"}
+    assert shown[1]["content"] == (
+        '```python\nwhile True:\n```\n\n<span class="reply-note">3 tokens · cut at max new tokens</span>'
+    )
+    assert open_fence("```a```") == "" and open_fence("~~~\nx") == "~~~" and open_fence("no code") == ""
+    assert open_fence("``` info\n```not a close`\n``` ") == ""  # as markdown reads it: closed
+    assert open_fence("````\n```\n") == "````"
+
+
+def test_the_note_says_how_a_reply_went():
+    note = reply_note("length", 11, 0.5, 1.5)
+    assert note == "11 tokens · first token 0.50 s · 10.0 tokens/s · cut at max new tokens"
+    assert reply_note("stop", 1, 0.2, 0.2) == "1 token · first token 0.20 s · finished"
+    assert reply_note("cancelled", 0, None, 0.1) == "0 tokens · stopped by you"

@@ -135,7 +135,8 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
     page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 0")
     page.locator('input[data-testid="Load JSON-upload-button"]').set_input_files(str(saved))
     page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 1")
-    assert bot_texts(page) == [reply]
+    loaded = bot_texts(page)[0]
+    assert reply.startswith(loaded) and "finished" in reply[len(loaded) :]  # the note of how it went is not saved
 
     # The loaded conversation is the one the model continues.
     page.locator("#message textarea").fill("Thanks!")
@@ -177,3 +178,132 @@ def test_closing_the_tab_ends_the_generation(app, page, monkeypatch):
     page.close()
     assert wait_until_idle(), "generation went on after the tab closed"
     assert len(calls) < 512
+
+
+TYPED = "Why is <b>bold</b> shown as typed? -> a < b && c > d, and &amp; stays &amp;"
+NOTES = "#chatbot [data-testid=bot] .reply-note"
+
+
+@pytest.fixture
+def clipboard_page():
+    """A page whose clipboard the test can read back, as a person pastes what they copied."""
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(
+            viewport={"width": 1400, "height": 1000}, permissions=["clipboard-read", "clipboard-write"]
+        )
+        yield context.new_page()
+        browser.close()
+
+
+def ask(page, text: str) -> None:
+    page.locator("#message textarea").fill(text)
+    page.locator("#send").click()
+
+
+def set_max_new_tokens(page, value: int) -> None:
+    page.locator("#max_new_tokens input[type=number]").fill(str(value))
+    page.locator("#max_new_tokens input[type=number]").press("Enter")
+
+
+def test_typing_while_a_reply_streams_loses_nothing(app, page, monkeypatch):
+    url, chat = app
+    slow_model(chat, monkeypatch, delay=0.02, endless=True)
+    page.goto(url)
+    box = page.locator("#message textarea")
+    ask(page, "Tell me everything about lists.")
+    box.press_sequentially("Next question")  # typed right after sending, before the first update
+    page.wait_for_function(f"document.querySelector('{BOTS}')?.innerText.length > 20")
+    assert box.input_value() == "Next question"
+
+    # While the reply streams, Send is Stop, and Enter does not take the message away.
+    assert page.locator("#send").is_hidden() and page.locator("#stop").is_visible()
+    box.press_sequentially(", typed while it streams")
+    box.press("Enter")
+    page.wait_for_function(f"document.querySelector('{BOTS}').innerText.length > 60")
+    assert box.input_value().startswith("Next question, typed while it streams")
+    assert page.locator("#chatbot [data-testid=user]").count() == 1
+
+    # Stopped, the message is sent as typed, and only what was sent leaves the box.
+    page.locator("#stop").click()
+    assert wait_until_idle()
+    page.locator("#send").wait_for(state="visible")
+    assert page.locator("#stop").is_hidden()
+    box.fill("Next question, typed while it streams")
+    page.locator("#send").click()
+    page.wait_for_function("document.querySelectorAll('#chatbot [data-testid=user]').length == 2")
+    assert "typed while it streams" in page.locator("#chatbot [data-testid=user]").last.inner_text()
+    page.wait_for_function("document.querySelector('#message textarea').value === ''")
+    page.locator("#stop").click()
+    assert wait_until_idle()
+
+
+def test_copies_and_edits_are_exactly_what_was_typed(app, clipboard_page, monkeypatch):
+    url, chat = app
+    page = clipboard_page
+    slow_model(chat, monkeypatch, delay=0.0, endless=False)
+    page.goto(url)
+    set_max_new_tokens(page, 24)
+    ask(page, TYPED)
+    reply = wait_for_stable_reply(page, 1)
+    user = page.locator("#chatbot [data-testid=user]")
+    assert TYPED in user.inner_text()  # shown as typed, not rendered as HTML
+    assert page.locator("#chatbot [data-testid=user] b").count() == 0
+
+    page.locator("#chatbot .message-buttons").first.locator('button[aria-label="Copy message"]').click()
+    assert page.evaluate("navigator.clipboard.readText()") == TYPED
+
+    page.locator('#chatbot button[aria-label="Copy conversation"]').click()
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.startswith(f"user: {TYPED}\n\nassistant: ")
+    assert copied.count("&lt;") == 0 and copied.count("&amp;") == 2  # the two typed ones
+    assert reply.split("\n")[0] in copied and "reply-note" not in copied  # the note is not the reply
+
+    # The edit box holds the message as typed; the edited message goes to the model as typed.
+    page.locator('#chatbot button[aria-label="Edit"]').first.click()
+    edit_box = page.locator("#chatbot textarea")
+    page.wait_for_function("document.querySelector('#chatbot textarea')?.value.includes('&&')")
+    assert edit_box.input_value() == TYPED
+    edit_box.fill(TYPED + " <i>again</i>")
+    page.locator('#chatbot button[aria-label="Submit"]').click()
+    page.wait_for_function("document.querySelector('#raw-conversation textarea').value.includes('again')")
+    page.locator("#chatbot .message-buttons").first.locator('button[aria-label="Copy message"]').click()
+    assert page.evaluate("navigator.clipboard.readText()") == TYPED + " <i>again</i>"
+
+
+def test_every_reply_says_how_it_went(app, page, monkeypatch):
+    url, chat = app
+    page.goto(url)
+
+    # Finished by itself: tokens, time to first token, speed.
+    slow_model(chat, monkeypatch, delay=0.0, endless=False)
+    ask(page, "How do I reverse a list in Python?")
+    page.wait_for_function(f"document.querySelectorAll('{NOTES}').length == 1")
+    note = page.locator(NOTES).first.inner_text()
+    assert "tokens" in note and "first token" in note and "tokens/s" in note and "finished" in note
+
+    # One new token at most: the reply says it was cut, not an empty bubble.
+    set_max_new_tokens(page, 1)
+    ask(page, "And a tuple?")
+    page.wait_for_function(f"document.querySelectorAll('{NOTES}').length == 2")
+    assert page.locator(NOTES).last.inner_text().startswith("1 token")
+    assert "cut at max new tokens" in page.locator(NOTES).last.inner_text()
+
+    # Stopped by the person: the reply keeps what it had and says so.
+    slow_model(chat, monkeypatch, delay=0.02, endless=True)
+    set_max_new_tokens(page, 400)
+    ask(page, "Tell me everything.")
+    page.wait_for_function(f"document.querySelectorAll('{BOTS}')[2]?.innerText.length > 20")
+    page.locator("#stop").click()
+    page.wait_for_function(f"document.querySelectorAll('{NOTES}').length == 3")
+    assert "stopped by you" in page.locator(NOTES).last.inner_text()
+    assert wait_until_idle()
+
+    # An error is a notice: no reply bubble, nothing added to the conversation, the message kept.
+    set_max_new_tokens(page, 2048)
+    ask(page, "A question that leaves no room for the reply")
+    page.wait_for_selector('[data-testid="toast-body"]')
+    assert "too long" in page.locator('[data-testid="toast-body"]').first.inner_text()
+    page.wait_for_function("document.querySelector('#message textarea').value.startsWith('A question')")
+    assert page.locator(BOTS).count() == 3 and page.locator("#chatbot [data-testid=user]").count() == 3
+    assert page.locator("#send").is_visible()
