@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, suppress
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from playground.backends import ParamError
@@ -31,10 +31,12 @@ NEUTRAL = {
     "response_format": ({"type": "text"},),
 }
 MAX_STOPS = 4
+MAX_STOP_CHARS = 200  # each is looked for at the end of the reply after every streamed piece
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error", retry_after: int = 0) -> JSONResponse:
     headers = {"Retry-After": str(retry_after)} if retry_after else None
+    message = message.encode("utf-8", "backslashreplace").decode()  # it may quote a client's lone surrogate
     body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
     return JSONResponse(body, status, headers=headers)
 
@@ -48,11 +50,11 @@ def content_text(content: object) -> object:
     return "".join(p["text"] for p in content)
 
 
-def parse_stop(stop: object, limit: int) -> list[str]:
+def parse_stop(stop: object) -> list[str]:
     stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
     if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(s, str) and s for s in stops):
         raise DialogueError(f"stop must be a string or a list of at most {MAX_STOPS} non-empty strings")
-    return [check_text(s, "stop string", limit) for s in stops]
+    return [check_text(s, "stop string", MAX_STOP_CHARS) for s in stops]
 
 
 def parse(chat: Chat, body: object) -> tuple[list, str, object, str, bool, list[str]]:
@@ -82,7 +84,7 @@ def parse(chat: Chat, body: object) -> tuple[list, str, object, str, bool, list[
     if not isinstance(model, str):
         raise DialogueError("model must be a string")
     model = "" if model not in chat.backends and len(chat.backends) == 1 else model
-    stop = parse_stop(body.get("stop"), chat.settings.max_message_chars)
+    stop = parse_stop(body.get("stop"))
     return turns, system or "", chat.params(**raw), model, bool(body.get("stream")), stop
 
 
@@ -129,18 +131,20 @@ async def until_done_or_gone(request: Request, work: Awaitable[Update]) -> Updat
 def openai_routes(chat: Chat) -> APIRouter:
     settings = chat.settings
 
-    def require_key(request: Request) -> None:
+    def denied(request: Request) -> JSONResponse | None:
         if settings.auth and not settings.api_key:
             message = "the OpenAI-compatible API is off: this server's page has a login; start it with --api-key KEY"
-            raise HTTPException(403, {"message": message, "type": "api_off"})
+            return error(403, message, "api_off")
         if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
-            message = "a valid API key is needed: Authorization: Bearer KEY"
-            raise HTTPException(401, {"message": message, "type": "invalid_api_key"})
+            return error(401, "a valid API key is needed: Authorization: Bearer KEY", "invalid_api_key")
+        return None
 
-    router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+    router = APIRouter(prefix="/v1")
 
     @router.get("/models")
-    def models() -> dict:
+    def models(request: Request):
+        if refusal := denied(request):
+            return refusal
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "starchat-playground"} for name in chat.backends
         ]
@@ -148,6 +152,8 @@ def openai_routes(chat: Chat) -> APIRouter:
 
     @router.post("/chat/completions")
     async def completions(request: Request):
+        if refusal := denied(request):
+            return refusal
         # JSON only: a cross-site form or text/plain POST (no CORS preflight) is refused.
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             return error(415, "the body must be JSON, with Content-Type: application/json")
@@ -164,7 +170,7 @@ def openai_routes(chat: Chat) -> APIRouter:
         first = await anext(updates)
         if first.error:
             await updates.aclose()
-            kind = "server_busy" if first.status == 429 else "invalid_request_error"
+            kind = "rate_limit_exceeded" if first.status == 429 else "invalid_request_error"
             return error(first.status, first.error, kind, first.retry_after)
         meta = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",

@@ -44,7 +44,12 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length", b"0")
+        headers = dict(scope["headers"])
+        if scope["method"] in ("POST", "PUT", "PATCH") and b"content-length" not in headers:
+            # A streamed (chunked) body would only be found too large once the app had written part
+            # of it somewhere; every client this server has (browsers, gradio_client, openai) sends a length.
+            return await respond(send, 411, "The request needs a Content-Length header.")
+        length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_bytes:
             return await respond(send, 413, self.message())
         received, started = 0, False
@@ -93,10 +98,11 @@ class LoginThrottle:
             wait = max(1, round(self.window - (now - times[0])))
             headers = {"Retry-After": str(wait)}
             return await respond(send, 429, f"Too many wrong logins. Try again in {wait} s.", headers)
+        times.append(now)  # counted as wrong until it succeeds, so parallel guesses count too
 
         async def watching_send(event):
-            if event["type"] == "http.response.start" and event["status"] >= 400:
-                times.append(time.monotonic())
+            if event["type"] == "http.response.start" and event["status"] < 400 and now in times:
+                times.remove(now)
             await send(event)
 
         await self.app(scope, receive, watching_send)
@@ -133,3 +139,50 @@ class LoginPageWithoutApi:
             await send({"type": "http.response.body", "body": body})
 
         await self.app(scope, receive, buffering_send)
+
+
+@dataclass
+class ForwardedClient:
+    """The client's address from X-Forwarded-For, but only when the peer is a trusted proxy.
+
+    `trusted` is a comma-separated list of proxy addresses, or "*" for "whatever proxy is in front"
+    (a Space). The address taken is the rightmost one that a trusted proxy did not add itself:
+    anything to its left was written by the client and proves nothing. With "*" only the peer is
+    trusted, so that is the last entry: the one the proxy appended.
+    """
+
+    app: ASGIApp
+    trusted: str
+
+    async def __call__(self, scope: Scope, receive, send) -> None:
+        proxies = {a.strip() for a in self.trusted.split(",") if a.strip() and a.strip() != "*"}
+        peer = (scope.get("client") or ("",))[0]
+        forwarded = dict(scope.get("headers", [])).get(b"x-forwarded-for")
+        if scope["type"] in ("http", "websocket") and forwarded and (self.trusted.strip() == "*" or peer in proxies):
+            hops = [h.strip() for h in forwarded.decode("latin-1").split(",") if h.strip()]
+            client = next((h for h in reversed(hops) if h not in proxies), hops[0] if hops else peer)
+            scope = {**scope, "client": (client, 0)}
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class NoOutsideImages:
+    """Pages may show images only from this server: a markdown image or an <img> in a reply that got
+    past the chat's own escaping would otherwise make every viewer's browser fetch an outside URL
+    (a way to leak a conversation). Scripts, styles and fonts are left as Gradio needs them."""
+
+    app: ASGIApp
+
+    async def __call__(self, scope: Scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def policy_send(event):
+            if event["type"] == "http.response.start":
+                kind = dict(event.get("headers", [])).get(b"content-type", b"")
+                if kind.startswith(b"text/html"):
+                    policy = (b"content-security-policy", b"img-src 'self' data: blob:; media-src 'self' data: blob:")
+                    event = {**event, "headers": [*event.get("headers", []), policy]}
+            await send(event)
+
+        await self.app(scope, receive, policy_send)

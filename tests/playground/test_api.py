@@ -75,7 +75,8 @@ def test_the_api_key_is_required(served):
     wrong = openai.OpenAI(base_url=served[0] + "v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
-    assert httpx.post(served[0] + "v1/chat/completions", json={}).status_code == 401
+    refused = httpx.post(served[0] + "v1/chat/completions", json={})
+    assert refused.status_code == 401 and refused.json()["error"]["type"] == "invalid_api_key"  # OpenAI's shape
 
 
 def test_a_client_that_goes_away_stops_generation(served, client, monkeypatch):
@@ -127,6 +128,9 @@ BAD_BODIES = [
     b"\xff\xfe not UTF-8",
     "[" * 100_000 + "]" * 100_000,
     "not json",
+    '{"messages": [{"role": "user", "content": "hi"}], "\\ud800": 1}',  # a lone surrogate in a field name
+    '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1' + "0" * 400 + "}",
+    json.dumps({"messages": [{"role": "user", "content": "hi"}], "stop": "x" * 201}),
 ]
 
 

@@ -269,3 +269,78 @@ def test_an_auth_without_user_and_password_is_refused_before_anything_loads(auth
         timeout=120,
     )
     assert run.returncode == 2 and "--auth takes USER:PASSWORD" in run.stderr
+
+
+def test_in_a_space_the_address_the_proxy_appended_counts_not_what_the_client_wrote(tiny_checkpoint, tmp_path):
+    """The client writes the left of X-Forwarded-For; the proxy in front appends the real address on the right."""
+    with serve_model(tiny_checkpoint, tmp_path, "--rate-limit", "2", "--trusted-proxies", "*") as (url, _):
+        body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        answers = [
+            httpx.post(
+                url + "v1/chat/completions", json=body, headers={"X-Forwarded-For": f"198.51.100.{i}, 203.0.113.9"}
+            )
+            for i in range(3)
+        ]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+
+
+def test_the_page_loads_no_outside_image_whatever_the_markdown(open_server):
+    url, _ = open_server
+    assert "img-src 'self'" in httpx.get(url).headers["content-security-policy"]
+    tricks = [
+        "![a\\]b](http://127.0.0.2:9/1.png)",
+        "x ![a[b]c](http://127.0.0.2:9/2.png)",
+        '\\`<img src="http://127.0.0.2:9/3.png">`',
+        'see ~~~<img src="http://127.0.0.2:9/4.png">~~~',
+    ]
+    playwright = pytest.importorskip("playwright.sync_api")
+    from tests.playground.test_ui_browser import CHROMIUM, FLAGS
+
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        outside = []  # (url, why it failed): no server listens there, so each ask fails one way or another
+        page.on("requestfailed", lambda request: outside.append((request.url, request.failure)))
+        page.goto(url)
+        page.locator("#max_new_tokens input[type=number]").fill("16")  # the tiny model's context is 256
+        page.locator("#max_new_tokens input[type=number]").press("Enter")
+        page.locator("#message textarea").fill("\n\n".join(tricks))
+        page.locator("#send").click()
+        page.wait_for_function("document.querySelectorAll('#chatbot [data-testid=user]').length == 1")
+        page.wait_for_timeout(500)  # give a stray image the time to be asked for
+        browser.close()
+    asked = [(url, why) for url, why in outside if "127.0.0.2" in url]
+    assert len(asked) == 4 and all(why == "csp" for _, why in asked), asked  # blocked by the page's policy
+
+
+def test_a_streamed_body_without_a_length_is_refused_before_anything_is_written(open_server):
+    import gradio.utils
+
+    url, _ = open_server
+    before = {p for p in Path(gradio.utils.get_upload_folder()).rglob("*")}
+
+    def chunks():
+        for _ in range(30):
+            yield b"x" * 100_000
+
+    boundary = b"--b\r\nContent-Disposition: form-data; name=files; filename=big.json\r\n\r\n"
+    upload = httpx.post(
+        url + "gradio_api/upload",
+        content=iter([boundary, *chunks(), b"\r\n--b--\r\n"]),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert upload.status_code == 411
+    assert {p for p in Path(gradio.utils.get_upload_folder()).rglob("*")} == before
+
+
+def test_parallel_wrong_logins_are_counted_too(tiny_checkpoint, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with serve_model(tiny_checkpoint, tmp_path, "--auth", "ada:lovelace") as (url, _), ThreadPoolExecutor(20) as pool:
+        codes = list(
+            pool.map(
+                lambda i: httpx.post(url + "login", data={"username": "ada", "password": f"g{i}"}).status_code,
+                range(20),
+            )
+        )
+    assert codes.count(400) <= 5 and codes.count(429) >= 15
