@@ -344,3 +344,15 @@ def test_parallel_wrong_logins_are_counted_too(tiny_checkpoint, tmp_path):
             )
         )
     assert codes.count(400) <= 5 and codes.count(429) >= 15
+
+
+def test_start_up_says_the_api_is_off_when_the_page_has_a_login(tiny_checkpoint, tmp_path):
+    from tests.conftest import start_app, stop_app
+
+    proc, url = start_app("--model", str(tiny_checkpoint), "--auth", "ada:lovelace", cache_dir=tmp_path)
+    try:
+        assert httpx.get(url + "v1/models").status_code == 403
+    finally:
+        stop_app(proc)
+    printed = proc.stdout.read()
+    assert "OpenAI API at /v1 is off: the page has --auth; give --api-key KEY to turn it on" in printed
