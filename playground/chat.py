@@ -163,7 +163,7 @@ class Chat:
             raise DialogueError("The message is empty.")
         return text
 
-    def check_conversation(self, history: object, system: object) -> None:
+    def check_conversation(self, history: object, system: object, last: str = "user") -> None:
         """Bounds what reaches the tokenizer: every turn, the system prompt and their sum."""
         limit = self.settings.max_message_chars
         check_text(system, "system prompt", limit)
@@ -177,7 +177,7 @@ class Chat:
             )
         for i, m in enumerate(history):
             check_text(m.get("content"), f"message {i}" if i < len(history) - 1 else "message", limit)
-        validate([{"role": "system", "content": system}, *history], last="user")
+        validate([{"role": "system", "content": system}, *history], last=last)
         total = len(system) + sum(len(m["content"]) for m in history)
         if total > self.settings.max_conversation_chars:
             raise DialogueError(
@@ -193,14 +193,17 @@ class Chat:
         model: str = "",
         client: str = "",
         stop: Sequence[str] = (),
+        continuing: bool = False,
     ) -> AsyncIterator[Update]:
         """Streams the assistant's reply to `history`, which ends with the user's message.
 
-        A reply is cut before the first of the `stop` strings, also when it spans streamed pieces.
+        `continuing`: `history` ends with a reply (cut at max new tokens) that goes on where it stopped;
+        the updates carry the whole reply. A reply is cut before the first of the `stop` strings, also
+        when it spans streamed pieces.
         """
         start = time.monotonic()
         try:
-            self.check_conversation(history, system)
+            self.check_conversation(history, system, "assistant" if continuing else "user")
             backend = self.backend(model)
             self.rate.check(client)
             release = self.admission.enter()
@@ -218,6 +221,9 @@ class Chat:
 
     async def _generate(self, backend, history, system, params, stop, start) -> AsyncIterator[Update]:
         messages = [{"role": "system", "content": system}, *history]
+        # A reply being continued: its text so far, and the conversation before it.
+        partial = history[-1]["content"] if history[-1]["role"] == "assistant" else None
+        history = history[:-1] if partial is not None else history
         try:  # tokenizing takes a while for long conversations: not on the event loop
             prompt = await anyio.to_thread.run_sync(backend.prepare, messages, params.max_new_tokens)
         except DialogueError as exc:
@@ -225,23 +231,24 @@ class Chat:
             return
         context, size = describe_context(prompt), len(prompt.input_ids)
         request = ChatRequest(messages, params)
-        generated = reply = ""
+        generated, reply = "", partial or ""
         first_token_s, finish = None, ""
         waiting = self.admission.slots.locked()
         yield Update(
-            [*history, {"role": "assistant", "content": ""}],
+            [*history, {"role": "assistant", "content": reply}],
             context + ("; waiting for a free slot" if waiting else ""),
             prompt_tokens=size,
         )
         async with self.admission.slots:
             if waiting:
-                yield Update([*history, {"role": "assistant", "content": ""}], context, prompt_tokens=size)
+                yield Update([*history, {"role": "assistant", "content": reply}], context, prompt_tokens=size)
             try:
                 async with aclosing(astream(backend, request)) as pieces:
                     async for piece in pieces:
                         generated += piece
-                        text = reply_text(generated)
-                        cut = min((i for s in stop if (i := text.find(s)) >= 0), default=-1)
+                        # A continued reply goes on from its last character: no newline to drop.
+                        text = partial + generated if partial is not None else reply_text(generated)
+                        cut = min((i for s in stop if (i := text.find(s, len(partial or ""))) >= 0), default=-1)
                         if cut >= 0:
                             reply, finish = text[:cut], "stop"
                             break
@@ -253,7 +260,7 @@ class Chat:
                                 [*history, {"role": "assistant", "content": reply}], context, prompt_tokens=size
                             )
                     else:
-                        reply = reply_text(generated)
+                        reply = partial + generated if partial is not None else reply_text(generated)
             except (BackendError, DialogueError) as exc:
                 kept = [*history, {"role": "assistant", "content": reply}] if reply else history
                 yield Update(kept, context, error=str(exc), status=502, prompt_tokens=size, finish="error")

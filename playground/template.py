@@ -105,6 +105,16 @@ def render(messages: Sequence[Message], add_generation_prompt: bool = True) -> s
     return "".join(p.text for p in pieces(messages, add_generation_prompt))
 
 
+def render_prompt(messages: Sequence[Message]) -> str:
+    """The prompt as text: for the next reply, or, when the last message is the assistant's, for more of it.
+
+    A reply being continued stays open: `<|assistant|>\n{partial}` with no `<|end|>` after it.
+    """
+    if messages and messages[-1]["role"] == "assistant":
+        return render(messages[:-1]) + "\n" + messages[-1]["content"]
+    return render(messages)
+
+
 def inert(text: str) -> str:
     """Control-token strings in a person's text, made inert for a server that tokenizes text itself.
 
@@ -182,18 +192,25 @@ class Prompt:
 def fit_to_context(tokenizer, messages: Sequence[Message], max_new_tokens: int, context_length: int) -> Prompt:
     """Encodes a conversation that ends with a user message, dropping the oldest whole turns.
 
+    A conversation that ends with an assistant message asks for more of that reply: the prompt
+    ends with it, open (as `render_prompt`), and it stays with the user message before it.
     The system prompt and the newest message always stay; if they alone leave no room for
     `max_new_tokens`, a ContextError says by how much.
     """
-    validate(messages, last="user")
+    continuing = bool(messages) and messages[-1]["role"] == "assistant"
+    validate(messages, last="assistant" if continuing else "user")
     system, turns = split_system(messages)
     head = encode_turn(tokenizer, "system", system)
+    tail = [control_ids(tokenizer)[ASSISTANT]]
+    if continuing:
+        tail += encode_text(tokenizer, "\n" + turns[-1]["content"])
+        turns = turns[:-1]
     blocks = [encode_turn(tokenizer, m["role"], m["content"]) for m in turns]
-    budget = context_length - max_new_tokens - 1  # the final <|assistant|>
+    budget = context_length - max_new_tokens - len(tail)
     fixed = len(head) + len(blocks[-1])
     if fixed > budget:
         raise ContextError(
-            f"The message is too long: with the system prompt it takes {fixed + 1} tokens and the reply "
+            f"The message is too long: with the system prompt it takes {fixed + len(tail)} tokens and the reply "
             f"may take {max_new_tokens}, but the model's context holds {context_length}. "
             "Shorten the message or lower 'max new tokens'."
         )
@@ -202,5 +219,5 @@ def fit_to_context(tokenizer, messages: Sequence[Message], max_new_tokens: int, 
     while total > budget:
         total -= len(blocks[start]) + len(blocks[start + 1])
         start += 2
-    input_ids = head + [i for b in blocks[start:] for i in b] + [control_ids(tokenizer)[ASSISTANT]]
+    input_ids = head + [i for b in blocks[start:] for i in b] + tail
     return Prompt(input_ids, start // 2, context_length, max_new_tokens)

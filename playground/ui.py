@@ -121,6 +121,7 @@ class Page:
     send: gr.Button
     stop: gr.Button
     retry: gr.Button
+    proceed: gr.Button  # Continue: shown under a reply cut at max new tokens
     undo: gr.Button
     clear: gr.Button
     model: gr.Dropdown
@@ -187,6 +188,7 @@ def layout(chat: Chat, describe) -> Page:
                     stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", visible=False)
                 with gr.Row():
                     retry = gr.Button("Retry", elem_id="retry")
+                    proceed = gr.Button("Continue", elem_id="continue", visible=False)
                     undo = gr.Button("Undo", elem_id="undo")
                     clear = gr.Button("Clear", elem_id="clear")
                 gr.Examples(EXAMPLES, inputs=textbox, label="Examples")
@@ -207,8 +209,8 @@ def layout(chat: Chat, describe) -> Page:
                     upload = gr.UploadButton("Load JSON", file_types=[".json"], elem_id="load")
                     file_text = gr.Textbox(visible=False)  # a conversation file's text, on its way in or out
         return Page(
-            blocks, info, chatbot, raw, context, textbox, send, stop, retry, undo, clear, model, system, samplers,
-            save, upload, file_text, gr.State([]), gr.State({}), gr.State(False), gr.State(""),
+            blocks, info, chatbot, raw, context, textbox, send, stop, retry, proceed, undo, clear, model, system,
+            samplers, save, upload, file_text, gr.State([]), gr.State({}), gr.State(False), gr.State(""),
         )  # fmt: skip
 
 
@@ -217,16 +219,21 @@ def wire(page: Page, chat: Chat, describe) -> None:
     replies: dict[str, Reply] = {}  # session -> its newest reply, for Stop
     turn = {p.state, p.notes, p.system, p.model, *p.samplers}  # a set: handlers get one dict of values
     locked = {p.send: gr.update(visible=False), p.stop: gr.update(visible=True), p.retry: gr.update(interactive=False)}
+    locked[p.proceed] = gr.update(visible=False)
     unlocked = {p.busy: False, p.send: gr.update(visible=True), p.stop: gr.update(visible=False)}
     unlocked[p.retry] = gr.update(interactive=True)
 
     def show(conversation: list[Message], notes: dict[int, str]) -> dict:
         return {p.chatbot: display_messages(conversation, notes), p.state: conversation, p.notes: notes,
-                p.raw: raw_json(conversation)}  # fmt: skip
+                p.raw: raw_json(conversation), p.proceed: gr.update(visible=False)}  # fmt: skip
 
-    async def run(values: dict, history: list[Message], request: gr.Request | None, **overrides) -> AsyncIterator:
-        """Streams one reply. Before any reply text, an error leaves the conversation as it was."""
-        before, notes = values[p.state], {i: n for i, n in values[p.notes].items() if i < len(history)}
+    async def run(
+        values: dict, history: list[Message], request: gr.Request | None, continuing: bool = False, **overrides
+    ) -> AsyncIterator:
+        """Streams one reply (or, `continuing`, more of the last one). Before it streams, an error leaves
+        the conversation as it was."""
+        kept = len(history) - continuing  # a continued reply gets a new note
+        before, notes = values[p.state], {i: n for i, n in values[p.notes].items() if i < kept}
         try:
             raw = {name: values[c] for name, c in zip(PARAM_NAMES, p.samplers, strict=True)}
             params = chat.params(**{**raw, **overrides})
@@ -238,9 +245,12 @@ def wire(page: Page, chat: Chat, describe) -> None:
         key, ended = session_of(request), False
         live = replies[key] = Reply(before, notes)
         try:
-            async for update in chat.respond(history, values[p.system], params, values[p.model], client_of(request)):
+            updates = chat.respond(
+                history, values[p.system], params, values[p.model], client_of(request), continuing=continuing
+            )
+            async for update in updates:
                 last = update
-                if update.error and update.conversation[-1]["role"] == "user":
+                if update.error and not update.finish:
                     gr.Warning(update.error)
                     yield {**show(before, values[p.notes]), p.context: update.context or gr.skip(), **unlocked,
                            "failed": True}  # fmt: skip
@@ -259,7 +269,7 @@ def wire(page: Page, chat: Chat, describe) -> None:
                 del replies[key]
         if last and last.error:
             gr.Warning(last.error)
-        yield unlocked
+        yield {**unlocked, p.proceed: gr.update(visible=bool(last) and last.finish == "length")}
 
     def take(message: str, busy: bool) -> dict:
         """Takes the message out of the box for sending; while a reply streams the box is left alone."""
@@ -308,6 +318,17 @@ def wire(page: Page, chat: Chat, describe) -> None:
             out.pop("failed", None)
             yield out
 
+    async def proceed(values: dict, request: gr.Request):
+        """Continue: the reply cut at max new tokens goes on in the same bubble."""
+        conversation = values[p.state]
+        if not conversation or conversation[-1]["role"] != "assistant":
+            yield unlocked
+            return
+        yield {p.busy: True, **locked}
+        async for out in run(values, conversation, request, continuing=True):
+            out.pop("failed", None)
+            yield out
+
     async def stopped(conversation: list[Message], notes: dict[int, str], request: gr.Request) -> dict:
         """Stop: the reply stays as far as it got, marked as stopped.
 
@@ -337,9 +358,9 @@ def wire(page: Page, chat: Chat, describe) -> None:
 
     private = {"api_visibility": "private"}
     p.model.change(describe, p.model, p.info, queue=False, **private)
-    shown = [p.chatbot, p.state, p.notes, p.raw, p.context]
+    shown = [p.chatbot, p.state, p.notes, p.raw, p.context, p.proceed]
     buttons = [p.busy, p.send, p.stop, p.retry]
-    took = [p.textbox, p.sent, *buttons]
+    took = [p.textbox, p.sent, p.proceed, *buttons]
     generating = [
         event(take, [p.textbox, p.busy], took, queue=False, js=TAKE_JS, **private).then(
             submit, {p.sent, p.textbox, *turn}, [*shown, *buttons, p.textbox], **private
@@ -349,6 +370,7 @@ def wire(page: Page, chat: Chat, describe) -> None:
     generating += [
         p.retry.click(retry, turn, [*shown, *buttons], **private),
         p.chatbot.edit(edit, turn, [*shown, *buttons], **private),
+        p.proceed.click(proceed, turn, [*shown, *buttons], **private),
     ]
     p.stop.click(None, cancels=generating, **private).then(stopped, [p.state, p.notes], [*shown, *buttons], **private)
     p.undo.click(undo, [p.state, p.notes], [*shown, p.textbox], queue=False, **private)
@@ -360,7 +382,10 @@ def wire(page: Page, chat: Chat, describe) -> None:
     )
     # The browser reads the uploaded file and sends its text: no event takes a path from a client.
     p.upload.upload(None, p.upload, p.file_text, js=READ_UPLOAD_JS).then(
-        load, [p.file_text, p.state, p.system], [p.chatbot, p.state, p.system, p.notes, p.raw, p.context], **private
+        load,
+        [p.file_text, p.state, p.system],
+        [p.chatbot, p.state, p.system, p.notes, p.raw, p.context, p.proceed],
+        **private,
     )
 
 

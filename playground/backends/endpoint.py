@@ -27,7 +27,7 @@ from playground.template import (
     control_ids,
     fit_to_context,
     inert_messages,
-    render,
+    render_prompt,
     split_system,
 )
 
@@ -88,11 +88,11 @@ class EndpointBackend:
         system, turns = split_system(request.messages)
         kept = [{"role": "system", "content": system}, *turns[2 * prompt.dropped_turns :]]
         if self.protocol == "tgi":
-            pieces = self.tgi(render(inert_messages(kept)), request.params, request.outcome)
+            pieces = self.tgi(render_prompt(inert_messages(kept)), request.params, request.outcome)
         elif self.protocol == "openai":
             pieces = self.completions(prompt.input_ids, request.params, request.outcome)
         else:
-            pieces = self.completions(render(inert_messages(kept)), request.params, request.outcome)
+            pieces = self.completions(render_prompt(inert_messages(kept)), request.params, request.outcome)
         try:
             with closing(pieces):
                 for piece in pieces:

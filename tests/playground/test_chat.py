@@ -17,9 +17,11 @@ def chat(tiny_checkpoint) -> Chat:
     return Chat({"tiny": LocalBackend.from_pretrained(str(tiny_checkpoint))}, Settings.from_args([], env={}))
 
 
-def run(chat, history, **params):
+def run(chat, history, continuing=False, **params):
     async def collect():
-        return [u async for u in chat.respond(history, "system", SamplingParams(max_new_tokens=16, **params))]
+        params.setdefault("max_new_tokens", 16)
+        updates = chat.respond(history, "system", SamplingParams(**params), continuing=continuing)
+        return [u async for u in updates]
 
     return asyncio.run(collect())
 
@@ -79,3 +81,13 @@ def test_conversation_files_round_trip():
 def test_bad_conversation_files_are_refused_with_a_reason(text):
     with pytest.raises(DialogueError):
         import_conversation(text)
+
+
+def test_continue_extends_the_same_reply(chat):
+    cut = run(chat, [{"role": "user", "content": "hi"}], seed=3, temperature=0, max_new_tokens=2)
+    assert cut[-1].finish == "length"
+    partial = cut[-1].conversation[-1]["content"]
+    more = run(chat, cut[-1].conversation, continuing=True, seed=3, temperature=0, max_new_tokens=4)
+    assert more[0].conversation[-1] == {"role": "assistant", "content": partial}  # the same bubble, from the start
+    assert more[-1].conversation[-1]["content"].startswith(partial) and len(more[-1].conversation) == 2
+    assert more[-1].finish in ("stop", "length") and more[-1].tokens >= 1

@@ -12,6 +12,7 @@ from playground.template import (
     encode_text,
     fit_to_context,
     render,
+    render_prompt,
     stop_ids,
     validate,
 )
@@ -179,3 +180,20 @@ def test_the_checkpoint_chat_template_keeps_typed_control_strings_inert(tokenize
     assert counts == {"<|system|>": 1, "<|user|>": 2, "<|assistant|>": 2, "<|end|>": 4, "<|endoftext|>": 0}
     # Still there, visible as typed (a zero-width space after each `<`).
     assert tokenizer.decode(ids).replace("\u200b", "").count(attack) == 3
+
+
+def test_a_reply_cut_short_is_continued_open_where_it_stopped(tokenizer):
+    """Continue: the prompt ends with the partial reply, with no <|end|>, so the model goes on with it."""
+    cut = [SYSTEM, TURNS[0], {"role": "assistant", "content": "def f(x):"}]
+    assert render_prompt(cut) == render(cut[:-1]) + "\ndef f(x):"
+    assert render_prompt(cut).endswith("<|user|>\nu1<|end|>\n<|assistant|>\ndef f(x):")
+    assert render_prompt(cut[:-1]) == render(cut[:-1])  # a next reply, as before
+    prompt = fit_to_context(tokenizer, cut, 16, 256)
+    assert prompt.input_ids == encode(tokenizer, cut[:-1]) + encode_text(tokenizer, "\ndef f(x):")
+    # Turns are dropped whole from the front; the partial reply and its question stay.
+    long = [SYSTEM, *TURNS, {"role": "assistant", "content": "Use sorted()."}]
+    fitted = fit_to_context(tokenizer, long, 200, len(encode(tokenizer, long[:-1])) + 200)
+    assert fitted.dropped_turns >= 1
+    assert fitted.input_ids[-len(encode_text(tokenizer, "\nUse sorted().")) :] == encode_text(
+        tokenizer, "\nUse sorted()."
+    )

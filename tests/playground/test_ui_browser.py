@@ -1,5 +1,7 @@
 """The playground in headless Debian Chromium, driven by Playwright as a person would use it."""
 
+import json
+
 import pytest
 
 from tests.conftest import generating, local_and_remote, serve, serve_model, slow_model, wait_until_idle
@@ -307,3 +309,27 @@ def test_every_reply_says_how_it_went(app, page, monkeypatch):
     page.wait_for_function("document.querySelector('#message textarea').value.startsWith('A question')")
     assert page.locator(BOTS).count() == 3 and page.locator("#chatbot [data-testid=user]").count() == 3
     assert page.locator("#send").is_visible()
+
+
+def test_a_reply_cut_at_max_new_tokens_continues_in_the_same_bubble(app, page, monkeypatch):
+    url, chat = app
+    slow_model(chat, monkeypatch, delay=0.0, endless=True)
+    page.goto(url)
+    assert page.locator("#continue").is_hidden()
+    set_max_new_tokens(page, 12)
+    ask(page, "Write a long explanation of Python lists.")
+    page.wait_for_function(f"document.querySelector('{NOTES}')?.innerText.includes('cut at max new tokens')")
+    page.locator("#continue").wait_for(state="visible")
+    cut = json.loads(page.locator("#raw-conversation textarea").input_value())[-1]["content"]
+
+    page.locator("#continue").click()
+    page.wait_for_function(
+        "(cut) => { const raw = JSON.parse(document.querySelector('#raw-conversation textarea').value);"
+        " return raw.at(-1).content.length > cut.length; }",
+        arg=cut,
+    )
+    page.wait_for_function(f"document.querySelector('{NOTES}')?.innerText.includes('12 tokens')")
+    raw = json.loads(page.locator("#raw-conversation textarea").input_value())
+    assert len(raw) == 2 and raw[-1]["content"].startswith(cut)  # the same reply, longer
+    assert page.locator(BOTS).count() == 1 and page.locator(NOTES).count() == 1
+    page.locator("#continue").wait_for(state="visible")  # cut again: it can go on again
