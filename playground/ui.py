@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -37,6 +38,21 @@ DOWNLOAD_JS = """(text) => {
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
 }"""
+# How to reach the page from code; the browser puts in the address it is on.
+API_SNIPPET = """# The page's own chat, streamed (pip install gradio_client)
+from gradio_client import Client
+
+print(Client("PAGE_URL/").predict("How do I reverse a list in Python?", [], api_name="/chat"))
+
+# The OpenAI-compatible API (pip install openai)
+from openai import OpenAI
+
+client = OpenAI(base_url="PAGE_URL/v1", api_key="none")
+reply = client.chat.completions.create(
+    model="MODEL", messages=[{"role": "user", "content": "How do I reverse a list in Python?"}]
+)
+print(reply.choices[0].message.content)
+"""
 READ_UPLOAD_JS = "async (file) => file ? await (await fetch(file.url)).text() : ''"
 # The box is emptied in the browser the moment a message is sent, so that what is typed next stays;
 # while a reply streams (Send is then hidden) nothing is taken.
@@ -103,7 +119,14 @@ PAGE_JS = """() => {
     };
   }
 }"""
-PAGE_CSS = ".reply-note { font-size: var(--text-sm); color: var(--body-text-color-subdued); }"
+PAGE_CSS = """
+.reply-note { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
+/* A phone: the conversation leaves room for the message box on the first screen. */
+@media (max-width: 640px) {
+  #chatbot { height: 45vh !important; min-height: 200px; }
+  #model-info { font-size: var(--text-sm); }
+}
+"""
 
 PARAM_NAMES = ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "seed")
 
@@ -176,22 +199,32 @@ def layout(chat: Chat, describe) -> Page:
                     height=520,
                     editable="user",
                     buttons=["copy", "copy_all"],
-                    placeholder="Ask a coding question. Edit one of your messages to regenerate from there.",
+                    placeholder="Ask a coding question or pick an example. Edit a message to regenerate from there.",
+                    examples=[{"text": example} for example in EXAMPLES],
                 )
                 raw = gr.Textbox("[]", visible="hidden", elem_id="raw-conversation")
                 context = gr.Markdown(elem_id="context")
                 with gr.Row():
+                    # One line that grows: Enter sends, Shift+Enter adds a line (Gradio's rule for lines=1).
                     textbox = gr.Textbox(
-                        show_label=False, placeholder="Ask a coding question…", lines=2, scale=6, elem_id="message"
+                        show_label=False,
+                        placeholder="Ask a coding question… (Enter sends, Shift+Enter adds a line)",
+                        lines=1,
+                        max_lines=12,
+                        scale=6,
+                        min_width=120,
+                        elem_id="message",
                     )
-                    send = gr.Button("Send", variant="primary", scale=1, elem_id="send")
-                    stop = gr.Button("Stop", variant="stop", scale=1, elem_id="stop", visible=False)
-                with gr.Row():
-                    retry = gr.Button("Retry", elem_id="retry")
-                    proceed = gr.Button("Continue", elem_id="continue", visible=False)
-                    undo = gr.Button("Undo", elem_id="undo")
-                    clear = gr.Button("Clear", elem_id="clear")
-                gr.Examples(EXAMPLES, inputs=textbox, label="Examples")
+                    send = gr.Button(
+                        "Send", variant="primary", scale=1, min_width=70, elem_id="send", interactive=False
+                    )
+                    stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="stop", visible=False)
+                with gr.Row(equal_height=True):
+                    small = {"size": "sm", "min_width": 60}  # a row of four on a phone, not four full-width rows
+                    retry = gr.Button("Retry", elem_id="retry", **small)
+                    proceed = gr.Button("Continue", elem_id="continue", visible=False, **small)
+                    undo = gr.Button("Undo", elem_id="undo", **small)
+                    clear = gr.Button("Clear", elem_id="clear", **small)
             with gr.Column(scale=1):
                 model = gr.Dropdown(names, value=names[0], label="Model", elem_id="model", visible=len(names) > 1)
                 system = gr.Textbox(label="System prompt", lines=4, elem_id="system")
@@ -208,6 +241,12 @@ def layout(chat: Chat, describe) -> Page:
                     save = gr.Button("Save as JSON", elem_id="save")
                     upload = gr.UploadButton("Load JSON", file_types=[".json"], elem_id="load")
                     file_text = gr.Textbox(visible=False)  # a conversation file's text, on its way in or out
+                with gr.Accordion("Use from code: /chat and /v1", open=False, elem_id="use-from-code"):
+                    snippet = gr.Code(API_SNIPPET.replace("MODEL", names[0]), language="python", elem_id="api-snippet")
+        blocks.load(
+            None, None, snippet, js=f"() => {json.dumps(API_SNIPPET.replace('MODEL', names[0]))}"
+            ".replaceAll('PAGE_URL/', new URL('.', location.href).href)"
+        )  # fmt: skip
         return Page(
             blocks, info, chatbot, raw, context, textbox, send, stop, retry, proceed, undo, clear, model, system,
             samplers, save, upload, file_text, gr.State([]), gr.State({}), gr.State(False), gr.State(""),
@@ -329,6 +368,10 @@ def wire(page: Page, chat: Chat, describe) -> None:
             out.pop("failed", None)
             yield out
 
+    def pick(example: gr.SelectData) -> str:
+        """An example from the empty chatbot goes to the box, to be read (and changed) before sending."""
+        return example.value["text"]
+
     async def stopped(conversation: list[Message], notes: dict[int, str], request: gr.Request) -> dict:
         """Stop: the reply stays as far as it got, marked as stopped.
 
@@ -373,6 +416,10 @@ def wire(page: Page, chat: Chat, describe) -> None:
         p.proceed.click(proceed, turn, [*shown, *buttons], **private),
     ]
     p.stop.click(None, cancels=generating, **private).then(stopped, [p.state, p.notes], [*shown, *buttons], **private)
+    # Send is for a message: disabled on an empty box.
+    p.textbox.change(lambda text: gr.update(interactive=bool(text.strip())), p.textbox, p.send, queue=False,
+                     show_progress="hidden", **private)  # fmt: skip
+    p.chatbot.example_select(pick, None, p.textbox, queue=False, **private)
     p.undo.click(undo, [p.state, p.notes], [*shown, p.textbox], queue=False, **private)
     for clearing in (p.clear.click, p.chatbot.clear):  # our button and the chatbot's own trash icon
         clearing(lambda: {**show([], {}), p.context: ""}, None, shown, queue=False, **private)

@@ -206,6 +206,7 @@ def ask(page, text: str) -> None:
 def set_max_new_tokens(page, value: int) -> None:
     page.locator("#max_new_tokens input[type=number]").fill(str(value))
     page.locator("#max_new_tokens input[type=number]").press("Enter")
+    page.wait_for_function(f"document.querySelector('#max_new_tokens input[type=range]').value === '{value}'")
 
 
 def test_typing_while_a_reply_streams_loses_nothing(app, page, monkeypatch):
@@ -333,3 +334,57 @@ def test_a_reply_cut_at_max_new_tokens_continues_in_the_same_bubble(app, page, m
     assert len(raw) == 2 and raw[-1]["content"].startswith(cut)  # the same reply, longer
     assert page.locator(BOTS).count() == 1 and page.locator(NOTES).count() == 1
     page.locator("#continue").wait_for(state="visible")  # cut again: it can go on again
+
+
+def test_keys_examples_and_the_way_in_from_code(app, clipboard_page, monkeypatch):
+    url, chat = app
+    page = clipboard_page
+    page.set_viewport_size({"width": 1280, "height": 900})
+    slow_model(chat, monkeypatch, delay=0.0, endless=False)
+    page.goto(url)
+    box, send = page.locator("#message textarea"), page.locator("#send")
+    assert "Enter sends, Shift+Enter adds a line" in box.get_attribute("placeholder")
+    assert send.is_disabled() and page.locator("#stop").is_hidden()  # nothing to send, nothing to stop
+
+    # The examples are on the first screen; one goes to the box, to be read before it is sent.
+    examples = page.locator("#chatbot button.example")
+    assert examples.count() == 4
+    assert all(b["y"] + b["height"] <= 900 for b in (e.bounding_box() for e in examples.all()))
+    examples.nth(2).click()
+    page.wait_for_function("document.querySelector('#message textarea').value === 'How do I reverse a list in Python?'")
+    page.wait_for_function("!document.querySelector('#send').disabled")
+
+    # Shift+Enter adds a line, Enter sends.
+    box.press("End")
+    box.press("Shift+Enter")
+    box.press_sequentially("Show an example.")
+    assert box.input_value() == "How do I reverse a list in Python?\nShow an example."
+    assert page.locator("#chatbot [data-testid=user]").count() == 0
+    box.press("Enter")
+    wait_for_stable_reply(page, 1)
+    assert "Show an example." in page.locator("#chatbot [data-testid=user]").inner_text()
+    assert box.input_value() == ""
+    page.wait_for_function("document.querySelector('#send').disabled")
+
+    # From code: the snippet names this page's address; copied, it runs.
+    page.get_by_text("Use from code").click()
+    page.locator("#api-snippet button[aria-label='Copy']").click()
+    snippet = page.evaluate("navigator.clipboard.readText()")
+    assert f'Client("{url}")' in snippet and f'base_url="{url}v1"' in snippet and 'api_name="/chat"' in snippet
+    exec(compile(snippet, "snippet", "exec"), {"print": lambda *args: None})
+
+
+def test_on_a_phone_the_message_box_is_on_the_first_screen(app):
+    url, _ = app
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        page.goto(url)
+        box = page.locator("#message textarea").bounding_box()
+        send = page.locator("#send").bounding_box()
+        assert box["y"] + box["height"] <= 844 and send["y"] + send["height"] <= 844
+        assert send["x"] > box["x"] + box["width"] - 1  # beside the box, not under it
+        buttons = [page.locator(f"#{name}").bounding_box() for name in ("retry", "undo", "clear")]
+        assert len({round(b["y"]) for b in buttons}) == 1  # one row, not three full-width ones
+        assert all(b["width"] < 390 / 2 for b in buttons)
+        browser.close()
