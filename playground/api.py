@@ -16,8 +16,8 @@ from contextlib import aclosing, suppress
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from playground.backends import ParamError
 from playground.chat import Chat, Update, check_text
+from playground.sampling import ParamError
 from playground.template import DialogueError, split_system
 
 SAMPLING = {"temperature", "top_p", "seed", "top_k", "repetition_penalty"}  # the last two are ours

@@ -8,13 +8,15 @@ from fastapi import FastAPI
 from playground.api import openai_routes
 from playground.backends import load_backends
 from playground.chat import Chat
+from playground.demo import demo_checkpoint
 from playground.guards import BodyLimit, ForwardedClient, LoginPageWithoutApi, LoginThrottle, NoOutsideImages
 from playground.settings import Settings
 from playground.ui import PAGE_CSS, PAGE_JS, build_ui
 
 
 def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
-    chat = Chat(load_backends(settings), settings)
+    # The app, not the backends, knows the default model: the offline demo, built on first use.
+    chat = Chat(load_backends(settings, default_model=lambda: demo_checkpoint(settings.cache_dir)), settings)
     # Chat.respond admits and queues every generation itself (one budget for the page and the APIs),
     # so Gradio's own queue only bounds what is in flight.
     demo = build_ui(chat).queue(max_size=chat.concurrency + settings.queue_size, default_concurrency_limit=None)

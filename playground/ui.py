@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from playground.backends import PARAM_RANGES, ParamError, SamplingParams
 from playground.chat import Chat, Update, export_conversation, import_conversation
 from playground.display import ENDINGS, display_messages, raw_json, reply_note
+from playground.sampling import PARAM_RANGES, ParamError, SamplingParams
 from playground.template import DialogueError, Message
 
 EXAMPLES = [

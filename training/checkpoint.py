@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 from transformers import GenerationConfig
 
-from playground.backends import SamplingParams
+from playground.sampling import SamplingParams
 from playground.template import EOS, control_ids, stop_ids
 
 

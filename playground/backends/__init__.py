@@ -2,87 +2,20 @@
 
 from __future__ import annotations
 
-import math
 import threading
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field, fields
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import anyio
 
+from playground.sampling import SamplingParams
 from playground.template import Message, Prompt
 
 
 class BackendError(RuntimeError):
     """Something went wrong while answering; the message is shown to the person as it is."""
-
-
-class ParamError(ValueError):
-    """A sampling parameter that the server will not take; the message says which and why."""
-
-
-# name -> (type, low, high); the sliders use the same ranges, API callers meet them here.
-PARAM_RANGES: dict[str, tuple[type, float, float]] = {
-    "temperature": (float, 0.0, 2.0),
-    "top_p": (float, 0.01, 1.0),
-    "top_k": (int, 0, 1000),
-    "max_new_tokens": (int, 1, 8192),
-    "repetition_penalty": (float, 1.0, 2.0),
-    "seed": (int, -1, 2**31 - 1),
-}
-
-
-MIN_TEMPERATURE = 0.01
-
-
-def number(value: float) -> str:
-    """A number as people write it: 2147483647, 0.95, 1e-300 (not 2.14748e+09)."""
-    return str(int(value)) if float(value).is_integer() and abs(value) < 1e16 else repr(float(value))
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """The card's defaults. temperature 0 means greedy; top_k 0 means no top-k; seed -1 is random."""
-
-    temperature: float = 0.2
-    top_p: float = 0.95
-    top_k: int = 50
-    max_new_tokens: int = 512
-    repetition_penalty: float = 1.2
-    seed: int = -1
-
-    @classmethod
-    def parse(cls, max_new_tokens_limit: int | None = None, **raw: object) -> SamplingParams:
-        """Checks values that may come from anyone (API callers bypass the sliders)."""
-        unknown = set(raw) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ParamError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
-        values = {}
-        for name, value in raw.items():
-            if value is None:
-                continue
-            kind, low, high = PARAM_RANGES[name]
-            if name == "max_new_tokens" and max_new_tokens_limit is not None:
-                high = min(high, max_new_tokens_limit)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ParamError(f"{name} must be a number, got {value!r}")
-            if isinstance(value, int) and abs(value) > 2**53:  # beyond every range, and beyond a float
-                raise ParamError(
-                    f"{name} must be between {number(low)} and {number(high)}, got a {value.bit_length()}-bit number"
-                )
-            if not math.isfinite(value):
-                raise ParamError(f"{name} must be a finite number, got {value!r}")
-            if kind is int:
-                if value != int(value):
-                    raise ParamError(f"{name} must be a whole number, got {value!r}")
-                value = int(value)
-            if not low <= value <= high:
-                raise ParamError(f"{name} must be between {number(low)} and {number(high)}, got {number(value)}")
-            if name == "temperature" and 0 < value < MIN_TEMPERATURE:  # dividing by it overflows the logits
-                raise ParamError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {number(value)}")
-            values[name] = kind(value)
-        return cls(**values)
 
 
 @dataclass
@@ -164,10 +97,9 @@ async def astream(backend: Backend, request: ChatRequest) -> AsyncIterator[str]:
             await anyio.to_thread.run_sync(close)
 
 
-def load_backend(settings) -> Backend:
-    """The backend `settings` ask for; with no --model, the offline demo checkpoint."""
+def load_backend(settings, default_model: Callable[[], str | Path] | None = None) -> Backend:
+    """The backend `settings` ask for; with no --model, the folder `default_model` gives (the app's demo)."""
     from playground.backends.local import LocalBackend
-    from playground.demo import demo_checkpoint
 
     if settings.backend == "endpoint":
         from playground.backends.endpoint import EndpointBackend
@@ -180,7 +112,9 @@ def load_backend(settings) -> Backend:
             settings.endpoint_timeout,
             settings.endpoint_model,
         )
-    model = settings.model or str(demo_checkpoint(settings.cache_dir))
+    if not settings.model and default_model is None:
+        raise ValueError("no model given: pass --model ID_OR_PATH")
+    model = settings.model or str(default_model())
     return LocalBackend.from_pretrained(
         model, settings.quantize, demo=not settings.model, engine=settings.engine, slots=settings.batch_slots
     )
@@ -198,10 +132,10 @@ MODEL_KEYS = {
 }
 
 
-def load_backends(settings) -> dict[str, Backend]:
+def load_backends(settings, default_model: Callable[[], str | Path] | None = None) -> dict[str, Backend]:
     """Display name -> backend: the models file's entries in order, or the one model of the flags."""
     if not settings.models_file:
-        backend = load_backend(settings)
+        backend = load_backend(settings, default_model)
         return {backend.info.model: backend}
     import dataclasses
 
@@ -215,5 +149,5 @@ def load_backends(settings) -> dict[str, Backend]:
         if not isinstance(entry, dict) or "name" not in entry or set(entry) - MODEL_KEYS - {"name"}:
             raise ValueError(f"{settings.models_file}: entry {i} needs a name and only the keys {sorted(MODEL_KEYS)}")
         overrides = {k: v for k, v in entry.items() if k != "name"}
-        backends[str(entry["name"])] = load_backend(dataclasses.replace(settings, **overrides))
+        backends[str(entry["name"])] = load_backend(dataclasses.replace(settings, **overrides), default_model)
     return backends

@@ -5,8 +5,9 @@ import time
 
 import pytest
 
-from playground.backends import BackendError, ChatRequest, ParamError, SamplingParams
+from playground.backends import BackendError, ChatRequest, SamplingParams
 from playground.backends.local import LocalBackend, quantization_config
+from playground.sampling import ParamError
 from playground.template import CONTROL_TOKENS, ContextError
 
 
