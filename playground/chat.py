@@ -44,15 +44,28 @@ class Update:
     seconds: float = 0.0  # from the request's arrival to the end
 
 
+# Tokens a reply at the slider's top still leaves for the system prompt and a short message.
+PROMPT_ROOM = 128
+
+
 def describe_context(prompt: Prompt) -> str:
-    share = 100 * prompt.used / prompt.context_length
+    """The context's two shares: what the prompt takes, and what is reserved for the reply."""
+    size, reply, whole = len(prompt.input_ids), prompt.max_new_tokens, prompt.context_length
     text = (
-        f"Context: {len(prompt.input_ids)} prompt tokens + up to {prompt.max_new_tokens} new "
-        f"of {prompt.context_length} ({share:.0f}%)"
+        f"Context: {size} prompt tokens ({100 * size / whole:.0f}%) + up to {reply} reply tokens "
+        f"reserved ({100 * reply / whole:.0f}%) of {whole}"
     )
     if prompt.dropped_turns:
         text += f"; the {prompt.dropped_turns} oldest turn(s) are left out to fit"
     return text
+
+
+def describe_budget(context_length: int, max_new_tokens: int) -> str:
+    """The context line before a prompt exists: the reply's reserve, the rest for the prompt."""
+    return (
+        f"Context: up to {max_new_tokens} reply tokens reserved ({100 * max_new_tokens / context_length:.0f}%) "
+        f"of {context_length}; the prompt may take the other {context_length - max_new_tokens}"
+    )
 
 
 class Refused(DialogueError):
@@ -153,6 +166,11 @@ class Chat:
         if not isinstance(name, str) or name not in self.backends:
             raise DialogueError(f"Unknown model {name!r}; this server has: {', '.join(self.backends)}.")
         return self.backends[name]
+
+    def reply_limit(self, model: str = "") -> int:
+        """The largest max_new_tokens worth offering for `model`: what its context leaves a short prompt."""
+        context = self.backend(model).info.context_length
+        return max(1, min(self.settings.max_new_tokens_limit, context - PROMPT_ROOM))
 
     def params(self, **raw: object) -> SamplingParams:
         return SamplingParams.parse(max_new_tokens_limit=self.settings.max_new_tokens_limit, **raw)

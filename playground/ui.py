@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from playground.chat import Chat, Update, export_conversation, import_conversation
+from playground.chat import Chat, Update, describe_budget, export_conversation, import_conversation
 from playground.display import ENDINGS, display_messages, raw_json, reply_note
 from playground.sampling import PARAM_RANGES, ParamError, SamplingParams
 from playground.template import DialogueError, Message
@@ -182,11 +182,10 @@ def layout(chat: Chat, describe) -> Page:
 
     def slider(name: str, label: str, step: float, info: str = "") -> gr.Slider:
         _, low, high = PARAM_RANGES[name]
-        if name == "max_new_tokens":
-            high = min(high, chat.settings.max_new_tokens_limit)
-        return gr.Slider(
-            low, high, value=getattr(defaults, name), step=step, label=label, info=info or None, elem_id=name
-        )
+        if name == "max_new_tokens":  # what the first model's context leaves a prompt
+            high = chat.reply_limit(names[0])
+        value = min(getattr(defaults, name), high)
+        return gr.Slider(low, high, value=value, step=step, label=label, info=info or None, elem_id=name)
 
     with gr.Blocks(title="StarChat Playground") as blocks:
         gr.Markdown("# StarChat Playground")
@@ -203,7 +202,9 @@ def layout(chat: Chat, describe) -> Page:
                     examples=[{"text": example} for example in EXAMPLES],
                 )
                 raw = gr.Textbox("[]", visible="hidden", elem_id="raw-conversation")
-                context = gr.Markdown(elem_id="context")
+                first = chat.backend(names[0]).info.context_length
+                reply = min(defaults.max_new_tokens, chat.reply_limit())
+                context = gr.Markdown(describe_budget(first, reply), elem_id="context")  # before the first send
                 with gr.Row():
                     # One line that grows: Enter sends, Shift+Enter adds a line (Gradio's rule for lines=1).
                     textbox = gr.Textbox(
@@ -400,7 +401,16 @@ def wire(page: Page, chat: Chat, describe) -> None:
         return {**show(loaded, {}), p.system: loaded_system}
 
     private = {"api_visibility": "private"}
-    p.model.change(describe, p.model, p.info, queue=False, **private)
+
+    def pick_model(name: str, max_new_tokens: int) -> dict:
+        """Another model: its description, and a reply limit that fits its context."""
+        limit = chat.reply_limit(name)
+        reply = min(max_new_tokens, limit)
+        context = describe_budget(chat.backend(name).info.context_length, reply)
+        return {p.info: describe(name), max_new: gr.update(maximum=limit, value=reply), p.context: context}
+
+    max_new = p.samplers[PARAM_NAMES.index("max_new_tokens")]
+    p.model.change(pick_model, [p.model, max_new], [p.info, max_new, p.context], queue=False, **private)
     shown = [p.chatbot, p.state, p.notes, p.raw, p.context, p.proceed]
     buttons = [p.busy, p.send, p.stop, p.retry]
     took = [p.textbox, p.sent, p.proceed, *buttons]

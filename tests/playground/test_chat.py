@@ -31,6 +31,13 @@ def test_a_turn_streams_updates_ending_with_the_reply(chat):
     assert updates[0].conversation[-1] == {"role": "assistant", "content": ""}
     assert updates[-1].error is None and updates[-1].conversation[-1]["role"] == "assistant"
     assert "prompt tokens" in updates[-1].context and "of 256" in updates[-1].context
+    assert "up to 16 reply tokens reserved (6%)" in updates[-1].context  # the two shares, apart
+
+
+def test_the_reply_limit_leaves_the_prompt_room_in_the_models_context(chat):
+    assert chat.reply_limit() == 256 - 128  # not the server's 2048
+    updates = run(chat, [{"role": "user", "content": "hi"}], max_new_tokens=chat.reply_limit())
+    assert updates[-1].error is None
     assert not updates[-1].conversation[-1]["content"].startswith("\n")  # the format's newline is not shown
 
 

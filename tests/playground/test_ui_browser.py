@@ -303,8 +303,8 @@ def test_every_reply_says_how_it_went(app, page, monkeypatch):
     assert wait_until_idle()
 
     # An error is a notice: no reply bubble, nothing added to the conversation, the message kept.
-    set_max_new_tokens(page, 2048)
-    ask(page, "A question that leaves no room for the reply")
+    set_max_new_tokens(page, int(page.locator("#max_new_tokens input[type=range]").get_attribute("max")))
+    ask(page, "A question that leaves no room for the reply, " + "really " * 300)
     page.wait_for_selector('[data-testid="toast-body"]')
     assert "too long" in page.locator('[data-testid="toast-body"]').first.inner_text()
     page.wait_for_function("document.querySelector('#message textarea').value.startsWith('A question')")
@@ -388,3 +388,21 @@ def test_on_a_phone_the_message_box_is_on_the_first_screen(app):
         assert len({round(b["y"]) for b in buttons}) == 1  # one row, not three full-width ones
         assert all(b["width"] < 390 / 2 for b in buttons)
         browser.close()
+
+
+def test_the_reply_limit_fits_the_model_and_the_context_is_shown_before_sending(app, page, monkeypatch):
+    url, chat = app
+    slow_model(chat, monkeypatch, delay=0.0, endless=False)
+    page.goto(url)
+    before = page.locator("#context").inner_text()
+    assert "up to 512 reply tokens reserved (50%) of 1024" in before  # before the first send
+
+    # At the slider's top a short question still fits: the range follows the model's context.
+    top = int(page.locator("#max_new_tokens input[type=range]").get_attribute("max"))
+    assert top < 1024
+    set_max_new_tokens(page, top)
+    ask(page, "How do I reverse a list in Python?")
+    page.wait_for_function(f"document.querySelectorAll('{NOTES}').length == 1")
+    assert page.locator('[data-testid="toast-body"]').count() == 0
+    after = page.locator("#context").inner_text()
+    assert "prompt tokens" in after and f"up to {top} reply tokens reserved" in after
