@@ -268,10 +268,15 @@ def wire(page: Page, chat: Chat, describe) -> None:
                 p.raw: raw_json(conversation), p.proceed: gr.update(visible=False)}  # fmt: skip
 
     async def run(
-        values: dict, history: list[Message], request: gr.Request | None, continuing: bool = False, **overrides
+        values: dict,
+        history: list[Message],
+        request: gr.Request | None,
+        continuing: bool = False,
+        restore: dict | None = None,
+        **overrides,
     ) -> AsyncIterator:
         """Streams one reply (or, `continuing`, more of the last one). Before it streams, an error leaves
-        the conversation as it was."""
+        the conversation as it was, with the `restore` outputs (the message back in its box)."""
         kept = len(history) - continuing  # a continued reply gets a new note
         before, notes = values[p.state], {i: n for i, n in values[p.notes].items() if i < kept}
         try:
@@ -279,7 +284,7 @@ def wire(page: Page, chat: Chat, describe) -> None:
             params = chat.params(**{**raw, **overrides})
         except ParamError as exc:
             gr.Warning(str(exc))
-            yield {**show(before, values[p.notes]), **unlocked, "failed": True}
+            yield {**show(before, values[p.notes]), **unlocked, **(restore or {})}
             return
         last: Update | None = None
         key, ended = session_of(request), False
@@ -293,7 +298,7 @@ def wire(page: Page, chat: Chat, describe) -> None:
                 if update.error and not update.finish:
                     gr.Warning(update.error)
                     yield {**show(before, values[p.notes]), p.context: update.context or gr.skip(), **unlocked,
-                           "failed": True}  # fmt: skip
+                           **(restore or {})}  # fmt: skip
                     ended = True
                     return
                 if update.finish:
@@ -328,10 +333,9 @@ def wire(page: Page, chat: Chat, describe) -> None:
             yield {}
             return
         history = [*values[p.state], {"role": "user", "content": message}]
-        async for out in run(values, history, request):
-            # An error before the reply gives the message back, unless the person typed a new one.
-            if out.pop("failed", False) and not values[p.textbox]:
-                out[p.textbox] = message
+        # An error before the reply gives the message back, unless the person typed a new one.
+        restore = {} if values[p.textbox] else {p.textbox: message}
+        async for out in run(values, history, request, restore=restore):
             yield out
 
     async def retry(values: dict, request: gr.Request):
@@ -342,7 +346,6 @@ def wire(page: Page, chat: Chat, describe) -> None:
         history = conversation[:-1] if conversation[-1]["role"] == "assistant" else conversation
         yield {p.busy: True, **locked}
         async for out in run(values, history, request, seed=-1):  # a new seed
-            out.pop("failed", None)
             yield out
 
     async def edit(values: dict, edit: gr.EditData, request: gr.Request):
@@ -355,7 +358,6 @@ def wire(page: Page, chat: Chat, describe) -> None:
         history = [*conversation[:index], {"role": "user", "content": edit.value}]
         yield {p.busy: True, **locked}
         async for out in run(values, history, request):
-            out.pop("failed", None)
             yield out
 
     async def proceed(values: dict, request: gr.Request):
@@ -366,7 +368,6 @@ def wire(page: Page, chat: Chat, describe) -> None:
             return
         yield {p.busy: True, **locked}
         async for out in run(values, conversation, request, continuing=True):
-            out.pop("failed", None)
             yield out
 
     def pick(example: gr.SelectData) -> str:
