@@ -16,11 +16,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
-    from playground.server import create_app, describe_api, uvicorn_options
+    from playground.server import UVICORN_OPTIONS, create_app, describe_api
 
     app, _ = create_app(settings)
     print(f"StarChat Playground on http://{settings.host}:{settings.port} ({describe_api(settings)})", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", **uvicorn_options(settings))
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", **UVICORN_OPTIONS)
 
 
 if __name__ == "__main__":

@@ -46,9 +46,8 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
     return app, chat
 
 
-def uvicorn_options(settings: Settings) -> dict:
-    """guards.ForwardedClient reads X-Forwarded-For (from trusted proxies only); uvicorn must not."""
-    return {"proxy_headers": False}
+# guards.ForwardedClient reads X-Forwarded-For (from trusted proxies only); uvicorn must not.
+UVICORN_OPTIONS = {"proxy_headers": False}
 
 
 def describe_api(settings: Settings) -> str:

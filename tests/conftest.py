@@ -127,7 +127,7 @@ def serve(*flags: str):
     """The whole server (UI, /chat, /v1) on a free loopback port in this process; yields (url, chat)."""
     import uvicorn
 
-    from playground.server import create_app, uvicorn_options
+    from playground.server import UVICORN_OPTIONS, create_app
     from playground.settings import Settings
 
     settings = Settings.from_args(list(flags), env={})
@@ -138,7 +138,7 @@ def serve(*flags: str):
         port=free_port(),
         log_level="warning",
         timeout_graceful_shutdown=1,
-        **uvicorn_options(settings),
+        **UVICORN_OPTIONS,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
