@@ -99,3 +99,25 @@ def compile_counters() -> dict[str, int]:
         "compiled_graphs": int(counters["stats"]["unique_graphs"]),
         "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
     }
+
+
+def top_kernels(device: torch.device, fn, count: int = 12) -> dict:
+    """Where one call of `fn` spends its time: device busy time against wall time, and the kernels
+    (or CPU ops, on the CPU) that take the most, as [name, ms, calls]. CUDA graphs' kernels are listed too."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    fn()
+    with profile(activities=activities) as prof:
+        wall = timed(device, fn)
+    on_device = [e for e in prof.key_averages() if e.device_type.name == device.type.upper()]
+    events = on_device if device.type == "cuda" else [e for e in prof.key_averages() if e.cpu_parent is None]
+    total = (lambda e: e.self_device_time_total) if device.type == "cuda" else (lambda e: e.self_cpu_time_total)
+    ranked = sorted(events, key=total, reverse=True)
+    return {
+        "wall_ms": wall * 1000,
+        "busy_ms": sum(total(e) for e in events) / 1000,
+        "kernels": len(events),
+        "launches": sum(e.count for e in events),
+        "top": [[e.key[:90], round(total(e) / 1000, 3), e.count] for e in ranked[:count]],
+    }

@@ -35,6 +35,7 @@ from bench.common import (
     synchronize,
     teacher_forced,
     timed,
+    top_kernels,
 )
 from playground.backends import ChatRequest, SamplingParams
 from playground.backends.fast import FastEngine, Job
@@ -157,13 +158,31 @@ def our_way(engine: FastEngine, prompts: torch.Tensor, new: int) -> dict:
     }
 
 
-def step_alone_ms(engine: FastEngine, batch: int, length: int) -> float:
+def bare_step(engine: FastEngine, batch: int, length: int):
     """The decode step without the loop: its CUDA graph's replay on a GPU, the (compiled) step on the CPU.
-    The engine is idle, so every row is parked and only the unread cache column is written."""
-    step = engine.graphs[batch, length].replay if engine.graphs is not None else lambda: engine.decode(batch, length)
+    On an idle engine every row is parked and only the unread cache column is written."""
+    return engine.graphs[batch, length].replay if engine.graphs is not None else lambda: engine.decode(batch, length)
+
+
+def step_alone_ms(engine: FastEngine, batch: int, length: int) -> float:
+    step = bare_step(engine, batch, length)
     with torch.inference_mode():
         step()
         return statistics.median(timed(engine.device, step) for _ in range(20)) * 1000
+
+
+def one_row_untuned(model, prompts: torch.Tensor, new: int, bandwidth: float, context: int) -> dict:
+    """One stream through a 1-slot engine whose layer is not tuned for a batch of one: what the tuning buys."""
+    engine = FastEngine(model, stop_ids=[], slots=1, compile=True, max_context=context, tune_one_row=False)
+    return ours(
+        engine, model, prompts, new, bandwidth, "ours: fast engine, one row untuned", warm_up_s=engine.warm_up_s
+    )
+
+
+def step_profile(engine: FastEngine, batch: int, length: int) -> dict:
+    with torch.inference_mode():
+        profile = top_kernels(engine.device, bare_step(engine, batch, length))
+    return {"bench": "generate", "path": "ours: one decode step, profiled", "batch": batch, "length": length, **profile}
 
 
 def record(path: str, streams: int, run: dict, model, device, bandwidth: float, **extra) -> dict:
@@ -277,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
         emit(record("seed: generate, eager, dynamic cache", n, seed_way(model, prompts, new), model, device, bandwidth))
         reset_peak_memory(device)
         emit(timed_ours(prompts, new, bandwidth, "ours: fast engine"))
+        if n == 1:
+            length = next(b for b in engine.context_buckets if b > prompt_len + new // 2)
+            emit({"device": device_name(device), **step_profile(engine, 1, length)})
     prompts = torch.randint(1, vocab, (1, long_len), device=device)
     seed_long = seed_way(model, prompts, long_new)
     emit(record("seed: generate, eager, dynamic cache", 1, seed_long, model, device, bandwidth, prompt=long_len))
@@ -289,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     failures += [
         f"top-1 agreement {c['top1_agreement']:.3f} at prompt {c['prompt']}" for c in checks if not c["passed"]
     ]
+    if 1 in streams:  # after the guards: this engine's start-up compiles on purpose
+        emit(one_row_untuned(model, torch.randint(1, vocab, (1, prompt_len), device=device), new, bandwidth, context))
     # The peer last: each stream count compiles anew, and its compilations are not ours to count.
     for n in peer_streams:
         prompts = torch.randint(1, vocab, (n, prompt_len), device=device)

@@ -15,9 +15,10 @@ if [[ "${1:-}" == "--tiny" ]]; then tiny=(--tiny); shift; fi
 out="${1:-${OUT:-$(mktemp -d)}}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$out/inductor-cache}"
-# A GPU machine that cannot reach PyPI gets its missing wheels (torchao) carried in .whl/:
+# A GPU machine that cannot reach PyPI gets its missing wheels (torchao, bitsandbytes) carried in .whl/:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .whl torchao==0.18.0
-if ! python3 -c "import torchao" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_24_x86_64 -d .whl bitsandbytes==0.50.2
+if ! python3 -c "import torchao, bitsandbytes" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 start=$SECONDS
@@ -26,6 +27,11 @@ part() {  # part SECONDS NAME ARGS...: one python -m run, its JSON lines to gpu.
     local limit=$1 name=$2
     shift 2
     echo "== $name (limit ${limit}s, at $((SECONDS - start))s)" | tee -a "$out/gpu.log" >&2
+    if ((limit < 20)); then
+        status=1
+        printf '{"bench": "gpu.sh", "part": "%s", "failed": "no time left", "at_s": %d}\n' "$name" $((SECONDS - start)) >>"$out/gpu.jsonl"
+        return
+    fi
     timeout "$limit" python3 -m "$@" 2>>"$out/gpu.log" | tee -a "$out/gpu.log" | grep '^{' >>"$out/gpu.jsonl"
     local code=${PIPESTATUS[0]}
     if ((code != 0)); then
@@ -34,16 +40,19 @@ part() {  # part SECONDS NAME ARGS...: one python -m run, its JSON lines to gpu.
         tail -5 "$out/gpu.log" >&2
     fi
 }
+# Most wanted first: a part that would run past the 9 minutes is cut, and the JSON lines say so.
 if ((${#tiny[@]})); then
     part 240 generate bench.generate --tiny --streams 1,4 --peer-streams 1
     part 120 restart bench.generate --tiny --streams 1,4 --start-up-only
-    part 120 quantized bench.quantized --tiny --streams 1,4
+    part 120 quantized bench.quantized --tiny --streams 1,4 --paths torchao
     part 240 train bench.train --tiny --steps 2
+    part 120 bitsandbytes bench.quantized --tiny --paths bitsandbytes
 else
-    part 260 generate bench.generate
-    part 40 restart bench.generate --start-up-only
-    part 200 quantized bench.quantized
-    part $((535 - (SECONDS - start))) train bench.train
+    part 270 generate bench.generate --streams 1,32
+    part 40 restart bench.generate --streams 1,32 --start-up-only
+    part 150 quantized bench.quantized --paths torchao
+    part $((470 - (SECONDS - start))) train bench.train
+    part $((535 - (SECONDS - start))) bitsandbytes bench.quantized --paths bitsandbytes --streams 1
 fi
 echo "== done in $((SECONDS - start))s: $out/gpu.jsonl" >&2
 cat "$out/gpu.jsonl"

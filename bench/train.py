@@ -26,7 +26,16 @@ import yaml
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForCausalLM, GPTBigCodeForCausalLM
 
-from bench.common import device_name, emit, model_config, peak_flops, peak_memory_gib, reset_peak_memory, timed
+from bench.common import (
+    device_name,
+    emit,
+    model_config,
+    peak_flops,
+    peak_memory_gib,
+    reset_peak_memory,
+    timed,
+    top_kernels,
+)
 from training.format import PackedCollator
 
 RECIPE = Path(__file__).resolve().parent.parent / "training" / "recipes" / "starchat-qlora.yaml"
@@ -187,6 +196,7 @@ def measure(name: str, args, device, *, quantize: bool, attention: str, checkpoi
         "peak_memory_gib": peak_memory_gib(device),
     }
     if ours:
+        record["step_profile"] = top_kernels(device, step, count=10)  # where the rest of the peak goes
         record["dialogues_per_block"] = len(lengths[0])
         record["isolation_max_abs_diff"] = isolation(model, inputs, lengths[0])
     return record

@@ -4,15 +4,17 @@ One static KV cache holds up to `slots` conversations. Requests join between dec
 when they stop, finish or are cancelled, and each has its own sampling parameters, seed and stream.
 
 - Prefill: waiting prompts go through the model together, packed into one batch of at most
-  `prefill_tokens` tokens per engine iteration (a longer prompt is cut into chunks), with one decode
-  step for the running streams between two chunks. Attention is SDPA over the single K/V head
+  `prefill_tokens` tokens per engine iteration while streams are decoding (a longer prompt is cut
+  into chunks), with one decode step for the running streams between two chunks; four times as many
+  when nothing is decoding. Attention is SDPA over the single K/V head
   (`enable_gqa`: flash on a GPU, no copies of K/V per head).
 - Decode: one step decodes the rows [0, batch) where `batch` is the next power of two above the
   highest live row (live rows are kept at the front), attending to the first `length` cache
   positions (a context bucket). The step runs the model, then samples on the device (temperature,
   top-k, top-p, repetition penalty, a counter-based per-request seed): no Python loop over rows.
-  Each transformer layer is one Inductor-compiled function shared by all layers; on a GPU the
-  whole step is captured once per (batch, length) as a CUDA graph at start-up and replayed.
+  Each transformer layer is one Inductor-compiled function shared by all layers (a batch of one
+  has its own, with tuned matmul reductions); on a GPU the whole step is captured once per
+  (batch, length) as a CUDA graph at start-up and replayed.
 - The host reads the sampled ids once a step (one device-to-host copy) and hands them to each
   request's queue; detokenizing happens in the consumer's thread, not here.
 
@@ -37,6 +39,7 @@ from torch.nn.attention.bias import causal_lower_right
 from playground.backends import BackendError, ChatRequest
 
 CONTEXT_BUCKETS = (512, 1024, 2048, 4096, 8192)
+IDLE_PREFILL = 4
 MASK32 = 0xFFFFFFFF
 
 
@@ -131,24 +134,43 @@ def sample(
     return torch.where(temperature > 0, sampled, greedy)
 
 
+def linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)`, with a plain weight's product written as a matmul: Inductor turns a one-row matmul
+    into a reduction it tunes and fuses with the bias and activation (under coordinate-descent tuning),
+    which reads the weights faster than cuBLAS's GEMV. Quantized weights keep their own kernels."""
+    if type(module.weight) is not torch.nn.Parameter:
+        return module(x)
+    out = x @ module.weight.t()
+    return out if module.bias is None else out + module.bias
+
+
 def decode_layer(block, x, keys, values, positions, visible) -> torch.Tensor:
     """One GPTBigCode layer for one new token per row, over the layer's cache [slots, context, head_dim];
     `visible` [batch, length] says which cache positions each row sees. A plain function of its inputs,
     so one compiled version serves every layer and every engine with the same shapes and weight types."""
     batch, length = visible.shape
     attn = block.attn
-    q, k, v = attn.c_attn(block.ln_1(x)).split((attn.embed_dim, attn.head_dim, attn.head_dim), -1)
+    q, k, v = linear(attn.c_attn, block.ln_1(x)).split((attn.embed_dim, attn.head_dim, attn.head_dim), -1)
     rows = torch.arange(batch, device=x.device)
     keys[rows, positions] = k
     values[rows, positions] = v
     q = q.unflatten(-1, (attn.num_heads, attn.head_dim))
     scores = torch.einsum("bhd,bld->bhl", q, keys[:batch, :length]).float() * attn.scaling
     weights = scores.masked_fill(~visible[:, None, :], float("-inf")).softmax(-1).to(x.dtype)
-    x = x + attn.c_proj(torch.einsum("bhl,bld->bhd", weights, values[:batch, :length]).flatten(-2))
-    return x + block.mlp.c_proj(block.mlp.act(block.mlp.c_fc(block.ln_2(x))))
+    x = x + linear(attn.c_proj, torch.einsum("bhl,bld->bhd", weights, values[:batch, :length]).flatten(-2))
+    return x + linear(block.mlp.c_proj, block.mlp.act(linear(block.mlp.c_fc, block.ln_2(x))))
+
+
+def decode_row(block, x, keys, values, positions, visible) -> torch.Tensor:
+    """`decode_layer` for a batch of one, compiled apart with coordinate-descent tuning (below): its own
+    code object keeps its compiled versions apart from the batched ones."""
+    return decode_layer(block, x, keys, values, positions, visible)
 
 
 compiled_layer = torch.compile(decode_layer)
+# gpt-fast's setting: tuning the one-row matmuls' reductions is what brings one stream near the bandwidth
+# limit; it costs start-up time once (Inductor keeps the tuned configs in its disk cache).
+compiled_row = torch.compile(decode_row, options={"coordinate_descent_tuning": True})
 
 
 class FastEngine:
@@ -160,6 +182,7 @@ class FastEngine:
         compile: bool | None = None,
         max_context: int | None = None,
         prefill_tokens: int = 4096,
+        tune_one_row: bool = True,
     ):
         self.model, self.stop_ids = model, stop_ids
         config = model.config
@@ -194,6 +217,7 @@ class FastEngine:
         self.stats, self.warm_up_s = Stats(), 0.0
         compile = on_gpu if compile is None else compile
         self.layer = compiled_layer if compile else decode_layer
+        self.row_layer = compiled_row if compile and tune_one_row else None
         # Each engine (its dtype, its weights' quantization) adds a few compiled versions of the shared layer.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] | None = {} if on_gpu and compile else None
@@ -227,8 +251,9 @@ class FastEngine:
         positions = self.positions[:batch]
         x = self.embed(self.tokens[:batch], positions.clamp(max=self.model.config.n_positions - 1))
         visible = torch.arange(length, device=self.device)[None, :] <= positions[:, None]
+        layer = self.row_layer if batch == 1 and self.row_layer is not None else self.layer
         for block, keys, values in zip(self.blocks, self.keys, self.values, strict=True):
-            x = self.layer(block, x, keys, values, positions, visible)
+            x = layer(block, x, keys, values, positions, visible)
         self.logits[:batch] = self.head(x)
         self.choose(self.rows[:batch])
         self.positions[:batch] = torch.where(positions == self.park, self.park, positions + 1)
@@ -387,8 +412,11 @@ class FastEngine:
             self.jobs[target], self.jobs[source] = self.jobs[source], None
 
     def prefill_some(self) -> None:
-        """One packed batch of waiting prompt tokens, first come first served, at most `prefill_tokens`."""
-        budget, pieces = self.prefill_tokens, []
+        """One packed batch of waiting prompt tokens, first come first served: at most `prefill_tokens`
+        while streams are decoding (chunks keep them moving), IDLE_PREFILL times that when none are (there
+        is nobody to keep waiting, and people who arrive together get their first tokens together)."""
+        decoding = any(job and job.decoding for job in self.jobs)
+        budget, pieces = self.prefill_tokens * (1 if decoding else IDLE_PREFILL), []
         for job in self.order:
             if budget == 0:
                 break

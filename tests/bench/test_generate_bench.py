@@ -10,9 +10,14 @@ from tests.conftest import bench_records
 pytestmark = pytest.mark.slow  # Runs the benchmark end to end (compiles on the CPU).
 
 
+def named(records: list[dict], path: str) -> list[dict]:
+    return [r for r in records if r["path"] == path]
+
+
 def test_tiny_generate_bench_measures_three_ways_and_checks_the_engine():
     records = bench_records("bench.generate", "--tiny", "--streams", "1,4", "--peer-streams", "1")
-    start, checks, runs, guards, peer = records[0], records[1:3], records[3:-2], records[-2], records[-1]
+    start, checks, guards, peer = records[0], records[1:3], named(records, "ours: guards")[0], records[-1]
+    runs = [r for r in records if r["path"].startswith(("seed", "ours: fast engine"))]
     assert start["path"] == "ours: start-up" and start["warm_up_s"] > 0 and start["batch_buckets"] == [1, 2, 4]
     assert [c["prompt"] for c in checks] == [32, 200]
     assert [(r["path"].split(":")[0], r["streams"], r.get("prompt")) for r in runs] == [
@@ -22,7 +27,11 @@ def test_tiny_generate_bench_measures_three_ways_and_checks_the_engine():
         ("ours", 4, None),
         ("seed", 1, 200),
         ("ours", 1, 200),
+        ("ours", 1, None),  # a 1-slot engine without the one-row tuning, for comparison
     ]
+    assert runs[-1]["path"] == "ours: fast engine, one row untuned"
+    [profile] = named(records, "ours: one decode step, profiled")
+    assert profile["batch"] == 1 and profile["launches"] > 0 and profile["top"] and profile["wall_ms"] > 0
     for c in checks:
         assert c["passed"] and c["top1_agreement"] == 1.0 and c["max_abs_diff"] < 1e-3  # fp32: near-exact
     assert peer["path"].startswith("peer") and peer["streams"] == 1

@@ -247,6 +247,22 @@ def test_waiting_prompts_are_prefilled_together(plain, fast, monkeypatch):
     assert replies == [reply(plain, ask(text)) for text in PROMPTS[:3]]
 
 
+def test_prompts_that_arrive_while_nothing_decodes_share_one_batch_beyond_the_chunk_size(plain, roomy, monkeypatch):
+    from playground.backends.fast import IDLE_PREFILL, Job
+
+    engine = roomy.engine
+    events = watch_runs(engine, monkeypatch)
+    texts = PROMPTS[:2]
+    jobs = [Job(ask(text), roomy.prepare(ask(text).messages, 40).input_ids) for text in texts]
+    assert engine.prefill_tokens < sum(len(job.prompt) for job in jobs) <= engine.prefill_tokens * IDLE_PREFILL
+    with engine.waiting.mutex:  # the idle engine waits on the queue: let it find both at once
+        engine.waiting.queue.extend(jobs[1:])
+    engine.submit(jobs[0])
+    replies = [roomy.tokenizer.decode(list(job), skip_special_tokens=True) for job in jobs]
+    assert events[0] == ("prefill", [(id(job), 0, len(job.prompt)) for job in jobs[1:] + jobs[:1]])
+    assert replies == [reply(plain, ask(text)) for text in texts]
+
+
 def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(plain, roomy, monkeypatch):
     stops = roomy.tokenizer.convert_tokens_to_ids(["<|end|>", "<|endoftext|>"])
     hooks = [
