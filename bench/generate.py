@@ -174,9 +174,11 @@ def step_alone_ms(engine: FastEngine, batch: int, length: int) -> float:
 def one_row_untuned(model, prompts: torch.Tensor, new: int, bandwidth: float, context: int) -> dict:
     """One stream through a 1-slot engine whose layer is not tuned for a batch of one: what the tuning buys."""
     engine = FastEngine(model, stop_ids=[], slots=1, compile=True, max_context=context, tune_one_row=False)
-    return ours(
+    result = ours(
         engine, model, prompts, new, bandwidth, "ours: fast engine, one row untuned", warm_up_s=engine.warm_up_s
     )
+    engine.close()
+    return result
 
 
 def step_profile(engine: FastEngine, batch: int, length: int) -> dict:

@@ -213,7 +213,8 @@ class FastEngine:
         self.host_tokens = torch.zeros(slots, dtype=torch.long, pin_memory=on_gpu)
         self.jobs: list[Job | None] = [None] * slots
         self.order: list[Job] = []  # jobs still prefilling, first come first served
-        self.waiting: queue.Queue[Job] = queue.Queue()
+        self.waiting: queue.Queue[Job | None] = queue.Queue()  # None: close
+        self.closing = False
         self.stats, self.warm_up_s = Stats(), 0.0
         compile = on_gpu if compile is None else compile
         self.layer = compiled_layer if compile else decode_layer
@@ -330,7 +331,16 @@ class FastEngine:
     # -- the scheduler ---------------------------------------------------------------------------
 
     def submit(self, job: Job) -> None:
+        if self.closing:
+            raise BackendError("The engine is closed.")
         self.waiting.put(job)
+
+    def close(self) -> None:
+        """Ends the engine's thread once the requests already in it are done, so that its cache, its graphs
+        and the model they hold can be freed (a benchmark that builds one engine after another needs it)."""
+        self.closing = True
+        self.waiting.put(None)
+        self.thread.join()
 
     def finish(self, row: int, reason: str, error: BaseException | None = None) -> None:
         job = self.jobs[row]
@@ -349,6 +359,8 @@ class FastEngine:
             except queue.Empty:
                 return
             block = False
+            if job is None:  # close(): what came before it is in
+                return
             if job.request.cancel.is_set():
                 job.request.outcome.finish = "cancelled"
                 job.put(None)
@@ -489,7 +501,7 @@ class FastEngine:
             started.put(exc)
             return
         started.put(None)
-        while True:
+        while not (self.closing and self.waiting.empty() and not any(self.jobs)):
             try:
                 self.admit(block=not any(self.jobs))
                 with torch.inference_mode():

@@ -361,3 +361,20 @@ def test_each_reply_reports_its_token_count_and_why_it_ended(plain, fast, engine
     finally:
         hook.remove()
     assert (ended.outcome.tokens, ended.outcome.finish) == (3, "stop")  # two tokens of text and <|end|>
+
+
+def test_closing_lets_the_requests_in_flight_finish_then_ends_the_thread_and_refuses_more(plain, tiny_checkpoint):
+    from playground.backends import BackendError
+    from playground.backends.fast import Job
+
+    backend = LocalBackend.from_pretrained(str(tiny_checkpoint), engine="fast", slots=2)
+    engine = backend.engine
+    request = ask(PROMPTS[0], max_new_tokens=20)
+    job = Job(request, backend.prepare(request.messages, 20).input_ids)
+    engine.submit(job)
+    engine.close()
+    expected = reply(plain, ask(PROMPTS[0], max_new_tokens=20))
+    assert backend.tokenizer.decode(list(job), skip_special_tokens=True) == expected
+    assert request.outcome.finish in ("stop", "length") and not engine.thread.is_alive()
+    with pytest.raises(BackendError, match="closed"):
+        engine.submit(Job(ask("hi"), job.prompt))
