@@ -37,6 +37,7 @@ from bench.common import (
     top_kernels,
 )
 from training.format import PackedCollator
+from training.train import adapters_take_bf16_inputs
 
 RECIPE = Path(__file__).resolve().parent.parent / "training" / "recipes" / "starchat-qlora.yaml"
 CHAT_TOKENS = 4  # the StarCoderPlus shape's vocabulary ends with the four chat tokens (49152-49155)
@@ -70,6 +71,12 @@ def random_model(tiny: bool, device: torch.device, dtype: torch.dtype, attention
     config.use_cache = False  # also what lets transformers see the packing in the position ids
     with torch.device(device):
         return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attention)
+
+
+def parameter_count(tiny: bool) -> int:
+    """The model's parameters (a 4-bit model's packed tensors would count half of theirs)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in GPTBigCodeForCausalLM(model_config(tiny)).parameters())
 
 
 def quantized_model(tiny: bool, device: torch.device, attention: str) -> GPTBigCodeForCausalLM:
@@ -144,7 +151,7 @@ def measure(name: str, args, device, *, quantize: bool, attention: str, checkpoi
         model = quantized_model(args.tiny, device, attention)
     else:
         model = random_model(args.tiny, device, dtype, attention)
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = parameter_count(args.tiny)
     vocab = model.config.vocab_size
     if checkpointed:
         # transformers 5.24 renamed gradient_checkpointing_enable; a GPU image may hold an older one.
@@ -155,6 +162,8 @@ def measure(name: str, args, device, *, quantize: bool, attention: str, checkpoi
             block.gradient_checkpointing = False
     if ours:
         model = get_peft_model(model, recipe_lora(vocab))
+        if device.type == "cuda":  # trained under bf16 autocast, as training/train.py does it
+            adapters_take_bf16_inputs(model)
         inputs, lengths = packed_batch(args.batch, args.seq, vocab, device, flatten=attention.startswith("flash"))
     else:
         lora = LoraConfig(r=16, lora_alpha=32, target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM")

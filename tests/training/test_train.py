@@ -401,3 +401,29 @@ def test_an_interrupted_demo_build_is_resumed_not_refused(tmp_path, monkeypatch)
     (demo / "checkpoints" / "checkpoint-6").mkdir(parents=True)
     assert demo_checkpoint(tmp_path) == demo
     assert found == [[], ["checkpoint-6"]]  # resumed from, not refused nor deleted
+
+
+def test_under_bf16_autocast_lora_adapters_take_their_inputs_in_bf16():
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
+
+    from training.train import adapters_take_bf16_inputs
+
+    config = GPTBigCodeConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=2)
+    base = GPTBigCodeForCausalLM(config).to(torch.bfloat16)
+    model = get_peft_model(base, LoraConfig(r=4, lora_dropout=0.1, target_modules=["c_attn", "c_fc"]))
+    dropout = model.base_model.model.transformer.h[0].attn.c_attn.lora_dropout["default"]
+    seen: list[torch.dtype] = []
+    dropout.register_forward_hook(lambda module, inputs, out: seen.append(inputs[0].dtype))
+    ids = torch.randint(0, 64, (2, 16))
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(input_ids=ids, labels=ids).loss.backward()
+
+    step()
+    adapters_take_bf16_inputs(model)
+    step()
+    assert seen == [torch.float32, torch.bfloat16]  # PEFT's own cast to the fp32 adapters, then none
+    lora_a = model.base_model.model.transformer.h[0].attn.c_attn.lora_A["default"].weight
+    assert lora_a.dtype == torch.float32 and lora_a.grad is not None and lora_a.grad.isfinite().all()
