@@ -318,7 +318,8 @@ class FastEngine:
                 part = slice(offset, offset + span)
                 out.append(self.attend(block, layer, q[part], k[part], v[part], group, a))
                 offset += span
-            x = x + block.attn.c_proj(torch.cat(out).flatten(-2))
+            attended = out[0] if len(out) == 1 else torch.cat(out)  # one group: no copy of the whole batch
+            x = x + block.attn.c_proj(attended.flatten(-2))
             x = x + self.mlp(block, x)
         ends = torch.tensor([b - a for _, a, b in pieces]).cumsum(0)  # each piece's end in the packed batch
         done = [i for i, (job, _, b) in enumerate(pieces) if b == len(job.prompt)]
