@@ -18,8 +18,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from playground.server import UVICORN_OPTIONS, create_app, describe_api
 
-    app, _ = create_app(settings)
-    print(f"StarChat Playground on http://{settings.host}:{settings.port} ({describe_api(settings)})", flush=True)
+    app, chat = create_app(settings)
+    models = ", ".join(chat.backends)
+    print(
+        f"StarChat Playground on http://{settings.host}:{settings.port} serving {models} ({describe_api(settings)})",
+        flush=True,
+    )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", **UVICORN_OPTIONS)
 
 

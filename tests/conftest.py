@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -108,12 +109,46 @@ def cache_dir(tmp_path_factory) -> Path:
     return Path(os.environ.get("STARCHAT_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
 
 
+@dataclass(frozen=True)
+class FirstStart:
+    demo: Path  # the demo checkpoint it built
+    console: str  # everything it printed, from its start to after its first reply
+
+
+def demo_built(cache: Path) -> bool:
+    from playground.demo import demo_folder
+
+    return (demo_folder(cache) / "config.json").exists()
+
+
 @pytest.fixture(scope="session")
-def demo_model(cache_dir) -> Path:
-    """The offline demo checkpoint, built by the real first-run path (the tiny recipe)."""
+def first_start(cache_dir, tmp_path_factory) -> FirstStart:
+    """`python app.py` on a machine without the demo: it builds it (the session's one build, in cache_dir),
+    serves, answers one message at temperature 0, and stops. A cache_dir that already holds the demo
+    (STARCHAT_TEST_CACHE between local runs) would make this no first start: then it runs in a fresh folder."""
+    import httpx
+
     from playground.demo import demo_checkpoint
 
-    return demo_checkpoint(cache_dir)
+    cache = tmp_path_factory.mktemp("first-start") if demo_built(cache_dir) else cache_dir
+    proc, url = start_app(cache_dir=cache, timeout=600)
+    try:
+        message = {"role": "user", "content": "How do I reverse a list in Python?"}
+        reply = httpx.post(url + "v1/chat/completions", json={"messages": [message], "temperature": 0}, timeout=60)
+        reply.raise_for_status()
+    finally:
+        stop_app(proc)
+    return FirstStart(demo_checkpoint(cache), proc.stdout.read())
+
+
+@pytest.fixture(scope="session")
+def demo_model(cache_dir, request) -> Path:
+    """The offline demo checkpoint, built by the real first-run path (`python app.py`, the tiny recipe)."""
+    if demo_built(cache_dir):
+        from playground.demo import demo_checkpoint
+
+        return demo_checkpoint(cache_dir)
+    return request.getfixturevalue("first_start").demo
 
 
 def free_port() -> int:

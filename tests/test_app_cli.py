@@ -1,5 +1,6 @@
 """`python app.py` as a newcomer runs it: no argument, no network, a CPU."""
 
+import re
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
+from playground.backends import DEMO_NAME
 from playground.settings import Settings
 from tests.conftest import ROOT, start_app, stop_app
 
@@ -40,5 +42,21 @@ def test_no_argument_serves_the_demo_model_and_answers_its_examples_on_topic(dem
         assert "fibonacci" in reply.lower() and "```" in reply
         config = httpx.get(url + "config").json()
         assert "offline demo model" in str(config)  # the UI says it is a demo, and how to serve a real one
+        assert f"**{DEMO_NAME}**" in str(config)  # by its name, not its cache folder's
+        assert [m["id"] for m in httpx.get(url + "v1/models").json()["data"]] == [DEMO_NAME]
     finally:
         stop_app(proc)
+
+
+def test_the_first_start_says_what_it_builds_shows_one_bar_and_no_warnings(first_start):
+    """What a newcomer's console shows: one line saying why and where the demo is built, the training's
+    bar, the line that serves it by name; a greedy first message adds nothing."""
+    segments = [s.strip() for s in re.split(r"[\r\n]+", first_start.console) if s.strip()]
+    bars = [s for s in segments if re.search(r"\d+%\|", s)]
+    lines = [s for s in segments if s not in bars]
+    assert bars and all(bar.startswith("training:") for bar in bars), bars  # one bar: the training's
+    assert re.search(r"training: 100%\|.*\| (\d+)/\1 ", bars[-1]), bars[-1]  # that went to its end
+    explained, serving = lines  # and nothing else: no eval dicts, log lines, warnings or other bars
+    assert explained.startswith("No --model given and no demo model cached yet: building a small offline demo")
+    assert explained.endswith(f"kept in {first_start.demo}")
+    assert f"serving {DEMO_NAME} " in serving

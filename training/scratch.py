@@ -90,7 +90,10 @@ def train_tokenizer(texts: list[str], vocab_size: int, chat_tokens: bool = True)
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOS], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,  # it takes well under a second; in a terminal its four bars would be noise
     )
     tokenizer.train_from_iterator(texts, trainer)
     wrapped = PreTrainedTokenizerFast(
@@ -130,6 +133,8 @@ def build_base(
         multi_query=True,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        # The tokenizer pads with <|endoftext|>; said here, the Trainer need not align the config (and warn).
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
     model = GPTBigCodeForCausalLM(config)

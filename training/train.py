@@ -11,6 +11,7 @@ because the loss masks must follow playground.template exactly.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import platform
@@ -23,11 +24,13 @@ from typing import Literal
 import datasets
 import torch
 import yaml
+from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     HfArgumentParser,
+    PrinterCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -35,6 +38,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from playground.console import libraries_quiet
 from playground.template import CONTROL_TOKENS
 from training.checkpoint import model_card, save_checkpoint
 from training.data import DataReport, build_dataset
@@ -112,6 +116,27 @@ class StopOnNonFiniteLoss(TrainerCallback):
                 f"the training loss became {loss} at step {state.global_step}; the run stopped. "
                 "Lower the learning rate or check the data; --resume continues from the last checkpoint."
             )
+
+
+class StepsBar(TrainerCallback):
+    """One bar over the training steps and nothing else: no evaluation bar, no printed logs (the losses
+    still reach the model card through the log history)."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training", unit="step")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def parse(argv: list[str]) -> tuple[ScriptArguments, TrainingArguments, dict]:
@@ -265,8 +290,18 @@ def push(folder: Path, repo: str | None, token: str | None, private: bool | None
     return commit.commit_url
 
 
-def main(argv: list[str] | None = None) -> Path:
-    script, args, settings = parse(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None, *, quiet: bool = False) -> Path:
+    """quiet: the console shows one bar over the training steps and errors, nothing else (the
+    playground's demo build, whose caller says what is happening)."""
+    with libraries_quiet() if quiet else contextlib.nullcontext():
+        return run(sys.argv[1:] if argv is None else argv, quiet)
+
+
+def run(argv: list[str], quiet: bool) -> Path:
+    script, args, settings = parse(argv)
+    if quiet:  # the Trainer's bar for this, not its printer of every logged dict
+        args.disable_tqdm = True
+    talk = args.process_index == 0 and not quiet
     output = Path(args.output_dir)
     args.output_dir = str(output / "checkpoints")
     claim_output(output, script, args)
@@ -301,7 +336,7 @@ def main(argv: list[str] | None = None) -> Path:
     eval_set = tokenized(splits["test"], tokenizer, script, report)
     if not len(train_set):
         raise SystemExit(f"no training dialogue fits block_size {script.block_size}: {report.summary()}")
-    if args.process_index == 0:
+    if talk:
         print(f"data: {report.summary()}; {len(train_set)} train / {len(eval_set)} test examples", flush=True)
         print(f"processes: {args.world_size} ({args.parallel_mode.value}) on {args.device.type}", flush=True)
 
@@ -320,8 +355,11 @@ def main(argv: list[str] | None = None) -> Path:
         processing_class=tokenizer,
         callbacks=[StopOnNonFiniteLoss()],
     )
+    if quiet:
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(StepsBar())
     resume_from = get_last_checkpoint(args.output_dir) if script.resume and Path(args.output_dir).is_dir() else None
-    if script.resume and resume_from is None:
+    if script.resume and resume_from is None and talk:
         print(f"no checkpoint in {args.output_dir}: starting from the beginning", flush=True)
     trainer.train(resume_from_checkpoint=resume_from)
 
@@ -355,7 +393,8 @@ def main(argv: list[str] | None = None) -> Path:
             unwrapped.config.use_cache = True
             save_checkpoint(unwrapped, tokenizer, output, card, state_dict=state_dict)
     if trainer.is_world_process_zero():
-        print(f"served checkpoint: {output}", flush=True)
+        if not quiet:
+            print(f"served checkpoint: {output}", flush=True)
         if push_to_hub:
             url = push(output, args.hub_model_id, args.hub_token, args.hub_private_repo)
             print(f"pushed to {url}", flush=True)

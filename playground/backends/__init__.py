@@ -71,6 +71,10 @@ def context_length(config) -> int:
 
 _DONE = object()
 
+# What people see for the model served when no --model is given (the app's default_model): in the model
+# list, in /v1/models (an id clients pass back) and on the console, never its cache folder's name.
+DEMO_NAME = "StarChat demo (tiny, trained here)"
+
 
 async def astream(backend: Backend, request: ChatRequest) -> AsyncIterator[str]:
     """Runs `backend.stream` off the event loop; a cancelled or closed consumer cancels the request."""
@@ -116,7 +120,12 @@ def load_backend(settings, default_model: Callable[[], str | Path] | None = None
         raise ValueError("no model given: pass --model ID_OR_PATH")
     model = settings.model or str(default_model())
     return LocalBackend.from_pretrained(
-        model, settings.quantize, demo=not settings.model, engine=settings.engine, slots=settings.batch_slots
+        model,
+        settings.quantize,
+        demo=not settings.model,
+        engine=settings.engine,
+        slots=settings.batch_slots,
+        name="" if settings.model else DEMO_NAME,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from transformers import (
 
 from playground.backends import BackendError, BackendInfo, ChatRequest, context_length
 from playground.backends.fast import FastEngine, Job, supports
+from playground.console import libraries_quiet
 from playground.template import EOS, Message, Prompt, control_ids, fit_to_context, stop_ids
 
 BITSANDBYTES = ("8bit", "4bit")  # plain generate; the fallback where the fast engine cannot serve
@@ -139,10 +141,17 @@ class LocalBackend:
 
     @classmethod
     def from_pretrained(
-        cls, model_id: str, quantize: str = "none", demo: bool = False, engine: str = "auto", slots: int = 8
+        cls,
+        model_id: str,
+        quantize: str = "none",
+        demo: bool = False,
+        engine: str = "auto",
+        slots: int = 8,
+        name: str = "",
     ) -> LocalBackend:
         """engine: "fast" (our batched decoder), "plain" (generate), or "auto": fast on a CUDA GPU
-        for a GPTBigCode model on one device without bitsandbytes, plain otherwise."""
+        for a GPTBigCode model on one device without bitsandbytes, plain otherwise. name: what people
+        see (default: the Hub id, or a local folder's name)."""
         quant = quantization_config(quantize)
         if torch.cuda.is_available():
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -153,14 +162,17 @@ class LocalBackend:
             device_map = None  # loaded on the CPU, then quantized onto the GPU layer by layer
         tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=False)
         control_ids(tokenizer)  # fail at start-up, not at the first message, on a non-StarChat tokenizer
-        model = AutoModelForCausalLM.from_pretrained(
-            model_id,
-            dtype=dtype,
-            device_map=device_map,
-            quantization_config=quant,
-            use_safetensors=True,
-            trust_remote_code=False,
-        )
+        # A named model's load takes a while and transformers' bar shows it; the demo loads in milliseconds,
+        # and on its first start the line that explained the build and the training's bar were enough.
+        with libraries_quiet() if demo else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(
+                model_id,
+                dtype=dtype,
+                device_map=device_map,
+                quantization_config=quant,
+                use_safetensors=True,
+                trust_remote_code=False,
+            )
         model.eval()
         if quantize in TORCHAO:
             model = quantize_weights(model, quantize, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -168,7 +180,7 @@ class LocalBackend:
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
             if hint := fit_hint(weights, torch.cuda.get_device_properties(0).total_memory):
                 print(hint, flush=True)
-        name = Path(model_id).name if Path(model_id).exists() else model_id
+        name = name or (Path(model_id).name if Path(model_id).exists() else model_id)
         if engine == "fast" and not supports(model):
             raise BackendError(
                 "--engine fast serves GPTBigCode (multi-query) models on one device, in full or --quantize int8/int4"
@@ -191,13 +203,19 @@ class LocalBackend:
 
     def generation_config(self, request: ChatRequest) -> GenerationConfig:
         p = request.params
-        sampling = {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k}
+        # Greedy (temperature 0) uses no sampling flag, and the checkpoint's generation_config.json must not
+        # fill them in either (the card's temperature 0.2, top_p 0.95): generate() merges the flags ours
+        # leaves unset from it and warns that they "are not valid" for greedy. So ours sets each to the value
+        # transformers takes for "not set" (its defaults: 1.0, 1.0 and top_k 50, which greedy ignores).
+        sampling = {"temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k}
+        greedy = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
         return GenerationConfig(
             max_new_tokens=p.max_new_tokens,
             repetition_penalty=p.repetition_penalty,
             eos_token_id=self.stop_ids,
             pad_token_id=control_ids(self.tokenizer)[EOS],
-            **(sampling if p.temperature > 0 else {"do_sample": False}),
+            do_sample=p.temperature > 0,
+            **(sampling if p.temperature > 0 else greedy),
         )
 
     @on_gpu
