@@ -194,6 +194,10 @@ class LocalBackend:
                     raise
                 # auto: a compile or capture failure must not keep the playground from serving.
                 print(f"The fast engine could not start ({exc!r}); serving with plain generate.", flush=True)
+        if fast and fast.warm_up_s:  # the start-up's longest wait on a GPU: say what it was
+            buckets = len(fast.batch_buckets) * len(fast.context_buckets)
+            what = "captured as CUDA graphs" if fast.graphs else "compiled"
+            print(f"Fast engine: {buckets} (batch, context) buckets {what} in {fast.warm_up_s:.1f} s.", flush=True)
         device = describe_device(model) + (f", batched decoding of {slots}" if fast else "")
         info = BackendInfo(name, device, quantize, context_length(model.config), demo, slots if fast else 1)
         return cls(model, tokenizer, info, engine=fast)

@@ -169,18 +169,22 @@ def test_auto_falls_back_to_plain_generate_when_the_engine_cannot_start(tiny_che
         LocalBackend.from_pretrained(str(tiny_checkpoint), engine="fast")
 
 
-def test_the_compiled_decode_step_gives_the_same_tokens_and_never_recompiles_once_warm(plain, tiny_checkpoint):
-    """Each layer is one Inductor graph shared by every layer, compiled at start-up for every bucket.
+def test_the_compiled_decode_step_gives_the_same_tokens_and_never_recompiles_once_warm(
+    plain, tiny_checkpoint, monkeypatch, capsys
+):
+    """Each layer is one Inductor graph shared by every layer, compiled at start-up for every bucket, and
+    the start says how long that took. On the CPU this is Inductor without CUDA graphs; on a GPU the
+    same step is captured and replayed."""
+    import functools
 
-    On the CPU this is Inductor without CUDA graphs; on a GPU the same step is captured and replayed.
-    """
     from torch._dynamo.utils import counters
 
-    from playground.backends.fast import FastEngine
-    from playground.template import stop_ids
+    import playground.backends.local as local
 
-    compiled = LocalBackend.from_pretrained(str(tiny_checkpoint), engine="plain")
-    compiled.engine = FastEngine(compiled.model, stop_ids(compiled.tokenizer), slots=2, compile=True)
+    monkeypatch.setattr(local, "FastEngine", functools.partial(local.FastEngine, compile=True))
+    compiled = LocalBackend.from_pretrained(str(tiny_checkpoint), engine="fast", slots=2)
+    buckets = len(compiled.engine.batch_buckets) * len(compiled.engine.context_buckets)
+    assert f"Fast engine: {buckets} (batch, context) buckets compiled in " in capsys.readouterr().out
     graphs = counters["stats"]["unique_graphs"]
     assert reply(compiled, ask(PROMPTS[0])) == reply(plain, ask(PROMPTS[0]))
     assert together(compiled, [ask(PROMPTS[1]), ask(PROMPTS[3], max_new_tokens=90)]) == [
