@@ -51,8 +51,8 @@ if [[ $which == tiny ]]; then
     part 240 train bench.train --tiny --steps 2
     part 120 bitsandbytes bench.quantized --tiny --paths bitsandbytes
 elif [[ $which == rest ]]; then
-    part 380 quantized bench.quantized --paths torchao --streams 32
-    part $((535 - (SECONDS - start))) bitsandbytes bench.quantized --paths bitsandbytes --streams 1
+    part 170 bitsandbytes bench.quantized --paths bitsandbytes --streams 1
+    part $((535 - (SECONDS - start))) quantized bench.quantized --paths torchao --streams 32
 else
     part 270 generate bench.generate --streams 1,32
     part 45 restart bench.generate --streams 1,32 --start-up-only
