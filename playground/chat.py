@@ -296,19 +296,27 @@ class Chat:
         )
 
 
+def conversation_record(conversation: list[Message], system: str) -> dict:
+    """A conversation as files and the browser keep it: the system prompt as its first message."""
+    return {"messages": [{"role": "system", "content": system}, *conversation]}
+
+
 def export_conversation(conversation: list[Message], system: str) -> str:
-    return json.dumps({"messages": [{"role": "system", "content": system}, *conversation]}, indent=2)
+    return json.dumps(conversation_record(conversation, system), indent=2)
 
 
 def import_conversation(text: str, limit: int = 100_000) -> tuple[list[Message], str]:
-    """Reads what `export_conversation` writes (or a bare message list); returns (conversation, system).
-
-    The whole file is checked before anything is returned: roles, text, at most `limit` characters.
-    """
+    """Reads what `export_conversation` writes (or a bare message list); returns (conversation, system)."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise DialogueError(f"The file is not JSON: {exc}") from exc
+    return check_conversation(data, limit)
+
+
+def check_conversation(data: object, limit: int = 100_000) -> tuple[list[Message], str]:
+    """A `conversation_record` (or a bare message list) from anyone, checked whole before anything is
+    returned: roles, text, at most `limit` characters. Returns (conversation, system)."""
     messages = data.get("messages") if isinstance(data, dict) else data
     if not isinstance(messages, list):
         raise DialogueError("The file must hold a list of messages or {'messages': [...]}.")

@@ -82,3 +82,14 @@ def display_messages(conversation: list[Message], notes: dict[int, str] | None =
 def raw_json(conversation: list[Message]) -> str:
     """The conversation exactly as typed and generated, for the page's copy buttons and edit box."""
     return json.dumps([{"role": m["role"], "content": m["content"]} for m in conversation])
+
+
+def conversation_markdown(title: str, conversation: list[Message], system: str) -> str:
+    """The conversation as a Markdown file: each message exactly as typed or generated, under a heading
+    of its role; a code block a reply left open (cut mid-code) is closed, so the next heading stays one."""
+    parts = [f"# {title}"]
+    sections = [("System prompt", system)] if system else []
+    for role, text in sections + [(m["role"].capitalize(), m["content"]) for m in conversation]:
+        fence = open_fence(text)
+        parts.append(f"## {role}\n\n{text}" + (f"\n{fence}" if fence else ""))
+    return "\n\n".join(parts) + "\n"

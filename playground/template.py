@@ -69,7 +69,8 @@ def split_system(messages: Sequence[Message]) -> tuple[str, list[Message]]:
 def validate(messages: Sequence[Message], *, last: str) -> None:
     """Roles alternate user/assistant after an optional system message; the last role is `last`."""
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLE_TOKENS:
+        role = m.get("role") if isinstance(m, dict) else None  # a JSON list or object is no key: no lookup
+        if not isinstance(role, str) or role not in ROLE_TOKENS or not isinstance(m.get("content"), str):
             raise DialogueError(f"message {i} must be {{'role': 'system'|'user'|'assistant', 'content': str}}")
     _, turns = split_system(messages)
     if not turns:

@@ -14,7 +14,20 @@ from dataclasses import dataclass, field
 import gradio as gr
 
 from playground.chat import Chat, Update, describe_budget, export_conversation, import_conversation
-from playground.display import ENDINGS, display_messages, raw_json, reply_note
+from playground.display import ENDINGS, conversation_markdown, display_messages, raw_json, reply_note
+from playground.history import (
+    MAX_CONVERSATIONS,
+    MAX_TITLE,
+    STORE_BYTES,
+    Kept,
+    check_title,
+    choices,
+    new_id,
+    read_current,
+    read_past,
+    sent_size,
+    shelve,
+)
 from playground.sampling import PARAM_RANGES, ParamError, SamplingParams
 from playground.template import DialogueError, Message
 
@@ -31,13 +44,45 @@ DEMO_NOTICE = (
     "`python app.py --model HuggingFaceH4/starchat-beta` on a GPU (add `--quantize 4bit` for a 16 GB card)."
 )
 
-DOWNLOAD_JS = """(text) => {
+
+def download_js(kind: str, extension: str) -> str:
+    """The browser saves the text as a file: nothing is written on the server for another visitor to fetch."""
+    return f"""(text) => {{
   const link = document.createElement('a');
-  link.href = URL.createObjectURL(new Blob([text], {type: 'application/json'}));
-  link.download = 'conversation-' + new Date().toISOString().slice(0, 19).replaceAll(':', '') + '.json';
+  link.href = URL.createObjectURL(new Blob([text], {{type: '{kind}'}}));
+  link.download = 'conversation-' + new Date().toISOString().slice(0, 19).replaceAll(':', '') + '.{extension}';
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 10000);
-}"""
+}}"""
+
+
+# The app's own localStorage keys, so that another Gradio app on the same address keeps its values.
+STORAGE_KEYS = ("starchat-playground/open-conversation", "starchat-playground/past-conversations")
+# BrowserState encrypts what it stores with a secret that the page's config hands to every browser, so
+# it hides nothing; a fixed one keeps the conversations readable after the server restarts (a Space
+# that wakes up), where Gradio's default, a random one per process, would lose them all.
+STORAGE_SECRET = "starchat-playground"
+# A stored value goes to the server as its JSON text: flat however deeply a hand-edited value nests, and
+# measured as sent; one too large for the request limit goes as '' (unreadable) instead of a 413.
+STORED_JS = f"""(value) => {{
+  if (value === null || value === undefined) return null;
+  try {{
+    const text = JSON.stringify(value);
+    return new Blob([JSON.stringify(text)]).size <= {STORE_BYTES} ? text : '';
+  }} catch {{
+    return '';
+  }}
+}}"""
+
+
+def sending_stored(inputs: int) -> str:
+    """The js of an event whose first input is a BrowserState. Gradio calls it with the inputs' values and
+    then the outputs'; with one input it takes the value itself, with more a list of the inputs."""
+    if inputs == 1:
+        return f"(stored) => ({STORED_JS})(stored)"
+    return f"(stored, ...rest) => [({STORED_JS})(stored), ...rest.slice(0, {inputs - 1})]"
+
+
 # How to reach the page from code; the browser puts in the address it is on.
 API_SNIPPET = """# The page's own chat, streamed (pip install gradio_client)
 from gradio_client import Client
@@ -104,6 +149,14 @@ PAGE_JS = """() => {
       fill(60);
     }
   }, true);
+  // An edit box left open would send its text into whatever conversation is shown when it is submitted:
+  // whatever replaces the conversation closes it first.
+  const closeEdit = () => document.querySelector('#chatbot button[aria-label="Cancel"]')?.click();
+  const replacing = '#clear, #new-conversation, #delete-conversation, #conversations label,'
+    + ' #chatbot button[aria-label="Clear"]';
+  document.addEventListener('click', (event) => event.target.closest(replacing) && closeEdit(), true);
+  // The file picked for Load (the page's only file input, beside its button).
+  document.addEventListener('change', (event) => event.target.matches('input[type=file]') && closeEdit(), true);
   document.addEventListener('copy', (event) => {
     if (next === null) return;
     event.clipboardData.setData('text/plain', next);
@@ -132,6 +185,21 @@ PARAM_NAMES = ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_pe
 
 
 @dataclass
+class Shelf:
+    """The conversations kept in the browser, and the list that reopens, renames and deletes them."""
+
+    current: gr.BrowserState  # the open conversation (Kept.stored()), written after each change
+    past: gr.BrowserState  # the others, most recent first, written only when the list changes
+    opened: gr.State  # (id, title) of the open conversation
+    labels: gr.State  # the past ones' (label, id), so that redrawing the list after a turn sends none of them
+    listed: gr.Radio
+    title: gr.Textbox
+    rename: gr.Button
+    new: gr.Button
+    delete: gr.Button
+
+
+@dataclass
 class Page:
     """The components the handlers read and write."""
 
@@ -151,12 +219,14 @@ class Page:
     system: gr.Textbox
     samplers: list[gr.components.Component]  # in PARAM_NAMES' order
     save: gr.Button
+    save_markdown: gr.Button
     upload: gr.UploadButton
     file_text: gr.Textbox
     state: gr.State  # the raw conversation: what the model sees
     notes: gr.State  # message index -> how that reply went; shown, never sent to the model
     busy: gr.State  # a reply is being generated
     sent: gr.State  # the message taken from the box, on its way to `Chat.respond`
+    shelf: Shelf
 
 
 @dataclass
@@ -174,6 +244,26 @@ def session_of(request: gr.Request | None) -> str:
 
 def client_of(request: gr.Request | None) -> str:
     return request.client.host if request and request.client else ""
+
+
+def shelf_layout() -> Shelf:
+    with gr.Accordion("Conversations", open=True, elem_id="history"):
+        new = gr.Button("New conversation", size="sm", elem_id="new-conversation")
+        listed = gr.Radio(
+            [],
+            label="Kept in this browser",
+            info=f"The last {MAX_CONVERSATIONS}, in this browser only: never on the server. Pick one to reopen it.",
+            elem_id="conversations",
+        )
+        with gr.Row(equal_height=True):
+            title = gr.Textbox(
+                show_label=False, placeholder="Title of this conversation", max_length=MAX_TITLE, scale=3,
+                min_width=100, elem_id="title",
+            )  # fmt: skip
+            rename = gr.Button("Rename", size="sm", scale=1, min_width=60, elem_id="rename")
+        delete = gr.Button("Delete this conversation", size="sm", variant="stop", elem_id="delete-conversation")
+    current, past = (gr.BrowserState(None, storage_key=key, secret=STORAGE_SECRET) for key in STORAGE_KEYS)
+    return Shelf(current, past, gr.State(("", "")), gr.State([]), listed, title, rename, new, delete)
 
 
 def layout(chat: Chat, describe) -> Page:
@@ -228,6 +318,7 @@ def layout(chat: Chat, describe) -> Page:
                     clear = gr.Button("Clear", elem_id="clear", **small)
             with gr.Column(scale=1):
                 model = gr.Dropdown(names, value=names[0], label="Model", elem_id="model", visible=len(names) > 1)
+                shelf = shelf_layout()
                 system = gr.Textbox(label="System prompt", lines=4, elem_id="system")
                 with gr.Accordion("Sampling", open=True):
                     samplers = [
@@ -240,6 +331,7 @@ def layout(chat: Chat, describe) -> Page:
                     ]
                 with gr.Accordion("Conversation file", open=False):
                     save = gr.Button("Save as JSON", elem_id="save")
+                    save_markdown = gr.Button("Save as Markdown", elem_id="save-markdown")
                     upload = gr.UploadButton("Load JSON", file_types=[".json"], elem_id="load")
                     file_text = gr.Textbox(visible=False)  # a conversation file's text, on its way in or out
                 with gr.Accordion("Use from code: /chat and /v1", open=False, elem_id="use-from-code"):
@@ -250,7 +342,8 @@ def layout(chat: Chat, describe) -> Page:
         )  # fmt: skip
         return Page(
             blocks, info, chatbot, raw, context, textbox, send, stop, retry, proceed, undo, clear, model, system,
-            samplers, save, upload, file_text, gr.State([]), gr.State({}), gr.State(False), gr.State(""),
+            samplers, save, save_markdown, upload, file_text, gr.State([]), gr.State({}), gr.State(False),
+            gr.State(""), shelf,
         )  # fmt: skip
 
 
@@ -389,17 +482,8 @@ def wire(page: Page, chat: Chat, describe) -> None:
 
     def undo(conversation: list[Message], notes: dict[int, str]) -> dict:
         if len(conversation) < 2:
-            return {}
+            return gr.skip()
         return {**show(conversation[:-2], notes), p.textbox: conversation[-2]["content"]}
-
-    def load(text: str, conversation: list[Message], system: str) -> dict:
-        """The file's text, read by the browser: the server never opens a path a client names."""
-        try:
-            loaded, loaded_system = import_conversation(text, chat.settings.max_conversation_chars)
-        except DialogueError as exc:
-            gr.Warning(f"Could not load that conversation: {exc}")
-            return {p.state: conversation, p.system: system}  # nothing replaced
-        return {**show(loaded, {}), p.system: loaded_system}
 
     private = {"api_visibility": "private"}
 
@@ -426,25 +510,147 @@ def wire(page: Page, chat: Chat, describe) -> None:
         p.chatbot.edit(edit, turn, [*shown, *buttons], **private),
         p.proceed.click(proceed, turn, [*shown, *buttons], **private),
     ]
-    p.stop.click(None, cancels=generating, **private).then(stopped, [p.state, p.notes], [*shown, *buttons], **private)
+    stopping = p.stop.click(None, cancels=generating, **private).then(
+        stopped, [p.state, p.notes], [*shown, *buttons], **private
+    )
     # Send is for a message: disabled on an empty box.
     p.textbox.change(lambda text: gr.update(interactive=bool(text.strip())), p.textbox, p.send, queue=False,
                      show_progress="hidden", **private)  # fmt: skip
     p.chatbot.example_select(pick, None, p.textbox, queue=False, **private)
-    p.undo.click(undo, [p.state, p.notes], [*shown, p.textbox], queue=False, **private)
+    changing = [
+        *generating,
+        stopping,
+        p.undo.click(undo, [p.state, p.notes], [*shown, p.textbox], queue=False, **private),
+    ]
     for clearing in (p.clear.click, p.chatbot.clear):  # our button and the chatbot's own trash icon
-        clearing(lambda: {**show([], {}), p.context: ""}, None, shown, queue=False, **private)
+        changing.append(clearing(lambda: {**show([], {}), p.context: ""}, None, shown, queue=False, **private))
+    keeping = wire_shelf(p, chat, show)
+    for change in changing:  # every change to the open conversation is kept in the browser
+        change.then(**keeping)
+    p.system.blur(**keeping)
     # Saved in the browser: no file on the server that another visitor could fetch.
     p.save.click(export_conversation, [p.state, p.system], p.file_text, **private).then(
-        None, p.file_text, None, js=DOWNLOAD_JS
+        None, p.file_text, None, js=download_js("application/json", "json")
     )
+    p.save_markdown.click(
+        lambda conversation, system, opened: conversation_markdown(Kept(*opened, conversation, system).label(),
+                                                                   conversation, system),
+        [p.state, p.system, p.shelf.opened], p.file_text, **private,
+    ).then(None, p.file_text, None, js=download_js("text/markdown", "md"))  # fmt: skip
+
+
+def wire_shelf(page: Page, chat: Chat, show) -> dict:
+    """The conversations kept in the browser: restored with the page, listed, reopened, renamed, deleted,
+    and a loaded file opened as a new one. Returns the event that keeps the open conversation."""
+    p, s, limit = page, page.shelf, chat.settings.max_conversation_chars
+    private = {"api_visibility": "private"}
+    shown = [p.chatbot, p.state, p.notes, p.raw, p.context, p.proceed]
+    opening_outputs = [*shown, p.system, s.opened, s.title, s.current, s.past, s.labels, s.listed]
+
+    def listing(current: Kept, labels: list[tuple[str, str]]) -> dict:
+        value = current.id if current.conversation else None
+        return {s.labels: labels, s.listed: gr.update(choices=choices(current, labels), value=value)}
+
+    def opening(current: Kept, past: list[Kept], dropped: int = 0) -> dict:
+        """`current` is now the open conversation and `past` the list; both are stored."""
+        if dropped:
+            gr.Info(f"{dropped} older conversation{'s' * (dropped != 1)} left the list: this browser keeps the "
+                    f"last {MAX_CONVERSATIONS}, {STORE_BYTES // 1_000_000} MB at most.")  # fmt: skip
+        return {**show(current.conversation, {}), p.context: "", p.system: current.system,
+                s.opened: (current.id, current.title), s.title: current.title, s.current: current.stored(),
+                s.past: [k.stored() for k in past], **listing(current, [(k.label(), k.id) for k in past])}  # fmt: skip
+
+    def busy_now(busy: bool) -> bool:
+        """While a reply streams into the open conversation, it stays open."""
+        if busy:
+            gr.Warning("A reply is being written: stop it first.")
+        return busy
+
+    def keep(conversation: list[Message], system: str, opened: tuple[str, str], labels: list) -> dict:
+        current = Kept(opened[0] or new_id(), opened[1], conversation, system)
+        if sent_size(current.stored()) > STORE_BYTES:
+            gr.Warning("This conversation is too long to keep in this browser: save it as a file.")
+            return {s.opened: (current.id, current.title)}
+        return {s.current: current.stored(), s.opened: (current.id, current.title), **listing(current, labels)}
+
+    def restore(stored: str | None) -> dict:
+        """The conversation that was open when the page was last left (reloaded, or its theme switched)."""
+        try:
+            current = read_current(stored, limit)
+        except DialogueError:
+            gr.Warning("The conversation kept in this browser could not be read: a new one is open.")
+            current = None
+        current = current or Kept(new_id(), "", [], "")
+        return {**show(current.conversation, {}), p.system: current.system, s.opened: (current.id, current.title),
+                s.title: current.title}  # fmt: skip
+
+    def restore_list(stored: str | None, conversation: list[Message], system: str, opened: tuple[str, str]) -> dict:
+        past, bad = read_past(stored, limit)
+        if bad:
+            gr.Warning(f"{bad} conversation{'s' * (bad != 1)} kept in this browser could not be read and "
+                       f"{'were' if bad != 1 else 'was'} left out.")  # fmt: skip
+        past = [k for k in past if k.id != opened[0]]
+        return listing(Kept(*opened, conversation, system), [(k.label(), k.id) for k in past])
+
+    def reopen(stored: str | None, chosen: str, conversation: list, system: str, opened: tuple, busy: bool) -> dict:
+        past, _ = read_past(stored, limit)
+        leaving = Kept(*opened, conversation, system)
+        found = next((k for k in past if k.id == chosen), None)
+        if busy_now(busy) or not found or found.id == leaving.id:
+            return listing(leaving, [(k.label(), k.id) for k in past if k.id != leaving.id])
+        return opening(found, *shelve([k for k in past if k.id != chosen], leaving))
+
+    def new(stored: str | None, conversation: list, system: str, opened: tuple, busy: bool) -> dict:
+        """An empty conversation (the system prompt stays: it is more a setting than a message)."""
+        if busy_now(busy):
+            return gr.skip()
+        return opening(
+            Kept(new_id(), "", [], system), *shelve(read_past(stored, limit)[0], Kept(*opened, conversation, system))
+        )
+
+    def delete(stored: str | None, system: str, busy: bool) -> dict:
+        if busy_now(busy):
+            return gr.skip()
+        return opening(Kept(new_id(), "", [], system), read_past(stored, limit)[0])
+
+    def rename(title: str, conversation: list, system: str, opened: tuple, labels: list) -> dict:
+        try:
+            title = check_title(title)
+        except DialogueError as exc:
+            gr.Warning(str(exc))
+            return gr.skip()
+        return {s.title: title, **keep(conversation, system, (opened[0], title), labels)}
+
+    def load(stored: str | None, text: str, conversation: list, system: str, opened: tuple, busy: bool) -> dict:
+        """A conversation file, read by the browser (the server never opens a path a client names), opens as
+        a new conversation; the one that was open goes to the list."""
+        try:
+            loaded, loaded_system = import_conversation(text, limit)
+        except DialogueError as exc:
+            gr.Warning(f"Could not load that conversation: {exc}")
+            return gr.skip()  # nothing replaced
+        if busy_now(busy):
+            return gr.skip()
+        past = read_past(stored, limit)[0]
+        return opening(Kept(new_id(), "", loaded, loaded_system), *shelve(past, Kept(*opened, conversation, system)))
+
+    quick = {"show_progress": "hidden", **private}  # queued: a warning reaches the page only from the queue
+    leaving = [p.state, p.system, s.opened, p.busy]
+    p.blocks.load(restore, s.current, [*shown, p.system, s.opened, s.title], js=sending_stored(1), **quick).then(
+        restore_list, [s.past, p.state, p.system, s.opened], [s.labels, s.listed], js=sending_stored(4), **quick
+    )
+    s.listed.input(reopen, [s.past, s.listed, *leaving], opening_outputs, js=sending_stored(6), **quick)
+    s.new.click(new, [s.past, *leaving], opening_outputs, js=sending_stored(5), **quick)
+    s.delete.click(delete, [s.past, p.system, p.busy], opening_outputs, js=sending_stored(3), **quick)
+    for renaming in (s.rename.click, s.title.submit):
+        renaming(rename, [s.title, p.state, p.system, s.opened, s.labels], [s.title, s.current, s.opened, s.labels,
+                 s.listed], **quick)  # fmt: skip
     # The browser reads the uploaded file and sends its text: no event takes a path from a client.
     p.upload.upload(None, p.upload, p.file_text, js=READ_UPLOAD_JS).then(
-        load,
-        [p.file_text, p.state, p.system],
-        [p.chatbot, p.state, p.system, p.notes, p.raw, p.context, p.proceed],
-        **private,
+        load, [s.past, p.file_text, *leaving], opening_outputs, js=sending_stored(6), **private
     )
+    return {"fn": keep, "inputs": [p.state, p.system, s.opened, s.labels],
+            "outputs": [s.current, s.opened, s.labels, s.listed], **quick}  # fmt: skip
 
 
 def build_ui(chat: Chat) -> gr.Blocks:

@@ -81,6 +81,7 @@ def test_conversation_files_round_trip():
         '{"messages": 3}',
         '[{"role": "assistant", "content": "x"}]',
         '[{"role": "user", "content": 1}]',
+        '[{"role": ["user"], "content": "x"}]',  # not a key: refused, not a TypeError
         '[{"role": "user", "content": "unanswered"}]',
         "[1, 2]",
     ],

@@ -131,11 +131,12 @@ def test_a_conversation_file_is_read_as_text_and_checked_before_it_replaces_anyt
             ]
         }
     )
-    loaded = call_event(url, load["id"], [good, None, "old system"])["output"]["data"]
-    assert loaded[2] == "sys" and [m["content"][0]["text"] for m in loaded[0]] == ["q", "a"]
+    # Inputs: the browser's kept conversations, the file's text, the open conversation, system prompt, ...
+    loaded = call_event(url, load["id"], [None, good, None, "old system", None, False])["output"]["data"]
+    assert loaded[6] == "sys" and [m["content"][0]["text"] for m in loaded[0]] == ["q", "a"]
     broken = good.replace('"a"', '"\\ud800"')
-    kept = call_event(url, load["id"], [broken, None, "old system"])
-    assert kept["output"]["data"][2] == "old system"  # nothing replaced
+    kept = call_event(url, load["id"], [None, broken, None, "old system", None, False])["output"]["data"]
+    assert "sys" not in json.dumps(kept) and '"q"' not in json.dumps(kept)  # nothing replaced
 
 
 def test_a_huge_request_is_refused_and_the_server_stays_responsive(open_server, capsys):

@@ -1,9 +1,13 @@
 """The playground in headless Debian Chromium, driven by Playwright as a person would use it."""
 
+import hashlib
 import json
+import os
+from pathlib import Path
 
 import pytest
 
+from playground.ui import STORAGE_KEYS, STORAGE_SECRET
 from tests.conftest import generating, local_and_remote, serve, serve_model, slow_model, wait_until_idle
 from tests.fakes import FakeServer
 
@@ -406,3 +410,205 @@ def test_the_reply_limit_fits_the_model_and_the_context_is_shown_before_sending(
     assert page.locator('[data-testid="toast-body"]').count() == 0
     after = page.locator("#context").inner_text()
     assert "prompt tokens" in after and f"up to {top} reply tokens reserved" in after
+
+
+SORT, REVERSE = "How do I sort a list in Python?", "How do I reverse a list in Python?"
+RAW = "document.querySelector('#raw-conversation textarea')?.value"
+LISTED = "JSON.stringify([...document.querySelectorAll('#conversations label')].map((l) => l.innerText.trim()))"
+
+
+def wait_for_conversation(page, raw: str) -> None:
+    page.wait_for_function(f"(raw) => {RAW} === raw", arg=raw)
+
+
+def wait_for_list(page, labels: list[str]) -> None:
+    try:
+        page.wait_for_function(f"(labels) => {LISTED} === JSON.stringify(labels)", arg=labels, timeout=10_000)
+    except Exception:
+        raise AssertionError(f"the list is {page.evaluate(LISTED)}, not {labels}") from None
+
+
+def wait_for_notice(page, text: str) -> None:
+    notices = "[...document.querySelectorAll('[data-testid=toast-body]')].map((t) => t.innerText).join(' ')"
+    page.wait_for_function(f"(text) => {notices}.includes(text)", arg=text)
+
+
+def kept_after(page, action) -> None:
+    """Does `action`, then waits until the open conversation is written to localStorage again."""
+    before = page.evaluate("(key) => localStorage.getItem(key)", STORAGE_KEYS[0])
+    action()
+    page.wait_for_function("([key, before]) => localStorage.getItem(key) !== before", arg=[STORAGE_KEYS[0], before])
+
+
+def test_conversations_are_kept_in_the_browser_listed_reopened_renamed_and_deleted(app, page, monkeypatch):
+    url, chat = app
+    slow_model(chat, monkeypatch, delay=0.0, endless=False)
+    page.goto(url)
+    set_max_new_tokens(page, 8)
+    ask(page, SORT)
+    wait_for_stable_reply(page, 1)
+    wait_for_list(page, [SORT])
+    kept_after(
+        page,
+        lambda: (
+            page.locator("#system textarea").fill("Answer in one line."),
+            page.locator("#message textarea").click(),
+        ),
+    )
+    first = page.evaluate(RAW)
+
+    # A reload (or a theme switch, which reloads) keeps the conversation and its system prompt.
+    page.reload()
+    wait_for_conversation(page, first)
+    wait_for_list(page, [SORT])
+    assert page.locator("#system textarea").input_value() == "Answer in one line."
+
+    # A new conversation; the first stays in the list, and both survive a reload.
+    page.locator("#new-conversation").click()
+    page.wait_for_function(f"{RAW} === '[]'")
+    ask(page, REVERSE)
+    wait_for_stable_reply(page, 1)
+    wait_for_list(page, [REVERSE, SORT])
+    second = page.evaluate(RAW)
+    page.reload()
+    wait_for_conversation(page, second)
+    wait_for_list(page, [REVERSE, SORT])
+
+    # Reopened by picking it, renamed, and the name is kept.
+    page.locator("#conversations label", has_text=SORT).click()
+    wait_for_conversation(page, first)
+    wait_for_list(page, [SORT, REVERSE])
+    page.locator("#title textarea").fill("Sorting")
+    page.locator("#rename").click()
+    wait_for_list(page, ["Sorting", REVERSE])
+    page.reload()
+    wait_for_list(page, ["Sorting", REVERSE])
+    wait_for_conversation(page, first)
+
+    # Deleted: gone from the list and from the browser; an empty conversation is open.
+    page.locator("#delete-conversation").click()
+    wait_for_list(page, [REVERSE])
+    assert page.evaluate(RAW) == "[]"
+    page.reload()
+    wait_for_list(page, [REVERSE])
+    assert page.evaluate(RAW) == "[]"
+
+
+CODE_REPLY = (
+    "Use `sorted`:\n\n```python\nnumbers = [3, 1, 2]\nprint(sorted(numbers))  # <b>&amp;\n```\n\n  and  spaces  "
+)
+FILE = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Sort <this>?"},
+        {"role": "assistant", "content": CODE_REPLY},
+        {"role": "user", "content": "And a reply cut in its code?"},
+        {"role": "assistant", "content": "```js\nlet x = 1;"},
+    ]
+}
+USERS = "document.querySelectorAll('#chatbot [data-testid=user]').length"
+
+
+def load_file(page, path: Path) -> None:
+    page.locator('input[data-testid="Load JSON-upload-button"]').set_input_files(str(path))
+
+
+def open_with_a_loaded_file(page, url: str, tmp_path: Path) -> Path:
+    """The page, with FILE loaded (and listed); returns the file."""
+    conversation = tmp_path / "conversation.json"
+    conversation.write_text(json.dumps(FILE))
+    page.goto(url)
+    page.get_by_text("Conversation file").click()
+    load_file(page, conversation)
+    wait_for_list(page, ["Sort <this>?"])
+    return conversation
+
+
+def test_markdown_export_is_exact_and_clear_or_load_close_an_open_edit(app, page, tmp_path):
+    url, _ = app
+    conversation = open_with_a_loaded_file(page, url, tmp_path)
+    page.wait_for_function(f"{USERS} == 2")
+
+    with page.expect_download() as download:  # made in the browser, like Save as JSON
+        page.locator("#save-markdown").click()
+    assert download.value.suggested_filename.endswith(".md")
+    assert Path(download.value.path()).read_text() == (
+        "# Sort <this>?\n\n## System prompt\n\nBe brief.\n\n## User\n\nSort <this>?\n\n## Assistant\n\n"
+        f"{CODE_REPLY}\n\n## User\n\nAnd a reply cut in its code?\n\n## Assistant\n\n```js\nlet x = 1;\n```\n"
+    )
+
+    # An edit box open when the conversation is replaced is closed, not left on the new conversation.
+    page.locator('#chatbot button[aria-label="Edit"]').first.click()
+    page.locator("#chatbot textarea").wait_for()
+    other = tmp_path / "other.json"
+    other.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "Other"}, {"role": "assistant", "content": "a"}]})
+    )
+    load_file(page, other)  # opens as a new conversation: the list holds both
+    wait_for_list(page, ["Other", "Sort <this>?"])
+    assert page.locator("#chatbot textarea").count() == 0
+    page.locator('#chatbot button[aria-label="Edit"]').first.click()
+    page.locator("#chatbot textarea").wait_for()
+    page.locator("#clear").click()
+    page.wait_for_function(f"{USERS} == 0")
+    load_file(page, conversation)
+    page.wait_for_function(f"{USERS} == 2")
+    wait_for_list(page, ["Sort <this>?", "Sort <this>?"])  # the cleared one (empty) is not listed
+    assert page.locator("#chatbot textarea").count() == 0
+
+
+FORGE_JS = """async ([key, rawKey, iv, salt, text]) => {
+  const aes = await crypto.subtle.importKey('raw', new Uint8Array(rawKey), 'AES-CBC', false, ['encrypt']);
+  const plain = new TextEncoder().encode(text);
+  const sealed = new Uint8Array(await crypto.subtle.encrypt({name: 'AES-CBC', iv: new Uint8Array(iv)}, aes, plain));
+  const bytes = new Uint8Array([...new TextEncoder().encode('Salted__'), ...salt, ...sealed]);
+  let binary = '';
+  for (let i = 0; i < bytes.length; i += 8192) binary += String.fromCharCode(...bytes.subarray(i, i + 8192));
+  localStorage.setItem(key, btoa('iv: not used....') + ':' + btoa(binary));
+}"""
+
+
+def keep_by_hand(page, key: str, text: str) -> None:
+    """Writes the JSON `text` as gr.BrowserState would (CryptoJS AES, key and iv from the app's secret the OpenSSL
+    way), as anyone can by hand: the secret is in the page's config."""
+    passphrase, salt = hashlib.sha256(STORAGE_SECRET.encode()).hexdigest().encode(), os.urandom(8)
+    derived, block = b"", b""
+    while len(derived) < 48:
+        block = hashlib.md5(block + passphrase + salt).digest()
+        derived += block
+    page.evaluate(FORGE_JS, [key, list(derived[:32]), list(derived[32:48]), list(salt), text])
+
+
+def test_forged_stored_values_are_left_out_and_the_page_goes_on(app, page, monkeypatch, tmp_path):
+    url, chat = app
+    open_with_a_loaded_file(page, url, tmp_path)
+    opened = page.evaluate(RAW)
+
+    # A hand-edited list: one good conversation among wrong types and a lone surrogate.
+    good = {"id": "a" * 32, "title": "Kept one", "messages": FILE["messages"][:3]}
+    lone = {"id": "b" * 32, "messages": [{"role": "user", "content": "\ud800"}, {"role": "assistant", "content": "x"}]}
+    role = {"id": "c" * 32, "messages": [{"role": ["user"], "content": "q"}, {"role": "assistant", "content": "a"}]}
+    keep_by_hand(page, STORAGE_KEYS[1], json.dumps([{"id": 5}, "text", lone, good, role, None]))
+    page.reload()
+    wait_for_conversation(page, opened)  # the open conversation is not lost
+    wait_for_list(page, ["Sort <this>?", "Kept one"])
+    wait_for_notice(page, "5 conversations kept in this browser could not be read")
+    page.locator("#conversations label", has_text="Kept one").click()
+    page.wait_for_function(f"{USERS} == 1")
+
+    # Wrong types, nesting deeper than Python reads, megabytes, a value that is not even encrypted: each
+    # refused with a notice, and the page works.
+    keep_by_hand(page, STORAGE_KEYS[0], json.dumps({"id": "d" * 32, "messages": 7}))
+    keep_by_hand(page, STORAGE_KEYS[1], "[" * 3000 + "]" * 3000)
+    page.reload()
+    wait_for_notice(page, "The conversation kept in this browser could not be read: a new one is open.")
+    wait_for_notice(page, "1 conversation kept in this browser could not be read")
+    page.evaluate("(key) => localStorage.setItem(key, 'not:encrypted')", STORAGE_KEYS[0])
+    keep_by_hand(page, STORAGE_KEYS[1], json.dumps(["x" * 1_500_000]))
+    page.reload()
+    wait_for_notice(page, "1 conversation kept in this browser could not be read")
+    slow_model(chat, monkeypatch, delay=0.0, endless=False)
+    set_max_new_tokens(page, 4)
+    ask(page, SORT)
+    wait_for_stable_reply(page, 1)
+    wait_for_list(page, [SORT])

@@ -1,0 +1,129 @@
+"""Conversations kept in the browser: what is stored, how it is read back, and the list's titles.
+
+The page keeps two values in the browser's localStorage (`gr.BrowserState`): the open conversation,
+written after every change to it, and the past ones, written only when the list changes (so a turn
+never sends them). Nothing is kept on the server. A stored value comes back from the browser as its
+JSON text and may have been edited by hand, so it is read like an uploaded file: checked whole, and
+refused (or, in the list, left out) when anything is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+
+from playground.chat import check_conversation, check_text, conversation_record
+from playground.template import DialogueError, Message
+
+MAX_CONVERSATIONS = 50  # in the list; the oldest goes first
+# The past conversations travel as one request when the list changes, and localStorage holds about
+# 5 M characters per site: each stored value stays within this many bytes of request.
+STORE_BYTES = 1_000_000
+MAX_TITLE = 100  # a title given by Rename
+TITLE_CHARS = 60  # of the first question, when the conversation has no title of its own
+UNTITLED = "New conversation"
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class Kept:
+    """One conversation as the browser keeps it."""
+
+    id: str
+    title: str  # "" until renamed: the list shows the first question
+    conversation: list[Message]
+    system: str
+
+    def label(self) -> str:
+        if self.title:
+            return self.title
+        first = next((m["content"] for m in self.conversation if m["role"] == "user"), "")
+        words = " ".join(first.split())
+        return (words[: TITLE_CHARS - 1] + "…" if len(words) > TITLE_CHARS else words) or UNTITLED
+
+    def stored(self) -> dict:
+        return {"id": self.id, "title": self.title, **conversation_record(self.conversation, self.system)}
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def sent_size(value: object) -> int:
+    """The bytes a browser sends for a stored value: its JSON text, itself a string in the request's JSON
+    (as the page's STORED_JS measures it)."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return len(json.dumps(text, ensure_ascii=False).encode())
+
+
+def check_title(title: object) -> str:
+    """A title from Rename: one line of text, trimmed; '' gives back the first question."""
+    return " ".join(check_text(title, "title", MAX_TITLE).split())
+
+
+def read_kept(value: object, limit: int) -> Kept:
+    """A stored conversation, checked as a conversation file is (`limit`: its characters)."""
+    if not isinstance(value, dict) or not isinstance(value.get("id"), str) or not _ID.fullmatch(value["id"]):
+        raise DialogueError("a kept conversation needs an id")
+    conversation, system = check_conversation(value, limit)
+    return Kept(value["id"], check_title(value.get("title", "")), conversation, system)
+
+
+def parse(text: str | None) -> object:
+    """A stored value's JSON text as the page sends it (STORED_JS): None when nothing is stored, ''
+    when it was too large to send. Raises DialogueError for what cannot be read."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise DialogueError("the stored value is not JSON (or too large)") from exc
+
+
+def read_current(text: str | None, limit: int) -> Kept | None:
+    """The open conversation from the browser; None when nothing is stored."""
+    value = parse(text)
+    return None if value is None else read_kept(value, limit)
+
+
+def read_past(text: str | None, limit: int) -> tuple[list[Kept], int]:
+    """The past conversations from the browser, and how many could not be read (left out)."""
+    try:
+        values = parse(text)
+    except DialogueError:
+        return [], 1
+    if not isinstance(values, list):
+        return [], int(values is not None)
+    kept, seen, bad = [], set(), max(0, len(values) - MAX_CONVERSATIONS)
+    for value in values[:MAX_CONVERSATIONS]:
+        try:
+            conversation = read_kept(value, limit)
+        except DialogueError:
+            bad += 1
+            continue
+        if conversation.id not in seen:
+            seen.add(conversation.id)
+            kept.append(conversation)
+    return kept, bad
+
+
+def shelve(past: list[Kept], current: Kept | None) -> tuple[list[Kept], int]:
+    """The list with `current` (unless it is empty) first and the oldest beyond the caps dropped; and how
+    many were dropped."""
+    conversations = [*([current] if current and current.conversation else []), *past]
+    kept: list[Kept] = []
+    size = sent_size([])
+    for conversation in conversations[:MAX_CONVERSATIONS]:
+        # One more item adds its own size (less its quotes: it is inside the list's) and a comma.
+        size += sent_size(conversation.stored()) - 2 + bool(kept)
+        if size > STORE_BYTES:
+            break
+        kept.append(conversation)
+    return kept, len(conversations) - len(kept)
+
+
+def choices(current: Kept, past: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The list as the page shows it: (label, id), the open conversation first unless it is empty."""
+    return [*([(current.label(), current.id)] if current.conversation else []), *past]

@@ -1,0 +1,50 @@
+"""The conversations kept in the browser: what comes back is checked, and the list stays within its caps."""
+
+import json
+
+import pytest
+
+from playground import history
+from playground.history import MAX_CONVERSATIONS, Kept, new_id, read_current, read_past, sent_size, shelve
+from playground.template import DialogueError
+
+
+def kept(question: str, reply: str = "a", title: str = "") -> Kept:
+    return Kept(new_id(), title, [{"role": "user", "content": question}, {"role": "assistant", "content": reply}], "")
+
+
+def test_a_kept_conversation_round_trips_and_is_labelled_by_its_first_question():
+    conversation = kept("  How do I\n sort a list?  ")
+    assert read_current(json.dumps(conversation.stored()), 1000) == conversation
+    assert conversation.label() == "How do I sort a list?"
+    assert kept("x" * 200).label() == "x" * 59 + "…"
+    assert kept("q", title="Mine").label() == "Mine"
+    assert read_current(None, 1000) is None  # nothing stored
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "not json", "[" * 3000 + "]" * 3000, "7", '{"id": "x", "messages": []}', '{"id": 5}'],
+)
+def test_what_cannot_be_read_is_refused(text):
+    with pytest.raises(DialogueError):
+        read_current(text, 1000)
+
+
+def test_the_list_leaves_out_bad_entries_and_duplicates():
+    good = kept("q")
+    values = [good.stored(), good.stored(), {"id": "z"}, {**kept("\ud800").stored()}, "x", None]
+    past, bad = read_past(json.dumps(values), 1000)
+    assert past == [good] and bad == 4
+    assert read_past(json.dumps([kept(str(i)).stored() for i in range(MAX_CONVERSATIONS + 3)]), 1000)[1] == 3
+
+
+def test_shelving_keeps_the_newest_within_the_count_and_the_bytes(monkeypatch):
+    past = [kept(str(i)) for i in range(MAX_CONVERSATIONS)]
+    current = kept("new")
+    shelved, dropped = shelve(past, current)
+    assert shelved[0] == current and len(shelved) == MAX_CONVERSATIONS and dropped == 1
+    assert shelve(past, Kept(new_id(), "", [], ""))[1] == 0  # an empty conversation is not listed
+    monkeypatch.setattr(history, "STORE_BYTES", 3 * sent_size([current.stored()]))
+    shelved, dropped = shelve(past, current)
+    assert sent_size([k.stored() for k in shelved]) <= history.STORE_BYTES and dropped == len(past) + 1 - len(shelved)
