@@ -522,8 +522,16 @@ def wire(page: Page, chat: Chat, describe) -> None:
         stopping,
         p.undo.click(undo, [p.state, p.notes], [*shown, p.textbox], queue=False, **private),
     ]
+
+    def cleared(request: gr.Request) -> dict:
+        """An empty conversation; a reply that was streaming is cancelled first, so it cannot write back."""
+        replies.pop(session_of(request), None)
+        return {**show([], {}), p.context: "", **unlocked}
+
     for clearing in (p.clear.click, p.chatbot.clear):  # our button and the chatbot's own trash icon
-        changing.append(clearing(lambda: {**show([], {}), p.context: ""}, None, shown, queue=False, **private))
+        changing.append(
+            clearing(None, cancels=generating, **private).then(cleared, None, [*shown, *buttons], **private)
+        )
     keeping = wire_shelf(p, chat, show)
     for change in changing:  # every change to the open conversation is kept in the browser
         change.then(**keeping)

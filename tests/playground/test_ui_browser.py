@@ -241,8 +241,17 @@ def test_typing_while_a_reply_streams_loses_nothing(app, page, monkeypatch):
     page.wait_for_function("document.querySelectorAll('#chatbot [data-testid=user]').length == 2")
     assert "typed while it streams" in page.locator("#chatbot [data-testid=user]").last.inner_text()
     page.wait_for_function("document.querySelector('#message textarea').value === ''")
-    page.locator("#stop").click()
+
+    # Clear while it streams: the reply stops and cannot write into the cleared conversation.
+    page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 2")
+    page.locator("#clear").click()
     assert wait_until_idle()
+    page.locator("#send").wait_for(state="visible")
+    page.wait_for_timeout(500)  # a reply still streaming would show within a few of its 20 ms tokens
+    assert page.locator("#chatbot [data-testid=user]").count() == 0 and bot_texts(page) == []
+    page.reload()
+    page.locator("#message textarea").wait_for()
+    assert page.locator("#chatbot [data-testid=user]").count() == 0
 
 
 def test_copies_and_edits_are_exactly_what_was_typed(app, clipboard_page, monkeypatch):
