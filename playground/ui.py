@@ -1,4 +1,5 @@
-"""The Gradio Blocks playground: `layout` places the components, `wire` connects their events.
+"""The Gradio Blocks playground: `layout` places the components, `Handlers` says what each event does,
+`wire` connects the events to them (`wire_shelf` those of the conversations kept in the browser).
 
 The turn itself is playground.chat; what the chatbot renders is playground.display.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -347,20 +348,26 @@ def layout(chat: Chat, describe) -> Page:
         )  # fmt: skip
 
 
-def wire(page: Page, chat: Chat, describe) -> None:
-    p = page
-    replies: dict[str, Reply] = {}  # session -> its newest reply, for Stop
-    turn = {p.state, p.notes, p.system, p.model, *p.samplers}  # a set: handlers get one dict of values
-    locked = {p.send: gr.update(visible=False), p.stop: gr.update(visible=True), p.retry: gr.update(interactive=False)}
-    locked[p.proceed] = gr.update(visible=False)
-    unlocked = {p.busy: False, p.send: gr.update(visible=True), p.stop: gr.update(visible=False)}
-    unlocked[p.retry] = gr.update(interactive=True)
+class Handlers:
+    """What the events of the conversation do, each method one event: send, retry, edit, continue, stop,
+    undo, clear, and picking an example or a model. They read and write the page's components."""
 
-    def show(conversation: list[Message], notes: dict[int, str]) -> dict:
+    def __init__(self, page: Page, chat: Chat, describe: Callable[[str], str]):
+        self.p, self.chat, self.describe = page, chat, describe
+        self.replies: dict[str, Reply] = {}  # session -> its newest reply, for Stop
+        p = page
+        self.locked = {p.send: gr.update(visible=False), p.stop: gr.update(visible=True),
+                       p.retry: gr.update(interactive=False), p.proceed: gr.update(visible=False)}  # fmt: skip
+        self.unlocked = {p.busy: False, p.send: gr.update(visible=True), p.stop: gr.update(visible=False),
+                         p.retry: gr.update(interactive=True)}  # fmt: skip
+
+    def show(self, conversation: list[Message], notes: dict[int, str]) -> dict:
+        p = self.p
         return {p.chatbot: display_messages(conversation, notes), p.state: conversation, p.notes: notes,
                 p.raw: raw_json(conversation), p.proceed: gr.update(visible=False)}  # fmt: skip
 
     async def run(
+        self,
         values: dict,
         history: list[Message],
         request: gr.Request | None,
@@ -370,27 +377,28 @@ def wire(page: Page, chat: Chat, describe) -> None:
     ) -> AsyncIterator:
         """Streams one reply (or, `continuing`, more of the last one). Before it streams, an error leaves
         the conversation as it was, with the `restore` outputs (the message back in its box)."""
+        p, unlocked = self.p, self.unlocked
         kept = len(history) - continuing  # a continued reply gets a new note
         before, notes = values[p.state], {i: n for i, n in values[p.notes].items() if i < kept}
         try:
             raw = {name: values[c] for name, c in zip(PARAM_NAMES, p.samplers, strict=True)}
-            params = chat.params(**{**raw, **overrides})
+            params = self.chat.params(**{**raw, **overrides})
         except ParamError as exc:
             gr.Warning(str(exc))
-            yield {**show(before, values[p.notes]), **unlocked, **(restore or {})}
+            yield {**self.show(before, values[p.notes]), **unlocked, **(restore or {})}
             return
         last: Update | None = None
         key, ended = session_of(request), False
-        live = replies[key] = Reply(before, notes)
+        live = self.replies[key] = Reply(before, notes)
         try:
-            updates = chat.respond(
+            updates = self.chat.respond(
                 history, values[p.system], params, values[p.model], client_of(request), continuing=continuing
             )
             async for update in updates:
                 last = update
                 if update.error and not update.finish:
                     gr.Warning(update.error)
-                    yield {**show(before, values[p.notes]), p.context: update.context or gr.skip(), **unlocked,
+                    yield {**self.show(before, values[p.notes]), p.context: update.context or gr.skip(), **unlocked,
                            **(restore or {})}  # fmt: skip
                     ended = True
                     return
@@ -399,28 +407,30 @@ def wire(page: Page, chat: Chat, describe) -> None:
                     note = reply_note(update.finish, update.tokens, update.first_token_s, update.seconds)
                     notes = {**notes, index: note}
                 live.conversation, live.notes = update.conversation, notes
-                yield {**show(update.conversation, notes), p.context: update.context}
+                yield {**self.show(update.conversation, notes), p.context: update.context}
             ended = True
         finally:
             live.done.set()  # also when Stop cancels this generator; then Stop takes the entry
-            if ended and replies.get(key) is live:
-                del replies[key]
+            if ended and self.replies.get(key) is live:
+                del self.replies[key]
         if last and last.error:
             gr.Warning(last.error)
         yield {**unlocked, p.proceed: gr.update(visible=bool(last) and last.finish == "length")}
 
-    def take(message: str, busy: bool) -> dict:
+    def take(self, message: str, busy: bool) -> dict:
         """Takes the message out of the box for sending; while a reply streams the box is left alone."""
+        p = self.p
         if busy or not message.strip():
             return {p.sent: ""}
         try:
-            chat.check_message(message)
+            self.chat.check_message(message)
         except DialogueError as exc:
             gr.Warning(str(exc))
             return {p.sent: "", p.textbox: message}
-        return {p.sent: message, p.busy: True, **locked}
+        return {p.sent: message, p.busy: True, **self.locked}
 
-    async def submit(values: dict, request: gr.Request):
+    async def submit(self, values: dict, request: gr.Request):
+        p = self.p
         message = values[p.sent]
         if not message:
             yield {}
@@ -428,111 +438,121 @@ def wire(page: Page, chat: Chat, describe) -> None:
         history = [*values[p.state], {"role": "user", "content": message}]
         # An error before the reply gives the message back, unless the person typed a new one.
         restore = {} if values[p.textbox] else {p.textbox: message}
-        async for out in run(values, history, request, restore=restore):
+        async for out in self.run(values, history, request, restore=restore):
             yield out
 
-    async def retry(values: dict, request: gr.Request):
-        conversation = values[p.state]
+    async def retry(self, values: dict, request: gr.Request):
+        conversation = values[self.p.state]
         if not conversation:
-            yield unlocked
+            yield self.unlocked
             return
         history = conversation[:-1] if conversation[-1]["role"] == "assistant" else conversation
-        yield {p.busy: True, **locked}
-        async for out in run(values, history, request, seed=-1):  # a new seed
+        yield {self.p.busy: True, **self.locked}
+        async for out in self.run(values, history, request, seed=-1):  # a new seed
             yield out
 
-    async def edit(values: dict, edit: gr.EditData, request: gr.Request):
+    async def edit(self, values: dict, edit: gr.EditData, request: gr.Request):
         """The edit box holds the message's raw text (the page fills it in), so it is taken as typed."""
+        p = self.p
         conversation = values[p.state]
         index = edit.index if isinstance(edit.index, int) else edit.index[0]
         if index >= len(conversation) or conversation[index]["role"] != "user":
-            yield {**show(conversation, values[p.notes]), **unlocked}
+            yield {**self.show(conversation, values[p.notes]), **self.unlocked}
             return
         history = [*conversation[:index], {"role": "user", "content": edit.value}]
-        yield {p.busy: True, **locked}
-        async for out in run(values, history, request):
+        yield {p.busy: True, **self.locked}
+        async for out in self.run(values, history, request):
             yield out
 
-    async def proceed(values: dict, request: gr.Request):
+    async def proceed(self, values: dict, request: gr.Request):
         """Continue: the reply cut at max new tokens goes on in the same bubble."""
-        conversation = values[p.state]
+        conversation = values[self.p.state]
         if not conversation or conversation[-1]["role"] != "assistant":
-            yield unlocked
+            yield self.unlocked
             return
-        yield {p.busy: True, **locked}
-        async for out in run(values, conversation, request, continuing=True):
+        yield {self.p.busy: True, **self.locked}
+        async for out in self.run(values, conversation, request, continuing=True):
             yield out
 
+    @staticmethod
     def pick(example: gr.SelectData) -> str:
         """An example from the empty chatbot goes to the box, to be read (and changed) before sending."""
         return example.value["text"]
 
-    async def stopped(conversation: list[Message], notes: dict[int, str], request: gr.Request) -> dict:
+    async def stopped(self, conversation: list[Message], notes: dict[int, str], request: gr.Request) -> dict:
         """Stop: the reply stays as far as it got, marked as stopped.
 
         The cancelled generator may still be writing: this waits for its end and takes its last reply.
         """
-        if live := replies.pop(session_of(request), None):
+        if live := self.replies.pop(session_of(request), None):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(live.done.wait(), 10)
             conversation, notes = live.conversation, live.notes
         if conversation and conversation[-1]["role"] == "assistant" and len(conversation) - 1 not in notes:
             notes = {**notes, len(conversation) - 1: ENDINGS["cancelled"]}
-        return {**show(conversation, notes), **unlocked}
+        return {**self.show(conversation, notes), **self.unlocked}
 
-    def undo(conversation: list[Message], notes: dict[int, str]) -> dict:
+    def undo(self, conversation: list[Message], notes: dict[int, str]) -> dict:
         if len(conversation) < 2:
             return gr.skip()
-        return {**show(conversation[:-2], notes), p.textbox: conversation[-2]["content"]}
+        return {**self.show(conversation[:-2], notes), self.p.textbox: conversation[-2]["content"]}
 
-    private = {"api_visibility": "private"}
+    def cleared(self, request: gr.Request) -> dict:
+        """An empty conversation; a reply that was streaming is cancelled first, so it cannot write back."""
+        self.replies.pop(session_of(request), None)
+        return {**self.show([], {}), self.p.context: "", **self.unlocked}
 
-    def pick_model(name: str, max_new_tokens: int) -> dict:
+    def pick_model(self, name: str, max_new_tokens: int) -> dict:
         """Another model: its description, and a reply limit that fits its context."""
-        limit = chat.reply_limit(name)
+        p = self.p
+        limit = self.chat.reply_limit(name)
         reply = min(max_new_tokens, limit)
-        context = describe_budget(chat.backend(name).info.context_length, reply)
-        return {p.info: describe(name), max_new: gr.update(maximum=limit, value=reply), p.context: context}
+        context = describe_budget(self.chat.backend(name).info.context_length, reply)
+        return {p.info: self.describe(name), max_new_of(p): gr.update(maximum=limit, value=reply), p.context: context}
 
-    max_new = p.samplers[PARAM_NAMES.index("max_new_tokens")]
-    p.model.change(pick_model, [p.model, max_new], [p.info, max_new, p.context], queue=False, **private)
+
+def max_new_of(page: Page) -> gr.components.Component:
+    return page.samplers[PARAM_NAMES.index("max_new_tokens")]
+
+
+def wire(page: Page, chat: Chat, describe) -> None:
+    """Connects the page's events to their handlers; every change to the open conversation is then kept."""
+    p, h = page, Handlers(page, chat, describe)
+    private = {"api_visibility": "private"}
+    turn = {p.state, p.notes, p.system, p.model, *p.samplers}  # a set: handlers get one dict of values
+    p.model.change(h.pick_model, [p.model, max_new_of(p)], [p.info, max_new_of(p), p.context], queue=False,
+                   **private)  # fmt: skip
     shown = [p.chatbot, p.state, p.notes, p.raw, p.context, p.proceed]
     buttons = [p.busy, p.send, p.stop, p.retry]
     took = [p.textbox, p.sent, p.proceed, *buttons]
     generating = [
-        event(take, [p.textbox, p.busy], took, queue=False, js=TAKE_JS, **private).then(
-            submit, {p.sent, p.textbox, *turn}, [*shown, *buttons, p.textbox], **private
+        event(h.take, [p.textbox, p.busy], took, queue=False, js=TAKE_JS, **private).then(
+            h.submit, {p.sent, p.textbox, *turn}, [*shown, *buttons, p.textbox], **private
         )
         for event in (p.textbox.submit, p.send.click)
     ]
     generating += [
-        p.retry.click(retry, turn, [*shown, *buttons], **private),
-        p.chatbot.edit(edit, turn, [*shown, *buttons], **private),
-        p.proceed.click(proceed, turn, [*shown, *buttons], **private),
+        p.retry.click(h.retry, turn, [*shown, *buttons], **private),
+        p.chatbot.edit(h.edit, turn, [*shown, *buttons], **private),
+        p.proceed.click(h.proceed, turn, [*shown, *buttons], **private),
     ]
     stopping = p.stop.click(None, cancels=generating, **private).then(
-        stopped, [p.state, p.notes], [*shown, *buttons], **private
+        h.stopped, [p.state, p.notes], [*shown, *buttons], **private
     )
     # Send is for a message: disabled on an empty box.
     p.textbox.change(lambda text: gr.update(interactive=bool(text.strip())), p.textbox, p.send, queue=False,
                      show_progress="hidden", **private)  # fmt: skip
-    p.chatbot.example_select(pick, None, p.textbox, queue=False, **private)
+    p.chatbot.example_select(h.pick, None, p.textbox, queue=False, **private)
     changing = [
         *generating,
         stopping,
-        p.undo.click(undo, [p.state, p.notes], [*shown, p.textbox], queue=False, **private),
+        p.undo.click(h.undo, [p.state, p.notes], [*shown, p.textbox], queue=False, **private),
     ]
-
-    def cleared(request: gr.Request) -> dict:
-        """An empty conversation; a reply that was streaming is cancelled first, so it cannot write back."""
-        replies.pop(session_of(request), None)
-        return {**show([], {}), p.context: "", **unlocked}
-
     for clearing in (p.clear.click, p.chatbot.clear):  # our button and the chatbot's own trash icon
         changing.append(
-            clearing(None, cancels=generating, **private).then(cleared, None, [*shown, *buttons], **private)
+            clearing(None, cancels=generating, **private).then(h.cleared, None, [*shown, *buttons], **private)
         )
-    keeping = wire_shelf(p, chat, show)
+    keeping = wire_shelf(p, chat, h.show)
     for change in changing:  # every change to the open conversation is kept in the browser
         change.then(**keeping)
     p.system.blur(**keeping)
