@@ -387,7 +387,7 @@ def test_an_interrupted_demo_build_is_resumed_not_refused(tmp_path, monkeypatch)
 
     found = []
 
-    def claim_then_finish(argv):  # the real argument parsing and folder check, without the 90 s of training
+    def claim_then_finish(argv, quiet=False):  # the real argument parsing and folder check, without training
         script, args, _ = parse(argv)
         output = Path(args.output_dir)
         claim_output(output, script, args)
