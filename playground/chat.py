@@ -10,7 +10,6 @@ import asyncio
 import json
 import re
 import time
-from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from playground.backends import Backend, BackendError, ChatRequest, SamplingParams, astream
+from playground.guards import SlidingWindow
 from playground.settings import Settings
 from playground.template import DialogueError, Message, Prompt, reply_text, split_system, validate
 
@@ -77,26 +77,6 @@ class Refused(DialogueError):
 
 
 @dataclass
-class RateLimiter:
-    """At most `per_minute` requests per client in any sliding minute; 0 means no limit."""
-
-    per_minute: int
-    seen: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))
-
-    def check(self, client: str) -> None:
-        if not self.per_minute:
-            return
-        now = time.monotonic()
-        times = self.seen[client]
-        while times and now - times[0] >= 60:
-            times.popleft()
-        if len(times) >= self.per_minute:
-            wait = max(1, round(60 - (now - times[0])))
-            raise Refused(f"Too many requests: the limit is {self.per_minute} a minute. Try again in {wait} s.", wait)
-        times.append(now)
-
-
-@dataclass
 class Admission:
     """Generations running (up to `running`) and waiting (up to `waiting` more); the rest are refused.
 
@@ -149,11 +129,11 @@ def held_back(text: str, stops: Sequence[str]) -> int:
 class Chat:
     backends: dict[str, Backend]  # display name -> backend; the first is the default
     settings: Settings
-    rate: RateLimiter = field(init=False)
+    rate: SlidingWindow = field(init=False)
     admission: Admission = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rate = RateLimiter(self.settings.rate_limit)
+        self.rate = SlidingWindow(self.settings.rate_limit)
         self.admission = Admission(self.concurrency, self.settings.queue_size)
 
     @property
@@ -223,7 +203,9 @@ class Chat:
         try:
             self.check_conversation(history, system, "assistant" if continuing else "user")
             backend = self.backend(model)
-            self.rate.check(client)
+            if self.settings.rate_limit and (wait := self.rate.take(client)):
+                limit = self.settings.rate_limit
+                raise Refused(f"Too many requests: the limit is {limit} a minute. Try again in {wait} s.", wait)
             release = self.admission.enter()
         except Refused as exc:
             yield Update(history, error=str(exc), status=429, retry_after=exc.retry_after)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass, field
 
 Scope = dict
 ASGIApp = object
+MAX_CLIENTS = 10_000  # clients a sliding window keeps before it forgets the quiet ones
 
 
 async def respond(send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
@@ -78,31 +79,59 @@ class BodyLimit:
 
 
 @dataclass
+class SlidingWindow:
+    """At most `limit` events per client in any `seconds`: the count the rate limit and the login throttle
+    share. Clients quiet for a whole window are forgotten once many are known, so memory stays bounded."""
+
+    limit: int
+    seconds: float = 60.0
+    seen: dict[str, deque[float]] = field(default_factory=dict)
+
+    def take(self, client: str) -> int:
+        """Counts an event of `client` now and returns 0; over the limit, counts nothing and returns the
+        seconds until the window has room."""
+        now = time.monotonic()
+        if len(self.seen) > MAX_CLIENTS:
+            self.seen = {c: times for c, times in self.seen.items() if times and now - times[-1] < self.seconds}
+        times = self.seen.setdefault(client, deque())
+        while times and now - times[0] >= self.seconds:
+            times.popleft()
+        if len(times) >= self.limit:
+            return max(1, round(self.seconds - (now - times[0])))
+        times.append(now)
+        return 0
+
+    def give_back(self, client: str) -> None:
+        """Uncounts the newest event of `client`."""
+        if times := self.seen.get(client):
+            times.pop()
+
+
+@dataclass
 class LoginThrottle:
     """After `failures` wrong logins from one client within `window` seconds, its logins get 429."""
 
     app: ASGIApp
     failures: int = 5
     window: float = 60.0
-    seen: dict[str, deque] = field(default_factory=lambda: defaultdict(deque))
+    wrong: SlidingWindow = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.wrong = SlidingWindow(self.failures, self.window)
 
     async def __call__(self, scope: Scope, receive, send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/login"):
             return await self.app(scope, receive, send)
         client = (scope.get("client") or ("",))[0]
-        now = time.monotonic()
-        times = self.seen[client]
-        while times and now - times[0] >= self.window:
-            times.popleft()
-        if len(times) >= self.failures:
-            wait = max(1, round(self.window - (now - times[0])))
-            headers = {"Retry-After": str(wait)}
-            return await respond(send, 429, f"Too many wrong logins. Try again in {wait} s.", headers)
-        times.append(now)  # counted as wrong until it succeeds, so parallel guesses count too
+        # Counted as wrong until it succeeds, so parallel guesses count too.
+        if wait := self.wrong.take(client):
+            return await respond(
+                send, 429, f"Too many wrong logins. Try again in {wait} s.", {"Retry-After": str(wait)}
+            )
 
         async def watching_send(event):
-            if event["type"] == "http.response.start" and event["status"] < 400 and now in times:
-                times.remove(now)
+            if event["type"] == "http.response.start" and event["status"] < 400:
+                self.wrong.give_back(client)
             await send(event)
 
         await self.app(scope, receive, watching_send)
