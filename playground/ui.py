@@ -99,7 +99,22 @@ reply = client.chat.completions.create(
 )
 print(reply.choices[0].message.content)
 """
-READ_UPLOAD_JS = "async (file) => file ? await (await fetch(file.url)).text() : ''"
+# Load: the browser opens the file and sends its text, so no file of it is ever written on the server.
+# A file over LOAD_BYTES is not read: its size comes instead, after TOO_LARGE, for the notice.
+UPLOADS_KEPT_S = 600  # files a client uploaded anyway are deleted after this long
+LOAD_BYTES = 1_000_000  # with the kept conversations the event also sends, under the request limit
+TOO_LARGE = "\u0000too large: "
+LOAD_JS = f"""() => new Promise((resolve) => {{
+  const input = Object.assign(document.createElement('input'), {{type: 'file', accept: '.json,application/json'}});
+  input.onchange = async () => {{
+    const file = input.files[0];
+    if (!file) return resolve('');
+    document.querySelector('#chatbot button[aria-label="Cancel"]')?.click();  // an open edit box closes
+    resolve(file.size > {LOAD_BYTES} ? {json.dumps(TOO_LARGE)} + file.size : await file.text());
+  }};
+  input.oncancel = () => resolve('');
+  input.click();
+}})"""
 # The box is emptied in the browser the moment a message is sent, so that what is typed next stays;
 # while a reply streams (Send is then hidden) nothing is taken.
 TAKE_JS = """(message, busy) => {
@@ -151,13 +166,11 @@ PAGE_JS = """() => {
     }
   }, true);
   // An edit box left open would send its text into whatever conversation is shown when it is submitted:
-  // whatever replaces the conversation closes it first.
+  // whatever replaces the conversation closes it first (a loaded file: in LOAD_JS).
   const closeEdit = () => document.querySelector('#chatbot button[aria-label="Cancel"]')?.click();
   const replacing = '#clear, #new-conversation, #delete-conversation, #conversations label,'
     + ' #chatbot button[aria-label="Clear"]';
   document.addEventListener('click', (event) => event.target.closest(replacing) && closeEdit(), true);
-  // The file picked for Load (the page's only file input, beside its button).
-  document.addEventListener('change', (event) => event.target.matches('input[type=file]') && closeEdit(), true);
   document.addEventListener('copy', (event) => {
     if (next === null) return;
     event.clipboardData.setData('text/plain', next);
@@ -221,7 +234,7 @@ class Page:
     samplers: list[gr.components.Component]  # in PARAM_NAMES' order
     save: gr.Button
     save_markdown: gr.Button
-    upload: gr.UploadButton
+    load: gr.Button
     file_text: gr.Textbox
     state: gr.State  # the raw conversation: what the model sees
     notes: gr.State  # message index -> how that reply went; shown, never sent to the model
@@ -278,7 +291,8 @@ def layout(chat: Chat, describe) -> Page:
         value = min(getattr(defaults, name), high)
         return gr.Slider(low, high, value=value, step=step, label=label, info=info or None, elem_id=name)
 
-    with gr.Blocks(title="StarChat Playground") as blocks:
+    # The page uploads nothing, but Gradio's upload route takes files from any client: they go after a while.
+    with gr.Blocks(title="StarChat Playground", delete_cache=(UPLOADS_KEPT_S, UPLOADS_KEPT_S)) as blocks:
         gr.Markdown("# StarChat Playground")
         info = gr.Markdown(describe(names[0]), elem_id="model-info")
         with gr.Row():
@@ -333,7 +347,7 @@ def layout(chat: Chat, describe) -> Page:
                 with gr.Accordion("Conversation file", open=False):
                     save = gr.Button("Save as JSON", elem_id="save")
                     save_markdown = gr.Button("Save as Markdown", elem_id="save-markdown")
-                    upload = gr.UploadButton("Load JSON", file_types=[".json"], elem_id="load")
+                    load = gr.Button("Load JSON", elem_id="load")
                     file_text = gr.Textbox(visible=False)  # a conversation file's text, on its way in or out
                 with gr.Accordion("Use from code: /chat and /v1", open=False, elem_id="use-from-code"):
                     snippet = gr.Code(API_SNIPPET.replace("MODEL", names[0]), language="python", elem_id="api-snippet")
@@ -343,7 +357,7 @@ def layout(chat: Chat, describe) -> Page:
         )  # fmt: skip
         return Page(
             blocks, info, chatbot, raw, context, textbox, send, stop, retry, proceed, undo, clear, model, system,
-            samplers, save, save_markdown, upload, file_text, gr.State([]), gr.State({}), gr.State(False),
+            samplers, save, save_markdown, load, file_text, gr.State([]), gr.State({}), gr.State(False),
             gr.State(""), shelf,
         )  # fmt: skip
 
@@ -432,8 +446,8 @@ class Handlers:
     async def submit(self, values: dict, request: gr.Request):
         p = self.p
         message = values[p.sent]
-        if not message:
-            yield {}
+        if not message:  # nothing was taken: the box was empty, or a reply is streaming
+            yield {p.textbox: gr.skip()}
             return
         history = [*values[p.state], {"role": "user", "content": message}]
         # An error before the reply gives the message back, unless the person typed a new one.
@@ -526,8 +540,11 @@ def wire(page: Page, chat: Chat, describe) -> None:
     buttons = [p.busy, p.send, p.stop, p.retry]
     took = [p.textbox, p.sent, p.proceed, *buttons]
     generating = [
+        # "multiple": the page would drop a send made just after a reply ends, while the reply's own
+        # event is still finishing ("once", the default, skips a trigger while its event is pending);
+        # `take` already refuses a send while a reply streams.
         event(h.take, [p.textbox, p.busy], took, queue=False, js=TAKE_JS, **private).then(
-            h.submit, {p.sent, p.textbox, *turn}, [*shown, *buttons, p.textbox], **private
+            h.submit, {p.sent, p.textbox, *turn}, [*shown, *buttons, p.textbox], trigger_mode="multiple", **private
         )
         for event in (p.textbox.submit, p.send.click)
     ]
@@ -652,6 +669,12 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
     def load(stored: str | None, text: str, conversation: list, system: str, opened: tuple, busy: bool) -> dict:
         """A conversation file, read by the browser (the server never opens a path a client names), opens as
         a new conversation; the one that was open goes to the list."""
+        if not text:  # no file chosen
+            return gr.skip()
+        if text.startswith(TOO_LARGE):
+            size = int(text.removeprefix(TOO_LARGE))
+            gr.Warning(f"That file has {size:,} bytes: conversation files of up to {LOAD_BYTES:,} bytes can be loaded.")
+            return gr.skip()
         try:
             loaded, loaded_system = import_conversation(text, limit)
         except DialogueError as exc:
@@ -673,8 +696,8 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
     for renaming in (s.rename.click, s.title.submit):
         renaming(rename, [s.title, p.state, p.system, s.opened, s.labels], [s.title, s.current, s.opened, s.labels,
                  s.listed], **quick)  # fmt: skip
-    # The browser reads the uploaded file and sends its text: no event takes a path from a client.
-    p.upload.upload(None, p.upload, p.file_text, js=READ_UPLOAD_JS).then(
+    # The browser reads the file and sends its text: no file is uploaded, no event takes a path from a client.
+    p.load.click(None, None, p.file_text, js=LOAD_JS, trigger_mode="multiple", **private).then(
         load, [s.past, p.file_text, *leaving], opening_outputs, js=sending_stored(6), **private
     )
     return {"fn": keep, "inputs": [p.state, p.system, s.opened, s.labels],

@@ -334,6 +334,23 @@ def test_a_streamed_body_without_a_length_is_refused_before_anything_is_written(
     assert {p for p in Path(gradio.utils.get_upload_folder()).rglob("*")} == before
 
 
+def test_files_uploaded_by_a_client_do_not_stay_on_the_server(tiny_checkpoint, tmp_path, monkeypatch):
+    import gradio.utils
+
+    import playground.ui
+
+    monkeypatch.setattr(playground.ui, "UPLOADS_KEPT_S", 1)
+    with serve_model(tiny_checkpoint, tmp_path) as (url, _):
+        upload = httpx.post(url + "gradio_api/upload", files={"files": ("filler.json", b"x" * 100_000)})
+        assert upload.status_code == 200
+        [path] = upload.json()
+        assert Path(path).is_file() and Path(path).is_relative_to(gradio.utils.get_upload_folder())
+        deadline = time.monotonic() + 30
+        while Path(path).exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not Path(path).exists()
+
+
 def test_parallel_wrong_logins_are_counted_too(tiny_checkpoint, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 

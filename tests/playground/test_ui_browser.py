@@ -61,7 +61,7 @@ def wait_for_stable_reply(page, count: int) -> str:
 def test_ask_stream_stop_retry_undo(app, page, monkeypatch, tmp_path):
     url, chat = app
     page.goto(url)
-    page.wait_for_selector("#model-info")
+    page.wait_for_selector("#chatbot")  # the page is drawn (the model info can come first)
 
     # Ask: the reply streams in and its code block is rendered, with a copy button.
     slow_model(chat, monkeypatch, delay=0.02, endless=False)
@@ -138,8 +138,10 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
     assert "current date" in saved.read_text()
     page.locator('#chatbot button[aria-label="Clear"]').click()
     page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 0")
-    page.locator('input[data-testid="Load JSON-upload-button"]').set_input_files(str(saved))
+    before = uploaded()
+    load_file(page, saved)
     page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 1")
+    assert uploaded() == before  # read in the browser: no copy of it on the server
     loaded = bot_texts(page)[0]
     assert reply.startswith(loaded) and "finished" in reply[len(loaded) :]  # the note of how it went is not saved
 
@@ -147,6 +149,14 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
     page.locator("#message textarea").fill("Thanks!")
     page.locator("#send").click()
     wait_for_stable_reply(page, 2)
+    assert len(page.locator("#chatbot [data-testid=user]").all_inner_texts()) == 2
+
+    # A file too large to send is not read: a notice says so, and the conversation stays.
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({"messages": [{"role": "user", "content": "x" * 1_200_000}]}))
+    load_file(page, huge)
+    page.wait_for_selector('[data-testid="toast-body"]')
+    assert "can be loaded" in page.locator('[data-testid="toast-body"]').last.inner_text()
     assert len(page.locator("#chatbot [data-testid=user]").all_inner_texts()) == 2
 
 
@@ -207,6 +217,19 @@ def ask(page, text: str) -> None:
     page.locator("#send").click()
 
 
+def load_file(page, path: Path) -> None:
+    """Load JSON: the browser opens the file and sends its text (nothing is uploaded to the server)."""
+    with page.expect_file_chooser() as chooser:
+        page.locator("#load").click()
+    chooser.value.set_files(str(path))
+
+
+def uploaded() -> set[Path]:
+    import gradio
+
+    return set(Path(gradio.utils.get_upload_folder()).rglob("*"))
+
+
 def set_max_new_tokens(page, value: int) -> None:
     page.locator("#max_new_tokens input[type=number]").fill(str(value))
     page.locator("#max_new_tokens input[type=number]").press("Enter")
@@ -252,6 +275,34 @@ def test_typing_while_a_reply_streams_loses_nothing(app, page, monkeypatch):
     page.reload()
     page.locator("#message textarea").wait_for()
     assert page.locator("#chatbot [data-testid=user]").count() == 0
+
+
+def test_a_message_sent_the_moment_a_reply_ends_is_sent(demo_model, page, tmp_path, monkeypatch):
+    """Send is back with the reply's last update, while the reply's event may still be finishing."""
+    import asyncio
+
+    import gradio as gr
+
+    from playground.ui import Handlers
+
+    submit = Handlers.submit
+
+    async def lingering(self, values: dict, request: gr.Request):
+        async for out in submit(self, values, request):
+            yield out
+        await asyncio.sleep(2)  # the event ends well after its last update has shown Send again
+
+    monkeypatch.setattr(Handlers, "submit", lingering)
+    with serve_model(demo_model, tmp_path) as (url, _):
+        page.goto(url)
+        ask(page, "How do I reverse a list in Python?")
+        page.wait_for_function(f"document.querySelectorAll('{NOTES}').length == 1")
+        ask(page, "And a tuple?")  # as soon as Send shows
+        page.wait_for_function(f"document.querySelectorAll('{NOTES}').length == 2")
+        users = page.locator("#chatbot [data-testid=user]").all_inner_texts()
+        assert [text.strip() for text in users] == ["How do I reverse a list in Python?", "And a tuple?"]
+        assert page.locator("#message textarea").input_value() == ""
+        assert wait_until_idle()
 
 
 def test_copies_and_edits_are_exactly_what_was_typed(app, clipboard_page, monkeypatch):
@@ -516,10 +567,6 @@ FILE = {
     ]
 }
 USERS = "document.querySelectorAll('#chatbot [data-testid=user]').length"
-
-
-def load_file(page, path: Path) -> None:
-    page.locator('input[data-testid="Load JSON-upload-button"]').set_input_files(str(path))
 
 
 def open_with_a_loaded_file(page, url: str, tmp_path: Path) -> Path:
