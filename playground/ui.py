@@ -58,7 +58,8 @@ def download_js(kind: str, extension: str) -> str:
 
 
 # The app's own localStorage keys, so that another Gradio app on the same address keeps its values.
-STORAGE_KEYS = ("starchat-playground/open-conversation", "starchat-playground/past-conversations")
+STORAGE_PREFIX = "starchat-playground/"
+STORAGE_KEYS = (STORAGE_PREFIX + "open-conversation", STORAGE_PREFIX + "past-conversations")
 # BrowserState encrypts what it stores with a secret that the page's config hands to every browser, so
 # it hides nothing; a fixed one keeps the conversations readable after the server restarts (a Space
 # that wakes up), where Gradio's default, a random one per process, would lose them all.
@@ -185,8 +186,26 @@ PAGE_JS = """() => {
       return write(exact);
     };
   }
-}"""
+  // Each tab holds the kept conversations as it loaded them, and a write replaces what another tab
+  // wrote since. Once another tab writes, this one stops writing (the other's stay whole) and says so.
+  let elsewhere = false;
+  window.addEventListener('storage', (event) => {
+    if (elsewhere || !event.key?.startsWith(STORAGE_PREFIX)) return;
+    elsewhere = true;
+    const notice = Object.assign(document.createElement('div'), {id: 'other-tab', role: 'alert', textContent:
+      'The playground was changed in another tab. This tab no longer keeps its conversations in the '
+      + 'browser: save this one as a file if you need it, then reload.'});
+    document.body.prepend(notice);
+  });
+  const setItem = Storage.prototype.setItem;
+  Storage.prototype.setItem = function (key, value) {
+    if (elsewhere && this === window.localStorage && String(key).startsWith(STORAGE_PREFIX)) return;
+    return setItem.call(this, key, value);
+  };
+}""".replace("STORAGE_PREFIX", json.dumps(STORAGE_PREFIX))
 PAGE_CSS = """
+#other-tab { position: sticky; top: 0; z-index: 1000; padding: 0.6em 1em; font-weight: 600;
+  background: var(--color-accent-soft); color: var(--body-text-color); border: 1px solid var(--color-accent); }
 .reply-note { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
 /* A phone: the conversation leaves room for the message box on the first screen. */
 @media (max-width: 640px) {

@@ -554,6 +554,29 @@ def test_conversations_are_kept_in_the_browser_listed_reopened_renamed_and_delet
     assert page.evaluate(RAW) == "[]"
 
 
+def test_a_tab_stops_keeping_once_another_tab_has_written_and_says_so(app):
+    """Each tab holds the kept conversations as it loaded them: a write from a second tab would replace
+    the first tab's conversation, so once the first has written, the second keeps nothing more."""
+    url, _ = app
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        first, second = context.new_page(), context.new_page()
+        for tab in (first, second):
+            tab.goto(url)
+            tab.wait_for_selector("#chatbot")
+        ask(first, REVERSE)
+        wait_for_stable_reply(first, 1)
+        kept = first.evaluate(RAW)
+        second.wait_for_selector("#other-tab")
+        assert "another tab" in second.locator("#other-tab").inner_text() and first.locator("#other-tab").count() == 0
+        ask(second, SORT)
+        wait_for_stable_reply(second, 1)
+        first.reload()
+        wait_for_conversation(first, kept)  # the first tab's conversation is whole
+        browser.close()
+
+
 CODE_REPLY = (
     "Use `sorted`:\n\n```python\nnumbers = [3, 1, 2]\nprint(sorted(numbers))  # <b>&amp;\n```\n\n  and  spaces  "
 )
