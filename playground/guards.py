@@ -182,12 +182,18 @@ class ForwardedClient:
 
     app: ASGIApp
     trusted: str
+    proxies: set[str] = field(init=False)
+    any_proxy: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.proxies = {a.strip() for a in self.trusted.split(",") if a.strip() and a.strip() != "*"}
+        self.any_proxy = self.trusted.strip() == "*"
 
     async def __call__(self, scope: Scope, receive, send) -> None:
-        proxies = {a.strip() for a in self.trusted.split(",") if a.strip() and a.strip() != "*"}
+        proxies = self.proxies
         peer = (scope.get("client") or ("",))[0]
         forwarded = dict(scope.get("headers", [])).get(b"x-forwarded-for")
-        if scope["type"] in ("http", "websocket") and forwarded and (self.trusted.strip() == "*" or peer in proxies):
+        if scope["type"] in ("http", "websocket") and forwarded and (self.any_proxy or peer in proxies):
             hops = [h.strip() for h in forwarded.decode("latin-1").split(",") if h.strip()]
             client = next((h for h in reversed(hops) if h not in proxies), hops[0] if hops else peer)
             scope = {**scope, "client": (client, 0)}

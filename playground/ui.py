@@ -214,6 +214,7 @@ PAGE_CSS = """
 }
 """
 
+PRIVATE = {"api_visibility": "private"}  # the page's own events: not in the API that clients see
 PARAM_NAMES = ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "seed")
 
 
@@ -260,6 +261,11 @@ class Page:
     busy: gr.State  # a reply is being generated
     sent: gr.State  # the message taken from the box, on its way to `Chat.respond`
     shelf: Shelf
+
+    @property
+    def shown(self) -> list[gr.components.Component]:
+        """What `Handlers.show` writes, with the context line: the outputs of every event that shows a conversation."""
+        return [self.chatbot, self.state, self.notes, self.raw, self.context, self.proceed]
 
 
 @dataclass
@@ -551,55 +557,54 @@ def max_new_of(page: Page) -> gr.components.Component:
 def wire(page: Page, chat: Chat, describe) -> None:
     """Connects the page's events to their handlers; every change to the open conversation is then kept."""
     p, h = page, Handlers(page, chat, describe)
-    private = {"api_visibility": "private"}
     turn = {p.state, p.notes, p.system, p.model, *p.samplers}  # a set: handlers get one dict of values
     p.model.change(h.pick_model, [p.model, max_new_of(p)], [p.info, max_new_of(p), p.context], queue=False,
-                   **private)  # fmt: skip
-    shown = [p.chatbot, p.state, p.notes, p.raw, p.context, p.proceed]
+                   **PRIVATE)  # fmt: skip
+    shown = p.shown
     buttons = [p.busy, p.send, p.stop, p.retry]
     took = [p.textbox, p.sent, p.proceed, *buttons]
     generating = [
         # "multiple": the page would drop a send made just after a reply ends, while the reply's own
         # event is still finishing ("once", the default, skips a trigger while its event is pending);
         # `take` already refuses a send while a reply streams.
-        event(h.take, [p.textbox, p.busy], took, queue=False, js=TAKE_JS, **private).then(
-            h.submit, {p.sent, p.textbox, *turn}, [*shown, *buttons, p.textbox], trigger_mode="multiple", **private
+        event(h.take, [p.textbox, p.busy], took, queue=False, js=TAKE_JS, **PRIVATE).then(
+            h.submit, {p.sent, p.textbox, *turn}, [*shown, *buttons, p.textbox], trigger_mode="multiple", **PRIVATE
         )
         for event in (p.textbox.submit, p.send.click)
     ]
     generating += [
-        p.retry.click(h.retry, turn, [*shown, *buttons], **private),
-        p.chatbot.edit(h.edit, turn, [*shown, *buttons], **private),
-        p.proceed.click(h.proceed, turn, [*shown, *buttons], **private),
+        p.retry.click(h.retry, turn, [*shown, *buttons], **PRIVATE),
+        p.chatbot.edit(h.edit, turn, [*shown, *buttons], **PRIVATE),
+        p.proceed.click(h.proceed, turn, [*shown, *buttons], **PRIVATE),
     ]
-    stopping = p.stop.click(None, cancels=generating, **private).then(
-        h.stopped, [p.state, p.notes], [*shown, *buttons], **private
+    stopping = p.stop.click(None, cancels=generating, **PRIVATE).then(
+        h.stopped, [p.state, p.notes], [*shown, *buttons], **PRIVATE
     )
     # Send is for a message: disabled on an empty box.
     p.textbox.change(lambda text: gr.update(interactive=bool(text.strip())), p.textbox, p.send, queue=False,
-                     show_progress="hidden", **private)  # fmt: skip
-    p.chatbot.example_select(h.pick, None, p.textbox, queue=False, **private)
+                     show_progress="hidden", **PRIVATE)  # fmt: skip
+    p.chatbot.example_select(h.pick, None, p.textbox, queue=False, **PRIVATE)
     changing = [
         *generating,
         stopping,
-        p.undo.click(h.undo, [p.state, p.notes], [*shown, p.textbox], queue=False, **private),
+        p.undo.click(h.undo, [p.state, p.notes], [*shown, p.textbox], queue=False, **PRIVATE),
     ]
     for clearing in (p.clear.click, p.chatbot.clear):  # our button and the chatbot's own trash icon
         changing.append(
-            clearing(None, cancels=generating, **private).then(h.cleared, None, [*shown, *buttons], **private)
+            clearing(None, cancels=generating, **PRIVATE).then(h.cleared, None, [*shown, *buttons], **PRIVATE)
         )
     keeping = wire_shelf(p, chat, h.show)
     for change in changing:  # every change to the open conversation is kept in the browser
         change.then(**keeping)
     p.system.blur(**keeping)
     # Saved in the browser: no file on the server that another visitor could fetch.
-    p.save.click(export_conversation, [p.state, p.system], p.file_text, **private).then(
+    p.save.click(export_conversation, [p.state, p.system], p.file_text, **PRIVATE).then(
         None, p.file_text, None, js=download_js("application/json", "json")
     )
     p.save_markdown.click(
         lambda conversation, system, opened: conversation_markdown(Kept(*opened, conversation, system).label(),
                                                                    conversation, system),
-        [p.state, p.system, p.shelf.opened], p.file_text, **private,
+        [p.state, p.system, p.shelf.opened], p.file_text, **PRIVATE,
     ).then(None, p.file_text, None, js=download_js("text/markdown", "md"))  # fmt: skip
 
 
@@ -607,9 +612,11 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
     """The conversations kept in the browser: restored with the page, listed, reopened, renamed, deleted,
     and a loaded file opened as a new one. Returns the event that keeps the open conversation."""
     p, s, limit = page, page.shelf, chat.settings.max_conversation_chars
-    private = {"api_visibility": "private"}
-    shown = [p.chatbot, p.state, p.notes, p.raw, p.context, p.proceed]
+    shown = p.shown
     opening_outputs = [*shown, p.system, s.opened, s.title, s.current, s.past, s.labels, s.listed]
+
+    def labeled(past: list[Kept]) -> list[tuple[str, str]]:
+        return [(k.label(), k.id) for k in past]
 
     def listing(current: Kept, labels: list[tuple[str, str]]) -> dict:
         value = current.id if current.conversation else None
@@ -622,7 +629,7 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
                     f"last {MAX_CONVERSATIONS}, {STORE_BYTES // 1_000_000} MB at most.")  # fmt: skip
         return {**show(current.conversation, {}), p.context: "", p.system: current.system,
                 s.opened: (current.id, current.title), s.title: current.title, s.current: current.stored(),
-                s.past: [k.stored() for k in past], **listing(current, [(k.label(), k.id) for k in past])}  # fmt: skip
+                s.past: [k.stored() for k in past], **listing(current, labeled(past))}  # fmt: skip
 
     def busy_now(busy: bool) -> bool:
         """While a reply streams into the open conversation, it stays open."""
@@ -654,14 +661,14 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
             gr.Warning(f"{bad} conversation{'s' * (bad != 1)} kept in this browser could not be read and "
                        f"{'were' if bad != 1 else 'was'} left out.")  # fmt: skip
         past = [k for k in past if k.id != opened[0]]
-        return listing(Kept(*opened, conversation, system), [(k.label(), k.id) for k in past])
+        return listing(Kept(*opened, conversation, system), labeled(past))
 
     def reopen(stored: str | None, chosen: str, conversation: list, system: str, opened: tuple, busy: bool) -> dict:
         past, _ = read_past(stored, limit)
         leaving = Kept(*opened, conversation, system)
         found = next((k for k in past if k.id == chosen), None)
         if busy_now(busy) or not found or found.id == leaving.id:
-            return listing(leaving, [(k.label(), k.id) for k in past if k.id != leaving.id])
+            return listing(leaving, labeled([k for k in past if k.id != leaving.id]))
         return opening(found, *shelve([k for k in past if k.id != chosen], leaving))
 
     def new(stored: str | None, conversation: list, system: str, opened: tuple, busy: bool) -> dict:
@@ -704,7 +711,7 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
         past = read_past(stored, limit)[0]
         return opening(Kept(new_id(), "", loaded, loaded_system), *shelve(past, Kept(*opened, conversation, system)))
 
-    quick = {"show_progress": "hidden", **private}  # queued: a warning reaches the page only from the queue
+    quick = {"show_progress": "hidden", **PRIVATE}  # queued: a warning reaches the page only from the queue
     leaving = [p.state, p.system, s.opened, p.busy]
     p.blocks.load(restore, s.current, [*shown, p.system, s.opened, s.title], js=sending_stored(1), **quick).then(
         restore_list, [s.past, p.state, p.system, s.opened], [s.labels, s.listed], js=sending_stored(4), **quick
@@ -716,8 +723,8 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
         renaming(rename, [s.title, p.state, p.system, s.opened, s.labels], [s.title, s.current, s.opened, s.labels,
                  s.listed], **quick)  # fmt: skip
     # The browser reads the file and sends its text: no file is uploaded, no event takes a path from a client.
-    p.load.click(None, None, p.file_text, js=LOAD_JS, trigger_mode="multiple", **private).then(
-        load, [s.past, p.file_text, *leaving], opening_outputs, js=sending_stored(6), **private
+    p.load.click(None, None, p.file_text, js=LOAD_JS, trigger_mode="multiple", **PRIVATE).then(
+        load, [s.past, p.file_text, *leaving], opening_outputs, js=sending_stored(6), **PRIVATE
     )
     return {"fn": keep, "inputs": [p.state, p.system, s.opened, s.labels],
             "outputs": [s.current, s.opened, s.labels, s.listed], **quick}  # fmt: skip
