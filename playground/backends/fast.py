@@ -492,7 +492,18 @@ class FastEngine:
                     self.decode(batch, length)
                 else:
                     self.capture(batch, length)
+        self.warm_prefill()
         self.warm_up_s = time.perf_counter() - start
+
+    def warm_prefill(self) -> None:
+        """A short prompt through both prefill paths (a whole prompt, then a chunk after cached tokens), so the
+        kernels they use are loaded now: on a GPU each kernel's first call loads its code, and the first
+        person's message would wait for all of them. Row 0's cache is written before any request reads it."""
+        job = Job(ChatRequest([]), [0] * 16)
+        self.jobs[0] = job
+        self.prefill([(job, 0, 8)])
+        self.prefill([(job, 8, 16)])
+        self.jobs[0] = None
 
     def loop(self, warm_up: bool, started: queue.Queue) -> None:
         try:

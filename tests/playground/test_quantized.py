@@ -28,6 +28,16 @@ def test_int8_through_the_fast_engine_agrees_with_fp32(tiny_checkpoint):
     assert 0 < quality["relative_error"] < 0.05  # quantized: close, not equal
 
 
+def test_quantizing_leaves_the_compiler_settings_of_the_process_as_they_were(tiny_checkpoint):
+    """torchao's configs turn on exhaustive tuning for every later compilation in the process by default:
+    start-up would then tune every (batch, context) bucket of every engine, bf16 ones included."""
+    model = LocalBackend.from_pretrained(str(tiny_checkpoint), engine="plain").model
+    before = torch._inductor.config.save_config_portable()
+    quantize_weights(model, "int8", torch.device("cpu"))
+    after = torch._inductor.config.save_config_portable()
+    assert {key: after[key] for key in after if after[key] != before.get(key)} == {}
+
+
 def test_int4_needs_a_gpu_and_says_so(tiny_checkpoint):
     model = LocalBackend.from_pretrained(str(tiny_checkpoint), engine="plain").model
     with pytest.raises(BackendError, match=r"int4 needs a CUDA GPU.*--quantize int8"):
