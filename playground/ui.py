@@ -85,6 +85,15 @@ def sending_stored(inputs: int) -> str:
     return f"(stored, ...rest) => [({STORED_JS})(stored), ...rest.slice(0, {inputs - 1})]"
 
 
+# Delete asks first when the open conversation holds messages; the answer goes to the event as its last input.
+DELETE_JS = f"""(stored, system, busy) => {{
+  const raw = document.querySelector('#raw-conversation textarea')?.value;
+  const sure = !raw || raw === '[]' || window.confirm(
+    'Delete this conversation from this browser? It cannot be undone: save it as a file first to keep it.');
+  return [({STORED_JS})(stored), system, busy, sure];
+}}"""
+
+
 # How to reach the page from code; the browser puts in the address it is on.
 API_SNIPPET = """# The page's own chat, streamed (pip install gradio_client)
 from gradio_client import Client
@@ -231,6 +240,7 @@ class Shelf:
     rename: gr.Button
     new: gr.Button
     delete: gr.Button
+    sure: gr.Checkbox  # hidden: the answer to Delete's question, set by the page
 
 
 @dataclass
@@ -302,7 +312,8 @@ def shelf_layout() -> Shelf:
             rename = gr.Button("Rename", size="sm", scale=1, min_width=60, elem_id="rename")
         delete = gr.Button("Delete this conversation", size="sm", variant="stop", elem_id="delete-conversation")
     current, past = (gr.BrowserState(None, storage_key=key, secret=STORAGE_SECRET) for key in STORAGE_KEYS)
-    return Shelf(current, past, gr.State(("", "")), gr.State([]), listed, title, rename, new, delete)
+    sure = gr.Checkbox(False, visible=False)
+    return Shelf(current, past, gr.State(("", "")), gr.State([]), listed, title, rename, new, delete, sure)
 
 
 def layout(chat: Chat, describe) -> Page:
@@ -441,20 +452,25 @@ class Handlers:
                            **(restore or {})}  # fmt: skip
                     ended = True
                     return
+                done = {}
                 if update.finish:
                     index = len(update.conversation) - 1
                     note = reply_note(update.finish, update.tokens, update.first_token_s, update.seconds)
                     notes = {**notes, index: note}
+                    if update.error:
+                        gr.Warning(update.error)
+                    # The page is given back with the finished reply, not when the generator has wound down:
+                    # a click on New conversation or Send right after the reply must not find it busy.
+                    done = {**unlocked, p.proceed: gr.update(visible=update.finish == "length")}
                 live.conversation, live.notes = update.conversation, notes
-                yield {**self.show(update.conversation, notes), p.context: update.context}
+                yield {**self.show(update.conversation, notes), p.context: update.context, **done}
             ended = True
         finally:
             live.done.set()  # also when Stop cancels this generator; then Stop takes the entry
             if ended and self.replies.get(key) is live:
                 del self.replies[key]
-        if last and last.error:
-            gr.Warning(last.error)
-        yield {**unlocked, p.proceed: gr.update(visible=bool(last) and last.finish == "length")}
+        if not (last and last.finish):
+            yield unlocked
 
     def take(self, message: str, busy: bool) -> dict:
         """Takes the message out of the box for sending; while a reply streams the box is left alone."""
@@ -679,8 +695,8 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
             Kept(new_id(), "", [], system), *shelve(read_past(stored, limit)[0], Kept(*opened, conversation, system))
         )
 
-    def delete(stored: str | None, system: str, busy: bool) -> dict:
-        if busy_now(busy):
+    def delete(stored: str | None, system: str, busy: bool, sure: bool) -> dict:
+        if sure is not True or busy_now(busy):
             return gr.skip()
         return opening(Kept(new_id(), "", [], system), read_past(stored, limit)[0])
 
@@ -718,7 +734,7 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
     )
     s.listed.input(reopen, [s.past, s.listed, *leaving], opening_outputs, js=sending_stored(6), **quick)
     s.new.click(new, [s.past, *leaving], opening_outputs, js=sending_stored(5), **quick)
-    s.delete.click(delete, [s.past, p.system, p.busy], opening_outputs, js=sending_stored(3), **quick)
+    s.delete.click(delete, [s.past, p.system, p.busy, s.sure], opening_outputs, js=DELETE_JS, **quick)
     for renaming in (s.rename.click, s.title.submit):
         renaming(rename, [s.title, p.state, p.system, s.opened, s.labels], [s.title, s.current, s.opened, s.labels,
                  s.listed], **quick)  # fmt: skip

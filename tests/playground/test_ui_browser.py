@@ -545,13 +545,49 @@ def test_conversations_are_kept_in_the_browser_listed_reopened_renamed_and_delet
     wait_for_list(page, ["Sorting", REVERSE])
     wait_for_conversation(page, first)
 
-    # Deleted: gone from the list and from the browser; an empty conversation is open.
+    # Delete asks first: declined, nothing changes; accepted, the conversation is gone from the list and
+    # from the browser, and an empty one is open.
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.locator("#delete-conversation").click()
+    page.wait_for_timeout(1_000)
+    assert asked and "cannot be undone" in asked[0]
+    wait_for_list(page, ["Sorting", REVERSE])
+    assert page.evaluate(RAW) == first
+    page.once("dialog", lambda dialog: dialog.accept())
     page.locator("#delete-conversation").click()
     wait_for_list(page, [REVERSE])
     assert page.evaluate(RAW) == "[]"
     page.reload()
     wait_for_list(page, [REVERSE])
     assert page.evaluate(RAW) == "[]"
+
+
+def test_a_new_conversation_right_after_a_reply_is_opened(demo_model, page, tmp_path, monkeypatch):
+    """The finished reply gives the page back at once, though the reply's generator may still be winding
+    down (on a loaded server it can take a while): New conversation is not refused as "being written"."""
+    import asyncio
+
+    from playground.chat import Chat
+
+    respond = Chat.respond
+
+    async def lingering(self, *args, **kwargs):
+        async for update in respond(self, *args, **kwargs):
+            yield update
+        await asyncio.sleep(8)  # after the reply's last update, before the event ends
+
+    monkeypatch.setattr(Chat, "respond", lingering)
+    with serve_model(demo_model, tmp_path) as (url, _):
+        page.goto(url)
+        ask(page, SORT)
+        page.wait_for_function(f"document.querySelectorAll('{NOTES}').length == 1")
+        page.locator("#new-conversation").click()
+        page.wait_for_function(f"{RAW} === '[]'", timeout=5_000)  # well before the event has ended
+        wait_for_list(page, [SORT])
+        notices = page.locator("[data-testid=toast-body]").all_inner_texts()
+        assert not any("being written" in text for text in notices), notices
+        assert wait_until_idle()
 
 
 def test_a_tab_stops_keeping_once_another_tab_has_written_and_says_so(app):
