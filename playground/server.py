@@ -13,13 +13,17 @@ from playground.guards import BodyLimit, ForwardedClient, LoginPageWithoutApi, L
 from playground.settings import Settings
 from playground.ui import PAGE_CSS, PAGE_JS, build_ui
 
+QUEUE_BACKSTOP = 1024  # events waiting to start at one instant, each within the request size limit
+
 
 def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
     # The app, not the backends, knows the default model: the offline demo, built on first use.
     chat = Chat(load_backends(settings, default_model=lambda: demo_checkpoint(settings.cache_dir)), settings)
-    # Chat.respond admits and queues every generation itself (one budget for the page and the APIs),
-    # so Gradio's own queue only bounds what is in flight.
-    demo = build_ui(chat).queue(max_size=chat.concurrency + settings.queue_size, default_concurrency_limit=None)
+    # Chat.respond admits and queues every generation itself (one budget for the page and the APIs), and
+    # refuses with its own message. Gradio's queue only holds events that arrived at the same instant, until
+    # its loop starts them (no concurrency limit): its bound is a backstop, large enough that a burst of
+    # page loads or of /chat calls reaches Chat instead of Gradio's "Queue is full".
+    demo = build_ui(chat).queue(max_size=QUEUE_BACKSTOP, default_concurrency_limit=None)
     # Schema pages (ours and Gradio's app's) would list the API to anyone, login or not.
     app = FastAPI(title="StarChat Playground", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(openai_routes(chat))
