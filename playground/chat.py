@@ -46,6 +46,7 @@ class Update:
 
 # Tokens a reply at the slider's top still leaves for the system prompt and a short message.
 PROMPT_ROOM = 128
+MAX_NOTE = 200  # characters of a reply's note (tokens, speed, why it ended) in a file or the browser
 
 
 def describe_context(prompt: Prompt) -> str:
@@ -278,17 +279,23 @@ class Chat:
         )
 
 
-def conversation_record(conversation: list[Message], system: str) -> dict:
-    """A conversation as files and the browser keep it: the system prompt as its first message."""
-    return {"messages": [{"role": "system", "content": system}, *conversation]}
+def conversation_record(conversation: list[Message], system: str, notes: dict[int, str] | None = None) -> dict:
+    """A conversation as files and the browser keep it: the system prompt as its first message, and each
+    reply's note (how it went: tokens, speed, why it ended) as that message's "note"."""
+    notes = notes or {}
+    messages = [
+        {**m, "note": notes[i]} if i in notes and m["role"] == "assistant" else m for i, m in enumerate(conversation)
+    ]
+    return {"messages": [{"role": "system", "content": system}, *messages]}
 
 
-def export_conversation(conversation: list[Message], system: str) -> str:
-    return json.dumps(conversation_record(conversation, system), indent=2)
+def export_conversation(conversation: list[Message], system: str, notes: dict[int, str] | None = None) -> str:
+    return json.dumps(conversation_record(conversation, system, notes), indent=2)
 
 
-def import_conversation(text: str, limit: int = 100_000) -> tuple[list[Message], str]:
-    """Reads what `export_conversation` writes (or a bare message list); returns (conversation, system)."""
+def import_conversation(text: str, limit: int = 100_000) -> tuple[list[Message], str, dict[int, str]]:
+    """Reads what `export_conversation` writes (or a bare message list); returns (conversation, system,
+    notes)."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -296,12 +303,14 @@ def import_conversation(text: str, limit: int = 100_000) -> tuple[list[Message],
     return check_conversation(data, limit)
 
 
-def check_conversation(data: object, limit: int = 100_000) -> tuple[list[Message], str]:
+def check_conversation(data: object, limit: int = 100_000) -> tuple[list[Message], str, dict[int, str]]:
     """A `conversation_record` (or a bare message list) from anyone, checked whole before anything is
-    returned: roles, text, at most `limit` characters. Returns (conversation, system)."""
+    returned: roles, text, at most `limit` characters, notes only on replies. Returns (conversation,
+    system, notes)."""
     messages = data.get("messages") if isinstance(data, dict) else data
     if not isinstance(messages, list):
         raise DialogueError("The file must hold a list of messages or {'messages': [...]}.")
+    notes = {i: m["note"] for i, m in enumerate(messages) if isinstance(m, dict) and "note" in m}
     messages = [{"role": m.get("role"), "content": m.get("content")} if isinstance(m, dict) else m for m in messages]
     for i, m in enumerate(messages):
         if isinstance(m, dict):
@@ -314,4 +323,9 @@ def check_conversation(data: object, limit: int = 100_000) -> tuple[list[Message
         raise DialogueError("The system prompt must be text.")
     if sum(len(m["content"]) for m in messages) > limit:
         raise DialogueError(f"The conversation is longer than {limit} characters.")
-    return conversation, system
+    for i, note in notes.items():
+        check_text(note, f"note of message {i}", MAX_NOTE)
+        if messages[i]["role"] != "assistant":
+            raise DialogueError(f"Message {i} has a note, but only replies have notes.")
+    shift = len(messages) - len(conversation)  # the system message, when there is one
+    return conversation, system, {i - shift: note for i, note in notes.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from playground.chat import check_conversation, check_text, conversation_record
 from playground.template import DialogueError, Message
@@ -35,6 +35,7 @@ class Kept:
     title: str  # "" until renamed: the list shows the first question
     conversation: list[Message]
     system: str
+    notes: dict[int, str] = field(default_factory=dict)  # under replies, by message index
 
     def label(self) -> str:
         if self.title:
@@ -44,7 +45,7 @@ class Kept:
         return (words[: TITLE_CHARS - 1] + "…" if len(words) > TITLE_CHARS else words) or UNTITLED
 
     def stored(self) -> dict:
-        return {"id": self.id, "title": self.title, **conversation_record(self.conversation, self.system)}
+        return {"id": self.id, "title": self.title, **conversation_record(self.conversation, self.system, self.notes)}
 
 
 def new_id() -> str:
@@ -67,8 +68,8 @@ def read_kept(value: object, limit: int) -> Kept:
     """A stored conversation, checked as a conversation file is (`limit`: its characters)."""
     if not isinstance(value, dict) or not isinstance(value.get("id"), str) or not _ID.fullmatch(value["id"]):
         raise DialogueError("a kept conversation needs an id")
-    conversation, system = check_conversation(value, limit)
-    return Kept(value["id"], check_title(value.get("title", "")), conversation, system)
+    conversation, system, notes = check_conversation(value, limit)
+    return Kept(value["id"], check_title(value.get("title", "")), conversation, system, notes)
 
 
 def parse(text: str | None) -> object:

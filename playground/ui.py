@@ -614,7 +614,7 @@ def wire(page: Page, chat: Chat, describe) -> None:
         change.then(**keeping)
     p.system.blur(**keeping)
     # Saved in the browser: no file on the server that another visitor could fetch.
-    p.save.click(export_conversation, [p.state, p.system], p.file_text, **PRIVATE).then(
+    p.save.click(export_conversation, [p.state, p.system, p.notes], p.file_text, **PRIVATE).then(
         None, p.file_text, None, js=download_js("application/json", "json")
     )
     p.save_markdown.click(
@@ -643,7 +643,7 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
         if dropped:
             gr.Info(f"{dropped} older conversation{'s' * (dropped != 1)} left the list: this browser keeps the "
                     f"last {MAX_CONVERSATIONS}, {STORE_BYTES // 1_000_000} MB at most.")  # fmt: skip
-        return {**show(current.conversation, {}), p.context: "", p.system: current.system,
+        return {**show(current.conversation, current.notes), p.context: "", p.system: current.system,
                 s.opened: (current.id, current.title), s.title: current.title, s.current: current.stored(),
                 s.past: [k.stored() for k in past], **listing(current, labeled(past))}  # fmt: skip
 
@@ -653,8 +653,8 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
             gr.Warning("A reply is being written: stop it first.")
         return busy
 
-    def keep(conversation: list[Message], system: str, opened: tuple[str, str], labels: list) -> dict:
-        current = Kept(opened[0] or new_id(), opened[1], conversation, system)
+    def keep(conversation: list[Message], notes: dict, system: str, opened: tuple[str, str], labels: list) -> dict:
+        current = Kept(opened[0] or new_id(), opened[1], conversation, system, notes)
         if sent_size(current.stored()) > STORE_BYTES:
             gr.Warning("This conversation is too long to keep in this browser: save it as a file.")
             return {s.opened: (current.id, current.title)}
@@ -668,7 +668,8 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
             gr.Warning("The conversation kept in this browser could not be read: a new one is open.")
             current = None
         current = current or Kept(new_id(), "", [], "")
-        return {**show(current.conversation, {}), p.system: current.system, s.opened: (current.id, current.title),
+        return {**show(current.conversation, current.notes), p.system: current.system,
+                s.opened: (current.id, current.title),
                 s.title: current.title}  # fmt: skip
 
     def restore_list(stored: str | None, conversation: list[Message], system: str, opened: tuple[str, str]) -> dict:
@@ -679,36 +680,37 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
         past = [k for k in past if k.id != opened[0]]
         return listing(Kept(*opened, conversation, system), labeled(past))
 
-    def reopen(stored: str | None, chosen: str, conversation: list, system: str, opened: tuple, busy: bool) -> dict:
+    def reopen(stored: str | None, chosen: str, conversation: list, notes: dict, system: str, opened: tuple,
+               busy: bool) -> dict:  # fmt: skip
         past, _ = read_past(stored, limit)
-        leaving = Kept(*opened, conversation, system)
+        leaving = Kept(*opened, conversation, system, notes)
         found = next((k for k in past if k.id == chosen), None)
         if busy_now(busy) or not found or found.id == leaving.id:
             return listing(leaving, labeled([k for k in past if k.id != leaving.id]))
         return opening(found, *shelve([k for k in past if k.id != chosen], leaving))
 
-    def new(stored: str | None, conversation: list, system: str, opened: tuple, busy: bool) -> dict:
+    def new(stored: str | None, conversation: list, notes: dict, system: str, opened: tuple, busy: bool) -> dict:
         """An empty conversation (the system prompt stays: it is more a setting than a message)."""
         if busy_now(busy):
             return gr.skip()
-        return opening(
-            Kept(new_id(), "", [], system), *shelve(read_past(stored, limit)[0], Kept(*opened, conversation, system))
-        )
+        leaving = Kept(*opened, conversation, system, notes)
+        return opening(Kept(new_id(), "", [], system), *shelve(read_past(stored, limit)[0], leaving))
 
     def delete(stored: str | None, system: str, busy: bool, sure: bool) -> dict:
         if sure is not True or busy_now(busy):
             return gr.skip()
         return opening(Kept(new_id(), "", [], system), read_past(stored, limit)[0])
 
-    def rename(title: str, conversation: list, system: str, opened: tuple, labels: list) -> dict:
+    def rename(title: str, conversation: list, notes: dict, system: str, opened: tuple, labels: list) -> dict:
         try:
             title = check_title(title)
         except DialogueError as exc:
             gr.Warning(str(exc))
             return gr.skip()
-        return {s.title: title, **keep(conversation, system, (opened[0], title), labels)}
+        return {s.title: title, **keep(conversation, notes, system, (opened[0], title), labels)}
 
-    def load(stored: str | None, text: str, conversation: list, system: str, opened: tuple, busy: bool) -> dict:
+    def load(stored: str | None, text: str, conversation: list, notes: dict, system: str, opened: tuple,
+             busy: bool) -> dict:  # fmt: skip
         """A conversation file, read by the browser (the server never opens a path a client names), opens as
         a new conversation; the one that was open goes to the list."""
         if not text:  # no file chosen
@@ -718,31 +720,32 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
             gr.Warning(f"That file has {size:,} bytes: conversation files of up to {LOAD_BYTES:,} bytes can be loaded.")
             return gr.skip()
         try:
-            loaded, loaded_system = import_conversation(text, limit)
+            loaded, loaded_system, loaded_notes = import_conversation(text, limit)
         except DialogueError as exc:
             gr.Warning(f"Could not load that conversation: {exc}")
             return gr.skip()  # nothing replaced
         if busy_now(busy):
             return gr.skip()
         past = read_past(stored, limit)[0]
-        return opening(Kept(new_id(), "", loaded, loaded_system), *shelve(past, Kept(*opened, conversation, system)))
+        leaving = Kept(*opened, conversation, system, notes)
+        return opening(Kept(new_id(), "", loaded, loaded_system, loaded_notes), *shelve(past, leaving))
 
     quick = {"show_progress": "hidden", **PRIVATE}  # queued: a warning reaches the page only from the queue
-    leaving = [p.state, p.system, s.opened, p.busy]
+    leaving = [p.state, p.notes, p.system, s.opened, p.busy]
     p.blocks.load(restore, s.current, [*shown, p.system, s.opened, s.title], js=sending_stored(1), **quick).then(
         restore_list, [s.past, p.state, p.system, s.opened], [s.labels, s.listed], js=sending_stored(4), **quick
     )
-    s.listed.input(reopen, [s.past, s.listed, *leaving], opening_outputs, js=sending_stored(6), **quick)
-    s.new.click(new, [s.past, *leaving], opening_outputs, js=sending_stored(5), **quick)
+    s.listed.input(reopen, [s.past, s.listed, *leaving], opening_outputs, js=sending_stored(7), **quick)
+    s.new.click(new, [s.past, *leaving], opening_outputs, js=sending_stored(6), **quick)
     s.delete.click(delete, [s.past, p.system, p.busy, s.sure], opening_outputs, js=DELETE_JS, **quick)
     for renaming in (s.rename.click, s.title.submit):
-        renaming(rename, [s.title, p.state, p.system, s.opened, s.labels], [s.title, s.current, s.opened, s.labels,
-                 s.listed], **quick)  # fmt: skip
+        renaming(rename, [s.title, p.state, p.notes, p.system, s.opened, s.labels],
+                 [s.title, s.current, s.opened, s.labels, s.listed], **quick)  # fmt: skip
     # The browser reads the file and sends its text: no file is uploaded, no event takes a path from a client.
     p.load.click(None, None, p.file_text, js=LOAD_JS, trigger_mode="multiple", **PRIVATE).then(
-        load, [s.past, p.file_text, *leaving], opening_outputs, js=sending_stored(6), **PRIVATE
+        load, [s.past, p.file_text, *leaving], opening_outputs, js=sending_stored(7), **PRIVATE
     )
-    return {"fn": keep, "inputs": [p.state, p.system, s.opened, s.labels],
+    return {"fn": keep, "inputs": [p.state, p.notes, p.system, s.opened, s.labels],
             "outputs": [s.current, s.opened, s.labels, s.listed], **quick}  # fmt: skip
 
 

@@ -20,6 +20,8 @@ def test_a_kept_conversation_round_trips_and_is_labelled_by_its_first_question()
     assert kept("x" * 200).label() == "x" * 59 + "…"
     assert kept("q", title="Mine").label() == "Mine"
     assert read_current(None, 1000) is None  # nothing stored
+    with_note = Kept(new_id(), "", conversation.conversation, "", {1: "3 tokens · ended by the model"})
+    assert read_current(json.dumps(with_note.stored()), 1000) == with_note  # the reply's note comes back
 
 
 @pytest.mark.parametrize(

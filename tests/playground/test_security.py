@@ -112,7 +112,7 @@ def test_a_saved_conversation_goes_to_the_browser_not_to_a_file_on_the_server(op
     dependencies = httpx.get(url + "config").json()["dependencies"]
     [save] = [d for d in dependencies if d["api_name"] == "export_conversation"]
     secret = f"my secret {uuid.uuid4().hex}"
-    result = call_event(url, save["id"], [None, secret])
+    result = call_event(url, save["id"], [None, secret, None])
     assert secret in result["output"]["data"][0]  # the JSON text itself, for the page to download
     holders = [p for p in Path(gradio.utils.get_upload_folder()).rglob("*") if p.is_file() and secret in p.read_text()]
     assert not holders
@@ -131,11 +131,11 @@ def test_a_conversation_file_is_read_as_text_and_checked_before_it_replaces_anyt
             ]
         }
     )
-    # Inputs: the browser's kept conversations, the file's text, the open conversation, system prompt, ...
-    loaded = call_event(url, load["id"], [None, good, None, "old system", None, False])["output"]["data"]
+    # Inputs: the browser's kept conversations, the file's text, the open conversation, its notes, system prompt, ...
+    loaded = call_event(url, load["id"], [None, good, None, None, "old system", None, False])["output"]["data"]
     assert loaded[6] == "sys" and [m["content"][0]["text"] for m in loaded[0]] == ["q", "a"]
     broken = good.replace('"a"', '"\\ud800"')
-    kept = call_event(url, load["id"], [None, broken, None, "old system", None, False])["output"]["data"]
+    kept = call_event(url, load["id"], [None, broken, None, None, "old system", None, False])["output"]["data"]
     assert "sys" not in json.dumps(kept) and '"q"' not in json.dumps(kept)  # nothing replaced
 
 

@@ -142,8 +142,7 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
     load_file(page, saved)
     page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 1")
     assert uploaded() == before  # read in the browser: no copy of it on the server
-    loaded = bot_texts(page)[0]
-    assert reply.startswith(loaded) and "finished" in reply[len(loaded) :]  # the note of how it went is not saved
+    assert bot_texts(page)[0] == reply  # with the note of how it went
 
     # The loaded conversation is the one the model continues.
     page.locator("#message textarea").fill("Thanks!")
@@ -507,6 +506,7 @@ def test_conversations_are_kept_in_the_browser_listed_reopened_renamed_and_delet
     set_max_new_tokens(page, 8)
     ask(page, SORT)
     wait_for_stable_reply(page, 1)
+    note = page.locator(NOTES).inner_text()
     wait_for_list(page, [SORT])
     kept_after(
         page,
@@ -522,6 +522,7 @@ def test_conversations_are_kept_in_the_browser_listed_reopened_renamed_and_delet
     wait_for_conversation(page, first)
     wait_for_list(page, [SORT])
     assert page.locator("#system textarea").input_value() == "Answer in one line."
+    assert page.locator(NOTES).all_inner_texts() == [note]  # how the reply went comes back with it
 
     # A new conversation; the first stays in the list, and both survive a reload.
     page.locator("#new-conversation").click()
@@ -538,6 +539,7 @@ def test_conversations_are_kept_in_the_browser_listed_reopened_renamed_and_delet
     page.locator("#conversations label", has_text=SORT).click()
     wait_for_conversation(page, first)
     wait_for_list(page, [SORT, REVERSE])
+    assert page.locator(NOTES).all_inner_texts() == [note]
     page.locator("#title textarea").fill("Sorting")
     page.locator("#rename").click()
     wait_for_list(page, ["Sorting", REVERSE])
