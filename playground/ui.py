@@ -452,18 +452,13 @@ class Handlers:
                            **(restore or {})}  # fmt: skip
                     ended = True
                     return
-                done = {}
                 if update.finish:
                     index = len(update.conversation) - 1
                     note = reply_note(update.finish, update.tokens, update.first_token_s, update.seconds)
                     notes = {**notes, index: note}
-                    if update.error:
-                        gr.Warning(update.error)
-                    # The page is given back with the finished reply, not when the generator has wound down:
-                    # a click on New conversation or Send right after the reply must not find it busy.
-                    done = {**unlocked, p.proceed: gr.update(visible=update.finish == "length")}
                 live.conversation, live.notes = update.conversation, notes
-                yield {**self.show(update.conversation, notes), p.context: update.context, **done}
+                if not update.finish:
+                    yield {**self.show(update.conversation, notes), p.context: update.context}
             ended = True
         finally:
             live.done.set()  # also when Stop cancels this generator; then Stop takes the entry
@@ -471,6 +466,14 @@ class Handlers:
                 del self.replies[key]
         if not (last and last.finish):
             yield unlocked
+            return
+        if last.error:
+            gr.Warning(last.error)
+        # The finished reply (its note) comes with the page given back, once the reply's generator has wound
+        # down: a page that shows a reply as finished takes New conversation or the next message at once.
+        # Gradio ends the event by sending this update again, right after it.
+        yield {**self.show(last.conversation, notes), p.context: last.context, **unlocked,
+               p.proceed: gr.update(visible=last.finish == "length")}  # fmt: skip
 
     def take(self, message: str, busy: bool) -> dict:
         """Takes the message out of the box for sending; while a reply streams the box is left alone."""

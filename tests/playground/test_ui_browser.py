@@ -565,30 +565,38 @@ def test_conversations_are_kept_in_the_browser_listed_reopened_renamed_and_delet
     assert page.evaluate(RAW) == "[]"
 
 
-def test_a_new_conversation_right_after_a_reply_is_opened(demo_model, page, tmp_path, monkeypatch):
-    """The finished reply gives the page back at once, though the reply's generator may still be winding
-    down (on a loaded server it can take a while): New conversation is not refused as "being written"."""
+def test_a_reply_shown_as_finished_takes_new_conversation_at_once(demo_model, page, tmp_path, monkeypatch):
+    """A reply's generator may wind down a while after its last piece (on a loaded server). The reply shows
+    its note with the page given back, so New conversation right then is not refused as "being written",
+    and the reply's event, ending right after, does not bring the old conversation back."""
     import asyncio
+    import threading
 
     from playground.chat import Chat
 
-    respond = Chat.respond
+    respond, wound_down = Chat.respond, threading.Event()
 
     async def lingering(self, *args, **kwargs):
-        async for update in respond(self, *args, **kwargs):
-            yield update
-        await asyncio.sleep(8)  # after the reply's last update, before the event ends
+        try:
+            async for update in respond(self, *args, **kwargs):
+                yield update
+        finally:
+            await asyncio.sleep(3)  # after the reply's last update
+            wound_down.set()
 
     monkeypatch.setattr(Chat, "respond", lingering)
     with serve_model(demo_model, tmp_path) as (url, _):
         page.goto(url)
         ask(page, SORT)
         page.wait_for_function(f"document.querySelectorAll('{NOTES}').length == 1")
+        assert wound_down.is_set()
         page.locator("#new-conversation").click()
-        page.wait_for_function(f"{RAW} === '[]'", timeout=5_000)  # well before the event has ended
+        page.wait_for_function(f"{RAW} === '[]'", timeout=10_000)
         wait_for_list(page, [SORT])
         notices = page.locator("[data-testid=toast-body]").all_inner_texts()
         assert not any("being written" in text for text in notices), notices
+        page.wait_for_timeout(1_000)
+        assert page.evaluate(RAW) == "[]" and page.locator(BOTS).count() == 0
         assert wait_until_idle()
 
 
