@@ -22,6 +22,7 @@ from playground.settings import Settings
 from playground.template import DialogueError, Message, Prompt, reply_text, split_system, validate
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,8 @@ def check_conversation(data: object, limit: int = 100_000) -> tuple[list[Message
     if sum(len(m["content"]) for m in messages) > limit:
         raise DialogueError(f"The conversation is longer than {limit} characters.")
     for i, note in notes.items():
-        check_text(note, f"note of message {i}", MAX_NOTE)
+        if _CONTROL.search(check_text(note, f"note of message {i}", MAX_NOTE)):
+            raise DialogueError(f"The note of message {i} must be one line of text, without control characters.")
         if messages[i]["role"] != "assistant":
             raise DialogueError(f"Message {i} has a note, but only replies have notes.")
     shift = len(messages) - len(conversation)  # the system message, when there is one

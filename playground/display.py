@@ -21,6 +21,7 @@ _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 # A markdown image would make every viewer's browser fetch its URL (a way to leak a conversation).
 _IMAGE = re.compile(r"!(\[[^\]\n]*\][([])")
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-!|~])")  # a note is one line, after a tag: no list markers
 ENDINGS = {
     "stop": "finished",
     "length": "cut at max new tokens",
@@ -67,6 +68,12 @@ def reply_note(finish: str, tokens: int, first_token_s: float | None, seconds: f
     return " · ".join([*parts, ENDINGS.get(finish, finish)])
 
 
+def note_markup(note: str) -> str:
+    """A note as literal text inside the chatbot's markdown: a note can come from a loaded file, and
+    must not render as a heading, a link or code."""
+    return _MARKDOWN.sub(r"\\\1", html.escape(note))
+
+
 def display_messages(conversation: list[Message], notes: dict[int, str] | None = None) -> list[Message]:
     """What the chatbot shows; `notes` (by message index) go under replies, never into the conversation."""
     shown = []
@@ -74,7 +81,7 @@ def display_messages(conversation: list[Message], notes: dict[int, str] | None =
         text = to_display(m["content"])
         if note := (notes or {}).get(i):
             fence = open_fence(text)
-            text += (f"\n{fence}" if fence else "") + f'\n\n<span class="reply-note">{html.escape(note)}</span>'
+            text += (f"\n{fence}" if fence else "") + f'\n\n<span class="reply-note">{note_markup(note)}</span>'
         shown.append({"role": m["role"], "content": text})
     return shown
 

@@ -11,7 +11,7 @@ from playground.chat import Chat
 from playground.demo import demo_checkpoint
 from playground.guards import BodyLimit, ForwardedClient, LoginPageWithoutApi, LoginThrottle, NoOutsideImages
 from playground.settings import Settings
-from playground.ui import PAGE_CSS, PAGE_JS, build_ui
+from playground.ui import PAGE_CSS, PAGE_JS, TABS_HEAD, build_ui
 
 QUEUE_BACKSTOP = 1024  # events waiting to start at one instant, each within the request size limit
 
@@ -36,6 +36,7 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
         max_file_size=settings.max_request_bytes,
         app_kwargs={"openapi_url": None},
         js=PAGE_JS,
+        head=TABS_HEAD,
         css=PAGE_CSS,
     )
     # Gradio checks that a file named in an event's payload was uploaded to this server only once

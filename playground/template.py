@@ -80,7 +80,7 @@ def validate(messages: Sequence[Message], *, last: str) -> None:
         if m["role"] != expected:
             raise DialogueError(f"turn {i} should be from the {expected}, not the {m['role']}")
     if turns[-1]["role"] != last:
-        raise DialogueError(f"the conversation must end with a {last} message")
+        raise DialogueError(f"the conversation must end with {'an' if last[0] in 'aeiou' else 'a'} {last} message")
 
 
 def turn_pieces(role: str, content: str) -> list[Piece]:

@@ -86,10 +86,12 @@ def sending_stored(inputs: int) -> str:
 
 
 # Delete asks first when the open conversation holds messages; the answer goes to the event as its last input.
+# While a reply streams it does not ask: the server says to stop the reply first.
 DELETE_JS = f"""(stored, system, busy) => {{
   const raw = document.querySelector('#raw-conversation textarea')?.value;
-  const sure = !raw || raw === '[]' || window.confirm(
-    'Delete this conversation from this browser? It cannot be undone: save it as a file first to keep it.');
+  const streaming = !!document.querySelector('#stop')?.checkVisibility();
+  const sure = !streaming && (!raw || raw === '[]' || window.confirm(
+    'Delete this conversation from this browser? It cannot be undone: save it as a file first to keep it.'));
   return [({STORED_JS})(stored), system, busy, sure];
 }}"""
 
@@ -195,6 +197,11 @@ PAGE_JS = """() => {
       return write(exact);
     };
   }
+}"""
+
+# In the page's head, so that it runs before the app's components load their kept values.
+TABS_HEAD = """<script>
+(() => {
   // Each tab holds the kept conversations as it loaded them, and a write replaces what another tab
   // wrote since. Once another tab writes, this one stops writing (the other's stay whole) and says so.
   let elsewhere = false;
@@ -206,12 +213,19 @@ PAGE_JS = """() => {
       + 'browser: save this one as a file if you need it, then reload.'});
     document.body.prepend(notice);
   });
+  // A tab that opens writes back the values it has just read (Gradio encrypts them anew): no change, but
+  // other tabs would see a write. Until its first keystroke or click, a tab writes none of them.
+  let used = false;
+  const use = (event) => { used ||= event.isTrusted; };
+  for (const type of ['pointerdown', 'keydown']) window.addEventListener(type, use, true);
   const setItem = Storage.prototype.setItem;
   Storage.prototype.setItem = function (key, value) {
-    if (elsewhere && this === window.localStorage && String(key).startsWith(STORAGE_PREFIX)) return;
+    const ours = this === window.localStorage && String(key).startsWith(STORAGE_PREFIX);
+    if (ours && (elsewhere || !used)) return;
     return setItem.call(this, key, value);
   };
-}""".replace("STORAGE_PREFIX", json.dumps(STORAGE_PREFIX))
+})();
+</script>""".replace("STORAGE_PREFIX", json.dumps(STORAGE_PREFIX))
 PAGE_CSS = """
 #other-tab { position: sticky; top: 0; z-index: 1000; padding: 0.6em 1em; font-weight: 600;
   background: var(--color-accent-soft); color: var(--body-text-color); border: 1px solid var(--color-accent); }
@@ -412,9 +426,14 @@ class Handlers:
                          p.retry: gr.update(interactive=True)}  # fmt: skip
 
     def show(self, conversation: list[Message], notes: dict[int, str]) -> dict:
+        """The conversation, with Continue under a last reply whose note says it was cut at max new tokens
+        (also once reopened, reloaded or loaded from a file)."""
         p = self.p
+        last = len(conversation) - 1
+        reply = last >= 0 and conversation[last]["role"] == "assistant"
+        cut = reply and notes.get(last, "").endswith(ENDINGS["length"])
         return {p.chatbot: display_messages(conversation, notes), p.state: conversation, p.notes: notes,
-                p.raw: raw_json(conversation), p.proceed: gr.update(visible=False)}  # fmt: skip
+                p.raw: raw_json(conversation), p.proceed: gr.update(visible=cut)}  # fmt: skip
 
     async def run(
         self,
@@ -472,8 +491,7 @@ class Handlers:
         # The finished reply (its note) comes with the page given back, once the reply's generator has wound
         # down: a page that shows a reply as finished takes New conversation or the next message at once.
         # Gradio ends the event by sending this update again, right after it.
-        yield {**self.show(last.conversation, notes), p.context: last.context, **unlocked,
-               p.proceed: gr.update(visible=last.finish == "length")}  # fmt: skip
+        yield {**self.show(last.conversation, notes), p.context: last.context, **unlocked}
 
     def take(self, message: str, busy: bool) -> dict:
         """Takes the message out of the box for sending; while a reply streams the box is left alone."""
@@ -700,7 +718,7 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
         return opening(Kept(new_id(), "", [], system), *shelve(read_past(stored, limit)[0], leaving))
 
     def delete(stored: str | None, system: str, busy: bool, sure: bool) -> dict:
-        if sure is not True or busy_now(busy):
+        if busy_now(busy) or sure is not True:
             return gr.skip()
         return opening(Kept(new_id(), "", [], system), read_past(stored, limit)[0])
 

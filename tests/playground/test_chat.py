@@ -92,6 +92,7 @@ def test_each_reply_keeps_its_note_in_the_file():
         ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "note": "\ud800"}], "surrogate"),
         ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "note": "x" * 201}], "limit is 200"),
         ([{"role": "system", "content": "s", "note": "x"}], "only replies"),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "note": "a\n\n# H"}], "one line"),
     ],
 )
 def test_a_bad_note_is_refused_with_its_reason(messages, reason):

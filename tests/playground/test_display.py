@@ -37,3 +37,11 @@ def test_the_note_says_how_a_reply_went():
     assert note == "11 tokens · first token 0.50 s · 10.0 tokens/s · cut at max new tokens"
     assert reply_note("stop", 1, 0.2, 0.2) == "1 token · first token 0.20 s · finished"
     assert reply_note("cancelled", 0, None, 0.1) == "0 tokens · stopped by you"
+
+
+def test_a_note_shows_as_literal_text_whatever_a_loaded_file_put_in_it():
+    shown = display_messages([{"role": "assistant", "content": "a"}], {0: "**bold** [link](http://x) `code` # <b>"})
+    note = shown[0]["content"].split("\n\n", 1)[1]
+    assert note == (
+        '<span class="reply-note">\\*\\*bold\\*\\* \\[link\\]\\(http://x\\) \\`code\\` \\# &lt;b&gt;</span>'
+    )

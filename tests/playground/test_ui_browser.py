@@ -253,6 +253,13 @@ def test_typing_while_a_reply_streams_loses_nothing(app, page, monkeypatch):
     assert box.input_value().startswith("Next question, typed while it streams")
     assert page.locator("#chatbot [data-testid=user]").count() == 1
 
+    # Delete while it streams asks nothing and says to stop the reply first.
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.locator("#delete-conversation").click()
+    wait_for_notice(page, "A reply is being written")
+    assert not asked and page.locator("#chatbot [data-testid=user]").count() == 1
+
     # Stopped, the message is sent as typed, and only what was sent leaves the box.
     page.locator("#stop").click()
     assert wait_until_idle()
@@ -397,6 +404,9 @@ def test_a_reply_cut_at_max_new_tokens_continues_in_the_same_bubble(app, page, m
     assert len(raw) == 2 and raw[-1]["content"].startswith(cut)  # the same reply, longer
     assert page.locator(BOTS).count() == 1 and page.locator(NOTES).count() == 1
     page.locator("#continue").wait_for(state="visible")  # cut again: it can go on again
+    page.reload()  # its note says it was cut: Continue is there after a reload too
+    page.wait_for_function(f"document.querySelector('{NOTES}')?.innerText.includes('cut at max new tokens')")
+    page.locator("#continue").wait_for(state="visible")
 
 
 def test_keys_examples_and_the_way_in_from_code(app, clipboard_page, monkeypatch):
@@ -602,22 +612,28 @@ def test_a_reply_shown_as_finished_takes_new_conversation_at_once(demo_model, pa
 
 def test_a_tab_stops_keeping_once_another_tab_has_written_and_says_so(app):
     """Each tab holds the kept conversations as it loaded them: a write from a second tab would replace
-    the first tab's conversation, so once the first has written, the second keeps nothing more."""
+    the first tab's conversation, so once the first has written, the second keeps nothing more. A tab that
+    only opens writes nothing, so the first goes on keeping."""
     url, _ = app
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         first, second = context.new_page(), context.new_page()
-        for tab in (first, second):
-            tab.goto(url)
-            tab.wait_for_selector("#chatbot")
+        first.goto(url)
         ask(first, REVERSE)
         wait_for_stable_reply(first, 1)
+        second.goto(url)
+        wait_for_conversation(second, first.evaluate(RAW))
+        second.wait_for_timeout(1_000)
+        assert first.locator("#other-tab").count() == 0  # the second tab only opened
+
+        ask(first, "And a tuple?")
+        wait_for_stable_reply(first, 2)
         kept = first.evaluate(RAW)
         second.wait_for_selector("#other-tab")
         assert "another tab" in second.locator("#other-tab").inner_text() and first.locator("#other-tab").count() == 0
         ask(second, SORT)
-        wait_for_stable_reply(second, 1)
+        wait_for_stable_reply(second, 2)
         first.reload()
         wait_for_conversation(first, kept)  # the first tab's conversation is whole
         browser.close()
@@ -701,6 +717,7 @@ def keep_by_hand(page, key: str, text: str) -> None:
     while len(derived) < 48:
         block = hashlib.md5(block + passphrase + salt).digest()
         derived += block
+    page.mouse.click(5, 5)  # a tab writes nothing it keeps before its first click or keystroke
     page.evaluate(FORGE_JS, [key, list(derived[:32]), list(derived[32:48]), list(salt), text])
 
 
@@ -728,6 +745,7 @@ def test_forged_stored_values_are_left_out_and_the_page_goes_on(app, page, monke
     page.reload()
     wait_for_notice(page, "The conversation kept in this browser could not be read: a new one is open.")
     wait_for_notice(page, "1 conversation kept in this browser could not be read")
+    page.mouse.click(5, 5)
     page.evaluate("(key) => localStorage.setItem(key, 'not:encrypted')", STORAGE_KEYS[0])
     keep_by_hand(page, STORAGE_KEYS[1], json.dumps(["x" * 1_500_000]))
     page.reload()
