@@ -419,6 +419,10 @@ class Handlers:
     def __init__(self, page: Page, chat: Chat, describe: Callable[[str], str]):
         self.p, self.chat, self.describe = page, chat, describe
         self.replies: dict[str, Reply] = {}  # session -> its newest reply, for Stop
+        # A Stop can come before its reply has started (the page sends it the moment Stop shows): the
+        # message taken for sending goes back into the box, and the reply, if it still comes, does not run.
+        self.unsent: dict[str, str] = {}  # session -> the message taken for sending, until its reply starts
+        self.halted: set[str] = set()  # sessions whose Stop came before their reply started
         p = page
         self.locked = {p.send: gr.update(visible=False), p.stop: gr.update(visible=True),
                        p.retry: gr.update(interactive=False), p.proceed: gr.update(visible=False)}  # fmt: skip
@@ -447,6 +451,12 @@ class Handlers:
         """Streams one reply (or, `continuing`, more of the last one). Before it streams, an error leaves
         the conversation as it was, with the `restore` outputs (the message back in its box)."""
         p, unlocked = self.p, self.unlocked
+        key = session_of(request)
+        self.unsent.pop(key, None)
+        if key in self.halted:  # stopped before it started
+            self.halted.discard(key)
+            yield unlocked
+            return
         kept = len(history) - continuing  # a continued reply gets a new note
         before, notes = values[p.state], {i: n for i, n in values[p.notes].items() if i < kept}
         try:
@@ -457,7 +467,7 @@ class Handlers:
             yield {**self.show(before, values[p.notes]), **unlocked, **(restore or {})}
             return
         last: Update | None = None
-        key, ended = session_of(request), False
+        ended = False
         live = self.replies[key] = Reply(before, notes)
         try:
             updates = self.chat.respond(
@@ -493,7 +503,7 @@ class Handlers:
         # Gradio ends the event by sending this update again, right after it.
         yield {**self.show(last.conversation, notes), p.context: last.context, **unlocked}
 
-    def take(self, message: str, busy: bool) -> dict:
+    def take(self, message: str, busy: bool, request: gr.Request) -> dict:
         """Takes the message out of the box for sending; while a reply streams the box is left alone."""
         p = self.p
         if busy or not message.strip():
@@ -503,6 +513,9 @@ class Handlers:
         except DialogueError as exc:
             gr.Warning(str(exc))
             return {p.sent: "", p.textbox: message}
+        key = session_of(request)
+        self.halted.discard(key)
+        self.unsent[key] = message
         return {p.sent: message, p.busy: True, **self.locked}
 
     async def submit(self, values: dict, request: gr.Request):
@@ -523,6 +536,7 @@ class Handlers:
             yield self.unlocked
             return
         history = conversation[:-1] if conversation[-1]["role"] == "assistant" else conversation
+        self.halted.discard(session_of(request))
         yield {self.p.busy: True, **self.locked}
         async for out in self.run(values, history, request, seed=-1):  # a new seed
             yield out
@@ -536,6 +550,7 @@ class Handlers:
             yield {**self.show(conversation, values[p.notes]), **self.unlocked}
             return
         history = [*conversation[:index], {"role": "user", "content": edit.value}]
+        self.halted.discard(session_of(request))
         yield {p.busy: True, **self.locked}
         async for out in self.run(values, history, request):
             yield out
@@ -546,6 +561,7 @@ class Handlers:
         if not conversation or conversation[-1]["role"] != "assistant":
             yield self.unlocked
             return
+        self.halted.discard(session_of(request))
         yield {self.p.busy: True, **self.locked}
         async for out in self.run(values, conversation, request, continuing=True):
             yield out
@@ -555,18 +571,25 @@ class Handlers:
         """An example from the empty chatbot goes to the box, to be read (and changed) before sending."""
         return example.value["text"]
 
-    async def stopped(self, conversation: list[Message], notes: dict[int, str], request: gr.Request) -> dict:
+    async def stopped(self, conversation: list[Message], notes: dict[int, str], box: str, request: gr.Request) -> dict:
         """Stop: the reply stays as far as it got, marked as stopped.
 
         The cancelled generator may still be writing: this waits for its end and takes its last reply.
+        A reply that had not started yet will not run, and its message goes back into the box, before
+        anything typed since.
         """
-        if live := self.replies.pop(session_of(request), None):
+        key, back = session_of(request), {}
+        if live := self.replies.pop(key, None):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(live.done.wait(), 10)
             conversation, notes = live.conversation, live.notes
+        else:
+            self.halted.add(key)
+            if (message := self.unsent.pop(key, None)) is not None:
+                back = {self.p.textbox: f"{message}\n\n{box}" if box.strip() else message}
         if conversation and conversation[-1]["role"] == "assistant" and len(conversation) - 1 not in notes:
             notes = {**notes, len(conversation) - 1: ENDINGS["cancelled"]}
-        return {**self.show(conversation, notes), **self.unlocked}
+        return {**self.show(conversation, notes), **self.unlocked, **back}
 
     def undo(self, conversation: list[Message], notes: dict[int, str]) -> dict:
         if len(conversation) < 2:
@@ -615,7 +638,7 @@ def wire(page: Page, chat: Chat, describe) -> None:
         p.proceed.click(h.proceed, turn, [*shown, *buttons], **PRIVATE),
     ]
     stopping = p.stop.click(None, cancels=generating, **PRIVATE).then(
-        h.stopped, [p.state, p.notes], [*shown, *buttons], **PRIVATE
+        h.stopped, [p.state, p.notes, p.textbox], [*shown, *buttons, p.textbox], **PRIVATE
     )
     # Send is for a message: disabled on an empty box.
     p.textbox.change(lambda text: gr.update(interactive=bool(text.strip())), p.textbox, p.send, queue=False,

@@ -311,6 +311,37 @@ def test_a_message_sent_the_moment_a_reply_ends_is_sent(demo_model, page, tmp_pa
         assert wait_until_idle()
 
 
+def test_stop_before_the_reply_starts_gives_the_message_back(demo_model, page, tmp_path, monkeypatch):
+    """Stop shows the moment a message is sent, before its reply has started (the event may wait in the
+    queue): Stop then gives the message back to the box, and the reply does not run when it comes."""
+    import asyncio
+
+    import gradio as gr
+
+    from playground.ui import Handlers
+
+    submit = Handlers.submit
+
+    async def queued(self, values: dict, request: gr.Request):
+        await asyncio.sleep(2)  # the reply's event starts late
+        async for out in submit(self, values, request):
+            yield out
+
+    monkeypatch.setattr(Handlers, "submit", queued)
+    with serve_model(demo_model, tmp_path) as (url, _):
+        page.goto(url)
+        box = page.locator("#message textarea")
+        ask(page, SORT)
+        page.locator("#stop").click()
+        page.wait_for_function("(text) => document.querySelector('#message textarea').value === text", arg=SORT)
+        page.wait_for_timeout(3_000)  # the reply's event would have started by now
+        assert page.locator("#chatbot [data-testid=user]").count() == 0 and page.locator(BOTS).count() == 0
+        assert box.input_value() == SORT and page.locator("#send").is_visible() and wait_until_idle()
+        page.locator("#send").click()  # sent again, it is answered
+        page.wait_for_function(f"document.querySelectorAll('{NOTES}').length == 1")
+        assert page.locator("#chatbot [data-testid=user]").all_inner_texts()[0].strip() == SORT
+
+
 def test_copies_and_edits_are_exactly_what_was_typed(app, clipboard_page, monkeypatch):
     url, chat = app
     page = clipboard_page
