@@ -342,6 +342,49 @@ def test_stop_before_the_reply_starts_gives_the_message_back(demo_model, page, t
         assert page.locator("#chatbot [data-testid=user]").all_inner_texts()[0].strip() == SORT
 
 
+# Clicks Stop the instant it shows: before the page has heard back from the server about the reply.
+STOP_AT_ONCE = """() => new MutationObserver((changes, observer) => {
+  const stop = document.querySelector('#stop');
+  if (stop?.checkVisibility()) { observer.disconnect(); stop.click(); }
+}).observe(document.body, {subtree: true, childList: true, attributes: true})"""
+
+
+def test_stop_at_any_moment_ends_the_reply_and_the_page_shows_what_is_kept(app, page, monkeypatch):
+    url, chat = app
+    slow_model(chat, monkeypatch, delay=0.02, endless=True)  # 512 tokens would take over 10 s
+    page.goto(url)
+    for attempt in range(3):  # the instant Stop shows: the reply does not run on, nothing is lost
+        before, noted = page.locator("#chatbot [data-testid=user]").count(), page.locator(NOTES).count()
+        page.evaluate(STOP_AT_ONCE)
+        ask(page, SORT)
+        page.wait_for_function(  # the reply stopped (its note), or the message back in the box
+            f"([n, text]) => document.querySelectorAll('{NOTES}').length > n"
+            " || document.querySelector('#message textarea').value === text",
+            arg=[noted, SORT],
+        )
+        assert wait_until_idle(5)
+        users = page.locator("#chatbot [data-testid=user]").count()
+        back = page.locator("#message textarea").input_value()
+        assert (users == before + 1 and back == "") or (users == before and back == SORT), (attempt, users, back)
+        page.locator("#message textarea").fill("")
+
+    # Mid-stream: the reply ends where it got, and what the page shows is what is kept, also a moment later.
+    page.locator("#new-conversation").click()
+    page.wait_for_function(f"{RAW} === '[]'")
+    ask(page, SORT)
+    page.wait_for_function(f"document.querySelector('{BOTS}')?.innerText.length > 40")
+    page.locator("#stop").click()
+    page.wait_for_function(f"document.querySelector('{NOTES}')?.innerText.includes('stopped by you')")
+    assert wait_until_idle(5)
+    page.wait_for_timeout(1_000)
+    reply = json.loads(page.evaluate(RAW))[-1]["content"]
+    shown = bot_texts(page)[-1]
+    assert shown.startswith(reply.strip()[:40]) and shown.endswith("stopped by you")
+    page.reload()
+    page.wait_for_function(f"document.querySelector('{NOTES}')?.innerText.includes('stopped by you')")
+    assert json.loads(page.evaluate(RAW))[-1]["content"] == reply and bot_texts(page)[-1] == shown
+
+
 def test_copies_and_edits_are_exactly_what_was_typed(app, clipboard_page, monkeypatch):
     url, chat = app
     page = clipboard_page
