@@ -591,6 +591,14 @@ class Handlers:
             notes = {**notes, len(conversation) - 1: ENDINGS["cancelled"]}
         return {**self.show(conversation, notes), **self.unlocked, **back}
 
+    def forget(self, request: gr.Request) -> None:
+        """A session that has left (its tab closed or reloaded) keeps nothing here: a reply it left streaming
+        would otherwise hold its conversation for the server's lifetime."""
+        key = session_of(request)
+        self.replies.pop(key, None)
+        self.unsent.pop(key, None)
+        self.halted.discard(key)
+
     def undo(self, conversation: list[Message], notes: dict[int, str]) -> dict:
         if len(conversation) < 2:
             return gr.skip()
@@ -640,6 +648,7 @@ def wire(page: Page, chat: Chat, describe) -> None:
     stopping = p.stop.click(None, cancels=generating, **PRIVATE).then(
         h.stopped, [p.state, p.notes, p.textbox], [*shown, *buttons, p.textbox], **PRIVATE
     )
+    p.blocks.unload(h.forget)
     # Send is for a message: disabled on an empty box.
     p.textbox.change(lambda text: gr.update(interactive=bool(text.strip())), p.textbox, p.send, queue=False,
                      show_progress="hidden", **PRIVATE)  # fmt: skip
