@@ -77,17 +77,31 @@ STORED_JS = f"""(value) => {{
 }}"""
 
 
+# A finished reply's event ends a moment after its last update, and Gradio then sends that update again:
+# an event that replaces the conversation in that moment (New conversation, reopen, load, delete) would
+# be drawn over by it, so it waits (2 s at most). A reply's events all have the message box among their
+# outputs, which Gradio marks while they run; while a reply streams nothing waits: the server says why.
+SETTLED_JS = """async () => {
+  const ending = () => document.querySelector('#message .generating')
+    && !document.querySelector('#stop')?.checkVisibility();
+  for (let i = 0; i < 100 && ending(); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+}"""
+
+
 def sending_stored(inputs: int) -> str:
     """The js of an event whose first input is a BrowserState. Gradio calls it with the inputs' values and
-    then the outputs'; with one input it takes the value itself, with more a list of the inputs."""
+    then the outputs'; with one input it takes the value itself (at the page's load), with more a list of
+    the inputs, once a finished reply's event has ended (SETTLED_JS)."""
     if inputs == 1:
         return f"(stored) => ({STORED_JS})(stored)"
-    return f"(stored, ...rest) => [({STORED_JS})(stored), ...rest.slice(0, {inputs - 1})]"
+    read = f"[({STORED_JS})(stored), ...rest.slice(0, {inputs - 1})]"
+    return f"async (stored, ...rest) => {{ await ({SETTLED_JS})(); return {read}; }}"
 
 
 # Delete asks first when the open conversation holds messages; the answer goes to the event as its last input.
 # While a reply streams it does not ask: the server says to stop the reply first.
-DELETE_JS = f"""(stored, system, busy) => {{
+DELETE_JS = f"""async (stored, system, busy) => {{
+  await ({SETTLED_JS})();
   const raw = document.querySelector('#raw-conversation textarea')?.value;
   const streaming = !!document.querySelector('#stop')?.checkVisibility();
   const sure = !streaming && (!raw || raw === '[]' || window.confirm(
@@ -641,9 +655,10 @@ def wire(page: Page, chat: Chat, describe) -> None:
         for event in (p.textbox.submit, p.send.click)
     ]
     generating += [
-        p.retry.click(h.retry, turn, [*shown, *buttons], **PRIVATE),
-        p.chatbot.edit(h.edit, turn, [*shown, *buttons], **PRIVATE),
-        p.proceed.click(h.proceed, turn, [*shown, *buttons], **PRIVATE),
+        # The message box is among every reply's outputs (never written here): it marks the event as running.
+        p.retry.click(h.retry, turn, [*shown, *buttons, p.textbox], **PRIVATE),
+        p.chatbot.edit(h.edit, turn, [*shown, *buttons, p.textbox], **PRIVATE),
+        p.proceed.click(h.proceed, turn, [*shown, *buttons, p.textbox], **PRIVATE),
     ]
     stopping = p.stop.click(None, cancels=generating, **PRIVATE).then(
         h.stopped, [p.state, p.notes, p.textbox], [*shown, *buttons, p.textbox], **PRIVATE

@@ -684,6 +684,48 @@ def test_a_reply_shown_as_finished_takes_new_conversation_at_once(demo_model, pa
         assert wait_until_idle()
 
 
+@pytest.mark.parametrize("how", ["send", "retry"])
+def test_new_conversation_as_a_reply_event_ends_is_not_drawn_over(demo_model, page, tmp_path, monkeypatch, how):
+    """Gradio ends a reply's event by sending its last update again, a moment after it: New conversation
+    clicked in that moment waits for it, so the old conversation is not drawn back over the new one."""
+    import asyncio
+    import threading
+
+    import gradio as gr
+
+    from playground.ui import Handlers
+
+    name, slow = ("submit" if how == "send" else "retry"), threading.Event()
+    handler = getattr(Handlers, name)
+
+    async def ending_slowly(self, values: dict, request: gr.Request):
+        async for out in handler(self, values, request):
+            yield out
+        if slow.is_set():
+            await asyncio.sleep(1.5)  # the event ends well after its last update
+
+    monkeypatch.setattr(Handlers, name, ending_slowly)
+    with serve_model(demo_model, tmp_path) as (url, _):
+        page.goto(url)
+        ask(page, SORT)
+        page.wait_for_function(f"document.querySelectorAll('{NOTES}').length == 1")
+        assert wait_until_idle()
+        page.wait_for_timeout(500)
+        slow.set()
+        if how == "send":
+            ask(page, REVERSE)
+        else:
+            page.locator("#retry").click()
+        page.wait_for_function(  # the new reply has finished (its note, Send back), its event not yet
+            f"document.querySelectorAll('{NOTES}').length == {2 if how == 'send' else 1}"
+            " && document.querySelector('#send')?.checkVisibility() && document.querySelector('#message .generating')"
+        )
+        page.locator("#new-conversation").click()
+        page.wait_for_function(f"{RAW} === '[]'", timeout=10_000)
+        page.wait_for_timeout(2_500)  # past the event's end
+        assert page.evaluate(RAW) == "[]" and page.locator(BOTS).count() == 0
+
+
 def test_a_tab_stops_keeping_once_another_tab_has_written_and_says_so(app):
     """Each tab holds the kept conversations as it loaded them: a write from a second tab would replace
     the first tab's conversation, so once the first has written, the second keeps nothing more. A tab that
