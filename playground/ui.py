@@ -517,6 +517,11 @@ class Handlers:
         # Gradio ends the event by sending this update again, right after it.
         yield {**self.show(last.conversation, notes), p.context: last.context, **unlocked}
 
+    def lock(self, request: gr.Request) -> dict:
+        """The page while a new reply is on its way: busy, Stop for Send. A Stop from before it is forgotten."""
+        self.halted.discard(session_of(request))
+        return {self.p.busy: True, **self.locked}
+
     def take(self, message: str, busy: bool, request: gr.Request) -> dict:
         """Takes the message out of the box for sending; while a reply streams the box is left alone."""
         p = self.p
@@ -527,10 +532,8 @@ class Handlers:
         except DialogueError as exc:
             gr.Warning(str(exc))
             return {p.sent: "", p.textbox: message}
-        key = session_of(request)
-        self.halted.discard(key)
-        self.unsent[key] = message
-        return {p.sent: message, p.busy: True, **self.locked}
+        self.unsent[session_of(request)] = message
+        return {p.sent: message, **self.lock(request)}
 
     async def submit(self, values: dict, request: gr.Request):
         p = self.p
@@ -550,8 +553,7 @@ class Handlers:
             yield self.unlocked
             return
         history = conversation[:-1] if conversation[-1]["role"] == "assistant" else conversation
-        self.halted.discard(session_of(request))
-        yield {self.p.busy: True, **self.locked}
+        yield self.lock(request)
         async for out in self.run(values, history, request, seed=-1):  # a new seed
             yield out
 
@@ -564,8 +566,7 @@ class Handlers:
             yield {**self.show(conversation, values[p.notes]), **self.unlocked}
             return
         history = [*conversation[:index], {"role": "user", "content": edit.value}]
-        self.halted.discard(session_of(request))
-        yield {p.busy: True, **self.locked}
+        yield self.lock(request)
         async for out in self.run(values, history, request):
             yield out
 
@@ -575,8 +576,7 @@ class Handlers:
         if not conversation or conversation[-1]["role"] != "assistant":
             yield self.unlocked
             return
-        self.halted.discard(session_of(request))
-        yield {self.p.busy: True, **self.locked}
+        yield self.lock(request)
         async for out in self.run(values, conversation, request, continuing=True):
             yield out
 
