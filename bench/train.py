@@ -37,7 +37,7 @@ from bench.common import (
     top_kernels,
 )
 from training.format import PackedCollator
-from training.train import adapters_take_bf16_inputs
+from training.lora import add_adapters
 
 RECIPE = Path(__file__).resolve().parent.parent / "training" / "recipes" / "starchat-qlora.yaml"
 CHAT_TOKENS = 4  # the StarCoderPlus shape's vocabulary ends with the four chat tokens (49152-49155)
@@ -107,15 +107,17 @@ def quantized_model(tiny: bool, device: torch.device, attention: str) -> GPTBigC
     return prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
 
 
-def recipe_lora(vocab_size: int) -> LoraConfig:
+def recipe_adapters(model, vocab_size: int, bf16: bool):
+    """The QLoRA recipe's adapters, as training/train.py adds them."""
     recipe = yaml.safe_load(RECIPE.read_text())
-    return LoraConfig(
+    return add_adapters(
+        model,
         r=recipe["lora_r"],
-        lora_alpha=recipe["lora_alpha"],
-        lora_dropout=recipe["lora_dropout"],
-        target_modules=recipe["lora_target_modules"],
-        trainable_token_indices=list(range(vocab_size - CHAT_TOKENS, vocab_size)),
-        task_type="CAUSAL_LM",
+        alpha=recipe["lora_alpha"],
+        dropout=recipe["lora_dropout"],
+        targets=recipe["lora_target_modules"],
+        chat_token_ids=range(vocab_size - CHAT_TOKENS, vocab_size),
+        bf16=bf16,
     )
 
 
@@ -161,9 +163,7 @@ def measure(name: str, args, device, *, quantize: bool, attention: str, checkpoi
         for block in model.transformer.h[checkpointed:]:  # selective: the rest keep their activations
             block.gradient_checkpointing = False
     if ours:
-        model = get_peft_model(model, recipe_lora(vocab))
-        if device.type == "cuda":  # trained under bf16 autocast, as training/train.py does it
-            adapters_take_bf16_inputs(model)
+        model = recipe_adapters(model, vocab, bf16=device.type == "cuda")  # trained under bf16 autocast
         inputs, lengths = packed_batch(args.batch, args.seq, vocab, device, flatten=attention.startswith("flash"))
     else:
         lora = LoraConfig(r=16, lora_alpha=32, target_modules=["c_attn", "c_proj", "c_fc"], task_type="CAUSAL_LM")
@@ -207,7 +207,8 @@ def measure(name: str, args, device, *, quantize: bool, attention: str, checkpoi
     if ours:
         record["step_profile"] = top_kernels(device, step, count=10)  # where the rest of the peak goes
         record["dialogues_per_block"] = len(lengths[0])
-        record["isolation_max_abs_diff"] = isolation(model, inputs, lengths[0])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):  # as the steps ran
+            record["isolation_max_abs_diff"] = isolation(model, inputs, lengths[0])
     return record
 
 

@@ -224,32 +224,21 @@ def load_model(script: ScriptArguments, args: TrainingArguments, base: str, toke
     model.config.use_cache = False
     if not script.lora:
         return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
+
+    from training.lora import add_adapters
 
     if script.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.activation_checkpointing)
-    config = LoraConfig(
+    return add_adapters(
+        model,
         r=script.lora_r,
-        lora_alpha=script.lora_alpha,
-        lora_dropout=script.lora_dropout,
-        target_modules=script.lora_target_modules,
-        # The chat tokens are new: their embedding rows must learn too, and only theirs.
-        trainable_token_indices=tokenizer.convert_tokens_to_ids(list(CONTROL_TOKENS)),
-        task_type="CAUSAL_LM",
+        alpha=script.lora_alpha,
+        dropout=script.lora_dropout,
+        targets=script.lora_target_modules,
+        chat_token_ids=tokenizer.convert_tokens_to_ids(list(CONTROL_TOKENS)),
+        bf16=args.bf16,
     )
-    model = get_peft_model(model, config)
-    if args.bf16:
-        adapters_take_bf16_inputs(model)
-    return model
-
-
-def adapters_take_bf16_inputs(model) -> None:
-    """For training under bf16 autocast: PEFT casts each adapter's input to its fp32 weights, but autocast
-    runs the adapter's matmuls in bf16 anyway, so the cast only adds copies and an fp32 dropout (about a
-    sixth of a LoRA step on an H100, profiled by bench.train)."""
-    for module in model.modules():
-        if hasattr(module, "cast_input_dtype_enabled"):
-            module.cast_input_dtype_enabled = False
 
 
 def tokenized(split: datasets.Dataset, tokenizer, script: ScriptArguments, report: DataReport) -> datasets.Dataset:

@@ -1,9 +1,12 @@
 """`python -m bench.train --tiny`: JSON lines naming the device, the seed's way and ours in one run."""
 
+import subprocess
+import sys
+
 import pytest
 
 from bench.train import checkpointed_layers
-from tests.conftest import bench_records
+from tests.conftest import ROOT, bench_records
 
 pytestmark = pytest.mark.slow  # Runs the benchmark end to end.
 
@@ -32,3 +35,21 @@ def test_only_as_many_layers_are_checkpointed_as_the_memory_needs():
     assert 0 < some < 40
     assert checkpointed_layers(False, 2048, 4, weights, free=139 * gib) < some  # an H200 holds more
     assert checkpointed_layers(False, 8192, 8, weights, free=79 * gib) == 40
+
+
+def test_the_train_bench_runs_where_the_datasets_library_is_missing():
+    # The H100 image has torch, transformers and peft but not `datasets`: importing it stopped a gpu.sh run.
+    blocker = (
+        "import sys\n"
+        "class NoDatasets:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'datasets':\n"
+        "            raise ModuleNotFoundError(\"No module named 'datasets'\")\n"
+        "sys.meta_path.insert(0, NoDatasets())\n"
+        "import runpy\n"
+        "sys.argv = ['bench.train', '--help']\n"
+        "runpy.run_module('bench.train', run_name='__main__')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", blocker], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "usage:" in out.stdout

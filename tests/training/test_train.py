@@ -407,7 +407,7 @@ def test_under_bf16_autocast_lora_adapters_take_their_inputs_in_bf16():
     from peft import LoraConfig, get_peft_model
     from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
 
-    from training.train import adapters_take_bf16_inputs
+    from training.lora import adapters_take_bf16_inputs
 
     config = GPTBigCodeConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=2)
     base = GPTBigCodeForCausalLM(config).to(torch.bfloat16)
