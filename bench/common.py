@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import resource
@@ -34,6 +35,8 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def reset_peak_memory(device: torch.device) -> None:
+    """Starts a measurement with nothing on the device but what is still referenced."""
+    gc.collect()  # torchao's quantized layers hold reference cycles: a dropped model stays until collected
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
