@@ -212,13 +212,24 @@ def measure(name: str, args, device, *, quantize: bool, attention: str, checkpoi
     return record
 
 
+def at_least(low: int):
+    """An argparse type: an int no smaller than `low` (a block holds dialogues of seq/16 to seq/2 tokens)."""
+
+    def number(text: str) -> int:
+        if int(text) < low:
+            raise argparse.ArgumentTypeError(f"{text}: at least {low}")
+        return int(text)
+
+    return number
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny model on the CPU")
-    parser.add_argument("--seq", type=int, default=None, help="sequence length (2048; 128 with --tiny)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (10; 3 with --tiny)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--seq", type=at_least(32), default=None, help="sequence length (2048; 128 with --tiny)")
+    parser.add_argument("--batch", type=at_least(1), default=1)
+    parser.add_argument("--steps", type=at_least(1), default=None, help="timed steps (10; 3 with --tiny)")
+    parser.add_argument("--warmup", type=at_least(0), default=2)
     parser.add_argument(
         "--checkpointing",
         choices=["auto", "on", "off"],

@@ -1,10 +1,12 @@
 """Dataset sources -> validated dialogues (lists of messages), with the card's "uncensored" filter.
 
-Bad rows are dropped and counted by reason; nothing here raises on a row.
+Bad rows are dropped and counted by reason; nothing here raises on a row. A source that cannot be read
+at all, or data with fewer than two usable dialogues, raises DataError (training.train prints it).
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from collections import Counter
@@ -28,6 +30,10 @@ SHOWN_PLACES = 3  # places named per reason in the summary
 
 class RowError(ValueError):
     """Why a row was dropped; str() is the reason counted in the report."""
+
+
+class DataError(ValueError):
+    """Why the data as a whole cannot be used: a source that cannot be read, or too few dialogues."""
 
 
 @dataclass
@@ -66,13 +72,18 @@ def load_rows(source: str, report: DataReport, split: str = "train") -> Iterable
     if source.startswith("builtin:"):
         return builtin_rows(source.removeprefix("builtin:"))
     path = Path(source)
-    if path.exists():
+    if path.is_file():
         if path.suffix not in _FORMATS:
-            raise ValueError(f"{source}: use one of {', '.join(_FORMATS)}")
+            raise DataError(f"{source}: use one of {', '.join(_FORMATS)}")
         if _FORMATS[path.suffix] == "json":
             return json_rows(path, report)
         return datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
-    return datasets.load_dataset(source, split=split)
+    if path.suffix in _FORMATS or source.startswith(("/", ".", "~")) or path.is_dir():
+        raise DataError(f"{source}: no such file")
+    try:
+        return datasets.load_dataset(source, split=split)
+    except Exception as exc:  # the Hub's many failures (offline, no such id, gated) all mean the same here
+        raise DataError(f"{source}: not a local file, and not a dataset the Hub gave: {exc}") from exc
 
 
 def json_rows(path: Path, report: DataReport) -> Iterator[dict]:
@@ -81,21 +92,25 @@ def json_rows(path: Path, report: DataReport) -> Iterator[dict]:
     datasets' JSON loader fails the whole file on one broken line; here a broken line is one
     dropped row, counted with its line number.
     """
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # editors on Windows start files with one
     try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
+        whole = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
         whole = None  # not one JSON document: JSON Lines
     if isinstance(whole, list):
         lines = [(f"{path.name} item {i}", row) for i, row in enumerate(whole)]
     elif whole is not None:
         lines = [(path.name, whole)]
     else:
-        lines = [(f"{path.name} line {n}", line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        lines = [(f"{path.name} line {n}", line) for n, line in enumerate(raw.splitlines(), 1) if line.strip()]
     for place, line in lines:
-        if isinstance(line, str):
+        if isinstance(line, bytes):
             try:
-                line = json.loads(line)
+                line = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                report.rows += 1
+                report.drop("not UTF-8 text", place)
+                continue
             except json.JSONDecodeError:
                 report.rows += 1
                 report.drop("unparsable JSON", place)
@@ -180,6 +195,11 @@ def row_to_messages(row: dict, max_chars: int) -> list[Message]:
         raise RowError("roles do not alternate or do not end with the assistant") from exc
     if any(not m["content"].strip() for m in messages if m["role"] != "system"):
         raise RowError("empty turn")
+    try:
+        for m in messages:
+            m["content"].encode("utf-8")
+    except UnicodeEncodeError:  # JSON's "\ud800" escapes decode to lone surrogates, which no file can hold
+        raise RowError("text that is not valid Unicode (a lone surrogate)") from None
     if sum(len(m["content"]) for m in messages) > max_chars:
         raise RowError("too long")
     return messages
@@ -223,6 +243,6 @@ def build_dataset(
         for messages in dialogues(load_rows(source, report), report, max_chars=max_chars, phrases=phrases)
     ]
     if len(kept) < 2:
-        raise ValueError(f"fewer than two usable dialogues in {sources}: {report.summary()}")
+        raise DataError(f"fewer than two usable dialogues in {', '.join(sources)}: {report.summary()}")
     dataset = datasets.Dataset.from_list(kept)
     return dataset.train_test_split(test_size=test_size, seed=seed), report

@@ -6,6 +6,7 @@ python -m training.merge --base BASE --adapter ADAPTER_DIR --output DIR [--dtype
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -38,6 +39,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True, help="where the served checkpoint goes")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     args = parser.parse_args(argv)
+    config = Path(args.adapter) / "adapter_config.json"
+    if not config.is_file():
+        raise SystemExit(f"{args.adapter}: no LoRA adapter here (a training run keeps it in OUTPUT_DIR/adapter)")
+    trained_on = json.loads(config.read_text()).get("base_model_name_or_path")
+    if (Path(args.base) / "adapter").resolve() == Path(args.adapter).resolve():
+        raise SystemExit(
+            f"{args.base} is the served checkpoint this adapter is already merged into; "
+            f"merge it into its base instead: --base {trained_on}"
+        )
+    if trained_on and Path(trained_on).resolve() != Path(args.base).resolve() and trained_on != args.base:
+        print(f"note: the adapter was trained on {trained_on}, and is merged into {args.base}")
     print(f"served checkpoint: {merge(args.base, args.adapter, args.output, dtype=DTYPES[args.dtype])}")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import math
 import platform
 import shutil
@@ -41,7 +42,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from playground.console import libraries_quiet
 from playground.template import CONTROL_TOKENS
 from training.checkpoint import model_card, save_checkpoint
-from training.data import DataReport, build_dataset
+from training.data import DataError, DataReport, build_dataset
 from training.format import Collator, PackedCollator, add_chat_tokens, fit_dialogue, pack, pack_blocks
 from training.scratch import build_base
 
@@ -94,7 +95,7 @@ class ScriptArguments:
     uncensored: bool = field(default=True, metadata={"help": "drop dialogues with refusal phrases (the card)"})
     test_size: float = 0.05
     lora: bool = False
-    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: 4-bit NF4 base (CUDA)"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: 4-bit NF4 base (bitsandbytes, made for CUDA)"})
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -139,25 +140,63 @@ class StepsBar(TrainerCallback):
             self.bar = None
 
 
+USAGE = "python -m training.train RECIPE.yaml [--key value ...]   (RECIPE.yaml --help lists the keys)"
+# Names that LoRA cannot take here: the chat tokens' embedding rows are trained on their own, and the
+# head shares its weights with the embedding.
+NOT_LORA_TARGETS = {"wte", "wpe", "lm_head"}
+
+
 def parse(argv: list[str]) -> tuple[ScriptArguments, TrainingArguments, dict]:
     """The recipe with the flags' overrides, and the effective arguments for the model card."""
+    if argv and argv[0] in ("-h", "--help"):
+        HfArgumentParser((ScriptArguments, TrainingArguments), usage=USAGE).parse_args(argv[:1])
     if not argv or argv[0].startswith("-"):
-        raise SystemExit("usage: python -m training.train RECIPE.yaml [--key value ...]")
+        raise SystemExit(f"usage: {USAGE}")
     recipe = yaml.safe_load(Path(argv[0]).read_text()) or {}
     known = {f.name for kind in (ScriptArguments, TrainingArguments) for f in fields(kind)}
     if unknown := sorted(set(recipe) - known):
         raise ValueError(f"{argv[0]}: unknown recipe key(s) {', '.join(unknown)}")
-    parser = HfArgumentParser((ScriptArguments, TrainingArguments))
+    parser = HfArgumentParser((ScriptArguments, TrainingArguments), usage=USAGE)
     parser.set_defaults(**recipe)
     script, args = parser.parse_args_into_dataclasses(argv[1:])
     if not script.model_name_or_path or not script.datasets:
         raise SystemExit("the recipe must name model_name_or_path and datasets")
+    check_script(script, args)
     # Nan/inf losses must reach StopOnNonFiniteLoss, not be filtered out of the logged mean.
     args.logging_nan_inf_filter = False
     # PackedCollator needs each block's seq_lengths, a column the model's forward does not name.
     args.remove_unused_columns = False
-    named = set(recipe) | {flag[2:].split("=")[0] for flag in argv[1:] if flag.startswith("--")}
-    return script, args, effective_arguments(script, args, named)
+    return script, args, effective_arguments(script, args, set(recipe) | given_flags(known, argv[1:]))
+
+
+def given_flags(known: set[str], flags: list[str]) -> set[str]:
+    """The fields the flags set, however they were spelled (`--a-b`, an unambiguous prefix, `--no_x`)."""
+    unset = object()
+    probe = HfArgumentParser((ScriptArguments, TrainingArguments))
+    probe.set_defaults(**dict.fromkeys(known, unset))
+    values = vars(probe.parse_known_args(flags)[0])
+    return {name for name, value in values.items() if value is not unset}
+
+
+def check_script(script: ScriptArguments, args: TrainingArguments) -> None:
+    """Flags that would fail only after the data and the model are loaded, or train nothing, are refused now."""
+    if args.resume_from_checkpoint is not None:
+        raise SystemExit("use --resume true: the run's checkpoints live in OUTPUT_DIR/checkpoints")
+    if script.load_in_4bit and not script.lora:
+        raise SystemExit("--load_in_4bit true trains adapters on a 4-bit base: add --lora true")
+    if not script.lora:
+        return
+    if script.lora_r < 1:
+        raise SystemExit(f"--lora_r must be 1 or more, not {script.lora_r}")
+    if not script.lora_alpha > 0:
+        raise SystemExit(f"--lora_alpha must be more than 0 (at 0 the adapters learn nothing), not {script.lora_alpha}")
+    if not 0 <= script.lora_dropout < 1:
+        raise SystemExit(f"--lora_dropout must be at least 0 and less than 1, not {script.lora_dropout}")
+    if taken := sorted(set(script.lora_target_modules) & NOT_LORA_TARGETS):
+        raise SystemExit(
+            f"--lora_target_modules {' '.join(taken)}: the embedding and the head it shares cannot take adapters "
+            "here (the chat tokens' embedding rows are trained on their own); use c_attn, c_proj, c_fc"
+        )
 
 
 def effective_arguments(script: ScriptArguments, args: TrainingArguments, named: set[str]) -> dict:
@@ -178,6 +217,8 @@ def claim_output(output: Path, script: ScriptArguments, args: TrainingArguments)
     held = sorted(p.name for p in checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else []
     if (output / "config.json").exists():
         held.append("a served checkpoint")
+    if (output / "scratch-base").is_dir():  # built from the data of that run: a new run would reuse it
+        held.append("a scratch base")
     if script.resume or not held:
         return
     if not script.overwrite_output_dir:
@@ -189,6 +230,26 @@ def claim_output(output: Path, script: ScriptArguments, args: TrainingArguments)
         for folder in (checkpoints, output / "adapter", output / "scratch-base"):
             shutil.rmtree(folder, ignore_errors=True)
         (output / "config.json").unlink(missing_ok=True)  # until the new run is saved, no finished checkpoint
+
+
+def check_resume(checkpoint: str, script: ScriptArguments) -> None:
+    """A run resumes with the flags that shaped its weights: LoRA or not, and the same adapters."""
+    adapter = Path(checkpoint) / "adapter_config.json"
+    if script.lora != adapter.is_file():
+        how = "with" if adapter.is_file() else "without"
+        raise SystemExit(f"{checkpoint} was trained {how} --lora true: resume it the same way")
+    if not script.lora:
+        return
+    saved = json.loads(adapter.read_text())
+    theirs = lora_flags(saved["r"], saved["lora_alpha"], saved["target_modules"])
+    ours = lora_flags(script.lora_r, script.lora_alpha, script.lora_target_modules)
+    if differ := [name for name in ours if ours[name] != theirs[name]]:
+        flags = " ".join(f"--{name} {theirs[name]}" for name in differ)
+        raise SystemExit(f"{checkpoint} was trained with {flags}: resume with the same values")
+
+
+def lora_flags(r: int, alpha: int, targets: list[str]) -> dict[str, str]:
+    return {"lora_r": str(r), "lora_alpha": str(alpha), "lora_target_modules": " ".join(sorted(targets))}
 
 
 def check_positions(base: str, block_size: int) -> None:
@@ -228,6 +289,12 @@ def load_model(script: ScriptArguments, args: TrainingArguments, base: str, toke
 
     from training.lora import add_adapters
 
+    layers = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    if missing := [name for name in script.lora_target_modules if name not in layers]:
+        raise SystemExit(
+            f"--lora_target_modules: {base} has no linear layer named {', '.join(missing)} "
+            f"(it has {', '.join(sorted(layers - NOT_LORA_TARGETS))})"
+        )
     if script.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.activation_checkpointing)
     return add_adapters(
@@ -294,16 +361,22 @@ def run(argv: list[str], quiet: bool) -> Path:
     output = Path(args.output_dir)
     args.output_dir = str(output / "checkpoints")
     claim_output(output, script, args)
+    resume_from = get_last_checkpoint(args.output_dir) if script.resume and Path(args.output_dir).is_dir() else None
+    if resume_from is not None:
+        check_resume(resume_from, script)
     # The Trainer would push DIR/checkpoints at every save; the served folder is pushed at the end instead.
     push_to_hub, args.push_to_hub = args.push_to_hub, False
     set_seed(args.seed)
-    splits, report = build_dataset(
-        script.datasets,
-        max_chars=script.max_chars,
-        uncensored=script.uncensored,
-        test_size=script.test_size,
-        seed=args.seed,
-    )
+    try:
+        splits, report = build_dataset(
+            script.datasets,
+            max_chars=script.max_chars,
+            uncensored=script.uncensored,
+            test_size=script.test_size,
+            seed=args.seed,
+        )
+    except DataError as exc:
+        raise SystemExit(str(exc)) from None
 
     base = script.model_name_or_path
     if base == "scratch":
@@ -347,7 +420,6 @@ def run(argv: list[str], quiet: bool) -> Path:
     if quiet:
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(StepsBar())
-    resume_from = get_last_checkpoint(args.output_dir) if script.resume and Path(args.output_dir).is_dir() else None
     if script.resume and resume_from is None and talk:
         print(f"no checkpoint in {args.output_dir}: starting from the beginning", flush=True)
     trainer.train(resume_from_checkpoint=resume_from)

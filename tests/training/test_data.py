@@ -1,8 +1,11 @@
 """Dataset rows -> validated dialogues; bad rows are dropped and counted, never a crash."""
 
+import codecs
 import json
 
-from training.data import DataReport, build_dataset, dialogues, load_phrases, parse_guanaco
+import pytest
+
+from training.data import DataError, DataReport, build_dataset, dialogues, load_phrases, parse_guanaco
 
 GOOD_TEXT = (
     "### Human: How do I sort a list?### Assistant: Use sorted(xs).### Human: Thanks### Assistant: You're welcome."
@@ -137,3 +140,31 @@ def test_a_json_file_holding_one_array_is_read_whole(tmp_path):
     (tmp_path / "data.json").write_text(json.dumps([row, row, row], indent=2))
     _, report = build_dataset([str(tmp_path / "data.json")], test_size=0.34, seed=0)
     assert report.rows == report.kept == 3 and not report.dropped
+
+
+def test_a_byte_order_mark_a_line_not_in_utf8_and_a_lone_surrogate_lose_only_their_own_rows(tmp_path):
+    good = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    surrogate = '{"messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "a"}]}'
+    path = tmp_path / "data.jsonl"
+    lines = [good.encode(), b'{"text": "caf\xe9"}', surrogate.encode(), good.encode()]
+    path.write_bytes(codecs.BOM_UTF8 + b"\n".join(lines))
+    _, report = build_dataset([str(path)], test_size=0.5, seed=0)
+    assert report.rows == 4 and report.kept == 2  # the first row kept, its byte-order mark read as such
+    assert "1 not UTF-8 text (data.jsonl line 2)" in report.summary()
+    assert report.dropped["text that is not valid Unicode (a lone surrogate)"] == 1
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.jsonl", "", "fewer than two usable dialogues"),
+        ("notes.txt", "hello", "use one of .json, .jsonl, .parquet, .csv"),
+        ("missing.jsonl", None, "no such file"),
+    ],
+)
+def test_data_that_cannot_be_used_at_all_is_one_clear_error(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        build_dataset([str(path)])

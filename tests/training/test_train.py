@@ -20,7 +20,7 @@ from playground.template import render
 from tests.conftest import ROOT, free_port
 from tests.fakes import FakeHub
 from training.scratch import build_base, python_doc_dialogues
-from training.train import main, push
+from training.train import main, parse, push
 
 pytestmark = pytest.mark.slow  # Real training runs: minutes on 2 cores.
 
@@ -218,6 +218,27 @@ def test_lora_run_merges_into_a_checkpoint_with_the_adapter_models_logits(tmp_pa
     torch.testing.assert_close(
         AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(ids).logits, expected, atol=1e-4, rtol=1e-4
     )
+    # The served folder already holds the adapter: merging into it again would apply the adapter twice.
+    for base_folder, adapter_folder, said in [
+        (
+            out,
+            out / "adapter",
+            f"{out} is the served checkpoint this adapter is already merged into; "
+            f"merge it into its base instead: --base {base}",
+        ),
+        (
+            base,
+            tmp_path / "nope",
+            f"{tmp_path / 'nope'}: no LoRA adapter here (a training run keeps it in OUTPUT_DIR/adapter)",
+        ),
+    ]:
+        refused = subprocess.run(
+            [sys.executable, "-m", "training.merge", "--base", str(base_folder), "--adapter", str(adapter_folder),
+             "--output", str(tmp_path / "refused")],
+            cwd=ROOT, capture_output=True, text=True, timeout=200,
+        )  # fmt: skip
+        assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [said], refused.stderr[-2000:]
+        assert not (tmp_path / "refused").exists()
 
 
 @pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores for two processes")
@@ -427,3 +448,67 @@ def test_under_bf16_autocast_lora_adapters_take_their_inputs_in_bf16():
     assert seen == [torch.float32, torch.bfloat16]  # PEFT's own cast to the fp32 adapters, then none
     lora_a = model.base_model.model.transformer.h[0].attn.c_attn.lora_A["default"].weight
     assert lora_a.dtype == torch.float32 and lora_a.grad is not None and lora_a.grad.isfinite().all()
+
+
+def test_the_card_names_each_flag_set_however_it_was_spelled():
+    _, args, ran = parse([TINY, "--output_dir", "out", "--label-smoothing-factor", "0.1", "--neftune_noise", "5"])
+    assert (args.label_smoothing_factor, args.neftune_noise_alpha) == (0.1, 5.0)
+    assert (ran["label_smoothing_factor"], ran["neftune_noise_alpha"]) == (0.1, 5.0)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lora", "true", "--lora_r", "0"], "--lora_r must be 1 or more"),
+        (["--lora", "true", "--lora_alpha", "0"], "--lora_alpha must be more than 0"),
+        (["--lora", "true", "--lora_dropout", "1.0"], "--lora_dropout must be at least 0 and less than 1"),
+        (["--lora", "true", "--lora_dropout", "-0.1"], "--lora_dropout must be at least 0 and less than 1"),
+        (["--lora", "true", "--lora_target_modules", "c_attn", "lm_head"], "cannot take adapters here"),
+        (["--load_in_4bit", "true"], "add --lora true"),
+        (["--resume_from_checkpoint", "out/checkpoints/checkpoint-6"], "use --resume true"),
+    ],
+)
+def test_flags_that_would_fail_late_or_train_nothing_are_refused_before_any_work(flags, message):
+    with pytest.raises(SystemExit, match=message):
+        parse([TINY, "--output_dir", "out", *flags])
+
+
+def test_a_malformed_flag_value_gets_two_lines_not_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        parse([TINY, "--output_dir", "out", "--lora_alpha", "nan"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "invalid int value: 'nan'" in lines[-1], lines
+
+
+def test_a_lora_target_the_model_lacks_is_refused_naming_the_layers_it_has(tmp_path):
+    run = train("--output_dir", str(tmp_path), "--lora", "true", "--lora_target_modules", "c_attn", "c_atn", *SMALL)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].endswith("has no linear layer named c_atn (it has c_attn, c_fc, c_proj)")
+
+
+def test_a_run_resumes_only_with_the_flags_that_shaped_its_weights(tmp_path):
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-6"
+    checkpoint.mkdir(parents=True)
+    adapter = {"r": 8, "lora_alpha": 32, "target_modules": ["c_fc", "c_attn"]}
+    (checkpoint / "adapter_config.json").write_text(json.dumps(adapter))
+    targets = ["--lora_target_modules", "c_attn", "c_fc"]
+    for flags, said in [
+        (["--lora", "true", "--lora_r", "4", *targets], "was trained with --lora_r 8: resume with the same values"),
+        (["--lora", "true", "--lora_r", "8"], "was trained with --lora_target_modules c_attn c_fc: resume"),
+        ([], "was trained with --lora true: resume it the same way"),
+    ]:
+        run = train("--output_dir", str(tmp_path), "--resume", "true", *flags, *SMALL)
+        assert run.returncode == 1 and run.stderr.strip().splitlines()[-1].startswith(f"{checkpoint} {said}")
+
+
+def test_a_scratch_base_left_by_a_failed_run_is_not_reused_unasked(tmp_path):
+    (tmp_path / "scratch-base").mkdir()  # built from that run's data, before it failed
+    run = train("--output_dir", str(tmp_path), *SMALL)
+    assert run.returncode == 1 and "already holds a run (a scratch base)" in run.stderr
+
+
+def test_help_lists_every_key_without_a_recipe():
+    run = subprocess.run(
+        [sys.executable, "-m", "training.train", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0 and "--lora_target_modules" in run.stdout and "--learning_rate" in run.stdout
