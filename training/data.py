@@ -78,7 +78,9 @@ def load_rows(source: str, report: DataReport, split: str = "train") -> Iterable
         if _FORMATS[path.suffix] == "json":
             return json_rows(path, report)
         return datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
-    if path.suffix in _FORMATS or source.startswith(("/", ".", "~")) or path.is_dir():
+    if path.is_dir():
+        raise DataError(f"{source}: a folder; name the data files in it")
+    if path.suffix in _FORMATS or source.startswith(("/", ".", "~")):
         raise DataError(f"{source}: no such file")
     try:
         return datasets.load_dataset(source, split=split)

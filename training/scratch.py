@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import re
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -84,6 +85,10 @@ def builtin_rows(name: str) -> list[dict]:
     return [{"messages": m} for m in taught + python_doc_dialogues()]
 
 
+MAX_WORD = 1000
+LONG_WORD = re.compile(rf"\S{{{MAX_WORD + 1},}}")
+
+
 def train_tokenizer(texts: list[str], vocab_size: int, chat_tokens: bool = True) -> PreTrainedTokenizerFast:
     """A byte-level BPE like StarCoder's, with <|endoftext|> as id 0 and (chat_tokens) the chat tokens after it."""
     tokenizer = Tokenizer(models.BPE())
@@ -95,7 +100,8 @@ def train_tokenizer(texts: list[str], vocab_size: int, chat_tokens: bool = True)
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,  # it takes well under a second; in a terminal its four bars would be noise
     )
-    tokenizer.train_from_iterator(texts, trainer)
+    # The trainer's time grows with the square of a word's length: a megabyte without a space never ends.
+    tokenizer.train_from_iterator((LONG_WORD.sub(lambda m: m[0][:MAX_WORD], text) for text in texts), trainer)
     wrapped = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS
     )

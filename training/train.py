@@ -30,6 +30,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    GPTBigCodeConfig,
     HfArgumentParser,
     PrinterCallback,
     Trainer,
@@ -152,13 +153,15 @@ def parse(argv: list[str]) -> tuple[ScriptArguments, TrainingArguments, dict]:
         HfArgumentParser((ScriptArguments, TrainingArguments), usage=USAGE).parse_args(argv[:1])
     if not argv or argv[0].startswith("-"):
         raise SystemExit(f"usage: {USAGE}")
-    recipe = yaml.safe_load(Path(argv[0]).read_text()) or {}
+    recipe = read_recipe(argv[0])
     known = {f.name for kind in (ScriptArguments, TrainingArguments) for f in fields(kind)}
     if unknown := sorted(set(recipe) - known):
-        raise ValueError(f"{argv[0]}: unknown recipe key(s) {', '.join(unknown)}")
+        raise SystemExit(f"{argv[0]}: unknown recipe key(s) {', '.join(unknown)}")
     parser = HfArgumentParser((ScriptArguments, TrainingArguments), usage=USAGE)
     parser.set_defaults(**recipe)
-    script, args = parser.parse_args_into_dataclasses(argv[1:])
+    script, args, unused = parser.parse_args_into_dataclasses(argv[1:], return_remaining_strings=True)
+    if unused:
+        parser.error(f"unknown flag(s): {' '.join(unused)}")
     if not script.model_name_or_path or not script.datasets:
         raise SystemExit("the recipe must name model_name_or_path and datasets")
     check_script(script, args)
@@ -167,6 +170,18 @@ def parse(argv: list[str]) -> tuple[ScriptArguments, TrainingArguments, dict]:
     # PackedCollator needs each block's seq_lengths, a column the model's forward does not name.
     args.remove_unused_columns = False
     return script, args, effective_arguments(script, args, set(recipe) | given_flags(known, argv[1:]))
+
+
+def read_recipe(path: str) -> dict:
+    try:
+        recipe = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise SystemExit(f"{path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise SystemExit(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(recipe, dict):
+        raise SystemExit(f"{path}: a recipe maps keys to values (key: value lines)")
+    return recipe
 
 
 def given_flags(known: set[str], flags: list[str]) -> set[str]:
@@ -252,6 +267,21 @@ def lora_flags(r: int, alpha: int, targets: list[str]) -> dict[str, str]:
     return {"lora_r": str(r), "lora_alpha": str(alpha), "lora_target_modules": " ".join(sorted(targets))}
 
 
+def check_lora_targets(script: ScriptArguments) -> None:
+    """A target the model lacks is refused before the data and the weights are loaded (its shape on the
+    meta device costs no memory)."""
+    base = script.model_name_or_path
+    config = GPTBigCodeConfig() if base == "scratch" else AutoConfig.from_pretrained(base)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    layers = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    if missing := [name for name in script.lora_target_modules if name not in layers]:
+        raise SystemExit(
+            f"--lora_target_modules: the model ({base}) has no linear layer named {', '.join(missing)} "
+            f"(it has {', '.join(sorted(layers - NOT_LORA_TARGETS))})"
+        )
+
+
 def check_positions(base: str, block_size: int) -> None:
     positions = AutoConfig.from_pretrained(base).max_position_embeddings
     if block_size > positions:
@@ -289,12 +319,6 @@ def load_model(script: ScriptArguments, args: TrainingArguments, base: str, toke
 
     from training.lora import add_adapters
 
-    layers = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
-    if missing := [name for name in script.lora_target_modules if name not in layers]:
-        raise SystemExit(
-            f"--lora_target_modules: {base} has no linear layer named {', '.join(missing)} "
-            f"(it has {', '.join(sorted(layers - NOT_LORA_TARGETS))})"
-        )
     if script.load_in_4bit:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.activation_checkpointing)
     return add_adapters(
@@ -364,6 +388,8 @@ def run(argv: list[str], quiet: bool) -> Path:
     resume_from = get_last_checkpoint(args.output_dir) if script.resume and Path(args.output_dir).is_dir() else None
     if resume_from is not None:
         check_resume(resume_from, script)
+    if script.lora:
+        check_lora_targets(script)
     # The Trainer would push DIR/checkpoints at every save; the served folder is pushed at the end instead.
     push_to_hub, args.push_to_hub = args.push_to_hub, False
     set_seed(args.seed)

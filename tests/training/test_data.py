@@ -160,11 +160,14 @@ def test_a_byte_order_mark_a_line_not_in_utf8_and_a_lone_surrogate_lose_only_the
         ("empty.jsonl", "", "fewer than two usable dialogues"),
         ("notes.txt", "hello", "use one of .json, .jsonl, .parquet, .csv"),
         ("missing.jsonl", None, "no such file"),
+        ("folder", "", "a folder; name the data files in it"),
     ],
 )
 def test_data_that_cannot_be_used_at_all_is_one_clear_error(tmp_path, name, content, message):
     path = tmp_path / name
-    if content is not None:
+    if name == "folder":
+        path.mkdir()
+    elif content is not None:
         path.write_text(content)
     with pytest.raises(DataError, match=message):
         build_dataset([str(path)])

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -220,12 +221,15 @@ def test_lora_run_merges_into_a_checkpoint_with_the_adapter_models_logits(tmp_pa
     )
     # The served folder already holds the adapter: merging into it again would apply the adapter twice.
     for base_folder, adapter_folder, said in [
-        (
-            out,
-            out / "adapter",
-            f"{out} is the served checkpoint this adapter is already merged into; "
-            f"merge it into its base instead: --base {base}",
-        ),
+        *[
+            (
+                out,
+                adapter,
+                f"{out} is a LoRA run's served checkpoint, its adapter already merged in, and this adapter "
+                f"was trained on {base}: merge it into that base instead (--base {base})",
+            )
+            for adapter in (out / "adapter", shutil.copytree(out / "adapter", tmp_path / "copy"))
+        ],
         (
             base,
             tmp_path / "nope",
@@ -483,7 +487,9 @@ def test_a_malformed_flag_value_gets_two_lines_not_every_flag(capsys):
 def test_a_lora_target_the_model_lacks_is_refused_naming_the_layers_it_has(tmp_path):
     run = train("--output_dir", str(tmp_path), "--lora", "true", "--lora_target_modules", "c_attn", "c_atn", *SMALL)
     assert run.returncode == 1 and "Traceback" not in run.stderr
-    assert run.stderr.strip().splitlines()[-1].endswith("has no linear layer named c_atn (it has c_attn, c_fc, c_proj)")
+    said = "the model (scratch) has no linear layer named c_atn (it has c_attn, c_fc, c_proj)"
+    assert run.stderr.strip().splitlines()[-1] == f"--lora_target_modules: {said}"
+    assert list(tmp_path.iterdir()) == []  # refused before the data: no scratch base to block the next run
 
 
 def test_a_run_resumes_only_with_the_flags_that_shaped_its_weights(tmp_path):
