@@ -38,6 +38,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 
 from playground.console import libraries_quiet
@@ -149,7 +150,7 @@ NOT_LORA_TARGETS = {"wte", "wpe", "lm_head"}
 
 def parse(argv: list[str]) -> tuple[ScriptArguments, TrainingArguments, dict]:
     """The recipe with the flags' overrides, and the effective arguments for the model card."""
-    if argv and argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):  # argparse prints every key and exits
         HfArgumentParser((ScriptArguments, TrainingArguments), usage=USAGE).parse_args(argv[:1])
     if not argv or argv[0].startswith("-"):
         raise SystemExit(f"usage: {USAGE}")
@@ -388,7 +389,7 @@ def run(argv: list[str], quiet: bool) -> Path:
     resume_from = get_last_checkpoint(args.output_dir) if script.resume and Path(args.output_dir).is_dir() else None
     if resume_from is not None:
         check_resume(resume_from, script)
-    if script.lora:
+    if script.lora and not is_deepspeed_zero3_enabled():  # ZeRO-3 would build even the meta model sharded
         check_lora_targets(script)
     # The Trainer would push DIR/checkpoints at every save; the served folder is pushed at the end instead.
     push_to_hub, args.push_to_hub = args.push_to_hub, False
