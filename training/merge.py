@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     if not config.is_file():
         raise SystemExit(f"{args.adapter}: no LoRA adapter here (a training run keeps it in OUTPUT_DIR/adapter)")
     trained_on = json.loads(config.read_text()).get("base_model_name_or_path") or ""
-    same_base = trained_on == args.base or Path(trained_on).resolve() == Path(args.base).resolve()
+    # An adapter that does not name its base (saved by hand) is taken at its word.
+    same_base = not trained_on or trained_on == args.base or Path(trained_on).resolve() == Path(args.base).resolve()
     # A LoRA run's served folder has its adapter merged in: merging an adapter of that run (or a copy of
     # it) again would apply it twice. An adapter trained on that folder itself is another matter.
     if (Path(args.base) / "adapter" / "adapter_config.json").is_file() and not same_base:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.base} is a LoRA run's served checkpoint, its adapter already merged in, and this adapter "
             f"was trained on {trained_on}: merge it into that base instead (--base {trained_on})"
         )
-    if trained_on and not same_base:
+    if not same_base:
         print(f"note: the adapter was trained on {trained_on}, and is merged into {args.base}")
     print(f"served checkpoint: {merge(args.base, args.adapter, args.output, dtype=DTYPES[args.dtype])}")
 
