@@ -67,28 +67,34 @@ def load_phrases(path: Path = REFUSAL_PHRASES) -> list[str]:
     return [line.strip().lower() for line in lines if line.strip() and not line.startswith("#")]
 
 
-def load_rows(source: str, report: DataReport, split: str = "train") -> Iterable[dict]:
-    """A local JSON/JSONL/Parquet/CSV file, `builtin:NAME` (made offline), or a Hub dataset id."""
+def placed(rows: Iterable[dict], name: str) -> Iterator[tuple[str, dict]]:
+    """Each row with where it came from, for the report: "NAME row 3"."""
+    return ((f"{name} row {n}", row) for n, row in enumerate(rows, 1))
+
+
+def load_rows(source: str, report: DataReport, split: str = "train") -> Iterable[tuple[str, dict]]:
+    """A local JSON/JSONL/Parquet/CSV file, `builtin:NAME` (made offline), or a Hub dataset id: its rows,
+    each with its place."""
     if source.startswith("builtin:"):
-        return builtin_rows(source.removeprefix("builtin:"))
+        return placed(builtin_rows(source.removeprefix("builtin:")), source)
     path = Path(source)
     if path.is_file():
         if path.suffix not in _FORMATS:
             raise DataError(f"{source}: use one of {', '.join(_FORMATS)}")
         if _FORMATS[path.suffix] == "json":
             return json_rows(path, report)
-        return datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
+        return placed(datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train"), path.name)
     if path.is_dir():
         raise DataError(f"{source}: a folder; name the data files in it")
     if path.suffix in _FORMATS or source.startswith(("/", ".", "~")):
         raise DataError(f"{source}: no such file")
     try:
-        return datasets.load_dataset(source, split=split)
+        return placed(datasets.load_dataset(source, split=split), source)
     except Exception as exc:  # the Hub's many failures (offline, no such id, gated) all mean the same here
         raise DataError(f"{source}: not a local file, and not a dataset the Hub gave: {exc}") from exc
 
 
-def json_rows(path: Path, report: DataReport) -> Iterator[dict]:
+def json_rows(path: Path, report: DataReport) -> Iterator[tuple[str, dict]]:
     """A JSON array, or JSON Lines read line by line.
 
     datasets' JSON loader fails the whole file on one broken line; here a broken line is one
@@ -121,7 +127,7 @@ def json_rows(path: Path, report: DataReport) -> Iterator[dict]:
             report.rows += 1
             report.drop("not a JSON object", place)
             continue
-        yield line
+        yield place, line
 
 
 def parse_guanaco(text: str) -> list[Message]:
@@ -212,17 +218,18 @@ def is_refusal(messages: list[Message], phrases: list[str]) -> bool:
 
 
 def dialogues(
-    rows: Iterable[dict], report: DataReport, *, max_chars: int, phrases: list[str] | None
+    rows: Iterable[tuple[str, dict]], report: DataReport, *, max_chars: int, phrases: list[str] | None
 ) -> Iterable[list[Message]]:
-    for row in rows:
+    """The rows' dialogues; each row dropped is counted with its place (`placed`)."""
+    for place, row in rows:
         report.rows += 1
         try:
             messages = row_to_messages(row, max_chars)
         except RowError as exc:
-            report.drop(str(exc))
+            report.drop(str(exc), place)
             continue
         if phrases is not None and is_refusal(messages, phrases):
-            report.drop("refusal/alignment phrase (uncensored filter)")
+            report.drop("refusal/alignment phrase (uncensored filter)", place)
             continue
         report.kept += 1
         yield messages

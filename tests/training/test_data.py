@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from training.data import DataError, DataReport, build_dataset, dialogues, load_phrases, parse_guanaco
+from training.data import DataError, DataReport, build_dataset, dialogues, load_phrases, parse_guanaco, placed
 
 GOOD_TEXT = (
     "### Human: How do I sort a list?### Assistant: Use sorted(xs).### Human: Thanks### Assistant: You're welcome."
@@ -47,7 +47,7 @@ def test_guanaco_text_becomes_messages():
 
 def test_bad_rows_are_dropped_and_counted_by_reason():
     report = DataReport()
-    kept = list(dialogues(rows(), report, max_chars=80, phrases=load_phrases()))
+    kept = list(dialogues(placed(rows(), "rows"), report, max_chars=80, phrases=load_phrases()))
     assert len(kept) == 3 and report.kept == 3 and report.rows == 12
     assert report.dropped == {
         "refusal/alignment phrase (uncensored filter)": 1,
@@ -60,11 +60,12 @@ def test_bad_rows_are_dropped_and_counted_by_reason():
         "text before the first ### Human:": 1,
     }
     assert "12 rows read, 3 dialogues kept" in report.summary()
+    assert "1 too long (rows row 11)" in report.summary()  # each reason says where, as for broken JSON
 
 
 def test_the_uncensored_filter_can_be_switched_off():
     report = DataReport()
-    kept = list(dialogues([{"text": REFUSAL}], report, max_chars=10_000, phrases=None))
+    kept = list(dialogues(placed([{"text": REFUSAL}], "refusal"), report, max_chars=10_000, phrases=None))
     assert len(kept) == 1 and not report.dropped
 
 
@@ -120,7 +121,7 @@ def test_unbalanced_guanaco_text_is_dropped_with_what_was_wrong():
         "just text": "no ### Human: marker",
     }
     report = DataReport()
-    kept = list(dialogues([{"text": text} for text in cases], report, max_chars=1000, phrases=None))
+    kept = list(dialogues(placed([{"text": text} for text in cases], "cases"), report, max_chars=1000, phrases=None))
     assert kept == [] and report.dropped == {reason: 1 for reason in cases.values()}
 
 
@@ -151,7 +152,7 @@ def test_a_byte_order_mark_a_line_not_in_utf8_and_a_lone_surrogate_lose_only_the
     _, report = build_dataset([str(path)], test_size=0.5, seed=0)
     assert report.rows == 4 and report.kept == 2  # the first row kept, its byte-order mark read as such
     assert "1 not UTF-8 text (data.jsonl line 2)" in report.summary()
-    assert report.dropped["text that is not valid Unicode (a lone surrogate)"] == 1
+    assert "1 text that is not valid Unicode (a lone surrogate) (data.jsonl line 3)" in report.summary()
 
 
 @pytest.mark.parametrize(
