@@ -115,13 +115,9 @@ def json_rows(path: Path, report: DataReport) -> Iterator[tuple[str, dict]]:
         if isinstance(line, bytes):
             try:
                 line = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError:
+            except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError both are
                 report.rows += 1
-                report.drop("not UTF-8 text", place)
-                continue
-            except json.JSONDecodeError:
-                report.rows += 1
-                report.drop("unparsable JSON", place)
+                report.drop("not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "unparsable JSON", place)
                 continue
         if not isinstance(line, dict):
             report.rows += 1
