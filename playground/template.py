@@ -66,8 +66,9 @@ def split_system(messages: Sequence[Message]) -> tuple[str, list[Message]]:
     return "", list(messages)
 
 
-def validate(messages: Sequence[Message], *, last: str) -> None:
-    """Roles alternate user/assistant after an optional system message; the last role is `last`."""
+def validate(messages: Sequence[Message], *, last: str | None) -> None:
+    """Roles alternate user/assistant after an optional system message; the last role is `last` (None:
+    either)."""
     for i, m in enumerate(messages):
         role = m.get("role") if isinstance(m, dict) else None  # a JSON list or object is no key: no lookup
         if not isinstance(role, str) or role not in ROLE_TOKENS or not isinstance(m.get("content"), str):
@@ -79,7 +80,7 @@ def validate(messages: Sequence[Message], *, last: str) -> None:
         expected = "user" if i % 2 == 0 else "assistant"
         if m["role"] != expected:
             raise DialogueError(f"turn {i} should be from the {expected}, not the {m['role']}")
-    if turns[-1]["role"] != last:
+    if last is not None and turns[-1]["role"] != last:
         raise DialogueError(f"the conversation must end with {'an' if last[0] in 'aeiou' else 'a'} {last} message")
 
 

@@ -541,9 +541,14 @@ class Handlers:
         if not message:  # nothing was taken: the box was empty, or a reply is streaming
             yield {p.textbox: gr.skip()}
             return
-        history = [*values[p.state], {"role": "user", "content": message}]
         # An error before the reply gives the message back, unless the person typed a new one.
         restore = {} if values[p.textbox] else {p.textbox: message}
+        if values[p.state] and values[p.state][-1]["role"] == "user":  # kept by a reload while it was answered
+            self.unsent.pop(session_of(request), None)
+            gr.Warning("The last message has no reply yet: press Retry to have it answered, or Undo to edit it.")
+            yield {**self.unlocked, **restore}
+            return
+        history = [*values[p.state], {"role": "user", "content": message}]
         async for out in self.run(values, history, request, restore=restore):
             yield out
 
@@ -614,9 +619,14 @@ class Handlers:
         self.halted.discard(key)
 
     def undo(self, conversation: list[Message], notes: dict[int, str]) -> dict:
-        if len(conversation) < 2:
+        """The last question goes back into the box, with its reply taken away (an unanswered one alone)."""
+        if not conversation:
             return gr.skip()
-        return {**self.show(conversation[:-2], notes), self.p.textbox: conversation[-2]["content"]}
+        cut = len(conversation) - (1 if conversation[-1]["role"] == "user" else 2)
+        if cut < 0:
+            return gr.skip()
+        kept = {i: note for i, note in notes.items() if i < cut}
+        return {**self.show(conversation[:cut], kept), self.p.textbox: conversation[cut]["content"]}
 
     def cleared(self, request: gr.Request) -> dict:
         """An empty conversation; a reply that was streaming is cancelled first, so it cannot write back."""
@@ -645,15 +655,19 @@ def wire(page: Page, chat: Chat, describe) -> None:
     shown = p.shown
     buttons = [p.busy, p.send, p.stop, p.retry]
     took = [p.textbox, p.sent, p.proceed, *buttons]
-    generating = [
+    keeping, keeping_sent = wire_shelf(p, chat, h.show)
+    generating = []
+    for event in (p.textbox.submit, p.send.click):
+        taking = event(h.take, [p.textbox, p.busy], took, queue=False, js=TAKE_JS, **PRIVATE)
         # "multiple": the page would drop a send made just after a reply ends, while the reply's own
         # event is still finishing ("once", the default, skips a trigger while its event is pending);
         # `take` already refuses a send while a reply streams.
-        event(h.take, [p.textbox, p.busy], took, queue=False, js=TAKE_JS, **PRIVATE).then(
-            h.submit, {p.sent, p.textbox, *turn}, [*shown, *buttons, p.textbox], trigger_mode="multiple", **PRIVATE
+        generating.append(
+            taking.then(
+                h.submit, {p.sent, p.textbox, *turn}, [*shown, *buttons, p.textbox], trigger_mode="multiple", **PRIVATE
+            )
         )
-        for event in (p.textbox.submit, p.send.click)
-    ]
+        taking.then(**keeping_sent)  # beside the reply: a reload while it streams keeps the message sent
     generating += [
         # The message box is among every reply's outputs (never written here): it marks the event as running.
         p.retry.click(h.retry, turn, [*shown, *buttons, p.textbox], **PRIVATE),
@@ -677,7 +691,6 @@ def wire(page: Page, chat: Chat, describe) -> None:
         changing.append(
             clearing(None, cancels=generating, **PRIVATE).then(h.cleared, None, [*shown, *buttons], **PRIVATE)
         )
-    keeping = wire_shelf(p, chat, h.show)
     for change in changing:  # every change to the open conversation is kept in the browser
         change.then(**keeping)
     p.system.blur(**keeping)
@@ -692,9 +705,10 @@ def wire(page: Page, chat: Chat, describe) -> None:
     ).then(None, p.file_text, None, js=download_js("text/markdown", "md"))  # fmt: skip
 
 
-def wire_shelf(page: Page, chat: Chat, show) -> dict:
+def wire_shelf(page: Page, chat: Chat, show) -> tuple[dict, dict]:
     """The conversations kept in the browser: restored with the page, listed, reopened, renamed, deleted,
-    and a loaded file opened as a new one. Returns the event that keeps the open conversation."""
+    and a loaded file opened as a new one. Returns the events that keep the open conversation: after each
+    change, and with a message as it is sent."""
     p, s, limit = page, page.shelf, chat.settings.max_conversation_chars
     shown = p.shown
     opening_outputs = [*shown, p.system, s.opened, s.title, s.current, s.past, s.labels, s.listed]
@@ -727,6 +741,15 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
             gr.Warning("This conversation is too long to keep in this browser: save it as a file.")
             return {s.opened: (current.id, current.title)}
         return {s.current: current.stored(), s.opened: (current.id, current.title), **listing(current, labels)}
+
+    def keep_sent(sent: str, conversation: list[Message], notes: dict, system: str, opened: tuple[str, str],
+                  labels: list) -> dict:  # fmt: skip
+        """The conversation with the message just sent, kept as its reply starts: a reload while the reply
+        streams ends the reply, and the message comes back (Retry answers it). The finished turn is kept
+        over it when the reply ends."""
+        if not sent:
+            return gr.skip()
+        return keep([*conversation, {"role": "user", "content": sent}], notes, system, opened, labels)
 
     def restore(stored: str | None) -> dict:
         """The conversation that was open when the page was last left (reloaded, or its theme switched)."""
@@ -813,8 +836,13 @@ def wire_shelf(page: Page, chat: Chat, show) -> dict:
     p.load.click(None, None, p.file_text, js=LOAD_JS, trigger_mode="multiple", **PRIVATE).then(
         load, [s.past, p.file_text, *leaving], opening_outputs, js=sending_stored(7), **PRIVATE
     )
-    return {"fn": keep, "inputs": [p.state, p.notes, p.system, s.opened, s.labels],
-            "outputs": [s.current, s.opened, s.labels, s.listed], **quick}  # fmt: skip
+    keeping = [s.current, s.opened, s.labels, s.listed]
+    return (
+        {"fn": keep, "inputs": [p.state, p.notes, p.system, s.opened, s.labels], "outputs": keeping, **quick},
+        # Not queued: it is written before a short reply's own keeping comes, however long the queue.
+        {"fn": keep_sent, "inputs": [p.sent, p.state, p.notes, p.system, s.opened, s.labels], "outputs": keeping,
+         **quick},
+    )  # fmt: skip
 
 
 def build_ui(chat: Chat) -> gr.Blocks:

@@ -871,3 +871,43 @@ def test_forged_stored_values_are_left_out_and_the_page_goes_on(app, page, monke
     ask(page, SORT)
     wait_for_stable_reply(page, 1)
     wait_for_list(page, [SORT])
+
+
+def test_a_reload_while_a_reply_streams_keeps_the_message_sent(app, page, monkeypatch):
+    """The reply ends with the page, its message does not: it comes back after the reload, and Retry
+    answers it."""
+    url, chat = app
+    slow_model(chat, monkeypatch, delay=0.02, endless=True)
+    page.goto(url)
+    ask(page, "A question worth keeping")
+    page.wait_for_function(f"document.querySelector('{BOTS}')?.innerText.length > 20")
+    page.reload()
+    users = page.locator("#chatbot [data-testid=user]")
+    users.first.wait_for()
+    assert users.all_inner_texts() == ["A question worth keeping"] and bot_texts(page) == []
+    assert wait_until_idle(), "the reply went on after the page that asked for it reloaded"
+    assert page.locator("#conversations label").all_inner_texts() == ["A question worth keeping"]
+
+    # Another message first: the page says how to have the waiting one answered, and the new one stays.
+    ask(page, "Something else")
+    wait_for_notice(page, "The last message has no reply yet")
+    page.locator("#send").wait_for(state="visible")
+    assert page.locator("#message textarea").input_value() == "Something else"
+    assert users.all_inner_texts() == ["A question worth keeping"]
+
+    page.locator("#retry").click()
+    page.wait_for_function(f"document.querySelector('{BOTS}')?.innerText.length > 20")
+    kept_after(page, lambda: page.locator("#stop").click())
+    page.reload()
+    page.wait_for_function(f"document.querySelector('{NOTES}')?.innerText.includes('stopped by you')")
+    assert users.all_inner_texts() == ["A question worth keeping"] and len(bot_texts(page)) == 1
+
+    # Undo takes a waiting question back into the box, and leaves the answered turn before it.
+    ask(page, "A second question")
+    page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 2")
+    page.reload()
+    page.wait_for_function("document.querySelectorAll('#chatbot [data-testid=user]').length == 2")
+    assert wait_until_idle() and len(bot_texts(page)) == 1
+    page.locator("#undo").click()
+    page.wait_for_function("document.querySelector('#message textarea').value === 'A second question'")
+    assert users.all_inner_texts() == ["A question worth keeping"] and len(bot_texts(page)) == 1
