@@ -6,7 +6,8 @@
 The bf16 model is moved to the CPU and each quantized copy is made layer by layer onto the GPU, as
 the app loads it (`quantize_weights`), so the peak memory shows what a card must hold. Each line:
 tok/s at 1 and 32 streams, weights in memory, peak memory, time to first token, and the quantized
-logits against bf16 logits for the same inputs (relative error, top-1 agreement where bf16 is clear).
+logits against bf16 logits for the same inputs (relative error, top-1 agreement where bf16 is clear);
+then the one-row step's kernels and their times.
 `--paths torchao` or `--paths bitsandbytes` runs one family (bench/gpu.sh runs bitsandbytes last).
 """
 
@@ -23,7 +24,7 @@ import torch
 from transformers import BitsAndBytesConfig, GPTBigCodeForCausalLM
 
 from bench.common import compare, device_name, emit, peak_memory_gib, reset_peak_memory
-from bench.generate import MARGIN, copy_bandwidth, our_way, random_model, record, seed_way, weight_bytes
+from bench.generate import MARGIN, copy_bandwidth, our_way, random_model, record, seed_way, step_profile, weight_bytes
 from playground.backends import BackendError
 from playground.backends.fast import FastEngine
 from playground.backends.local import quantization_config, quantize_weights
@@ -56,6 +57,10 @@ def served(model, name: str, reference: torch.Tensor, ids, device, args, bandwid
                 **{f"vs_bf16_{k}": v for k, v in quality.items()},
             )
         )
+        if n == 1:  # where the one-row step's time goes: each quantized matmul's kernel and its time
+            length = next(b for b in engine.context_buckets if b > args.prompt + args.new // 2)
+            profile = step_profile(engine, 1, length)
+            emit({**profile, "path": f"{profile['path']}, {name}", "device": device_name(device)})
     engine.close()  # its thread holds the model: the next line's peak memory must not include it
 
 

@@ -27,6 +27,7 @@ def test_gpu_script_runs_every_part_and_writes_json_lines(tmp_path):
     assert paths.count(("generate", "ours: start-up")) == 2  # the run, then a restart over Inductor's disk cache
     assert ("generate", "ours: guards") in paths and ("generate", "check: teacher-forced") in paths
     assert ("generate", "ours: fast engine, int8") in paths and ("generate", "ours: fast engine, int4") in paths
+    assert ("generate", "ours: one decode step, profiled, int8") in paths  # where int8's step time goes
     assert any(bench == "train" for bench, _ in paths)
     assert all(r["device"].startswith("CPU") for r in records if "device" in r)
     assert (tmp_path / "inductor-cache").is_dir()
