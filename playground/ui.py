@@ -315,6 +315,11 @@ class Reply:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def put_back(message: str, box: str) -> str:
+    """A message going back into the message box, before whatever was typed there since."""
+    return f"{message}\n\n{box}" if box.strip() else message
+
+
 def session_of(request: gr.Request | None) -> str:
     return (request.session_hash if request else None) or ""
 
@@ -605,7 +610,7 @@ class Handlers:
         else:
             self.halted.add(key)
             if (message := self.unsent.pop(key, None)) is not None:
-                back = {self.p.textbox: f"{message}\n\n{box}" if box.strip() else message}
+                back = {self.p.textbox: put_back(message, box)}
         if conversation and conversation[-1]["role"] == "assistant" and len(conversation) - 1 not in notes:
             notes = {**notes, len(conversation) - 1: ENDINGS["cancelled"]}
         return {**self.show(conversation, notes), **self.unlocked, **back}
@@ -618,15 +623,16 @@ class Handlers:
         self.unsent.pop(key, None)
         self.halted.discard(key)
 
-    def undo(self, conversation: list[Message], notes: dict[int, str]) -> dict:
-        """The last question goes back into the box, with its reply taken away (an unanswered one alone)."""
+    def undo(self, conversation: list[Message], notes: dict[int, str], box: str) -> dict:
+        """The last question goes back into the box, before anything typed there, with its reply taken away
+        (an unanswered one alone)."""
         if not conversation:
             return gr.skip()
         cut = len(conversation) - (1 if conversation[-1]["role"] == "user" else 2)
         if cut < 0:
             return gr.skip()
         kept = {i: note for i, note in notes.items() if i < cut}
-        return {**self.show(conversation[:cut], kept), self.p.textbox: conversation[cut]["content"]}
+        return {**self.show(conversation[:cut], kept), self.p.textbox: put_back(conversation[cut]["content"], box)}
 
     def cleared(self, request: gr.Request) -> dict:
         """An empty conversation; a reply that was streaming is cancelled first, so it cannot write back."""
@@ -655,7 +661,7 @@ def wire(page: Page, chat: Chat, describe) -> None:
     shown = p.shown
     buttons = [p.busy, p.send, p.stop, p.retry]
     took = [p.textbox, p.sent, p.proceed, *buttons]
-    keeping, keeping_sent = wire_shelf(p, chat, h.show)
+    keeping, keeping_sent, keeping_edited = wire_shelf(p, chat, h.show)
     generating = []
     for event in (p.textbox.submit, p.send.click):
         taking = event(h.take, [p.textbox, p.busy], took, queue=False, js=TAKE_JS, **PRIVATE)
@@ -668,6 +674,7 @@ def wire(page: Page, chat: Chat, describe) -> None:
             )
         )
         taking.then(**keeping_sent)  # beside the reply: a reload while it streams keeps the message sent
+    p.chatbot.edit(**keeping_edited)
     generating += [
         # The message box is among every reply's outputs (never written here): it marks the event as running.
         p.retry.click(h.retry, turn, [*shown, *buttons, p.textbox], **PRIVATE),
@@ -685,7 +692,7 @@ def wire(page: Page, chat: Chat, describe) -> None:
     changing = [
         *generating,
         stopping,
-        p.undo.click(h.undo, [p.state, p.notes], [*shown, p.textbox], queue=False, **PRIVATE),
+        p.undo.click(h.undo, [p.state, p.notes, p.textbox], [*shown, p.textbox], queue=False, **PRIVATE),
     ]
     for clearing in (p.clear.click, p.chatbot.clear):  # our button and the chatbot's own trash icon
         changing.append(
@@ -705,10 +712,10 @@ def wire(page: Page, chat: Chat, describe) -> None:
     ).then(None, p.file_text, None, js=download_js("text/markdown", "md"))  # fmt: skip
 
 
-def wire_shelf(page: Page, chat: Chat, show) -> tuple[dict, dict]:
+def wire_shelf(page: Page, chat: Chat, show) -> tuple[dict, dict, dict]:
     """The conversations kept in the browser: restored with the page, listed, reopened, renamed, deleted,
     and a loaded file opened as a new one. Returns the events that keep the open conversation: after each
-    change, and with a message as it is sent."""
+    change, and with a message as it is sent or edited."""
     p, s, limit = page, page.shelf, chat.settings.max_conversation_chars
     shown = p.shown
     opening_outputs = [*shown, p.system, s.opened, s.title, s.current, s.past, s.labels, s.listed]
@@ -735,10 +742,12 @@ def wire_shelf(page: Page, chat: Chat, show) -> tuple[dict, dict]:
             gr.Warning("A reply is being written: stop it first.")
         return busy
 
-    def keep(conversation: list[Message], notes: dict, system: str, opened: tuple[str, str], labels: list) -> dict:
+    def keep(conversation: list[Message], notes: dict, system: str, opened: tuple[str, str], labels: list,
+             warn: bool = True) -> dict:  # fmt: skip
         current = Kept(opened[0] or new_id(), opened[1], conversation, system, notes)
         if sent_size(current.stored()) > STORE_BYTES:
-            gr.Warning("This conversation is too long to keep in this browser: save it as a file.")
+            if warn:
+                gr.Warning("This conversation is too long to keep in this browser: save it as a file.")
             return {s.opened: (current.id, current.title)}
         return {s.current: current.stored(), s.opened: (current.id, current.title), **listing(current, labels)}
 
@@ -747,9 +756,23 @@ def wire_shelf(page: Page, chat: Chat, show) -> tuple[dict, dict]:
         """The conversation with the message just sent, kept as its reply starts: a reload while the reply
         streams ends the reply, and the message comes back (Retry answers it). The finished turn is kept
         over it when the reply ends."""
-        if not sent:
+        if not sent or (conversation and conversation[-1]["role"] == "user"):  # refused: nothing is sent
             return gr.skip()
-        return keep([*conversation, {"role": "user", "content": sent}], notes, system, opened, labels)
+        # Too long to keep: the reply's own keeping says so, once.
+        return keep([*conversation, {"role": "user", "content": sent}], notes, system, opened, labels, warn=False)
+
+    def keep_edited(conversation: list[Message], notes: dict, system: str, opened: tuple[str, str], labels: list,
+                    edit: gr.EditData) -> dict:  # fmt: skip
+        """An edited question, kept as its reply starts (as `keep_sent` keeps a message sent)."""
+        index = edit.index if isinstance(edit.index, int) else edit.index[0]
+        if index >= len(conversation) or conversation[index]["role"] != "user":
+            return gr.skip()
+        try:
+            chat.check_message(edit.value)
+        except DialogueError:  # refused by the reply's own event, which says why
+            return gr.skip()
+        edited = [*conversation[:index], {"role": "user", "content": edit.value}]
+        return keep(edited, {i: n for i, n in notes.items() if i < index}, system, opened, labels, warn=False)
 
     def restore(stored: str | None) -> dict:
         """The conversation that was open when the page was last left (reloaded, or its theme switched)."""
@@ -836,13 +859,14 @@ def wire_shelf(page: Page, chat: Chat, show) -> tuple[dict, dict]:
     p.load.click(None, None, p.file_text, js=LOAD_JS, trigger_mode="multiple", **PRIVATE).then(
         load, [s.past, p.file_text, *leaving], opening_outputs, js=sending_stored(7), **PRIVATE
     )
-    keeping = [s.current, s.opened, s.labels, s.listed]
+    keeping, opened = [s.current, s.opened, s.labels, s.listed], [p.state, p.notes, p.system, s.opened, s.labels]
+    # Not queued, those kept as a reply starts: written at once, before a short reply's own keeping comes.
+    at_once = {"outputs": keeping, **quick, "queue": False}
     return (
-        {"fn": keep, "inputs": [p.state, p.notes, p.system, s.opened, s.labels], "outputs": keeping, **quick},
-        # Not queued: it is written before a short reply's own keeping comes, however long the queue.
-        {"fn": keep_sent, "inputs": [p.sent, p.state, p.notes, p.system, s.opened, s.labels], "outputs": keeping,
-         **quick},
-    )  # fmt: skip
+        {"fn": keep, "inputs": opened, "outputs": keeping, **quick},
+        {"fn": keep_sent, "inputs": [p.sent, *opened], **at_once},
+        {"fn": keep_edited, "inputs": opened, **at_once},
+    )
 
 
 def build_ui(chat: Chat) -> gr.Blocks:

@@ -873,6 +873,17 @@ def test_forged_stored_values_are_left_out_and_the_page_goes_on(app, page, monke
     wait_for_list(page, [SORT])
 
 
+# Records each value the page writes to a localStorage key, in window.written.
+RECORD_WRITES = """(key) => {
+  window.written = [];
+  const setItem = Storage.prototype.setItem;
+  Storage.prototype.setItem = function (k, value) {
+    if (this === window.localStorage && k === key) window.written.push(value);
+    return setItem.call(this, k, value);
+  };
+}"""
+
+
 def test_a_reload_while_a_reply_streams_keeps_the_message_sent(app, page, monkeypatch):
     """The reply ends with the page, its message does not: it comes back after the reload, and Retry
     answers it."""
@@ -889,11 +900,21 @@ def test_a_reload_while_a_reply_streams_keeps_the_message_sent(app, page, monkey
     assert page.locator("#conversations label").all_inner_texts() == ["A question worth keeping"]
 
     # Another message first: the page says how to have the waiting one answered, and the new one stays.
+    # Whatever the page stores meanwhile reads back as the waiting conversation, at whatever moment a
+    # reload would come.
+    page.evaluate(RECORD_WRITES, STORAGE_KEYS[0])
     ask(page, "Something else")
     wait_for_notice(page, "The last message has no reply yet")
     page.locator("#send").wait_for(state="visible")
     assert page.locator("#message textarea").input_value() == "Something else"
     assert users.all_inner_texts() == ["A question worth keeping"]
+    assert wait_until_idle()
+    page.wait_for_timeout(500)
+    for written in page.evaluate("window.written"):
+        page.evaluate("([key, value]) => localStorage.setItem(key, value)", [STORAGE_KEYS[0], written])
+        page.reload()
+        users.first.wait_for()
+        assert users.all_inner_texts() == ["A question worth keeping"] and bot_texts(page) == []
 
     page.locator("#retry").click()
     page.wait_for_function(f"document.querySelector('{BOTS}')?.innerText.length > 20")
@@ -908,6 +929,18 @@ def test_a_reload_while_a_reply_streams_keeps_the_message_sent(app, page, monkey
     page.reload()
     page.wait_for_function("document.querySelectorAll('#chatbot [data-testid=user]').length == 2")
     assert wait_until_idle() and len(bot_texts(page)) == 1
+    page.locator("#message textarea").fill("typed meanwhile")
     page.locator("#undo").click()
-    page.wait_for_function("document.querySelector('#message textarea').value === 'A second question'")
+    page.wait_for_function(
+        "document.querySelector('#message textarea').value === 'A second question\\n\\ntyped meanwhile'"
+    )
     assert users.all_inner_texts() == ["A question worth keeping"] and len(bot_texts(page)) == 1
+
+    # An edited question is kept as its reply starts, as a sent one is.
+    page.locator('#chatbot button[aria-label="Edit"]').first.click()
+    page.locator("#chatbot textarea").fill("An edited question")
+    page.locator('#chatbot button[aria-label="Submit"]').click()
+    page.wait_for_function(f"document.querySelector('{BOTS}')?.innerText.length > 20")
+    page.reload()
+    page.wait_for_function("document.querySelector('#chatbot [data-testid=user]')?.innerText === 'An edited question'")
+    assert wait_until_idle() and users.count() == 1 and bot_texts(page) == []
