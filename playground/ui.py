@@ -313,6 +313,9 @@ class Reply:
     conversation: list[Message]
     notes: dict[int, str]
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # Stop cancels the reply's event from the page, which it can only do once the page knows the event's
+    # id: on a slow connection a Stop right after Send comes before that, and the reply ends at this flag.
+    stopped: bool = False
 
 
 def put_back(message: str, box: str) -> str:
@@ -492,21 +495,24 @@ class Handlers:
             updates = self.chat.respond(
                 history, values[p.system], params, values[p.model], client_of(request), continuing=continuing
             )
-            async for update in updates:
-                last = update
-                if update.error and not update.finish:
-                    gr.Warning(update.error)
-                    yield {**self.show(before, values[p.notes]), p.context: update.context or gr.skip(), **unlocked,
-                           **(restore or {})}  # fmt: skip
-                    ended = True
-                    return
-                if update.finish:
-                    index = len(update.conversation) - 1
-                    note = reply_note(update.finish, update.tokens, update.first_token_s, update.seconds)
-                    notes = {**notes, index: note}
-                live.conversation, live.notes = update.conversation, notes
-                if not update.finish:
-                    yield {**self.show(update.conversation, notes), p.context: update.context}
+            async with contextlib.aclosing(updates):  # closed early, the generation ends with it
+                async for update in updates:
+                    if live.stopped:
+                        break
+                    last = update
+                    if update.error and not update.finish:
+                        gr.Warning(update.error)
+                        yield {**self.show(before, values[p.notes]), p.context: update.context or gr.skip(),
+                               **unlocked, **(restore or {})}  # fmt: skip
+                        ended = True
+                        return
+                    if update.finish:
+                        index = len(update.conversation) - 1
+                        note = reply_note(update.finish, update.tokens, update.first_token_s, update.seconds)
+                        notes = {**notes, index: note}
+                    live.conversation, live.notes = update.conversation, notes
+                    if not update.finish:
+                        yield {**self.show(update.conversation, notes), p.context: update.context}
             ended = True
         finally:
             live.done.set()  # also when Stop cancels this generator; then Stop takes the entry
@@ -604,6 +610,7 @@ class Handlers:
         """
         key, back = session_of(request), {}
         if live := self.replies.pop(key, None):
+            live.stopped = True  # ends the reply also where the page could not cancel its event
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(live.done.wait(), 10)
             conversation, notes = live.conversation, live.notes

@@ -897,7 +897,7 @@ def test_a_reload_while_a_reply_streams_keeps_the_message_sent(app, page, monkey
     users.first.wait_for()
     assert users.all_inner_texts() == ["A question worth keeping"] and bot_texts(page) == []
     assert wait_until_idle(), "the reply went on after the page that asked for it reloaded"
-    assert page.locator("#conversations label").all_inner_texts() == ["A question worth keeping"]
+    wait_for_list(page, ["A question worth keeping"])
 
     # Another message first: the page says how to have the waiting one answered, and the new one stays.
     # Whatever the page stores meanwhile reads back as the waiting conversation, at whatever moment a
@@ -944,3 +944,36 @@ def test_a_reload_while_a_reply_streams_keeps_the_message_sent(app, page, monkey
     page.reload()
     page.wait_for_function("document.querySelector('#chatbot [data-testid=user]')?.innerText === 'An edited question'")
     assert wait_until_idle() and users.count() == 1 and bot_texts(page) == []
+
+
+def test_stop_right_after_send_on_a_slow_connection_ends_the_reply(app, page, monkeypatch):
+    """150 ms each way, as a Space far away: Stop comes before the page knows its reply's event, so
+    Gradio cannot cancel that event; the reply still ends where it got, or never starts."""
+    url, chat = app
+    slow_model(chat, monkeypatch, delay=0.02, endless=True)
+    page.goto(url)
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 150, "downloadThroughput": -1, "uploadThroughput": -1},
+    )
+    for attempt in range(3):
+        question = f"Question {attempt}"
+        before, noted = page.locator("#chatbot [data-testid=user]").count(), page.locator(NOTES).count()
+        ask(page, question)
+        page.locator("#stop").click()
+        assert wait_until_idle(5), f"the reply went on after Stop (attempt {attempt})"
+        page.wait_for_function(  # the reply stopped (its note), or the message back in the box
+            f"([n, text]) => document.querySelectorAll('{NOTES}').length > n"
+            " || document.querySelector('#message textarea').value === text",
+            arg=[noted, question],
+        )
+        page.locator("#send").wait_for(state="visible")
+        users = page.locator("#chatbot [data-testid=user]").count()
+        back = page.locator("#message textarea").input_value()
+        stopped = page.locator(NOTES).last.inner_text() if users > before else ""
+        assert (users == before + 1 and back == "" and stopped.endswith("stopped by you")) or (
+            users == before and back == question
+        ), (attempt, users, back, stopped)
+        page.locator("#message textarea").fill("")
