@@ -623,12 +623,17 @@ class Handlers:
         return {**self.show(conversation, notes), **self.unlocked, **back}
 
     def forget(self, request: gr.Request) -> None:
-        """A session that has left (its tab closed or reloaded) keeps nothing here: a reply it left streaming
-        would otherwise hold its conversation for the server's lifetime."""
+        """A session that has left (its tab closed or reloaded): its reply ends, and it keeps nothing here.
+
+        Gradio does not always cancel a reply whose page has gone (a reload on a slow connection left it
+        generating to its end, for nobody, while later replies waited for the slot)."""
         key = session_of(request)
-        self.replies.pop(key, None)
-        self.unsent.pop(key, None)
-        self.halted.discard(key)
+        if live := self.replies.pop(key, None):
+            live.stopped = True
+        if self.unsent.pop(key, None) is not None:
+            self.halted.add(key)  # a message taken for a reply that has not started: the reply will not run
+        else:
+            self.halted.discard(key)
 
     def undo(self, conversation: list[Message], notes: dict[int, str], box: str) -> dict:
         """The last question goes back into the box, before anything typed there, with its reply taken away

@@ -946,18 +946,23 @@ def test_a_reload_while_a_reply_streams_keeps_the_message_sent(app, page, monkey
     assert wait_until_idle() and users.count() == 1 and bot_texts(page) == []
 
 
-def test_stop_right_after_send_on_a_slow_connection_ends_the_reply(app, page, monkeypatch):
-    """150 ms each way, as a Space far away: Stop comes before the page knows its reply's event, so
-    Gradio cannot cancel that event; the reply still ends where it got, or never starts."""
-    url, chat = app
-    slow_model(chat, monkeypatch, delay=0.02, endless=True)
-    page.goto(url)
+def far_away(page) -> None:
+    """150 ms each way, as a Space far from its visitor."""
     cdp = page.context.new_cdp_session(page)
     cdp.send("Network.enable")
     cdp.send(
         "Network.emulateNetworkConditions",
         {"offline": False, "latency": 150, "downloadThroughput": -1, "uploadThroughput": -1},
     )
+
+
+def test_stop_right_after_send_on_a_slow_connection_ends_the_reply(app, page, monkeypatch):
+    """Stop comes before the page knows its reply's event, so Gradio cannot cancel that event; the reply
+    still ends where it got, or never starts."""
+    url, chat = app
+    slow_model(chat, monkeypatch, delay=0.02, endless=True)
+    page.goto(url)
+    far_away(page)
     for attempt in range(3):
         question = f"Question {attempt}"
         before, noted = page.locator("#chatbot [data-testid=user]").count(), page.locator(NOTES).count()
@@ -977,3 +982,20 @@ def test_stop_right_after_send_on_a_slow_connection_ends_the_reply(app, page, mo
             users == before and back == question
         ), (attempt, users, back, stopped)
         page.locator("#message textarea").fill("")
+
+
+def test_a_reload_on_a_slow_connection_ends_the_reply_the_page_left(app, page, monkeypatch):
+    """Gradio may keep running a reply whose page has gone: it would generate to its end for nobody while
+    later replies wait for the slot. Whenever the reload comes, the reply ends or never starts."""
+    url, chat = app
+    calls = slow_model(chat, monkeypatch, delay=0.1, endless=True)  # 512 tokens would take 50 s
+    page.goto(url)
+    far_away(page)
+    for wait_ms in (0, 600):
+        page.locator("#message textarea").wait_for()
+        page.wait_for_timeout(1_000)  # the page settled
+        ask(page, f"A question, then a reload after {wait_ms} ms")
+        page.wait_for_timeout(wait_ms)
+        page.reload()
+        assert wait_until_idle(5), f"the reply went on after its page left ({wait_ms} ms)"
+    assert len(calls) < 100
