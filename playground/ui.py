@@ -318,6 +318,23 @@ class Reply:
     stopped: bool = False
 
 
+def waiting(conversation: list[Message]) -> bool:
+    """The conversation ends with a question that has no reply (kept by a reload while it was answered)."""
+    return bool(conversation) and conversation[-1]["role"] == "user"
+
+
+def notes_before(notes: dict[int, str], end: int) -> dict[int, str]:
+    return {i: note for i, note in notes.items() if i < end}
+
+
+def edited(conversation: list[Message], edit: gr.EditData) -> list[Message] | None:
+    """The conversation up to an edited question, with its new text; None if the edit is not of a question."""
+    index = edit.index if isinstance(edit.index, int) else edit.index[0]
+    if index >= len(conversation) or conversation[index]["role"] != "user":
+        return None
+    return [*conversation[:index], {"role": "user", "content": edit.value}]
+
+
 def put_back(message: str, box: str) -> str:
     """A message going back into the message box, before whatever was typed there since."""
     return f"{message}\n\n{box}" if box.strip() else message
@@ -480,7 +497,7 @@ class Handlers:
             yield unlocked
             return
         kept = len(history) - continuing  # a continued reply gets a new note
-        before, notes = values[p.state], {i: n for i, n in values[p.notes].items() if i < kept}
+        before, notes = values[p.state], notes_before(values[p.notes], kept)
         try:
             raw = {name: values[c] for name, c in zip(PARAM_NAMES, p.samplers, strict=True)}
             params = self.chat.params(**{**raw, **overrides})
@@ -554,7 +571,7 @@ class Handlers:
             return
         # An error before the reply gives the message back, unless the person typed a new one.
         restore = {} if values[p.textbox] else {p.textbox: message}
-        if values[p.state] and values[p.state][-1]["role"] == "user":  # kept by a reload while it was answered
+        if waiting(values[p.state]):
             self.unsent.pop(session_of(request), None)
             gr.Warning("The last message has no reply yet: press Retry to have it answered, or Undo to edit it.")
             yield {**self.unlocked, **restore}
@@ -577,11 +594,9 @@ class Handlers:
         """The edit box holds the message's raw text (the page fills it in), so it is taken as typed."""
         p = self.p
         conversation = values[p.state]
-        index = edit.index if isinstance(edit.index, int) else edit.index[0]
-        if index >= len(conversation) or conversation[index]["role"] != "user":
+        if (history := edited(conversation, edit)) is None:
             yield {**self.show(conversation, values[p.notes]), **self.unlocked}
             return
-        history = [*conversation[:index], {"role": "user", "content": edit.value}]
         yield self.lock(request)
         async for out in self.run(values, history, request):
             yield out
@@ -640,11 +655,11 @@ class Handlers:
         (an unanswered one alone)."""
         if not conversation:
             return gr.skip()
-        cut = len(conversation) - (1 if conversation[-1]["role"] == "user" else 2)
+        cut = len(conversation) - (1 if waiting(conversation) else 2)
         if cut < 0:
             return gr.skip()
-        kept = {i: note for i, note in notes.items() if i < cut}
-        return {**self.show(conversation[:cut], kept), self.p.textbox: put_back(conversation[cut]["content"], box)}
+        shown = self.show(conversation[:cut], notes_before(notes, cut))
+        return {**shown, self.p.textbox: put_back(conversation[cut]["content"], box)}
 
     def cleared(self, request: gr.Request) -> dict:
         """An empty conversation; a reply that was streaming is cancelled first, so it cannot write back."""
@@ -768,7 +783,7 @@ def wire_shelf(page: Page, chat: Chat, show) -> tuple[dict, dict, dict]:
         """The conversation with the message just sent, kept as its reply starts: a reload while the reply
         streams ends the reply, and the message comes back (Retry answers it). The finished turn is kept
         over it when the reply ends."""
-        if not sent or (conversation and conversation[-1]["role"] == "user"):  # refused: nothing is sent
+        if not sent or waiting(conversation):  # refused: nothing is sent
             return gr.skip()
         # Too long to keep: the reply's own keeping says so, once.
         return keep([*conversation, {"role": "user", "content": sent}], notes, system, opened, labels, warn=False)
@@ -776,15 +791,13 @@ def wire_shelf(page: Page, chat: Chat, show) -> tuple[dict, dict, dict]:
     def keep_edited(conversation: list[Message], notes: dict, system: str, opened: tuple[str, str], labels: list,
                     edit: gr.EditData) -> dict:  # fmt: skip
         """An edited question, kept as its reply starts (as `keep_sent` keeps a message sent)."""
-        index = edit.index if isinstance(edit.index, int) else edit.index[0]
-        if index >= len(conversation) or conversation[index]["role"] != "user":
+        if (history := edited(conversation, edit)) is None:
             return gr.skip()
         try:
             chat.check_message(edit.value)
         except DialogueError:  # refused by the reply's own event, which says why
             return gr.skip()
-        edited = [*conversation[:index], {"role": "user", "content": edit.value}]
-        return keep(edited, {i: n for i, n in notes.items() if i < index}, system, opened, labels, warn=False)
+        return keep(history, notes_before(notes, len(history) - 1), system, opened, labels, warn=False)
 
     def restore(stored: str | None) -> dict:
         """The conversation that was open when the page was last left (reloaded, or its theme switched)."""
