@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from playground.chat import Chat, Update, check_text
 from playground.sampling import ParamError
-from playground.template import DialogueError, split_system
+from playground.template import ROLE_TOKENS, DialogueError, split_system
 
 SAMPLING = {"temperature", "top_p", "seed", "top_k", "repetition_penalty"}  # the last two are ours
 ACCEPTED = {"model", "messages", "stream", "stream_options", "n", "stop", "user", "max_tokens", "max_completion_tokens"}
@@ -71,6 +71,9 @@ def parse(chat: Chat, body: object) -> tuple[list, str, object, str, bool, list[
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise DialogueError("messages must be a non-empty list of {role, content}")
+    for i, m in enumerate(messages):
+        if not isinstance(role := m.get("role"), str) or role not in ROLE_TOKENS:
+            raise DialogueError(f"messages[{i}].role must be one of {', '.join(ROLE_TOKENS)}, not {role!r}")
     messages = [{"role": m.get("role"), "content": content_text(m.get("content"))} for m in messages]
     system, turns = split_system(messages)
     if not turns or turns[-1]["role"] != "user":
@@ -85,7 +88,9 @@ def parse(chat: Chat, body: object) -> tuple[list, str, object, str, bool, list[
         raise DialogueError("model must be a string")
     model = "" if model not in chat.backends and len(chat.backends) == 1 else model
     stop = parse_stop(body.get("stop"))
-    return turns, system or "", chat.params(**raw), model, bool(body.get("stream")), stop
+    if (stream := body.get("stream")) is not None and not isinstance(stream, bool):
+        raise DialogueError(f"stream must be true or false, not {stream!r}")
+    return turns, system or "", chat.params(**raw), model, bool(stream), stop
 
 
 def finish_reason(update: Update) -> str:

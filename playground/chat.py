@@ -122,6 +122,12 @@ def check_text(text: object, what: str, limit: int) -> str:
     return text
 
 
+def sendable(text: str) -> str:
+    """Text refused for a lone surrogate, as it can go back to the page (JSON has no lone surrogates): each
+    one becomes U+FFFD, the rest stays as typed."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def held_back(text: str, stops: Sequence[str]) -> int:
     """How many characters at the end of `text` could be the start of a stop string."""
     return max((n for stop in stops for n in range(len(stop) - 1, 0, -1) if text.endswith(stop[:n])), default=0)

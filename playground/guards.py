@@ -1,5 +1,5 @@
 """ASGI guards around the whole server: bounded request bodies, throttled logins, a login page
-that does not list the API.
+that does not list the API, no file uploads.
 
 Plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, so that streamed replies
 (SSE from /v1 and Gradio's queue) pass through untouched.
@@ -221,3 +221,16 @@ class NoOutsideImages:
             await send(event)
 
         await self.app(scope, receive, policy_send)
+
+
+@dataclass
+class NoUploads:
+    """Refuses Gradio's upload route: the page has no file input (Load reads its file in the browser), and
+    every upload would stay in the served cache for anyone to fetch, with no cap on their sum."""
+
+    app: ASGIApp
+
+    async def __call__(self, scope: Scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].rstrip("/").endswith("/upload"):
+            return await respond(send, 403, "This server takes no file uploads.")
+        await self.app(scope, receive, send)

@@ -9,7 +9,14 @@ from playground.api import openai_routes
 from playground.backends import load_backends
 from playground.chat import Chat
 from playground.demo import demo_checkpoint
-from playground.guards import BodyLimit, ForwardedClient, LoginPageWithoutApi, LoginThrottle, NoOutsideImages
+from playground.guards import (
+    BodyLimit,
+    ForwardedClient,
+    LoginPageWithoutApi,
+    LoginThrottle,
+    NoOutsideImages,
+    NoUploads,
+)
 from playground.settings import Settings
 from playground.ui import PAGE_CSS, PAGE_JS, TABS_HEAD, build_ui
 
@@ -33,7 +40,6 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
         demo,
         path="/",
         auth=auth,
-        max_file_size=settings.max_request_bytes,
         app_kwargs={"openapi_url": None},
         js=PAGE_JS,
         head=TABS_HEAD,
@@ -47,6 +53,7 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
     app.add_middleware(LoginThrottle)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(NoOutsideImages)
+    app.add_middleware(NoUploads)
     app.add_middleware(ForwardedClient, trusted=settings.trusted_proxies)  # outermost: every guard sees the client
     return app, chat
 

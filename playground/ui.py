@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import gradio as gr
 
-from playground.chat import Chat, Update, describe_budget, export_conversation, import_conversation
+from playground.chat import Chat, Update, describe_budget, export_conversation, import_conversation, sendable
 from playground.display import ENDINGS, conversation_markdown, display_messages, raw_json, reply_note
 from playground.history import (
     MAX_CONVERSATIONS,
@@ -127,7 +128,6 @@ print(reply.choices[0].message.content)
 """
 # Load: the browser opens the file and sends its text, so no file of it is ever written on the server.
 # A file over LOAD_BYTES is not read: its size comes instead, after TOO_LARGE, for the notice.
-UPLOADS_KEPT_S = 600  # files a client uploaded anyway are deleted after this long
 LOAD_BYTES = 1_000_000  # with the kept conversations the event also sends, under the request limit
 TOO_LARGE = "\u0000too large: "
 LOAD_JS = f"""() => new Promise((resolve) => {{
@@ -380,8 +380,7 @@ def layout(chat: Chat, describe) -> Page:
         value = min(getattr(defaults, name), high)
         return gr.Slider(low, high, value=value, step=step, label=label, info=info or None, elem_id=name)
 
-    # The page uploads nothing, but Gradio's upload route takes files from any client: they go after a while.
-    with gr.Blocks(title="StarChat Playground", delete_cache=(UPLOADS_KEPT_S, UPLOADS_KEPT_S)) as blocks:
+    with gr.Blocks(title="StarChat Playground") as blocks:
         gr.Markdown("# StarChat Playground")
         info = gr.Markdown(describe(names[0]), elem_id="model-info")
         with gr.Row():
@@ -559,7 +558,7 @@ class Handlers:
             self.chat.check_message(message)
         except DialogueError as exc:
             gr.Warning(str(exc))
-            return {p.sent: "", p.textbox: message}
+            return {p.sent: "", p.textbox: sendable(message)}
         self.unsent[session_of(request)] = message
         return {p.sent: message, **self.lock(request)}
 
@@ -670,7 +669,9 @@ class Handlers:
         """Another model: its description, and a reply limit that fits its context."""
         p = self.p
         limit = self.chat.reply_limit(name)
-        reply = min(max_new_tokens, limit)
+        # The slider's value as the page sent it: a forged call may send anything there.
+        given = isinstance(max_new_tokens, int | float) and math.isfinite(max_new_tokens)
+        reply = min(max(1, int(max_new_tokens)), limit) if given else limit
         context = describe_budget(self.chat.backend(name).info.context_length, reply)
         return {p.info: self.describe(name), max_new_of(p): gr.update(maximum=limit, value=reply), p.context: context}
 

@@ -1,4 +1,5 @@
-"""Writes the served checkpoint (DESIGN.md's contract), so that a killed write never looks whole.
+"""Writes the served checkpoint (DESIGN.md's contract), so that a killed write never looks whole; checks
+the folders a run or a merge reads before anything heavy is loaded.
 
 Everything is written to `<dir>/.incomplete/`, then moved into `<dir>` with config.json last:
 a folder without config.json is not a checkpoint to from_pretrained, and an older one's
@@ -15,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 import yaml
-from transformers import GenerationConfig
+from transformers import AutoConfig, GenerationConfig
 
 from playground.sampling import SamplingParams
 from playground.template import EOS, control_ids, stop_ids
@@ -119,6 +120,29 @@ def model_card(
         f"## Training results\n\n{results_table(log_history)}\n\n"
         f"## Framework versions\n\n{versions()}\n"
     )
+
+
+def base_config(name: str):
+    """The config of a base model (a local folder or a Hub id), or SystemExit saying why there is none."""
+    if Path(name).expanduser().is_file():
+        raise SystemExit(f"{name}: a file; name a model's folder or a Hub id")
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as exc:  # no such folder, not a model's folder, offline, no such id
+        why = " ".join(str(exc).split())
+        raise SystemExit(f"{name}: not a model's folder, and not a model the Hub gave ({why})") from None
+
+
+def same_folder(a: str | Path, b: str | Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def check_output(output: Path, base: str | None, what: str) -> None:
+    """Refuses an output that is a file, or the folder of the model it is made from (it would replace it)."""
+    if output.exists() and not output.is_dir():
+        raise SystemExit(f"{output}: a file; {what} is a folder")
+    if base is not None and same_folder(output, base):
+        raise SystemExit(f"{output} is the base model's folder, which the result would replace: choose another {what}")
 
 
 def save_checkpoint(model, tokenizer, output_dir: str | Path, card: str, state_dict: dict | None = None) -> Path:

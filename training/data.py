@@ -43,6 +43,7 @@ class DataReport:
     dropped: Counter = field(default_factory=Counter)
     places: dict[str, list[str]] = field(default_factory=dict)  # reason -> where, e.g. "data.jsonl line 3"
     cut: int = 0  # dialogues whose later turns were left out to fit block_size (training.format.fit_dialogue)
+    repeats: int = 0  # dialogues kept that are the same as one before them
 
     def drop(self, reason: str, place: str | None = None) -> None:
         self.dropped[reason] += 1
@@ -52,7 +53,8 @@ class DataReport:
     def summary(self) -> str:
         reasons = ", ".join(self._reason(reason, n) for reason, n in self.dropped.most_common()) or "none"
         cut = f"; {self.cut} cut after their last whole turn that fits block_size" if self.cut else ""
-        return f"{self.rows} rows read, {self.kept} dialogues kept{cut}; dropped: {reasons}"
+        repeats = f" ({self.repeats} of them repeats of another)" if self.repeats else ""
+        return f"{self.rows} rows read, {self.kept} dialogues kept{repeats}{cut}; dropped: {reasons}"
 
     def _reason(self, reason: str, n: int) -> str:
         places = self.places.get(reason, [])
@@ -76,14 +78,22 @@ def load_rows(source: str, report: DataReport, split: str = "train") -> Iterable
     """A local JSON/JSONL/Parquet/CSV file, `builtin:NAME` (made offline), or a Hub dataset id: its rows,
     each with its place."""
     if source.startswith("builtin:"):
-        return placed(builtin_rows(source.removeprefix("builtin:")), source)
+        try:
+            return placed(builtin_rows(source.removeprefix("builtin:")), source)
+        except ValueError as exc:
+            raise DataError(str(exc)) from None
     path = Path(source)
     if path.is_file():
         if path.suffix not in _FORMATS:
             raise DataError(f"{source}: use one of {', '.join(_FORMATS)}")
         if _FORMATS[path.suffix] == "json":
             return json_rows(path, report)
-        return placed(datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train"), path.name)
+        try:
+            rows = datasets.load_dataset(_FORMATS[path.suffix], data_files=str(path), split="train")
+        except Exception as exc:  # pyarrow's and datasets' many errors all mean: not a readable file of that kind
+            why = " ".join(str(exc.__cause__ or exc).split())
+            raise DataError(f"{source}: cannot be read as {_FORMATS[path.suffix]} ({why})") from exc
+        return placed(rows, path.name)
     if path.is_dir():
         raise DataError(f"{source}: a folder; name the data files in it")
     if path.suffix in _FORMATS or source.startswith(("/", ".", "~")):
@@ -240,6 +250,10 @@ def build_dataset(
     seed: int = 42,
 ) -> tuple[datasets.DatasetDict, DataReport]:
     """All sources as one {"messages": [...]} dataset, split deterministically into train and test."""
+    files = [Path(source).resolve() for source in sources if Path(source).is_file()]
+    if len(set(files)) < len(files):
+        again = next(path for path in files if files.count(path) > 1)
+        raise DataError(f"{again} is named twice in --datasets; its dialogues would count twice")
     report = DataReport()
     phrases = load_phrases() if uncensored else None
     kept = [
@@ -250,4 +264,20 @@ def build_dataset(
     if len(kept) < 2:
         raise DataError(f"fewer than two usable dialogues in {', '.join(sources)}: {report.summary()}")
     dataset = datasets.Dataset.from_list(kept)
-    return dataset.train_test_split(test_size=test_size, seed=seed), report
+    if test_size == 0:
+        splits = datasets.DatasetDict(train=dataset, test=dataset.select([]))
+    else:
+        splits = dataset.train_test_split(test_size=test_size, seed=seed)
+    # A repeated dialogue (a source may repeat one to weigh it more) must not be scored on as unseen.
+    trained = {key(messages) for messages in splits["train"]["messages"]}
+    fresh = [i for i, messages in enumerate(splits["test"]["messages"]) if key(messages) not in trained]
+    for _ in range(len(splits["test"]) - len(fresh)):
+        report.drop("test dialogue repeating a training one")
+        report.kept -= 1
+    splits["test"] = splits["test"].select(fresh)
+    report.repeats = report.kept - len({key(row["messages"]) for row in kept})
+    return splits, report
+
+
+def key(messages: list[Message]) -> str:
+    return json.dumps(messages, sort_keys=True)

@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.checkpoint import model_card, save_checkpoint
+from training.checkpoint import base_config, check_output, model_card, same_folder, save_checkpoint
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -38,13 +38,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adapter", required=True, help="folder with the LoRA adapter and its tokenizer")
     parser.add_argument("--output", required=True, help="where the served checkpoint goes")
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
     args = parser.parse_args(argv)
+    output = Path(args.output)
+    check_output(output, args.base, "--output")
+    if (output / "config.json").exists() and not args.overwrite:
+        raise SystemExit(f"{output} already holds a model: pass --overwrite to replace it, or choose another --output")
     config = Path(args.adapter) / "adapter_config.json"
     if not config.is_file():
         raise SystemExit(f"{args.adapter}: no LoRA adapter here (a training run keeps it in OUTPUT_DIR/adapter)")
-    trained_on = json.loads(config.read_text()).get("base_model_name_or_path") or ""
+    try:
+        trained_on = json.loads(config.read_text()).get("base_model_name_or_path") or ""
+    except (ValueError, AttributeError):
+        raise SystemExit(f"{config} is not an adapter's config (a JSON object)") from None
+    base_config(args.base)
     # An adapter that does not name its base (saved by hand) is taken at its word.
-    same_base = not trained_on or trained_on == args.base or Path(trained_on).resolve() == Path(args.base).resolve()
+    same_base = not trained_on or trained_on == args.base or same_folder(trained_on, args.base)
     # A LoRA run's served folder has its adapter merged in: merging an adapter of that run (or a copy of
     # it) again would apply it twice. An adapter trained on that folder itself is another matter.
     if (Path(args.base) / "adapter" / "adapter_config.json").is_file() and not same_base:
@@ -54,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not same_base:
         print(f"note: the adapter was trained on {trained_on}, and is merged into {args.base}")
-    print(f"served checkpoint: {merge(args.base, args.adapter, args.output, dtype=DTYPES[args.dtype])}")
+    print(f"served checkpoint: {merge(args.base, args.adapter, output, dtype=DTYPES[args.dtype])}")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,9 @@ from typing import Literal
 import datasets
 import torch
 import yaml
+from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     GPTBigCodeConfig,
@@ -43,7 +43,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from playground.console import libraries_quiet
 from playground.template import CONTROL_TOKENS
-from training.checkpoint import model_card, save_checkpoint
+from training.checkpoint import base_config, check_output, model_card, save_checkpoint
 from training.data import DataError, DataReport, build_dataset
 from training.format import Collator, PackedCollator, add_chat_tokens, fit_dialogue, pack, pack_blocks
 from training.scratch import build_base
@@ -198,6 +198,16 @@ def check_script(script: ScriptArguments, args: TrainingArguments) -> None:
     """Flags that would fail only after the data and the model are loaded, or train nothing, are refused now."""
     if args.resume_from_checkpoint is not None:
         raise SystemExit("use --resume true: the run's checkpoints live in OUTPUT_DIR/checkpoints")
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        raise SystemExit(f"--learning_rate must be a number above 0, not {args.learning_rate}")
+    if not 0 <= script.test_size < 1:  # also refuses nan
+        raise SystemExit(f"--test_size is the share of dialogues held out, from 0 to below 1, not {script.test_size}")
+    if script.test_size == 0 and args.eval_strategy != "no":
+        strategy = args.eval_strategy.value
+        raise SystemExit(f"--test_size 0 leaves nothing to evaluate (eval_strategy {strategy}): add --eval_strategy no")
+    for name in ("block_size", "max_chars"):
+        if getattr(script, name) < 1:
+            raise SystemExit(f"--{name} must be 1 or more, not {getattr(script, name)}")
     if script.load_in_4bit and not script.lora:
         raise SystemExit("--load_in_4bit true trains adapters on a 4-bit base: add --lora true")
     if not script.lora:
@@ -229,9 +239,16 @@ def effective_arguments(script: ScriptArguments, args: TrainingArguments, named:
 
 def claim_output(output: Path, script: ScriptArguments, args: TrainingArguments) -> None:
     """Refuses a folder that holds a run unless told to resume or start over (then clears it)."""
+    check_output(output, None if script.model_name_or_path == "scratch" else script.model_name_or_path, "--output_dir")
     checkpoints = output / "checkpoints"
     held = sorted(p.name for p in checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else []
-    if (output / "config.json").exists():
+    finished = (output / "config.json").exists()
+    if script.resume and finished and not held:
+        raise SystemExit(
+            f"{output} holds a finished model and no checkpoint to resume from: choose another --output_dir, "
+            "or pass --overwrite_output_dir true instead of --resume to train it again"
+        )
+    if finished:
         held.append("a served checkpoint")
     if (output / "scratch-base").is_dir():  # built from the data of that run: a new run would reuse it
         held.append("a scratch base")
@@ -256,7 +273,10 @@ def check_resume(checkpoint: str, script: ScriptArguments) -> None:
         raise SystemExit(f"{checkpoint} was trained {how} --lora true: resume it the same way")
     if not script.lora:
         return
-    saved = json.loads(adapter.read_text())
+    try:
+        saved = json.loads(adapter.read_text())
+    except ValueError:
+        raise SystemExit(f"{adapter} is not valid JSON: the checkpoint is damaged") from None
     theirs = lora_flags(saved["r"], saved["lora_alpha"], saved["target_modules"])
     ours = lora_flags(script.lora_r, script.lora_alpha, script.lora_target_modules)
     if differ := [name for name in ours if ours[name] != theirs[name]]:
@@ -264,15 +284,30 @@ def check_resume(checkpoint: str, script: ScriptArguments) -> None:
         raise SystemExit(f"{checkpoint} was trained with {flags}: resume with the same values")
 
 
+def check_readable(checkpoint: Path) -> None:
+    """A checkpoint cut short (a full disk, a copy killed midway) is refused before the Trainer loads it."""
+    for path in (checkpoint / "trainer_state.json", *checkpoint.glob("*.safetensors")):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            else:
+                with safe_open(path, "pt"):
+                    pass
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise SystemExit(
+                f"{path} cannot be read ({exc}): the checkpoint is damaged; move {checkpoint} away to resume "
+                "from the one before it"
+            ) from None
+
+
 def lora_flags(r: int, alpha: int, targets: list[str]) -> dict[str, str]:
     return {"lora_r": str(r), "lora_alpha": str(alpha), "lora_target_modules": " ".join(sorted(targets))}
 
 
-def check_lora_targets(script: ScriptArguments) -> None:
+def check_lora_targets(script: ScriptArguments, config) -> None:
     """A target the model lacks is refused before the data and the weights are loaded (its shape on the
     meta device costs no memory)."""
     base = script.model_name_or_path
-    config = GPTBigCodeConfig() if base == "scratch" else AutoConfig.from_pretrained(base)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     layers = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
@@ -283,8 +318,8 @@ def check_lora_targets(script: ScriptArguments) -> None:
         )
 
 
-def check_positions(base: str, block_size: int) -> None:
-    positions = AutoConfig.from_pretrained(base).max_position_embeddings
+def check_positions(base: str, config, block_size: int) -> None:
+    positions = config.max_position_embeddings
     if block_size > positions:
         raise SystemExit(
             f"--block_size {block_size} is longer than the model's {positions} positions "
@@ -389,8 +424,11 @@ def run(argv: list[str], quiet: bool) -> Path:
     resume_from = get_last_checkpoint(args.output_dir) if script.resume and Path(args.output_dir).is_dir() else None
     if resume_from is not None:
         check_resume(resume_from, script)
+        check_readable(Path(resume_from))
+    scratch = script.model_name_or_path == "scratch"
+    config = None if scratch else base_config(script.model_name_or_path)
     if script.lora and not is_deepspeed_zero3_enabled():  # ZeRO-3 would build even the meta model sharded
-        check_lora_targets(script)
+        check_lora_targets(script, GPTBigCodeConfig() if scratch else config)
     # The Trainer would push DIR/checkpoints at every save; the served folder is pushed at the end instead.
     push_to_hub, args.push_to_hub = args.push_to_hub, False
     set_seed(args.seed)
@@ -406,7 +444,7 @@ def run(argv: list[str], quiet: bool) -> Path:
         raise SystemExit(str(exc)) from None
 
     base = script.model_name_or_path
-    if base == "scratch":
+    if scratch:
         base = str(output / "scratch-base")
         with args.main_process_first(desc="scratch base"):
             if not (Path(base) / "config.json").exists():
@@ -418,7 +456,7 @@ def run(argv: list[str], quiet: bool) -> Path:
                     n_embd=script.scratch_embd,
                     seed=args.seed,
                 )
-    check_positions(base, script.block_size)
+    check_positions(base, config or base_config(base), script.block_size)
     tokenizer = AutoTokenizer.from_pretrained(base)
     add_chat_tokens(tokenizer)
     train_set = tokenized(splits["train"], tokenizer, script, report)
@@ -440,7 +478,7 @@ def run(argv: list[str], quiet: bool) -> Path:
         args=args,
         data_collator=collator,
         train_dataset=train_set,
-        eval_dataset=eval_set,
+        eval_dataset=eval_set if len(eval_set) else None,  # --test_size 0
         processing_class=tokenizer,
         callbacks=[StopOnNonFiniteLoss()],
     )
@@ -449,7 +487,10 @@ def run(argv: list[str], quiet: bool) -> Path:
         trainer.add_callback(StepsBar())
     if script.resume and resume_from is None and talk:
         print(f"no checkpoint in {args.output_dir}: starting from the beginning", flush=True)
-    trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except FloatingPointError as exc:  # StopOnNonFiniteLoss: its message says what to do
+        raise SystemExit(str(exc)) from None
 
     card = model_card(
         output.name,

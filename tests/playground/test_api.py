@@ -63,6 +63,8 @@ def test_our_extra_sampling_fields_and_multi_turn(client):
         ({"messages": [{"role": "user", "content": "word " * 400}]}, "too long"),
         ({"n": 2}, "n must be 1"),
         ({"extra_body": {"beam": 3}}, "unsupported field"),
+        ({"messages": [{"role": "bogus", "content": "hi"}]}, r"messages\[0\]\.role must be one of system, user"),
+        ({"extra_body": {"stream": "false"}}, "stream must be true or false, not 'false'"),
     ],
 )
 def test_bad_requests_get_400_with_a_reason(client, kwargs, message):

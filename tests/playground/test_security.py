@@ -78,6 +78,28 @@ def call_event(url: str, fn_index: int, data: list, http: httpx.Client | None = 
     return last
 
 
+def event_id(url: str, handler: str) -> int:
+    """The id of the page's event whose first step is `handler` (a Handlers method's name)."""
+    dependencies = httpx.get(url + "config").json()["dependencies"]
+    return next(d["id"] for d in dependencies if d["api_name"] == handler)
+
+
+def test_a_message_refused_for_a_lone_surrogate_goes_back_to_the_box_readable(open_server):
+    url, _ = open_server
+    result = call_event(url, event_id(url, "take"), ["hi \ud800 there", False])
+    assert result["msg"] == "process_completed" and result["success"], result
+    assert "hi \ufffd there" in json.dumps(result["output"]["data"], ensure_ascii=False)
+
+
+def test_the_model_picker_keeps_its_reply_limit_a_number(open_server):
+    url, chat = open_server
+    name = next(iter(chat.backends))
+    result = call_event(url, event_id(url, "pick_model"), [name, float("nan")])
+    assert result["success"] and "nan" not in json.dumps(result["output"]["data"]).lower(), result
+    result = call_event(url, event_id(url, "pick_model"), [name, -5])  # Gradio's slider refuses it itself
+    assert not result["success"] and "less than minimum value 1" in result["output"]["error"], result
+
+
 def forged_file(path: str) -> dict:
     return {"path": path, "orig_name": Path(path).name, "meta": {"_type": "gradio.FileData"}}
 
@@ -160,8 +182,8 @@ def test_a_huge_request_is_refused_and_the_server_stays_responsive(open_server, 
     assert response.status_code == 413 and "larger than this server takes" in response.json()["error"]["message"]
     with capsys.disabled():
         print(f"\n[security] /v1/models during a 4 MB request: slowest {max(latencies) * 1000:.0f} ms")
-    upload = httpx.post(url + "gradio_api/upload", files={"files": ("big.json", b"x" * 3_000_000)}, timeout=60)
-    assert upload.status_code == 413
+    event = httpx.post(url + "gradio_api/queue/join", content=b"x" * 3_000_000, timeout=60)
+    assert event.status_code == 413
 
 
 def test_a_large_system_prompt_or_earlier_turn_is_refused_by_its_limit(open_server):
@@ -314,41 +336,25 @@ def test_the_page_loads_no_outside_image_whatever_the_markdown(open_server):
     assert len(asked) == 4 and all(why == "csp" for _, why in asked), asked  # blocked by the page's policy
 
 
-def test_a_streamed_body_without_a_length_is_refused_before_anything_is_written(open_server):
-    import gradio.utils
-
-    url, _ = open_server
-    before = {p for p in Path(gradio.utils.get_upload_folder()).rglob("*")}
-
+def test_a_streamed_body_without_a_length_is_refused(open_server):
     def chunks():
         for _ in range(30):
             yield b"x" * 100_000
 
-    boundary = b"--b\r\nContent-Disposition: form-data; name=files; filename=big.json\r\n\r\n"
-    upload = httpx.post(
-        url + "gradio_api/upload",
-        content=iter([boundary, *chunks(), b"\r\n--b--\r\n"]),
-        headers={"content-type": "multipart/form-data; boundary=b"},
-    )
-    assert upload.status_code == 411
-    assert {p for p in Path(gradio.utils.get_upload_folder()).rglob("*")} == before
+    event = httpx.post(url := open_server[0] + "gradio_api/queue/join", content=chunks())
+    assert event.status_code == 411, url
 
 
-def test_files_uploaded_by_a_client_do_not_stay_on_the_server(tiny_checkpoint, tmp_path, monkeypatch):
+def test_the_server_takes_no_file_uploads(open_server):
+    """The page has no file input; uploads would stay in the served cache for anyone to fetch, unbounded."""
     import gradio.utils
 
-    import playground.ui
-
-    monkeypatch.setattr(playground.ui, "UPLOADS_KEPT_S", 1)
-    with serve_model(tiny_checkpoint, tmp_path) as (url, _):
-        upload = httpx.post(url + "gradio_api/upload", files={"files": ("filler.json", b"x" * 100_000)})
-        assert upload.status_code == 200
-        [path] = upload.json()
-        assert Path(path).is_file() and Path(path).is_relative_to(gradio.utils.get_upload_folder())
-        deadline = time.monotonic() + 30
-        while Path(path).exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not Path(path).exists()
+    url, _ = open_server
+    before = {p for p in Path(gradio.utils.get_upload_folder()).rglob("*")}
+    for path in ("gradio_api/upload", "gradio_api/upload/", "gradio_api/upload?upload_id=x"):
+        upload = httpx.post(url + path, files={"files": ("page.html", b"<script>alert(1)</script>")})
+        assert upload.status_code == 403 and "no file uploads" in upload.json()["error"]["message"], path
+    assert {p for p in Path(gradio.utils.get_upload_folder()).rglob("*")} == before
 
 
 def test_parallel_wrong_logins_are_counted_too(tiny_checkpoint, tmp_path):

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from training.data import DataError, DataReport, build_dataset, dialogues, load_phrases, parse_guanaco, placed
+from training.scratch import python_doc_dialogues
 
 GOOD_TEXT = (
     "### Human: How do I sort a list?### Assistant: Use sorted(xs).### Human: Thanks### Assistant: You're welcome."
@@ -78,10 +79,11 @@ def test_the_phrase_list_is_a_versioned_data_file():
 
 def test_files_of_each_format_and_a_deterministic_split(tmp_path):
     jsonl = tmp_path / "a.jsonl"
-    jsonl.write_text("\n".join(json.dumps(r) for r in rows()[:3] * 10))
+    jsonl.write_text("\n".join(json.dumps({"messages": m}) for m in python_doc_dialogues(limit=30)))
     import datasets
 
-    datasets.Dataset.from_list([{"text": GOOD_TEXT}] * 10).to_parquet(tmp_path / "b.parquet")
+    texts = [{"text": GOOD_TEXT.replace("a list", f"list {i}")} for i in range(10)]
+    datasets.Dataset.from_list(texts).to_parquet(tmp_path / "b.parquet")
     first, report = build_dataset([str(jsonl), str(tmp_path / "b.parquet")], test_size=0.2, seed=42)
     again, _ = build_dataset([str(jsonl), str(tmp_path / "b.parquet")], test_size=0.2, seed=42)
     assert report.kept == 40 and len(first["train"]) == 32 and len(first["test"]) == 8
@@ -125,10 +127,15 @@ def test_unbalanced_guanaco_text_is_dropped_with_what_was_wrong():
     assert kept == [] and report.dropped == {reason: 1 for reason in cases.values()}
 
 
+def exchange(n: int) -> dict:
+    """A good row, different for each n."""
+    return {"messages": [{"role": "user", "content": f"question {n}"}, {"role": "assistant", "content": "a"}]}
+
+
 def test_a_broken_json_line_is_a_counted_reason_with_its_line_number(tmp_path):
-    good = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    good = [json.dumps(exchange(n)) for n in range(3)]
     path = tmp_path / "data.jsonl"
-    path.write_text("\n".join([good, good, '{"messages": [{"role": "user", "content": "cut off', good, "", "[1, 2]"]))
+    path.write_text("\n".join([*good[:2], '{"messages": [{"role": "user", "content": "cut off', good[2], "", "[1, 2]"]))
     splits, report = build_dataset([str(path)], test_size=0.34, seed=0)
     assert len(splits["train"]) + len(splits["test"]) == report.kept == 3
     assert report.rows == 5 and report.dropped == {"unparsable JSON": 1, "not a JSON object": 1}
@@ -137,17 +144,16 @@ def test_a_broken_json_line_is_a_counted_reason_with_its_line_number(tmp_path):
 
 
 def test_a_json_file_holding_one_array_is_read_whole(tmp_path):
-    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    (tmp_path / "data.json").write_text(json.dumps([row, row, row], indent=2))
+    (tmp_path / "data.json").write_text(json.dumps([exchange(n) for n in range(3)], indent=2))
     _, report = build_dataset([str(tmp_path / "data.json")], test_size=0.34, seed=0)
     assert report.rows == report.kept == 3 and not report.dropped
 
 
 def test_a_byte_order_mark_a_line_not_in_utf8_and_a_lone_surrogate_lose_only_their_own_rows(tmp_path):
-    good = json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+    good = [json.dumps(exchange(n)).encode() for n in range(2)]
     surrogate = '{"messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "a"}]}'
     path = tmp_path / "data.jsonl"
-    lines = [good.encode(), b'{"text": "caf\xe9"}', surrogate.encode(), good.encode()]
+    lines = [good[0], b'{"text": "caf\xe9"}', surrogate.encode(), good[1]]
     path.write_bytes(codecs.BOM_UTF8 + b"\n".join(lines))
     _, report = build_dataset([str(path)], test_size=0.5, seed=0)
     assert report.rows == 4 and report.kept == 2  # the first row kept, its byte-order mark read as such
@@ -162,6 +168,9 @@ def test_a_byte_order_mark_a_line_not_in_utf8_and_a_lone_surrogate_lose_only_the
         ("notes.txt", "hello", "use one of .json, .jsonl, .parquet, .csv"),
         ("missing.jsonl", None, "no such file"),
         ("folder", "", "a folder; name the data files in it"),
+        ("bad.parquet", "PAR1 not really parquet", r"bad.parquet: cannot be read as parquet \("),
+        ("empty.csv", "", r"empty.csv: cannot be read as csv \("),
+        ("builtin:nosuch", None, "unknown builtin dataset 'nosuch'; there is 'builtin:python-docs'"),
     ],
 )
 def test_data_that_cannot_be_used_at_all_is_one_clear_error(tmp_path, name, content, message):
@@ -171,4 +180,31 @@ def test_data_that_cannot_be_used_at_all_is_one_clear_error(tmp_path, name, cont
     elif content is not None:
         path.write_text(content)
     with pytest.raises(DataError, match=message):
-        build_dataset([str(path)])
+        build_dataset([name if name.startswith("builtin:") else str(path)])
+
+
+def test_a_file_named_twice_is_refused(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": m}) for m in python_doc_dialogues(limit=4)))
+    with pytest.raises(DataError, match=r"data\.jsonl is named twice in --datasets"):
+        build_dataset([str(data), f"{tmp_path}/./data.jsonl"])
+
+
+def test_repeated_dialogues_are_counted_and_never_scored_as_unseen(tmp_path):
+    """A source may repeat a dialogue to weigh it more: it trains as often, but is never in the test split."""
+    dialogues = python_doc_dialogues(limit=40)
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": m}) for m in dialogues + dialogues[:10] * 3))
+    splits, report = build_dataset([str(data)], test_size=0.25, seed=0)
+    trained = [json.dumps(m) for m in splits["train"]["messages"]]
+    assert not {json.dumps(m) for m in splits["test"]["messages"]} & set(trained)
+    left_out = report.dropped["test dialogue repeating a training one"]
+    assert left_out > 0 and len(splits["train"]) + len(splits["test"]) == 70 - left_out == report.kept
+    assert f"{report.kept} dialogues kept ({30 - left_out} of them repeats of another)" in report.summary()
+
+
+def test_a_test_size_of_zero_holds_nothing_out(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(exchange(n)) for n in range(5)))
+    splits, report = build_dataset([str(data)], test_size=0)
+    assert len(splits["train"]) == report.kept == 5 and len(splits["test"]) == 0

@@ -139,7 +139,7 @@ def test_a_non_finite_loss_stops_with_a_clear_message(tmp_path):
         "no",
         *SMALL,
     )
-    assert run.returncode != 0
+    assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "the training loss became" in run.stderr and "--resume" in run.stderr
     assert not (tmp_path / "nan" / "config.json").exists()
 
@@ -377,12 +377,15 @@ def test_a_block_size_beyond_the_models_positions_is_refused_before_training(tmp
 
 def test_without_packing_an_over_long_dialogue_is_cut_and_counted(tmp_path):
     long = [
-        {"role": "user", "content": "What is a list?"},
-        {"role": "assistant", "content": "An ordered, mutable sequence."},
-        {"role": "user", "content": "Show every method."},
-        {"role": "assistant", "content": " ".join(f"list.method_{i}()" for i in range(600))},
+        [
+            {"role": "user", "content": f"What is a list? ({n})"},
+            {"role": "assistant", "content": "An ordered, mutable sequence."},
+            {"role": "user", "content": "Show every method."},
+            {"role": "assistant", "content": " ".join(f"list.method_{i}()" for i in range(600))},
+        ]
+        for n in range(5)
     ]
-    rows = [{"messages": m} for m in python_doc_dialogues(limit=40)] + [{"messages": long}] * 5
+    rows = [{"messages": m} for m in python_doc_dialogues(limit=40) + long]
     data = tmp_path / "data.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "unpacked"
@@ -470,6 +473,12 @@ def test_the_card_names_each_flag_set_however_it_was_spelled():
         (["--lora", "true", "--lora_target_modules", "c_attn", "lm_head"], "cannot take adapters here"),
         (["--load_in_4bit", "true"], "add --lora true"),
         (["--resume_from_checkpoint", "out/checkpoints/checkpoint-6"], "use --resume true"),
+        (["--learning_rate", "nan"], "--learning_rate must be a number above 0, not nan"),
+        (["--learning_rate=-1e-4"], "--learning_rate must be a number above 0, not -0.0001"),
+        (["--test_size", "1.5"], "--test_size is the share of dialogues held out, from 0 to below 1, not 1.5"),
+        (["--test_size", "nan"], "--test_size is the share"),
+        (["--test_size", "0"], r"--test_size 0 leaves nothing to evaluate \(eval_strategy epoch\): add --eval_s"),
+        (["--block_size", "0"], "--block_size must be 1 or more, not 0"),
     ],
 )
 def test_flags_that_would_fail_late_or_train_nothing_are_refused_before_any_work(flags, message):
@@ -518,3 +527,55 @@ def test_help_lists_every_key_without_a_recipe():
         [sys.executable, "-m", "training.train", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert run.returncode == 0 and "--lora_target_modules" in run.stdout and "--learning_rate" in run.stdout
+
+
+def files_of(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_run_never_replaces_the_model_it_starts_from_nor_resumes_a_finished_one(demo_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(demo_model, model)
+    kept = files_of(model)
+    for flags, message in [
+        (["--model_name_or_path", str(model), "--overwrite_output_dir", "true"], "is the base model's folder"),
+        (["--resume", "true"], "holds a finished model and no checkpoint to resume from"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            main([TINY, "--output_dir", str(model), *flags, *SMALL])
+    with pytest.raises(SystemExit, match=r"config\.json: a file; --output_dir is a folder"):
+        main([TINY, "--output_dir", str(model / "config.json"), *SMALL])
+    with pytest.raises(SystemExit, match="nosuch: not a model's folder, and not a model the Hub gave"):
+        main([TINY, "--model_name_or_path", str(tmp_path / "nosuch"), "--output_dir", str(tmp_path / "out"), *SMALL])
+    assert files_of(model) == kept and not (tmp_path / "out").exists()
+
+
+def test_a_damaged_checkpoint_is_named_before_a_resume_loads_it(tmp_path):
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 3}))
+    (checkpoint / "model.safetensors").write_bytes(b"\x10\x00")  # cut short by a full disk
+    with pytest.raises(SystemExit, match=r"model.safetensors cannot be read .*move .*checkpoint-3 away"):
+        main([TINY, "--output_dir", str(tmp_path), "--resume", "true", *SMALL])
+
+
+def test_merge_refuses_to_write_over_its_base_or_another_model(demo_model, tmp_path):
+    from training.merge import main as merge
+
+    model, adapter = tmp_path / "model", tmp_path / "adapter"
+    shutil.copytree(demo_model, model)
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{not json")
+    kept = files_of(model)
+    for args, message in [
+        (["--base", str(model), "--output", str(model)], "is the base model's folder, which the result would replace"),
+        (["--base", "x/y", "--output", str(model)], "already holds a model: pass --overwrite"),
+        (["--base", str(model), "--output", str(model / "config.json")], "a file; --output is a folder"),
+        (["--base", str(model), "--output", str(tmp_path / "out")], "adapter_config.json is not an adapter's config"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            merge([*args, "--adapter", str(adapter)])
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(model)}))
+    with pytest.raises(SystemExit, match="nosuch: not a model's folder"):
+        merge(["--base", str(tmp_path / "nosuch"), "--adapter", str(adapter), "--output", str(tmp_path / "out")])
+    assert files_of(model) == kept and not (tmp_path / "out").exists()
