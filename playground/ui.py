@@ -312,6 +312,8 @@ class Reply:
 
     conversation: list[Message]
     notes: dict[int, str]
+    back: str | None = None  # the message sent or edited, for the box if Stop comes before anything streamed
+    started: bool = False  # a piece of the reply has streamed
     done: asyncio.Event = field(default_factory=asyncio.Event)
     # Stop cancels the reply's event from the page, which it can only do once the page knows the event's
     # id: on a slow connection a Stop right after Send comes before that, and the reply ends at this flag.
@@ -484,10 +486,12 @@ class Handlers:
         request: gr.Request | None,
         continuing: bool = False,
         restore: dict | None = None,
+        back: str | None = None,
         **overrides,
     ) -> AsyncIterator:
         """Streams one reply (or, `continuing`, more of the last one). Before it streams, an error leaves
-        the conversation as it was, with the `restore` outputs (the message back in its box)."""
+        the conversation as it was, with the `restore` outputs (the message back in its box), and Stop
+        gives `back` (the message sent or edited) back to the box."""
         p, unlocked = self.p, self.unlocked
         key = session_of(request)
         self.unsent.pop(key, None)
@@ -506,7 +510,7 @@ class Handlers:
             return
         last: Update | None = None
         ended = False
-        live = self.replies[key] = Reply(before, notes)
+        live = self.replies[key] = Reply(before, notes, back)
         try:
             updates = self.chat.respond(
                 history, values[p.system], params, values[p.model], client_of(request), continuing=continuing
@@ -526,7 +530,7 @@ class Handlers:
                         index = len(update.conversation) - 1
                         note = reply_note(update.finish, update.tokens, update.first_token_s, update.seconds)
                         notes = {**notes, index: note}
-                    live.conversation, live.notes = update.conversation, notes
+                    live.conversation, live.notes, live.started = update.conversation, notes, True
                     if not update.finish:
                         yield {**self.show(update.conversation, notes), p.context: update.context}
             ended = True
@@ -576,7 +580,7 @@ class Handlers:
             yield {**self.unlocked, **restore}
             return
         history = [*values[p.state], {"role": "user", "content": message}]
-        async for out in self.run(values, history, request, restore=restore):
+        async for out in self.run(values, history, request, restore=restore, back=message):
             yield out
 
     async def retry(self, values: dict, request: gr.Request):
@@ -590,14 +594,17 @@ class Handlers:
             yield out
 
     async def edit(self, values: dict, edit: gr.EditData, request: gr.Request):
-        """The edit box holds the message's raw text (the page fills it in), so it is taken as typed."""
+        """The edit box holds the message's raw text (the page fills it in), so it is taken as typed. An edit
+        refused before the reply (too long, say) waits in the message box, not lost."""
         p = self.p
         conversation = values[p.state]
         if (history := edited(conversation, edit)) is None:
             yield {**self.show(conversation, values[p.notes]), **self.unlocked}
             return
         yield self.lock(request)
-        async for out in self.run(values, history, request):
+        text = sendable(history[-1]["content"])
+        restore = {p.textbox: put_back(text, values[p.textbox])}
+        async for out in self.run(values, history, request, restore=restore, back=text):
             yield out
 
     async def proceed(self, values: dict, request: gr.Request):
@@ -619,21 +626,22 @@ class Handlers:
         """Stop: the reply stays as far as it got, marked as stopped.
 
         The cancelled generator may still be writing: this waits for its end and takes its last reply.
-        A reply that had not started yet will not run, and its message goes back into the box, before
-        anything typed since.
+        A reply that has not started yet will not run, and one with nothing streamed yet ends as if it had
+        not: its message goes back into the box, before anything typed since.
         """
-        key, back = session_of(request), {}
+        key = session_of(request)
         if live := self.replies.pop(key, None):
             live.stopped = True  # ends the reply also where the page could not cancel its event
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(live.done.wait(), 10)
             conversation, notes = live.conversation, live.notes
+            message = None if live.started else live.back
         else:
             self.halted.add(key)
-            if (message := self.unsent.pop(key, None)) is not None:
-                back = {self.p.textbox: put_back(message, box)}
+            message = self.unsent.pop(key, None)
         if conversation and conversation[-1]["role"] == "assistant" and len(conversation) - 1 not in notes:
             notes = {**notes, len(conversation) - 1: ENDINGS["cancelled"]}
+        back = {} if message is None else {self.p.textbox: put_back(message, box)}
         return {**self.show(conversation, notes), **self.unlocked, **back}
 
     def forget(self, request: gr.Request) -> None:
@@ -704,9 +712,11 @@ def wire(page: Page, chat: Chat, describe) -> None:
         taking.then(**keeping_sent)  # beside the reply: a reload while it streams keeps the message sent
     p.chatbot.edit(**keeping_edited)
     generating += [
-        # The message box is among every reply's outputs (never written here): it marks the event as running.
+        # The message box is among every reply's outputs (written only to give back a refused edit): it marks
+        # the event as running.
         p.retry.click(h.retry, turn, [*shown, *buttons, p.textbox], **PRIVATE),
-        p.chatbot.edit(h.edit, turn, [*shown, *buttons, p.textbox], **PRIVATE),
+        # "multiple": an edit made just as a reply ends would be dropped, its text lost (see submit's).
+        p.chatbot.edit(h.edit, {*turn, p.textbox}, [*shown, *buttons, p.textbox], trigger_mode="multiple", **PRIVATE),
         p.proceed.click(h.proceed, turn, [*shown, *buttons, p.textbox], **PRIVATE),
     ]
     stopping = p.stop.click(None, cancels=generating, **PRIVATE).then(

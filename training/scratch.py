@@ -110,6 +110,9 @@ def train_tokenizer(texts: list[str], vocab_size: int, chat_tokens: bool = True)
     return wrapped
 
 
+SCRATCH_POSITIONS = 1024
+
+
 def build_base(
     dialogues: list[list[Message]],
     output_dir: str | Path,
@@ -118,7 +121,7 @@ def build_base(
     n_layer: int = 2,
     n_embd: int = 192,
     n_head: int = 4,
-    n_positions: int = 1024,
+    n_positions: int = SCRATCH_POSITIONS,
     seed: int = 42,
     chat_tokens: bool = True,
 ) -> Path:

@@ -46,7 +46,7 @@ from playground.template import CONTROL_TOKENS
 from training.checkpoint import base_config, check_output, model_card, save_checkpoint
 from training.data import DataError, DataReport, build_dataset
 from training.format import Collator, PackedCollator, add_chat_tokens, fit_dialogue, pack, pack_blocks
-from training.scratch import build_base
+from training.scratch import SCRATCH_POSITIONS, build_base
 
 # What a model card shows of TrainingArguments whatever the recipe says (and whatever else was set).
 CARD_ARGUMENTS = (
@@ -318,8 +318,7 @@ def check_lora_targets(script: ScriptArguments, config) -> None:
         )
 
 
-def check_positions(base: str, config, block_size: int) -> None:
-    positions = config.max_position_embeddings
+def check_positions(base: str, positions: int, block_size: int) -> None:
     if block_size > positions:
         raise SystemExit(
             f"--block_size {block_size} is longer than the model's {positions} positions "
@@ -427,6 +426,8 @@ def run(argv: list[str], quiet: bool) -> Path:
         check_readable(Path(resume_from))
     scratch = script.model_name_or_path == "scratch"
     config = None if scratch else base_config(script.model_name_or_path)
+    positions = SCRATCH_POSITIONS if scratch else config.max_position_embeddings
+    check_positions(script.model_name_or_path, positions, script.block_size)  # before a scratch base is built
     if script.lora and not is_deepspeed_zero3_enabled():  # ZeRO-3 would build even the meta model sharded
         check_lora_targets(script, GPTBigCodeConfig() if scratch else config)
     # The Trainer would push DIR/checkpoints at every save; the served folder is pushed at the end instead.
@@ -456,7 +457,6 @@ def run(argv: list[str], quiet: bool) -> Path:
                     n_embd=script.scratch_embd,
                     seed=args.seed,
                 )
-    check_positions(base, config or base_config(base), script.block_size)
     tokenizer = AutoTokenizer.from_pretrained(base)
     add_chat_tokens(tokenizer)
     train_set = tokenized(splits["train"], tokenizer, script, report)

@@ -3,6 +3,8 @@
 import hashlib
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -129,6 +131,15 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
     users = page.locator("#chatbot [data-testid=user]").all_inner_texts()
     assert len(users) == 1 and "current date" in users[0]
 
+    # An edit the server refuses (over the message limit) is not lost: it waits in the message box.
+    page.locator('#chatbot button[aria-label="Edit"]').first.click()
+    page.locator("#chatbot textarea").fill("y" * 25_000)
+    page.locator('#chatbot button[aria-label="Submit"]').click()
+    page.wait_for_function("document.querySelector('#message textarea').value == 'y'.repeat(25000)")
+    page.locator('[data-testid="toast-body"]', has_text="the limit is 20000").wait_for()
+    assert bot_texts(page) == [reply] and "current date" in page.locator("#chatbot [data-testid=user]").inner_text()
+    page.locator("#message textarea").fill("")
+
     # Save as JSON, clear with the chatbot's own trash icon, load the file back.
     page.get_by_text("Conversation file").click()
     with page.expect_download() as download:  # made in the browser: no file on the server
@@ -154,8 +165,7 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
     huge = tmp_path / "huge.json"
     huge.write_text(json.dumps({"messages": [{"role": "user", "content": "x" * 1_200_000}]}))
     load_file(page, huge)
-    page.wait_for_selector('[data-testid="toast-body"]')
-    assert "can be loaded" in page.locator('[data-testid="toast-body"]').last.inner_text()
+    page.locator('[data-testid="toast-body"]', has_text="can be loaded").wait_for()
     assert len(page.locator("#chatbot [data-testid=user]").all_inner_texts()) == 2
 
 
@@ -340,6 +350,32 @@ def test_stop_before_the_reply_starts_gives_the_message_back(demo_model, page, t
         page.locator("#send").click()  # sent again, it is answered
         page.wait_for_function(f"document.querySelectorAll('{NOTES}').length == 1")
         assert page.locator("#chatbot [data-testid=user]").all_inner_texts()[0].strip() == SORT
+
+
+def test_stop_while_the_prompt_is_read_gives_the_message_back(app, page, monkeypatch):
+    """The reply has started, but nothing has streamed yet (its prompt is still being read, which takes long
+    on a busy machine): Stop ends it as if it had not started, and the message goes back to the box, before
+    what was typed since."""
+    url, chat = app
+    backend, reading = chat.backend(), threading.Event()
+    prepare = backend.prepare
+
+    def slow_prepare(*args):
+        reading.set()
+        time.sleep(2)
+        return prepare(*args)
+
+    monkeypatch.setattr(backend, "prepare", slow_prepare)
+    page.goto(url)
+    ask(page, SORT)
+    assert reading.wait(10)
+    page.locator("#message textarea").fill("and one more thing")
+    page.locator("#stop").click()
+    page.wait_for_function(
+        "(text) => document.querySelector('#message textarea').value === text", arg=f"{SORT}\n\nand one more thing"
+    )
+    assert page.locator("#chatbot [data-testid=user]").count() == 0 and page.locator("#send").is_visible()
+    assert wait_until_idle()
 
 
 # Clicks Stop the instant it shows: before the page has heard back from the server about the reply.
