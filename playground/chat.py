@@ -253,7 +253,7 @@ class Chat:
             try:
                 async with aclosing(astream(backend, request)) as pieces:
                     async for piece in pieces:
-                        generated += piece
+                        generated += sendable(piece)  # a server's JSON may hold lone surrogates
                         # A continued reply goes on from its last character: no newline to drop.
                         text = partial + generated if partial is not None else reply_text(generated)
                         cut = min((i for s in stop if (i := text.find(s, len(partial or ""))) >= 0), default=-1)

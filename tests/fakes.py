@@ -1,7 +1,7 @@
 """Real HTTP servers on 127.0.0.1 that speak TGI's and OpenAI's streaming protocols, for the tests.
 
 They stream a fixed reply word by word, remember what they were sent, and can be told to fail:
-`error` answers 500, `die_after` closes the connection mid-stream.
+`error` answers 500, `die_after` closes the connection mid-stream, `pings` keeps it alive with no token.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ class Script:
     delay: float = 0.002  # seconds between tokens
     error: bool = False
     die_after: int | None = None  # tokens sent before the connection is cut
+    pings: int = 0  # keep-alive comments sent before the first token, one each `delay`
     requests: list[dict] = field(default_factory=list)
     disconnects: int = 0  # streams the client closed before the end
 
@@ -52,8 +53,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         self.script.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-        if self.script.error:
-            self.send_json(500, {"error": "the model crashed", "error_type": "generation"})
+        if self.script.error:  # as a careless proxy answers: the request's headers in the error
+            auth = self.headers.get("Authorization")
+            self.send_json(500, {"error": f"the model crashed (you sent {auth})", "error_type": "generation"})
             return
         openai = self.path.startswith("/v1/")
         if not body.get("stream"):
@@ -64,6 +66,10 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()
         try:
+            for _ in range(self.script.pings):
+                self.wfile.write(b": ping\n\n")
+                self.wfile.flush()
+                time.sleep(self.script.delay)
             tokens = self.script.tokens(body)
             for i, token in enumerate(tokens):
                 if self.script.die_after is not None and i >= self.script.die_after:

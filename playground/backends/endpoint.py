@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import closing
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -87,23 +89,27 @@ class EndpointBackend:
         prompt = self.prepare(request.messages, request.params.max_new_tokens)
         system, turns = split_system(request.messages)
         kept = [{"role": "system", "content": system}, *turns[2 * prompt.dropped_turns :]]
+        p, outcome, cancel = request.params, request.outcome, request.cancel
         if self.protocol == "tgi":
-            pieces = self.tgi(render_prompt(inert_messages(kept)), request.params, request.outcome)
+            pieces = self.tgi(render_prompt(inert_messages(kept)), p, outcome, cancel)
         elif self.protocol == "openai":
-            pieces = self.completions(prompt.input_ids, request.params, request.outcome)
+            pieces = self.completions(prompt.input_ids, p, outcome, cancel)
         else:
-            pieces = self.completions(render_prompt(inert_messages(kept)), request.params, request.outcome)
+            pieces = self.completions(render_prompt(inert_messages(kept)), p, outcome, cancel)
         try:
             with closing(pieces):
                 for piece in pieces:
                     if request.cancel.is_set():
-                        request.outcome.finish = "cancelled"
-                        return  # closing the stream closes the connection: the server stops generating
+                        break
                     yield piece
         except Exception as exc:  # the client libraries' errors, as one a person can act on
-            raise describe_failure(self.url, exc) from exc
+            if not request.cancel.is_set():  # else the watchdog closed the connection: nobody is waiting
+                failure = str(describe_failure(self.url, exc))
+                raise BackendError(failure.replace(self.token, "[the token]") if self.token else failure) from exc
+        if request.cancel.is_set():
+            request.outcome.finish = "cancelled"  # the connection is closed: the server stops generating
 
-    def tgi(self, prompt: str, p: SamplingParams, outcome: Outcome) -> Iterator[str]:
+    def tgi(self, prompt: str, p: SamplingParams, outcome: Outcome, cancel: threading.Event) -> Iterator[str]:
         """TGI's `/generate_stream`. httpx rather than huggingface_hub's InferenceClient: that client
         refuses every URL, this server's included, when HF_HUB_OFFLINE=1, as air-gapped sites run."""
         sampling = {"do_sample": True, "temperature": p.temperature, "top_p": p.top_p, "top_k": p.top_k or None}
@@ -121,6 +127,7 @@ class EndpointBackend:
         with (
             httpx.Client(timeout=self.timeout) as client,
             client.stream("POST", f"{self.url}/generate_stream", json=body, headers=headers) as response,
+            watched(response.close, cancel, self.timeout, self.url) as fed,
         ):
             if response.is_error:
                 response.read()
@@ -133,6 +140,7 @@ class EndpointBackend:
                 event = json.loads(line.removeprefix("data:"))
                 if "error" in event:
                     raise BackendError(f"The model server at {self.url} failed: {event['error']}")
+                fed()
                 outcome.tokens += 1
                 finished = event.get("generated_text") is not None  # only the last event carries it
                 if finished and event.get("details"):
@@ -144,7 +152,9 @@ class EndpointBackend:
             raise cut_off(self.url)
         outcome.finish = outcome.finish or "stop"
 
-    def completions(self, prompt: str | list[int], p: SamplingParams, outcome: Outcome) -> Iterator[str]:
+    def completions(
+        self, prompt: str | list[int], p: SamplingParams, outcome: Outcome, cancel: threading.Event
+    ) -> Iterator[str]:
         stream = self.openai().completions.create(
             model=self.served_model,
             prompt=prompt,
@@ -158,8 +168,9 @@ class EndpointBackend:
             extra_body={"top_k": p.top_k or -1, "repetition_penalty": p.repetition_penalty},
         )
         finished = False
-        with closing(stream):
+        with closing(stream), watched(stream.close, cancel, self.timeout, self.url) as fed:
             for chunk in stream:
+                fed()
                 if chunk.usage:  # the exact count, where the server sends it
                     outcome.tokens = chunk.usage.completion_tokens
                 if chunk.choices:
@@ -171,6 +182,36 @@ class EndpointBackend:
                         yield chunk.choices[0].text
         if not finished:
             raise cut_off(self.url)
+
+
+@contextmanager
+def watched(close: Callable[[], object], cancel: threading.Event, timeout: float, url: str) -> Iterator[Callable]:
+    """Closes a reply's connection when its request is cancelled or no token has come for `timeout` seconds;
+    yields the function to call at each token. httpx's timeouts count each read, so a server that sends
+    keep-alive comments or drips bytes never trips them, and a stream waiting for its next line never
+    sees a cancel: either would hold a slot of the playground for as long as the server likes."""
+    last, done, stalled = [time.monotonic()], threading.Event(), threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.1):
+            if cancel.is_set() or time.monotonic() - last[0] > timeout:
+                if not cancel.is_set():
+                    stalled.set()
+                close()
+                return
+
+    threading.Thread(target=watch, name="starchat-endpoint-watch", daemon=True).start()
+    failure = None
+    try:
+        yield lambda: last.__setitem__(0, time.monotonic())
+    except Exception as exc:  # closed under it, the stream fails in its own way: the stall is the reason
+        failure = exc
+    finally:
+        done.set()
+    if stalled.is_set():
+        raise BackendError(f"The model server at {url} sent no token for {timeout:g} s; try again.") from failure
+    if failure is not None:
+        raise failure
 
 
 def cut_off(url: str) -> BackendError:

@@ -1,5 +1,6 @@
 """The endpoint backend against real HTTP servers on loopback speaking TGI's and OpenAI's protocols."""
 
+import threading
 import time
 
 import pytest
@@ -120,6 +121,60 @@ def test_a_slow_server_times_out_with_a_clear_message(tiny_checkpoint):
         backend = EndpointBackend.connect(str(tiny_checkpoint), server.url, timeout=0.5)
         with pytest.raises(BackendError, match="did not answer in time"):
             list(backend.stream(ask()))
+
+
+@pytest.mark.parametrize("protocol", ["tgi", "openai-text"])
+def test_a_server_that_keeps_the_connection_alive_with_no_token_times_out(tiny_checkpoint, protocol):
+    """Each read brings a keep-alive comment, so no read ever times out: the wait for a token does."""
+    with FakeServer(Script(pings=100, delay=0.1)) as server:
+        backend = EndpointBackend.connect(str(tiny_checkpoint), server.url, protocol, timeout=1)
+        start = time.monotonic()
+        with pytest.raises(BackendError, match=r"sent no token for 1 s"):
+            list(backend.stream(ask()))
+        assert time.monotonic() - start < 5
+
+
+def test_a_cancel_closes_a_stream_that_sends_no_token(tiny_checkpoint):
+    """The person left while the server sent keep-alives only: the connection closes at once, not at the end."""
+    script = Script(pings=100, delay=0.1)
+    with FakeServer(script) as server:
+        request = ask()
+        threading.Timer(0.5, request.cancel.set).start()
+        start = time.monotonic()
+        assert list(EndpointBackend.connect(str(tiny_checkpoint), server.url).stream(request)) == []
+        assert time.monotonic() - start < 3 and request.outcome.finish == "cancelled"
+        deadline = time.monotonic() + 10
+        while not script.disconnects and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert script.disconnects == 1
+
+
+def test_the_servers_token_never_reaches_the_person(tiny_checkpoint):
+    with FakeServer(Script(error=True)) as server:
+        backend = EndpointBackend.connect(str(tiny_checkpoint), server.url, token="hf_secret123")
+        with pytest.raises(BackendError, match=r"answered an error \(500\)") as failure:
+            list(backend.stream(ask()))
+        assert "hf_secret123" not in str(failure.value) and "Bearer [the token]" in str(failure.value)
+        assert server.script.requests[-1]["auth"] == "Bearer hf_secret123"
+
+
+def test_a_lone_surrogate_from_the_server_reaches_the_person_as_a_replacement_character(tiny_checkpoint):
+    """JSON's "\\ud800" escape decodes to a character no response can encode."""
+    import asyncio
+
+    from playground.chat import Chat
+    from playground.settings import Settings
+
+    with FakeServer(Script(reply="\ud800 lone")) as server:
+        backend = EndpointBackend.connect(str(tiny_checkpoint), server.url)
+        chat = Chat({"remote": backend}, Settings.from_args([], env={}))
+
+        async def reply():
+            updates = chat.respond([{"role": "user", "content": "hi"}], "", SamplingParams(max_new_tokens=8))
+            return [u async for u in updates][-1]
+
+        last = asyncio.run(reply())
+    assert last.error is None and last.conversation[-1]["content"] == "\ufffd lone"
 
 
 def test_configuration_mistakes_are_named(tiny_checkpoint):
