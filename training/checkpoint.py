@@ -138,11 +138,16 @@ def same_folder(a: str | Path, b: str | Path) -> bool:
 
 
 def check_output(output: Path, base: str | None, what: str) -> None:
-    """Refuses an output that is a file, or the folder of the model it is made from (it would replace it)."""
-    if output.exists() and not output.is_dir():
-        raise SystemExit(f"{output}: a file; {what} is a folder")
-    if base is not None and same_folder(output, base):
+    """Refuses an output that is (or is under) a file, or that is or holds the folder of the model it is made
+    from (the result, or clearing the folder for it, would destroy that model)."""
+    if file := next((path for path in (output, *output.parents) if path.is_file()), None):
+        raise SystemExit(f"{output}: {file} is a file; {what} is a folder")
+    if base is None:
+        return
+    if same_folder(output, base):
         raise SystemExit(f"{output} is the base model's folder, which the result would replace: choose another {what}")
+    if Path(base).expanduser().resolve().is_relative_to(output.resolve()):
+        raise SystemExit(f"the base model {base} is inside {output}, which a run may clear: choose another {what}")
 
 
 def save_checkpoint(model, tokenizer, output_dir: str | Path, card: str, state_dict: dict | None = None) -> Path:

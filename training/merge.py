@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
     args = parser.parse_args(argv)
-    output = Path(args.output)
+    output = Path(args.output).expanduser()
     check_output(output, args.base, "--output")
     if (output / "config.json").exists() and not args.overwrite:
         raise SystemExit(f"{output} already holds a model: pass --overwrite to replace it, or choose another --output")

@@ -243,7 +243,7 @@ def claim_output(output: Path, script: ScriptArguments, args: TrainingArguments)
     checkpoints = output / "checkpoints"
     held = sorted(p.name for p in checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else []
     finished = (output / "config.json").exists()
-    if script.resume and finished and not held:
+    if script.resume and finished and not (checkpoints.is_dir() and get_last_checkpoint(str(checkpoints))):
         raise SystemExit(
             f"{output} holds a finished model and no checkpoint to resume from: choose another --output_dir, "
             "or pass --overwrite_output_dir true instead of --resume to train it again"
@@ -417,7 +417,7 @@ def run(argv: list[str], quiet: bool) -> Path:
     if quiet:  # the Trainer's bar for this, not its printer of every logged dict
         args.disable_tqdm = True
     talk = args.process_index == 0 and not quiet
-    output = Path(args.output_dir)
+    output = Path(args.output_dir).expanduser()
     args.output_dir = str(output / "checkpoints")
     claim_output(output, script, args)
     resume_from = get_last_checkpoint(args.output_dir) if script.resume and Path(args.output_dir).is_dir() else None

@@ -543,8 +543,16 @@ def test_a_run_never_replaces_the_model_it_starts_from_nor_resumes_a_finished_on
     ]:
         with pytest.raises(SystemExit, match=message):
             main([TINY, "--output_dir", str(model), *flags, *SMALL])
-    with pytest.raises(SystemExit, match=r"config\.json: a file; --output_dir is a folder"):
-        main([TINY, "--output_dir", str(model / "config.json"), *SMALL])
+    for output in (model / "config.json", model / "config.json" / "run"):
+        with pytest.raises(SystemExit, match=r"config\.json is a file; --output_dir is a folder"):
+            main([TINY, "--output_dir", str(output), *SMALL])
+    (model / "checkpoints" / "checkpoint-240.damaged").mkdir(parents=True)  # set aside: not a checkpoint
+    with pytest.raises(SystemExit, match="holds a finished model and no checkpoint to resume from"):
+        main([TINY, "--output_dir", str(model), "--resume", "true", *SMALL])
+    (model / "checkpoints" / "checkpoint-240.damaged").rmdir()
+    (model / "checkpoints").rmdir()
+    with pytest.raises(SystemExit, match=f"the base model {model} is inside {tmp_path}, which a run may clear"):
+        main([TINY, "--model_name_or_path", str(model), "--output_dir", str(tmp_path), "--overwrite_output_dir", "1"])
     with pytest.raises(SystemExit, match="nosuch: not a model's folder, and not a model the Hub gave"):
         main([TINY, "--model_name_or_path", str(tmp_path / "nosuch"), "--output_dir", str(tmp_path / "out"), *SMALL])
     assert files_of(model) == kept and not (tmp_path / "out").exists()
@@ -559,8 +567,10 @@ def test_a_damaged_checkpoint_is_named_before_a_resume_loads_it(tmp_path):
         main([TINY, "--output_dir", str(tmp_path), "--resume", "true", *SMALL])
 
 
-def test_merge_refuses_to_write_over_its_base_or_another_model(demo_model, tmp_path):
+def test_merge_refuses_to_write_over_its_base_or_another_model(demo_model, tmp_path, monkeypatch):
     from training.merge import main as merge
+
+    monkeypatch.setenv("HOME", str(tmp_path))
 
     model, adapter = tmp_path / "model", tmp_path / "adapter"
     shutil.copytree(demo_model, model)
@@ -570,7 +580,8 @@ def test_merge_refuses_to_write_over_its_base_or_another_model(demo_model, tmp_p
     for args, message in [
         (["--base", str(model), "--output", str(model)], "is the base model's folder, which the result would replace"),
         (["--base", "x/y", "--output", str(model)], "already holds a model: pass --overwrite"),
-        (["--base", str(model), "--output", str(model / "config.json")], "a file; --output is a folder"),
+        (["--base", "x/y", "--output", "~/model"], "already holds a model: pass --overwrite"),  # quoted ~
+        (["--base", str(model), "--output", str(model / "config.json")], "is a file; --output is a folder"),
         (["--base", str(model), "--output", str(tmp_path / "out")], "adapter_config.json is not an adapter's config"),
     ]:
         with pytest.raises(SystemExit, match=message):
