@@ -16,15 +16,22 @@ def main(argv: list[str] | None = None) -> None:
 
     import uvicorn
 
+    from playground.backends import BackendError
     from playground.server import UVICORN_OPTIONS, create_app, describe_api
 
-    app, chat = create_app(settings)
+    options = {"host": settings.host, "port": settings.port, "log_level": "warning", **UVICORN_OPTIONS}
+    # Bound before the model loads: a port in use (or an address not here) is said at once, in one line.
+    listening = uvicorn.Config(None, **options).bind_socket()
+    try:
+        app, chat = create_app(settings)
+    except (OSError, ValueError, BackendError) as exc:  # a model, file or server that is not there or not right
+        raise SystemExit(f"app.py: cannot start: {' '.join(str(exc).split())}") from None
     models = ", ".join(chat.backends)
     print(
         f"StarChat Playground on http://{settings.host}:{settings.port} serving {models} ({describe_api(settings)})",
         flush=True,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", **UVICORN_OPTIONS)
+    uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[listening])
 
 
 if __name__ == "__main__":

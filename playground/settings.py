@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 
-def option(default, help: str, **argparse_kwargs):
-    return field(default=default, metadata={"help": help, **argparse_kwargs})
+def option(default, help: str, *, minimum: float | None = None, maximum: float | None = None, **argparse_kwargs):
+    """A setting: its default (whose type is the setting's), its help, its bounds, argparse's other keywords."""
+    return field(default=default, metadata={"help": help, "bounds": (minimum, maximum), **argparse_kwargs})
+
+
+KINDS = {int: "a whole number", float: "a number", str: "text"}
+
+
+class SettingError(ValueError):
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"{name} {problem}")
+        self.name, self.problem = name, problem
 
 
 @dataclass(frozen=True)
@@ -26,7 +37,7 @@ class Settings:
     )
     endpoint_model: str = option("", "the model's name on an OpenAI-compatible server (default: the first listed)")
     endpoint_token: str = option("", "bearer token for the server (default: the HF_TOKEN environment variable)")
-    endpoint_timeout: float = option(60.0, "seconds to wait for the server to answer")
+    endpoint_timeout: float = option(60.0, "seconds to wait for the server's next token", minimum=0.1)
     quantize: str = option(
         "none",
         "int8 / int4: weight-only (torchao), served by the fast engine (int4 on a CUDA GPU only); "
@@ -40,27 +51,30 @@ class Settings:
         "(transformers generate), auto (fast on a GPU where it can)",
         choices=("auto", "fast", "plain"),
     )
-    batch_slots: int = option(8, "conversations the fast engine decodes together")
+    batch_slots: int = option(8, "conversations the fast engine decodes together", minimum=1)
     host: str = option(
         # A Hugging Face Space (SPACE_ID is set there) must listen on every interface.
         "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1",
         "address to listen on (0.0.0.0 inside a container; the default in a Space)",
     )
-    port: int = option(7860, "port to listen on")
+    port: int = option(7860, "port to listen on", minimum=1, maximum=65535)
     concurrency: int = option(
         0,
         "generations running at once, the page and the APIs together; 0: what the backend decodes together "
         "(the fast engine's slots, 1 for plain generate, 16 for an endpoint)",
+        minimum=0,
     )
     queue_size: int = option(
-        16, "requests waiting beyond those running, the page and the APIs together; more are told the server is busy"
+        16,
+        "requests waiting beyond those running, the page and the APIs together; more are told the server is busy",
+        minimum=0,
     )
-    max_new_tokens_limit: int = option(2048, "the largest max_new_tokens a request may ask for")
-    max_message_chars: int = option(20000, "the longest message a person may send")
-    max_history_messages: int = option(200, "the most earlier messages a conversation may carry")
-    max_conversation_chars: int = option(100_000, "the most characters a whole conversation may carry")
-    max_request_bytes: int = option(2_000_000, "the largest request body (API calls, uploads) the server reads")
-    rate_limit: int = option(0, "requests a client (IP address) may make per minute; 0 is no limit")
+    max_new_tokens_limit: int = option(2048, "the largest max_new_tokens a request may ask for", minimum=1)
+    max_message_chars: int = option(20000, "the longest message a person may send", minimum=1)
+    max_history_messages: int = option(200, "the most earlier messages a conversation may carry", minimum=0)
+    max_conversation_chars: int = option(100_000, "the most characters a whole conversation may carry", minimum=1)
+    max_request_bytes: int = option(2_000_000, "the largest request body the server reads", minimum=100_000)
+    rate_limit: int = option(0, "requests a client (IP address) may make per minute; 0 is no limit", minimum=0)
     auth: str = option("", "USER:PASSWORD that the web page asks for (none by default)")
     api_key: str = option(
         "", "the bearer key the OpenAI-compatible API asks for (none by default; with --auth, /v1 is off without it)"
@@ -76,20 +90,47 @@ class Settings:
         "where the demo checkpoint is built and kept",
     )
 
+    def __post_init__(self) -> None:
+        """Every value of its type, among its choices, within its bounds: flags, environment twins and the
+        models file's entries alike (a SettingError names the first that is not)."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), type(f.default)
+            low, high = f.metadata["bounds"]
+            if kind is float and type(value) is int:
+                value = float(value)
+            if type(value) is not kind or (kind is float and not math.isfinite(value)):
+                raise SettingError(f.name, f"must be {KINDS[kind]}, not {value!r}")
+            if (choices := f.metadata.get("choices")) and value not in choices:
+                raise SettingError(f.name, f"must be one of {', '.join(choices)}, not {value!r}")
+            if (low is not None and value < low) or (high is not None and value > high):
+                within = f"at least {low:g}" if high is None else f"from {low:g} to {high:g}"
+                raise SettingError(f.name, f"must be {within}, not {value!r}")
+
     @classmethod
     def from_args(cls, argv: list[str] | None = None, env: dict[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         parser = argparse.ArgumentParser(description="StarChat Playground: chat with StarChat-style coding models.")
+        defaults = {}
         for f in fields(cls):
-            name = f.name.replace("_", "-")
-            env_name = f"STARCHAT_{f.name.upper()}"
-            kind = type(f.default) if f.default is not MISSING else str
-            default = kind(env[env_name]) if env_name in env else f.default
-            extra = {k: v for k, v in f.metadata.items() if k != "help"}
+            env_name, kind = f"STARCHAT_{f.name.upper()}", type(f.default)
+            defaults[f.name] = f.default
+            if env_name in env:
+                try:
+                    defaults[f.name] = kind(env[env_name])
+                except ValueError:
+                    parser.error(f"{env_name}={env[env_name]!r} is not {KINDS[kind]}")
+            extra = {k: v for k, v in f.metadata.items() if k not in ("help", "bounds")}
             parser.add_argument(
-                f"--{name}", type=kind, default=default, help=f"{f.metadata['help']} [env {env_name}]", **extra
+                f"--{f.name.replace('_', '-')}",
+                type=kind,
+                default=defaults[f.name],
+                help=f"{f.metadata['help']} [env {env_name}]",
+                **extra,
             )
-        settings = cls(**vars(parser.parse_args(argv)))
+        try:
+            settings = cls(**vars(parser.parse_args(argv)))
+        except SettingError as exc:  # named as a flag, with its environment twin
+            parser.error(f"--{exc.name.replace('_', '-')} (or STARCHAT_{exc.name.upper()}) {exc.problem}")
         user, colon, password = settings.auth.partition(":")
         if settings.auth and not (user and colon and password):
             parser.error("--auth takes USER:PASSWORD, both not empty")

@@ -29,6 +29,56 @@ def test_environment_twins_configure_without_flags_and_flags_win():
     assert Settings.from_args([], env={}).host == "127.0.0.1"
 
 
+@pytest.mark.parametrize(
+    "flags, env, said",
+    [
+        (["--port", "70000"], {}, "--port (or STARCHAT_PORT) must be from 1 to 65535, not 70000"),
+        ([], {"STARCHAT_PORT": ""}, "STARCHAT_PORT='' is not a whole number"),
+        (
+            [],
+            {"STARCHAT_BACKEND": "bogus"},
+            "--backend (or STARCHAT_BACKEND) must be one of local, endpoint, not 'bogus'",
+        ),
+        (
+            ["--endpoint-timeout", "nan"],
+            {},
+            "--endpoint-timeout (or STARCHAT_ENDPOINT_TIMEOUT) must be a number, not nan",
+        ),
+        (["--batch-slots", "0"], {}, "--batch-slots (or STARCHAT_BATCH_SLOTS) must be at least 1, not 0"),
+        (["--rate-limit", "-1"], {}, "--rate-limit (or STARCHAT_RATE_LIMIT) must be at least 0, not -1"),
+        (["--max-new-tokens-limit", "0"], {}, "must be at least 1, not 0"),
+    ],
+)
+def test_a_setting_out_of_its_type_choices_or_bounds_is_one_line_before_anything_starts(flags, env, said, capsys):
+    with pytest.raises(SystemExit) as exit:
+        Settings.from_args(flags, env=env)
+    assert exit.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(said)
+
+
+def test_what_cannot_start_says_why_in_one_line(tmp_path):
+    """Before the model loads: a port in use; after: a model, a file or a server that is not right."""
+    import socket
+
+    def start(*args: str) -> subprocess.CompletedProcess:
+        env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+        return subprocess.run([sys.executable, "app.py", *args], cwd=ROOT, capture_output=True, text=True, env=env)
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        run = start("--port", str(taken.getsockname()[1]), "--model", str(tmp_path))
+    assert run.returncode != 0 and run.stdout == "" and run.stderr.strip().endswith("Address already in use")
+    (tmp_path / "models.yaml").write_text("models: [1, 2]")
+    for args, said in [
+        (["--model", str(tmp_path / "nope")], f"{tmp_path / 'nope'}: not a model's folder (no config.json there)"),
+        (["--backend", "endpoint", "--model", "some/model"], "--backend endpoint needs --endpoint-url"),
+        (["--models-file", str(tmp_path / "models.yaml")], "entry 0 needs a name (text) and only the keys"),
+    ]:
+        run = start(*args, "--cache-dir", str(tmp_path))
+        assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+        assert run.stderr.startswith("app.py: cannot start: ") and said in run.stderr
+
+
 def test_no_argument_serves_the_demo_model_and_answers_its_examples_on_topic(demo_model, cache_dir):
     proc, url = start_app(cache_dir=cache_dir)  # demo_model built it in cache_dir: the first-run path
     try:

@@ -105,6 +105,9 @@ def load_backend(settings, default_model: Callable[[], str | Path] | None = None
     """The backend `settings` ask for; with no --model, the folder `default_model` gives (the app's demo)."""
     from playground.backends.local import LocalBackend
 
+    model = settings.model
+    if model.startswith(("/", ".", "~")) and not (Path(model).expanduser() / "config.json").is_file():
+        raise ValueError(f"{model}: not a model's folder (no config.json there)")
     if settings.backend == "endpoint":
         from playground.backends.endpoint import EndpointBackend
 
@@ -150,13 +153,25 @@ def load_backends(settings, default_model: Callable[[], str | Path] | None = Non
 
     import yaml
 
-    entries = (yaml.safe_load(Path(settings.models_file).read_text()) or {}).get("models") or []
-    if not entries:
-        raise ValueError(f"{settings.models_file}: no entries under 'models:'")
+    path = settings.models_file
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot be read as YAML ({' '.join(str(exc).split())})") from None
+    entries = document.get("models") if isinstance(document, dict) else None
+    if not entries or not isinstance(entries, list):
+        raise ValueError(f"{path}: no list of entries under 'models:'")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or set(entry) - MODEL_KEYS - {"name"}:
+            raise ValueError(f"{path}: entry {i} needs a name (text) and only the keys {sorted(MODEL_KEYS)}")
+    names = [entry["name"] for entry in entries]
+    if again := next((name for name in names if names.count(name) > 1), None):
+        raise ValueError(f"{path}: two entries are named {again!r}")
     backends = {}
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "name" not in entry or set(entry) - MODEL_KEYS - {"name"}:
-            raise ValueError(f"{settings.models_file}: entry {i} needs a name and only the keys {sorted(MODEL_KEYS)}")
-        overrides = {k: v for k, v in entry.items() if k != "name"}
-        backends[str(entry["name"])] = load_backend(dataclasses.replace(settings, **overrides), default_model)
+        try:
+            chosen = dataclasses.replace(settings, **{k: v for k, v in entry.items() if k != "name"})
+        except ValueError as exc:
+            raise ValueError(f"{path}: entry {i}: {exc}") from None
+        backends[entry["name"]] = load_backend(chosen, default_model)
     return backends

@@ -33,8 +33,21 @@ def test_a_local_model_and_an_endpoint_side_by_side(tiny_checkpoint, tmp_path):
             assert "model" in config
 
 
-def test_a_bad_models_file_is_named(tmp_path):
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ("models:\n  - model: x\n", "entry 0 needs a name"),
+        ("models: [1, 2]\n", "entry 0 needs a name"),
+        ("- name: a\n", "no list of entries under 'models:'"),
+        ("models: [\n", "cannot be read as YAML"),
+        ("models:\n  - !!python/object/apply:os.system [echo hi]\n", "cannot be read as YAML"),
+        ("models:\n  - {name: a, model: x}\n  - {name: a, model: y}\n", "two entries are named 'a'"),
+        ("models:\n  - {name: a, model: x, backend: bogus}\n", "entry 0: backend must be one of local, endpoint"),
+        ("models:\n  - {name: a, model: x, endpoint_timeout: abc}\n", "entry 0: endpoint_timeout must be a number"),
+    ],
+)
+def test_a_bad_models_file_is_named(tmp_path, text, said):
     bad = tmp_path / "models.yaml"
-    bad.write_text("models:\n  - model: x\n")
-    with pytest.raises(ValueError, match="entry 0 needs a name"):
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=said):
         load_backends(Settings.from_args(["--models-file", str(bad)], env={}))
