@@ -98,10 +98,13 @@ class EndpointBackend:
             pieces = self.completions(render_prompt(inert_messages(kept)), p, outcome, cancel)
         try:
             with closing(pieces):
-                for piece in pieces:
+                for given, piece in enumerate(pieces, 1):
                     if request.cancel.is_set():
                         break
                     yield piece
+                    if given >= p.max_new_tokens:  # a server that ignores the limit is held to it here
+                        outcome.finish = outcome.finish or "length"
+                        return
         except Exception as exc:  # the client libraries' errors, as one a person can act on
             if not request.cancel.is_set():  # else the watchdog closed the connection: nobody is waiting
                 failure = str(describe_failure(self.url, exc))

@@ -177,6 +177,15 @@ def test_a_lone_surrogate_from_the_server_reaches_the_person_as_a_replacement_ch
     assert last.error is None and last.conversation[-1]["content"] == "\ufffd lone"
 
 
+@pytest.mark.parametrize("protocol", ["tgi", "openai-text"])
+def test_a_server_that_ignores_max_new_tokens_is_held_to_it(tiny_checkpoint, protocol):
+    script = Script(reply=" ".join(["word"] * 300), delay=0.0)
+    with FakeServer(script) as server:
+        request = ask(max_new_tokens=20)
+        pieces = list(EndpointBackend.connect(str(tiny_checkpoint), server.url, protocol).stream(request))
+    assert len(pieces) == 20 and request.outcome.finish == "length"
+
+
 def test_configuration_mistakes_are_named(tiny_checkpoint):
     with pytest.raises(ValueError, match="--endpoint-url"):
         EndpointBackend.connect(str(tiny_checkpoint), "")
