@@ -189,7 +189,8 @@ def openai_routes(chat: Chat) -> APIRouter:
             if last is None:
                 return error(499, "the client closed the request")
             if last.error:
-                return error(last.status, last.error, "server_error")
+                kind = "rate_limit_exceeded" if last.status == 429 else "server_error"
+                return error(last.status, last.error, kind, last.retry_after)
             message = {"role": "assistant", "content": last.conversation[-1]["content"]}
             choice = {"index": 0, "message": message, "finish_reason": finish_reason(last)}
             return {"object": "chat.completion", **meta, "choices": [choice], "usage": usage(first, last)}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from playground.backends import Backend, BackendError, ChatRequest, SamplingParams, astream
+from playground.backends import Backend, BackendError, Busy, ChatRequest, SamplingParams, astream
 from playground.guards import SlidingWindow
 from playground.settings import Settings
 from playground.template import DialogueError, Message, Prompt, reply_text, split_system, validate
@@ -36,7 +36,7 @@ class Update:
     conversation: list[Message]
     context: str = ""
     error: str | None = None
-    status: int = 200  # for HTTP callers: 400 a bad request, 429 too many, 502 the backend failed
+    status: int = 200  # for HTTP callers: 400 a bad request, 429 too many or the model's server full, 502 failed
     retry_after: int = 0  # seconds, with a 429
     prompt_tokens: int = 0
     finish: str = ""
@@ -271,7 +271,10 @@ class Chat:
                         reply = partial + generated if partial is not None else reply_text(generated)
             except (BackendError, DialogueError) as exc:
                 kept = [*history, {"role": "assistant", "content": reply}] if reply else history
-                yield Update(kept, context, error=str(exc), status=502, prompt_tokens=size, finish="error")
+                status, wait = (429, exc.retry_after) if isinstance(exc, Busy) else (502, 0)
+                yield Update(
+                    kept, context, error=str(exc), status=status, retry_after=wait, prompt_tokens=size, finish="error"
+                )
                 return
         if reply and first_token_s is None:
             first_token_s = time.monotonic() - start

@@ -20,6 +20,7 @@ class Script:
     error: bool = False
     die_after: int | None = None  # tokens sent before the connection is cut
     pings: int = 0  # keep-alive comments sent before the first token, one each `delay`
+    busy: int | None = None  # answer 429 with this Retry-After, as TGI does when its queue is full
     requests: list[dict] = field(default_factory=list)
     disconnects: int = 0  # streams the client closed before the end
 
@@ -53,6 +54,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         self.script.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+        if self.script.busy is not None:
+            self.send_json(429, {"error": "Model is overloaded"}, {"Retry-After": str(self.script.busy)})
+            return
         if self.script.error:  # as a careless proxy answers: the request's headers in the error
             auth = self.headers.get("Authorization")
             self.send_json(500, {"error": f"the model crashed (you sent {auth})", "error_type": "generation"})
@@ -116,11 +120,13 @@ class Handler(BaseHTTPRequestHandler):
             "choices": [choice],
         }
 
-    def send_json(self, status: int, payload: dict) -> None:
+    def send_json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 

@@ -18,6 +18,14 @@ class BackendError(RuntimeError):
     """Something went wrong while answering; the message is shown to the person as it is."""
 
 
+class Busy(BackendError):
+    """The model's server is full for now: the person may try again in `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass
 class Outcome:
     """How a reply ended; the backend fills it in before its stream ends."""

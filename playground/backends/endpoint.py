@@ -20,7 +20,15 @@ import httpx
 import openai
 from transformers import AutoConfig, AutoTokenizer
 
-from playground.backends import BackendError, BackendInfo, ChatRequest, Outcome, SamplingParams, context_length
+from playground.backends import (
+    BackendError,
+    BackendInfo,
+    Busy,
+    ChatRequest,
+    Outcome,
+    SamplingParams,
+    context_length,
+)
 from playground.template import (
     END,
     EOS,
@@ -107,8 +115,10 @@ class EndpointBackend:
                         return
         except Exception as exc:  # the client libraries' errors, as one a person can act on
             if not request.cancel.is_set():  # else the watchdog closed the connection: nobody is waiting
-                failure = str(describe_failure(self.url, exc))
-                raise BackendError(failure.replace(self.token, "[the token]") if self.token else failure) from exc
+                failure = describe_failure(self.url, exc)
+                if self.token:  # a server's error text may quote the request's headers
+                    failure.args = tuple(str(arg).replace(self.token, "[the token]") for arg in failure.args)
+                raise failure from None if failure is exc else exc
         if request.cancel.is_set():
             request.outcome.finish = "cancelled"  # the connection is closed: the server stops generating
 
@@ -132,6 +142,8 @@ class EndpointBackend:
             client.stream("POST", f"{self.url}/generate_stream", json=body, headers=headers) as response,
             watched(response.close, cancel, self.timeout, self.url) as fed,
         ):
+            if response.status_code in (429, 503):  # TGI's answer when its queue is full
+                raise busy(self.url, response.headers.get("Retry-After"))
             if response.is_error:
                 response.read()
                 raise BackendError(
@@ -217,6 +229,11 @@ def watched(close: Callable[[], object], cancel: threading.Event, timeout: float
         raise failure
 
 
+def busy(url: str, retry_after: str | None) -> Busy:
+    wait = min(int(retry_after), 600) if retry_after and retry_after.isdigit() else 5
+    return Busy(f"The model server at {url} is busy: try again in {wait} s.", max(wait, 1))
+
+
 def cut_off(url: str) -> BackendError:
     return BackendError(f"The model server at {url} closed the connection in the middle of the reply.")
 
@@ -231,6 +248,9 @@ def describe_failure(url: str, exc: Exception) -> BackendError:
         chain.append(type(seen).__name__)
         status = status or getattr(getattr(seen, "response", None), "status_code", None)
         seen = seen.__cause__ or seen.__context__
+    if status in (429, 503):
+        response = getattr(exc, "response", None)
+        return busy(url, response.headers.get("Retry-After") if response is not None else None)
     if any("Timeout" in name for name in chain):
         return BackendError(f"The model server at {url} did not answer in time. Try again, or ask for fewer tokens.")
     if "ConnectError" in chain:

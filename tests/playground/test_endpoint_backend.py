@@ -158,6 +158,25 @@ def test_the_servers_token_never_reaches_the_person(tiny_checkpoint):
         assert server.script.requests[-1]["auth"] == "Bearer hf_secret123"
 
 
+@pytest.mark.parametrize("protocol", ["tgi", "openai-text"])
+def test_a_full_server_is_a_busy_answer_with_its_wait_not_a_failure(tiny_checkpoint, protocol):
+    import asyncio
+
+    from playground.chat import Chat
+    from playground.settings import Settings
+
+    with FakeServer(Script(busy=30)) as server:
+        backend = EndpointBackend.connect(str(tiny_checkpoint), server.url, protocol)
+        chat = Chat({"remote": backend}, Settings.from_args([], env={}))
+
+        async def reply():
+            updates = chat.respond([{"role": "user", "content": "hi"}], "", SamplingParams(max_new_tokens=8))
+            return [u async for u in updates][-1]
+
+        last = asyncio.run(reply())
+    assert (last.status, last.retry_after) == (429, 30) and "is busy: try again in 30 s" in last.error
+
+
 def test_a_lone_surrogate_from_the_server_reaches_the_person_as_a_replacement_character(tiny_checkpoint):
     """JSON's "\\ud800" escape decodes to a character no response can encode."""
     import asyncio
