@@ -21,6 +21,7 @@ class Script:
     die_after: int | None = None  # tokens sent before the connection is cut
     pings: int = 0  # keep-alive comments sent before the first token, one each `delay`
     busy: int | None = None  # answer 429 with this Retry-After, as TGI does when its queue is full
+    page: bool = False  # answer 200 with an HTML page, as a proxy's login page would
     requests: list[dict] = field(default_factory=list)
     disconnects: int = 0  # streams the client closed before the end
 
@@ -54,6 +55,14 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         self.script.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+        if self.script.page:
+            page = b"<html><body>Sign in</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+            return
         if self.script.busy is not None:
             self.send_json(429, {"error": "Model is overloaded"}, {"Retry-After": str(self.script.busy)})
             return

@@ -149,20 +149,25 @@ class EndpointBackend:
                 raise BackendError(
                     f"The model server at {self.url} answered an error ({response.status_code}): {response.text[:300]}"
                 )
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                kind = response.headers.get("content-type") or "no content type"
+                raise BackendError(f"{self.url} answered with {kind}, not TGI's event stream: is it a TGI server?")
             for line in response.iter_lines():
                 if not line.startswith("data:"):
                     continue
                 event = json.loads(line.removeprefix("data:"))
-                if "error" in event:
+                if isinstance(event, dict) and "error" in event:
                     raise BackendError(f"The model server at {self.url} failed: {event['error']}")
+                if not isinstance(event, dict) or not isinstance(event.get("token"), dict):
+                    raise BackendError(f"The model server at {self.url} sent an event that is not TGI's: {line[:200]}")
                 fed()
                 outcome.tokens += 1
                 finished = event.get("generated_text") is not None  # only the last event carries it
                 if finished and event.get("details"):
                     outcome.tokens = event["details"]["generated_tokens"]
                     outcome.finish = "length" if event["details"]["finish_reason"] == "length" else "stop"
-                if not event["token"]["special"]:
-                    yield event["token"]["text"]
+                if not event["token"].get("special"):
+                    yield str(event["token"].get("text") or "")
         if not finished:
             raise cut_off(self.url)
         outcome.finish = outcome.finish or "stop"

@@ -205,6 +205,13 @@ def test_a_server_that_ignores_max_new_tokens_is_held_to_it(tiny_checkpoint, pro
     assert len(pieces) == 20 and request.outcome.finish == "length"
 
 
+def test_a_page_instead_of_a_stream_is_named_as_such(tiny_checkpoint):
+    with FakeServer(Script(page=True)) as server:
+        backend = EndpointBackend.connect(str(tiny_checkpoint), server.url)
+        with pytest.raises(BackendError, match="answered with text/html, not TGI's event stream"):
+            list(backend.stream(ask()))
+
+
 def test_configuration_mistakes_are_named(tiny_checkpoint):
     with pytest.raises(ValueError, match="--endpoint-url"):
         EndpointBackend.connect(str(tiny_checkpoint), "")
