@@ -8,9 +8,19 @@ import os
 from dataclasses import dataclass, field, fields
 
 
-def option(default, help: str, *, minimum: float | None = None, maximum: float | None = None, **argparse_kwargs):
-    """A setting: its default (whose type is the setting's), its help, its bounds, argparse's other keywords."""
-    return field(default=default, metadata={"help": help, "bounds": (minimum, maximum), **argparse_kwargs})
+def option(
+    default,
+    help: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    secret: bool = False,
+    **argparse_kwargs,
+):
+    """A setting: its default (whose type is the setting's), its help, its bounds (for text: the least length),
+    whether errors may show its value, argparse's other keywords."""
+    metadata = {"help": help, "bounds": (minimum, maximum), "secret": secret, **argparse_kwargs}
+    return field(default=default, metadata=metadata)
 
 
 KINDS = {int: "a whole number", float: "a number", str: "text"}
@@ -36,8 +46,10 @@ class Settings:
         choices=("tgi", "openai", "openai-text"),
     )
     endpoint_model: str = option("", "the model's name on an OpenAI-compatible server (default: the first listed)")
-    endpoint_token: str = option("", "bearer token for the server (default: the HF_TOKEN environment variable)")
-    endpoint_timeout: float = option(60.0, "seconds to wait for the server's next token", minimum=0.1)
+    endpoint_token: str = option(
+        "", "bearer token for the server (default: the HF_TOKEN environment variable)", secret=True
+    )
+    endpoint_timeout: float = option(60.0, "seconds to wait for the server's next token", minimum=0.1, maximum=3600)
     quantize: str = option(
         "none",
         "int8 / int4: weight-only (torchao), served by the fast engine (int4 on a CUDA GPU only); "
@@ -51,11 +63,12 @@ class Settings:
         "(transformers generate), auto (fast on a GPU where it can)",
         choices=("auto", "fast", "plain"),
     )
-    batch_slots: int = option(8, "conversations the fast engine decodes together", minimum=1)
+    batch_slots: int = option(8, "conversations the fast engine decodes together", minimum=1, maximum=1024)
     host: str = option(
         # A Hugging Face Space (SPACE_ID is set there) must listen on every interface.
         "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1",
         "address to listen on (0.0.0.0 inside a container; the default in a Space)",
+        minimum=1,
     )
     port: int = option(7860, "port to listen on", minimum=1, maximum=65535)
     concurrency: int = option(
@@ -75,9 +88,11 @@ class Settings:
     max_conversation_chars: int = option(100_000, "the most characters a whole conversation may carry", minimum=1)
     max_request_bytes: int = option(2_000_000, "the largest request body the server reads", minimum=100_000)
     rate_limit: int = option(0, "requests a client (IP address) may make per minute; 0 is no limit", minimum=0)
-    auth: str = option("", "USER:PASSWORD that the web page asks for (none by default)")
+    auth: str = option("", "USER:PASSWORD that the web page asks for (none by default)", secret=True)
     api_key: str = option(
-        "", "the bearer key the OpenAI-compatible API asks for (none by default; with --auth, /v1 is off without it)"
+        "",
+        "the bearer key the OpenAI-compatible API asks for (none by default; with --auth, /v1 is off without it)",
+        secret=True,
     )
     trusted_proxies: str = option(
         # In a Space every request comes through the Hub's proxy, which sets X-Forwarded-For.
@@ -96,20 +111,28 @@ class Settings:
         for f in fields(self):
             value, kind = getattr(self, f.name), type(f.default)
             low, high = f.metadata["bounds"]
+            given = "" if f.metadata["secret"] else f", not {value!r}"
             if kind is float and type(value) is int:
                 value = float(value)
             if type(value) is not kind or (kind is float and not math.isfinite(value)):
-                raise SettingError(f.name, f"must be {KINDS[kind]}, not {value!r}")
+                raise SettingError(f.name, f"must be {KINDS[kind]}{given}")
             if (choices := f.metadata.get("choices")) and value not in choices:
-                raise SettingError(f.name, f"must be one of {', '.join(choices)}, not {value!r}")
+                raise SettingError(f.name, f"must be one of {', '.join(choices)}{given}")
+            if kind is str:
+                if low is not None and len(value.strip()) < low:
+                    raise SettingError(f.name, "must not be empty")
+                continue
             if (low is not None and value < low) or (high is not None and value > high):
                 within = f"at least {low:g}" if high is None else f"from {low:g} to {high:g}"
-                raise SettingError(f.name, f"must be {within}, not {value!r}")
+                raise SettingError(f.name, f"must be {within}{given}")
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None, env: dict[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        parser = argparse.ArgumentParser(description="StarChat Playground: chat with StarChat-style coding models.")
+        parser = argparse.ArgumentParser(
+            description="StarChat Playground: chat with StarChat-style coding models.",
+            usage="python app.py [--FLAG VALUE ...]  (--help lists the flags)",  # an error is two lines, not a page
+        )
         defaults = {}
         for f in fields(cls):
             env_name, kind = f"STARCHAT_{f.name.upper()}", type(f.default)
@@ -119,7 +142,7 @@ class Settings:
                     defaults[f.name] = kind(env[env_name])
                 except ValueError:
                     parser.error(f"{env_name}={env[env_name]!r} is not {KINDS[kind]}")
-            extra = {k: v for k, v in f.metadata.items() if k not in ("help", "bounds")}
+            extra = {k: v for k, v in f.metadata.items() if k not in ("help", "bounds", "secret")}
             parser.add_argument(
                 f"--{f.name.replace('_', '-')}",
                 type=kind,

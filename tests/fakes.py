@@ -1,7 +1,8 @@
 """Real HTTP servers on 127.0.0.1 that speak TGI's and OpenAI's streaming protocols, for the tests.
 
 They stream a fixed reply word by word, remember what they were sent, and can be told to fail:
-`error` answers 500, `die_after` closes the connection mid-stream, `pings` keeps it alive with no token.
+`error` answers 500, `die_after` closes the connection mid-stream, `pings` keeps it alive with no token,
+and a few more ways of misbehaving (see Script).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class Script:
     pings: int = 0  # keep-alive comments sent before the first token, one each `delay`
     busy: int | None = None  # answer 429 with this Retry-After, as TGI does when its queue is full
     page: bool = False  # answer 200 with an HTML page, as a proxy's login page would
+    specials: int = 0  # events with no visible text (TGI: special tokens; OpenAI: empty text) before the reply
+    drip_headers: bool = False  # one header line a second, never ending the headers
     requests: list[dict] = field(default_factory=list)
     disconnects: int = 0  # streams the client closed before the end
 
@@ -55,6 +58,17 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         self.script.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+        if self.script.drip_headers:
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            try:
+                for i in range(60):
+                    self.wfile.write(f"X-Wait-{i}: 1\r\n".encode())
+                    self.wfile.flush()
+                    time.sleep(1)
+            except (BrokenPipeError, ConnectionResetError):
+                self.script.disconnects += 1
+            self.close_connection = True
+            return
         if self.script.page:
             page = b"<html><body>Sign in</body></html>"
             self.send_response(200)
@@ -83,6 +97,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b": ping\n\n")
                 self.wfile.flush()
                 time.sleep(self.script.delay)
+            for i in range(self.script.specials):
+                self.event(self.openai_chunk("", None) if openai else self.tgi_chunk(i, "<|endoftext|>", None, True))
             tokens = self.script.tokens(body)
             for i, token in enumerate(tokens):
                 if self.script.die_after is not None and i >= self.script.die_after:

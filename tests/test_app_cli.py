@@ -44,15 +44,19 @@ def test_environment_twins_configure_without_flags_and_flags_win():
             {},
             "--endpoint-timeout (or STARCHAT_ENDPOINT_TIMEOUT) must be a number, not nan",
         ),
-        (["--batch-slots", "0"], {}, "--batch-slots (or STARCHAT_BATCH_SLOTS) must be at least 1, not 0"),
+        (["--batch-slots", "0"], {}, "--batch-slots (or STARCHAT_BATCH_SLOTS) must be from 1 to 1024, not 0"),
         (["--rate-limit", "-1"], {}, "--rate-limit (or STARCHAT_RATE_LIMIT) must be at least 0, not -1"),
         (["--max-new-tokens-limit", "0"], {}, "must be at least 1, not 0"),
+        (["--endpoint-timeout", "1e308"], {}, "must be from 0.1 to 3600, not 1e+308"),
+        (["--batch-slots", "10000000"], {}, "must be from 1 to 1024, not 10000000"),
+        (["--host", " "], {}, "--host (or STARCHAT_HOST) must not be empty"),
     ],
 )
 def test_a_setting_out_of_its_type_choices_or_bounds_is_one_line_before_anything_starts(flags, env, said, capsys):
     with pytest.raises(SystemExit) as exit:
         Settings.from_args(flags, env=env)
-    assert exit.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(said)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit.value.code == 2 and len(lines) == 2 and lines[-1].endswith(said)  # the usage line, then why
 
 
 def test_what_cannot_start_says_why_in_one_line(tmp_path):

@@ -170,9 +170,10 @@ def load_backends(settings, default_model: Callable[[], str | Path] | None = Non
     if not entries or not isinstance(entries, list):
         raise ValueError(f"{path}: no list of entries under 'models:'")
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or set(entry) - MODEL_KEYS - {"name"}:
+        named = isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"].strip()
+        if not named or set(entry) - MODEL_KEYS - {"name"}:
             raise ValueError(f"{path}: entry {i} needs a name (text) and only the keys {sorted(MODEL_KEYS)}")
-    names = [entry["name"] for entry in entries]
+    names = [entry["name"].strip() for entry in entries]
     if again := next((name for name in names if names.count(name) > 1), None):
         raise ValueError(f"{path}: two entries are named {again!r}")
     backends = {}
@@ -181,5 +182,5 @@ def load_backends(settings, default_model: Callable[[], str | Path] | None = Non
             chosen = dataclasses.replace(settings, **{k: v for k, v in entry.items() if k != "name"})
         except ValueError as exc:
             raise ValueError(f"{path}: entry {i}: {exc}") from None
-        backends[entry["name"]] = load_backend(chosen, default_model)
+        backends[names[i]] = load_backend(chosen, default_model)
     return backends

@@ -42,6 +42,7 @@ from playground.template import (
 )
 
 PROTOCOLS = ("tgi", "openai", "openai-text")
+TOKEN_CHARS = 128  # more than any StarCoder token holds (its longest are runs of spaces)
 
 
 @dataclass
@@ -105,22 +106,30 @@ class EndpointBackend:
         else:
             pieces = self.completions(render_prompt(inert_messages(kept)), p, outcome, cancel)
         try:
+            # A server that ignores the limit is held to it: each event is a token (special or empty ones
+            # too), and no token is longer than TOKEN_CHARS.
+            chars = p.max_new_tokens * TOKEN_CHARS
             with closing(pieces):
                 for given, piece in enumerate(pieces, 1):
                     if request.cancel.is_set():
                         break
-                    yield piece
-                    if given >= p.max_new_tokens:  # a server that ignores the limit is held to it here
+                    if piece:
+                        yield piece[:chars]
+                    chars -= len(piece)
+                    if given >= p.max_new_tokens or chars <= 0:
                         outcome.finish = outcome.finish or "length"
                         return
         except Exception as exc:  # the client libraries' errors, as one a person can act on
             if not request.cancel.is_set():  # else the watchdog closed the connection: nobody is waiting
                 failure = describe_failure(self.url, exc)
-                if self.token:  # a server's error text may quote the request's headers
-                    failure.args = tuple(str(arg).replace(self.token, "[the token]") for arg in failure.args)
+                failure.args = tuple(self.redacted(str(arg)) for arg in failure.args)
                 raise failure from None if failure is exc else exc
         if request.cancel.is_set():
             request.outcome.finish = "cancelled"  # the connection is closed: the server stops generating
+
+    def redacted(self, text: str) -> str:
+        """A server's error text may quote the request's headers: the token never reaches people."""
+        return text.replace(self.token, "[the token]") if self.token else text
 
     def tgi(self, prompt: str, p: SamplingParams, outcome: Outcome, cancel: threading.Event) -> Iterator[str]:
         """TGI's `/generate_stream`. httpx rather than huggingface_hub's InferenceClient: that client
@@ -139,16 +148,15 @@ class EndpointBackend:
         finished = False
         with (
             httpx.Client(timeout=self.timeout) as client,
+            watched(client.close, cancel, self.timeout, self.url) as fed,  # from before the headers
             client.stream("POST", f"{self.url}/generate_stream", json=body, headers=headers) as response,
-            watched(response.close, cancel, self.timeout, self.url) as fed,
         ):
             if response.status_code in (429, 503):  # TGI's answer when its queue is full
                 raise busy(self.url, response.headers.get("Retry-After"))
             if response.is_error:
                 response.read()
-                raise BackendError(
-                    f"The model server at {self.url} answered an error ({response.status_code}): {response.text[:300]}"
-                )
+                said = self.redacted(response.text)[:300]
+                raise BackendError(f"The model server at {self.url} answered an error ({response.status_code}): {said}")
             if not response.headers.get("content-type", "").startswith("text/event-stream"):
                 kind = response.headers.get("content-type") or "no content type"
                 raise BackendError(f"{self.url} answered with {kind}, not TGI's event stream: is it a TGI server?")
@@ -166,8 +174,7 @@ class EndpointBackend:
                 if finished and event.get("details"):
                     outcome.tokens = event["details"]["generated_tokens"]
                     outcome.finish = "length" if event["details"]["finish_reason"] == "length" else "stop"
-                if not event["token"].get("special"):
-                    yield str(event["token"].get("text") or "")
+                yield "" if event["token"].get("special") else str(event["token"].get("text") or "")
         if not finished:
             raise cut_off(self.url)
         outcome.finish = outcome.finish or "stop"
@@ -175,31 +182,32 @@ class EndpointBackend:
     def completions(
         self, prompt: str | list[int], p: SamplingParams, outcome: Outcome, cancel: threading.Event
     ) -> Iterator[str]:
-        stream = self.openai().completions.create(
-            model=self.served_model,
-            prompt=prompt,
-            stream=True,
-            max_tokens=p.max_new_tokens,
-            temperature=p.temperature,
-            top_p=p.top_p,
-            seed=p.seed if p.seed >= 0 else None,
-            stop=[END, EOS],
-            stream_options={"include_usage": True},
-            extra_body={"top_k": p.top_k or -1, "repetition_penalty": p.repetition_penalty},
-        )
-        finished = False
-        with closing(stream), watched(stream.close, cancel, self.timeout, self.url) as fed:
-            for chunk in stream:
-                fed()
-                if chunk.usage:  # the exact count, where the server sends it
-                    outcome.tokens = chunk.usage.completion_tokens
-                if chunk.choices:
-                    outcome.tokens += not chunk.usage
-                    finished = chunk.choices[0].finish_reason is not None
-                    if finished:
-                        outcome.finish = "length" if chunk.choices[0].finish_reason == "length" else "stop"
-                    if chunk.choices[0].text:
-                        yield chunk.choices[0].text
+        client = self.openai()
+        with watched(client.close, cancel, self.timeout, self.url) as fed:  # from before the headers
+            stream = client.completions.create(
+                model=self.served_model,
+                prompt=prompt,
+                stream=True,
+                max_tokens=p.max_new_tokens,
+                temperature=p.temperature,
+                top_p=p.top_p,
+                seed=p.seed if p.seed >= 0 else None,
+                stop=[END, EOS],
+                stream_options={"include_usage": True},
+                extra_body={"top_k": p.top_k or -1, "repetition_penalty": p.repetition_penalty},
+            )
+            finished = False
+            with closing(stream):
+                for chunk in stream:
+                    fed()
+                    if chunk.usage:  # the exact count, where the server sends it
+                        outcome.tokens = chunk.usage.completion_tokens
+                    if chunk.choices:
+                        outcome.tokens += not chunk.usage
+                        finished = chunk.choices[0].finish_reason is not None
+                        if finished:
+                            outcome.finish = "length" if chunk.choices[0].finish_reason == "length" else "stop"
+                        yield chunk.choices[0].text or ""
         if not finished:
             raise cut_off(self.url)
 

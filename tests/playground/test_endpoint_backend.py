@@ -6,7 +6,7 @@ import time
 import pytest
 
 from playground.backends import BackendError, ChatRequest, SamplingParams
-from playground.backends.endpoint import EndpointBackend
+from playground.backends.endpoint import TOKEN_CHARS, EndpointBackend
 from playground.template import control_ids, render, render_prompt
 from tests.fakes import FakeServer, Script
 
@@ -197,12 +197,31 @@ def test_a_lone_surrogate_from_the_server_reaches_the_person_as_a_replacement_ch
 
 
 @pytest.mark.parametrize("protocol", ["tgi", "openai-text"])
-def test_a_server_that_ignores_max_new_tokens_is_held_to_it(tiny_checkpoint, protocol):
-    script = Script(reply=" ".join(["word"] * 300), delay=0.0)
+@pytest.mark.parametrize(
+    "script, text",
+    [
+        (Script(reply=" ".join(["word"] * 300), delay=0.0), "word " * 20),
+        (Script(specials=3000, delay=0.0), ""),  # special tokens or empty chunks count too
+        (Script(reply=" ".join(["x" * 10_000] * 300), delay=0.0), "x" * 20 * TOKEN_CHARS),  # no token is that long
+    ],
+    ids=["tokens", "empty events", "huge events"],
+)
+def test_a_server_that_ignores_max_new_tokens_is_held_to_it(tiny_checkpoint, protocol, script, text):
     with FakeServer(script) as server:
         request = ask(max_new_tokens=20)
         pieces = list(EndpointBackend.connect(str(tiny_checkpoint), server.url, protocol).stream(request))
-    assert len(pieces) == 20 and request.outcome.finish == "length"
+    assert "".join(pieces) == text and request.outcome.finish == "length"
+
+
+@pytest.mark.parametrize("protocol", ["tgi", "openai-text"])
+def test_a_server_that_drips_its_headers_times_out(tiny_checkpoint, protocol):
+    script = Script(drip_headers=True)
+    with FakeServer(script) as server:
+        backend = EndpointBackend.connect(str(tiny_checkpoint), server.url, protocol, timeout=1)
+        start = time.monotonic()
+        with pytest.raises(BackendError, match=r"sent no token for 1 s"):
+            list(backend.stream(ask()))
+        assert time.monotonic() - start < 5
 
 
 def test_a_page_instead_of_a_stream_is_named_as_such(tiny_checkpoint):

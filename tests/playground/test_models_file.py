@@ -44,6 +44,9 @@ def test_a_local_model_and_an_endpoint_side_by_side(tiny_checkpoint, tmp_path):
         ("models:\n  - {name: a, model: x}\n  - {name: a, model: y}\n", "two entries are named 'a'"),
         ("models:\n  - {name: a, model: x, backend: bogus}\n", "entry 0: backend must be one of local, endpoint"),
         ("models:\n  - {name: a, model: x, endpoint_timeout: abc}\n", "entry 0: endpoint_timeout must be a number"),
+        ("models:\n  - {name: ' ', model: x}\n", "entry 0 needs a name"),
+        ("models:\n  - {name: a, model: x}\n  - {name: 'a ', model: y}\n", "two entries are named 'a'"),
+        ("models:\n  - {name: a, model: x, endpoint_token: 12345}\n", "entry 0: endpoint_token must be text$"),
     ],
 )
 def test_a_bad_models_file_is_named(tmp_path, text, said):
