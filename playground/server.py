@@ -18,7 +18,7 @@ from playground.guards import (
     NoUploads,
 )
 from playground.settings import Settings
-from playground.ui import PAGE_CSS, PAGE_JS, TABS_HEAD, build_ui
+from playground.ui import PAGE_CSS, PAGE_HEAD, PAGE_JS, build_ui
 
 QUEUE_BACKSTOP = 1024  # events waiting to start at one instant, each within the request size limit
 
@@ -42,7 +42,7 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
         auth=auth,
         app_kwargs={"openapi_url": None},
         js=PAGE_JS,
-        head=TABS_HEAD,
+        head=PAGE_HEAD,
         css=PAGE_CSS,
     )
     # Gradio checks that a file named in an event's payload was uploaded to this server only once

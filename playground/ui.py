@@ -142,14 +142,18 @@ LOAD_JS = f"""() => new Promise((resolve) => {{
   input.click();
 }})"""
 # The box is emptied in the browser the moment a message is sent, so that what is typed next stays;
-# while a reply streams (Send is then hidden) nothing is taken.
+# while a reply streams (Send is then hidden) nothing is taken. The message is the box as it was when
+# Enter or Send was pressed (PAGE_HEAD notes it): keys typed before Gradio reads the box for the event
+# belong to the next message.
 TAKE_JS = """(message, busy) => {
-  const box = document.querySelector('#message textarea');
-  if (document.querySelector('#send')?.offsetParent && message.trim() && box) {
-    box.value = '';
+  const box = document.querySelector('#message textarea'), pressed = window.pressedSend;
+  window.pressedSend = null;
+  const sent = pressed?.trim() && message.startsWith(pressed) ? pressed : message;
+  if (document.querySelector('#send')?.offsetParent && sent.trim() && box) {
+    box.value = box.value.startsWith(sent) ? box.value.slice(sent.length) : '';
     box.dispatchEvent(new Event('input', {bubbles: true}));
   }
-  return [message, busy];
+  return [sent, busy];
 }"""
 
 # The chatbot's copy buttons and edit box would take the rendered text (HTML escaped as entities);
@@ -172,19 +176,22 @@ PAGE_JS = """() => {
     } else if (label === 'Copy message') {
       next = raw()[indexOf(button)]?.content ?? null;
     } else if (label === 'Edit') {
-      // Gradio opens the box with the rendered text, possibly a few frames later: until then (or
-      // until the person types), the box is set back to the raw text.
-      const index = indexOf(button), text = raw()[index]?.content;
-      let typed = false;
+      // Gradio opens the box with the rendered text, possibly a few frames later: until then (or until
+      // anything but this sets the box: typing, a paste, an extension), it is set back to the raw text.
+      // Gradio may reuse the box of an earlier edit: each opening watches it anew.
+      const index = indexOf(button), text = raw()[index]?.content, opening = String(Math.random());
+      let typed = false, ours = false;
       const fill = (tries) => {
         const box = document.querySelectorAll('#chatbot .message-row')[index]?.querySelector('textarea');
-        if (box && !box.dataset.raw) {
-          box.dataset.raw = '1';
-          box.addEventListener('input', (e) => { typed ||= e.isTrusted; });
+        if (box && box.dataset.opening !== opening) {
+          box.dataset.opening = opening;
+          box.addEventListener('input', () => { typed ||= !ours; });
         }
         if (box && text !== undefined && !typed && box.value !== text) {
           box.value = text;
+          ours = true;
           box.dispatchEvent(new Event('input', {bubbles: true}));
+          ours = false;
         }
         if (tries) requestAnimationFrame(() => fill(tries - 1));
       };
@@ -214,8 +221,19 @@ PAGE_JS = """() => {
 }"""
 
 # In the page's head, so that it runs before the app's components load their kept values.
-TABS_HEAD = """<script>
+PAGE_HEAD = """<script>
 (() => {
+  // Every Enter or Send press notes the box as it is, just before its event's TAKE_JS runs and takes the
+  // note. Here, in the page's head, from its first moment: Gradio runs PAGE_JS only once it has loaded.
+  const pressed = (text) => { window.pressedSend = text; };
+  document.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing && event.target.closest?.('#message')) {
+      pressed(event.target.value);
+    }
+  }, true);
+  document.addEventListener('pointerdown', (event) => {
+    if (event.target.closest?.('#send')) pressed(document.querySelector('#message textarea')?.value ?? '');
+  }, true);
   // Each tab holds the kept conversations as it loaded them, and a write replaces what another tab
   // wrote since. Once another tab writes, this one stops writing (the other's stay whole) and says so.
   let elsewhere = false;
@@ -715,8 +733,7 @@ def wire(page: Page, chat: Chat, describe) -> None:
         # The message box is among every reply's outputs (written only to give back a refused edit): it marks
         # the event as running.
         p.retry.click(h.retry, turn, [*shown, *buttons, p.textbox], **PRIVATE),
-        # "multiple": an edit made just as a reply ends would be dropped, its text lost (see submit's).
-        p.chatbot.edit(h.edit, {*turn, p.textbox}, [*shown, *buttons, p.textbox], trigger_mode="multiple", **PRIVATE),
+        p.chatbot.edit(h.edit, {*turn, p.textbox}, [*shown, *buttons, p.textbox], **PRIVATE),
         p.proceed.click(h.proceed, turn, [*shown, *buttons, p.textbox], **PRIVATE),
     ]
     stopping = p.stop.click(None, cancels=generating, **PRIVATE).then(

@@ -110,6 +110,13 @@ def test_ask_stream_stop_retry_undo(app, page, monkeypatch, tmp_path):
     assert (tmp_path / "playground.png").stat().st_size > 10_000
 
 
+def open_first_edit(page, text: str) -> None:
+    """Edit on the first message, once its box holds the message (Gradio fills it a few frames after the
+    click, over anything typed before)."""
+    page.locator('#chatbot button[aria-label="Edit"]').first.click()
+    page.wait_for_function("(text) => document.querySelector('#chatbot textarea')?.value.startsWith(text)", arg=text)
+
+
 def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp_path):
     url, chat = app
     calls = slow_model(chat, monkeypatch, delay=0.0, endless=False)
@@ -121,7 +128,7 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
         wait_for_stable_reply(page, 1 if "sort" in question else 2)
 
     # Editing the first question regenerates from there: the later exchange is gone.
-    page.locator('#chatbot button[aria-label="Edit"]').first.click()
+    open_first_edit(page, "How do I sort")
     page.locator("#chatbot textarea").fill("How do I get the current date using shell commands? Explain how it works.")
     before = len(calls)
     page.locator('#chatbot button[aria-label="Submit"]').click()
@@ -132,7 +139,7 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
     assert len(users) == 1 and "current date" in users[0]
 
     # An edit the server refuses (over the message limit) is not lost: it waits in the message box.
-    page.locator('#chatbot button[aria-label="Edit"]').first.click()
+    open_first_edit(page, "How do I get the current date")
     page.locator("#chatbot textarea").fill("y" * 25_000)
     page.locator('#chatbot button[aria-label="Submit"]').click()
     page.wait_for_function("document.querySelector('#message textarea').value == 'y'.repeat(25000)")
@@ -350,6 +357,26 @@ def test_stop_before_the_reply_starts_gives_the_message_back(demo_model, page, t
         page.locator("#send").click()  # sent again, it is answered
         page.wait_for_function(f"document.querySelectorAll('{NOTES}').length == 1")
         assert page.locator("#chatbot [data-testid=user]").all_inner_texts()[0].strip() == SORT
+
+
+def test_keys_typed_right_after_enter_stay_for_the_next_message(app, page, monkeypatch):
+    """Gradio reads the box for the send a moment after Enter (longer on a slow link): what is typed meanwhile
+    is the next message, not the end of this one."""
+    url, chat = app
+    slow_model(chat, monkeypatch, delay=0.05, endless=True)
+    page.goto(url)
+    far_away(page)
+    box = page.locator("#message textarea")
+    for attempt in range(3):
+        box.fill(f"Question {attempt}")
+        box.press("Enter")
+        page.keyboard.type("and then", delay=5)
+        page.wait_for_function(f"document.querySelectorAll('#chatbot [data-testid=user]').length == {attempt + 1}")
+        assert page.locator("#chatbot [data-testid=user]").last.inner_text().strip() == f"Question {attempt}"
+        assert box.input_value() == "and then"
+        page.locator("#stop").click()
+        page.locator("#send").wait_for(state="visible")
+        assert wait_until_idle()
 
 
 def test_stop_while_the_prompt_is_read_gives_the_message_back(app, page, monkeypatch):
