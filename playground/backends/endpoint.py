@@ -42,7 +42,7 @@ from playground.template import (
 )
 
 PROTOCOLS = ("tgi", "openai", "openai-text")
-TOKEN_CHARS = 128  # more than any StarCoder token holds (its longest are runs of spaces)
+TOKEN_CHARS = 256  # a generous bound on one token's text (the demo tokenizer's longest is 22 characters)
 
 
 @dataclass
