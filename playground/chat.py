@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from playground.backends import Backend, BackendError, Busy, ChatRequest, SamplingParams, astream
+from playground.backends import Backend, BackendError, ChatRequest, Refused, SamplingParams, astream
 from playground.guards import SlidingWindow
 from playground.settings import Settings
 from playground.template import DialogueError, Message, Prompt, reply_text, split_system, validate
@@ -68,14 +68,6 @@ def describe_budget(context_length: int, max_new_tokens: int) -> str:
         f"Context: up to {max_new_tokens} reply tokens reserved ({100 * max_new_tokens / context_length:.0f}%) "
         f"of {context_length}; the prompt may take the other {context_length - max_new_tokens}"
     )
-
-
-class Refused(DialogueError):
-    """Not now: the client asks too often or the server is full. `retry_after` is in seconds."""
-
-    def __init__(self, message: str, retry_after: int):
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 @dataclass
@@ -271,7 +263,7 @@ class Chat:
                         reply = partial + generated if partial is not None else reply_text(generated)
             except (BackendError, DialogueError) as exc:
                 kept = [*history, {"role": "assistant", "content": reply}] if reply else history
-                status, wait = (429, exc.retry_after) if isinstance(exc, Busy) else (502, 0)
+                status, wait = (429, exc.retry_after) if isinstance(exc, Refused) else (502, 0)
                 yield Update(
                     kept, context, error=str(exc), status=status, retry_after=wait, prompt_tokens=size, finish="error"
                 )

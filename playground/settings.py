@@ -133,20 +133,18 @@ class Settings:
             description="StarChat Playground: chat with StarChat-style coding models.",
             usage="python app.py [--FLAG VALUE ...]  (--help lists the flags)",  # an error is two lines, not a page
         )
-        defaults = {}
         for f in fields(cls):
-            env_name, kind = f"STARCHAT_{f.name.upper()}", type(f.default)
-            defaults[f.name] = f.default
+            env_name, kind, default = f"STARCHAT_{f.name.upper()}", type(f.default), f.default
             if env_name in env:
                 try:
-                    defaults[f.name] = kind(env[env_name])
+                    default = kind(env[env_name])
                 except ValueError:
                     parser.error(f"{env_name}={env[env_name]!r} is not {KINDS[kind]}")
             extra = {k: v for k, v in f.metadata.items() if k not in ("help", "bounds", "secret")}
             parser.add_argument(
                 f"--{f.name.replace('_', '-')}",
                 type=kind,
-                default=defaults[f.name],
+                default=default,
                 help=f"{f.metadata['help']} [env {env_name}]",
                 **extra,
             )

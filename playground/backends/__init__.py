@@ -18,8 +18,8 @@ class BackendError(RuntimeError):
     """Something went wrong while answering; the message is shown to the person as it is."""
 
 
-class Busy(BackendError):
-    """The model's server is full for now: the person may try again in `retry_after` seconds."""
+class Refused(BackendError):
+    """Not now: the client asks too often, or this server or the model's is full. `retry_after` is in seconds."""
 
     def __init__(self, message: str, retry_after: int):
         super().__init__(message)

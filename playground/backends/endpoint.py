@@ -23,9 +23,9 @@ from transformers import AutoConfig, AutoTokenizer
 from playground.backends import (
     BackendError,
     BackendInfo,
-    Busy,
     ChatRequest,
     Outcome,
+    Refused,
     SamplingParams,
     context_length,
 )
@@ -111,7 +111,7 @@ class EndpointBackend:
             chars = p.max_new_tokens * TOKEN_CHARS
             with closing(pieces):
                 for given, piece in enumerate(pieces, 1):
-                    if request.cancel.is_set():
+                    if cancel.is_set():
                         break
                     if piece:
                         yield piece[:chars]
@@ -120,12 +120,12 @@ class EndpointBackend:
                         outcome.finish = outcome.finish or "length"
                         return
         except Exception as exc:  # the client libraries' errors, as one a person can act on
-            if not request.cancel.is_set():  # else the watchdog closed the connection: nobody is waiting
+            if not cancel.is_set():  # else the watchdog closed the connection: nobody is waiting
                 failure = describe_failure(self.url, exc)
                 failure.args = tuple(self.redacted(str(arg)) for arg in failure.args)
                 raise failure from None if failure is exc else exc
-        if request.cancel.is_set():
-            request.outcome.finish = "cancelled"  # the connection is closed: the server stops generating
+        if cancel.is_set():
+            outcome.finish = "cancelled"  # the connection is closed: the server stops generating
 
     def redacted(self, text: str) -> str:
         """A server's error text may quote the request's headers: the token never reaches people."""
@@ -242,9 +242,9 @@ def watched(close: Callable[[], object], cancel: threading.Event, timeout: float
         raise failure
 
 
-def busy(url: str, retry_after: str | None) -> Busy:
+def busy(url: str, retry_after: str | None) -> Refused:
     wait = min(int(retry_after), 600) if retry_after and retry_after.isdigit() else 5
-    return Busy(f"The model server at {url} is busy: try again in {wait} s.", max(wait, 1))
+    return Refused(f"The model server at {url} is busy: try again in {wait} s.", max(wait, 1))
 
 
 def cut_off(url: str) -> BackendError:
