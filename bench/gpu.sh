@@ -4,12 +4,13 @@
 #
 #   bash bench/gpu.sh [OUTDIR]          # decoding (seed's way, ours, transformers' static cache), a restart's
 #                                       # warm-up, int8 / int4 at 1 stream, LoRA and QLoRA training
-#   bash bench/gpu.sh --rest [OUTDIR]   # int8 / int4 at 32 streams, bitsandbytes 8bit / 4bit under plain generate
+#   bash bench/gpu.sh --rest [OUTDIR]   # bitsandbytes 8bit / 4bit under plain generate, the one-row MLP products
+#                                       # each way (bench.rows), int4 / int8 at 32 streams
 #   bash bench/gpu.sh --tiny [OUTDIR]   # every part on a tiny model on the CPU (a minute or two), as the tests do
 #
-# Why two: an int8 engine for 32 streams spends minutes compiling at start-up (Inductor autotunes the
-# mixed int8 matmul for each batch size), and bitsandbytes loads a saved checkpoint; with the rest that is
-# more than 9 minutes. OUTDIR (default: $OUT, else a new temporary folder) gets gpu.jsonl and gpu.log.
+# Why two: bitsandbytes loads a saved checkpoint (a minute to write it) and an engine for 32 streams
+# compiles 24 graphs; with the rest that is more than 9 minutes. An int8 engine for 32 streams did not
+# finish its start-up within the time left (H100, 2026-11-27): int4 goes first so that its line lands. OUTDIR (default: $OUT, else a new temporary folder) gets gpu.jsonl and gpu.log.
 # Inductor's caches go to OUTDIR/inductor-cache unless TORCHINDUCTOR_CACHE_DIR is set, so the
 # restart line shows what a second start of the app costs.
 set -uo pipefail
@@ -50,9 +51,11 @@ if [[ $which == tiny ]]; then
     part 120 quantized bench.quantized --tiny --streams 1,4 --paths torchao
     part 240 train bench.train --tiny --steps 2
     part 120 bitsandbytes bench.quantized --tiny --paths bitsandbytes
+    part 120 rows bench.rows --tiny
 elif [[ $which == rest ]]; then
     part 170 bitsandbytes bench.quantized --paths bitsandbytes --streams 1
-    part $((535 - (SECONDS - start))) quantized bench.quantized --paths torchao --streams 32
+    part 110 rows bench.rows --limit 80
+    part $((535 - (SECONDS - start))) quantized bench.quantized --paths torchao --torchao int4,int8 --streams 32
 else
     part 270 generate bench.generate --streams 1,32
     part 45 restart bench.generate --streams 1,32 --start-up-only

@@ -1,0 +1,161 @@
+"""The decode step's one-row MLP products, each way of computing them, as achieved weight bandwidth.
+
+    python -m bench.rows            # one GPU: StarCoderPlus's MLP shapes, 40 layers' distinct weights
+    python -m bench.rows --tiny     # tiny shapes on the CPU: checks that every way runs
+
+Each way runs over 40 layers' distinct weights in one CUDA graph, as in the engine's step: one
+tensor's repeated product would be served partly from L2 and read faster than the engine ever does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import device_name, emit
+from playground.backends.fast import ROW_OPTIONS
+
+LAYERS = 40
+SHAPES = {"c_fc": (24576, 6144), "c_proj": (6144, 24576)}  # (out, in); c_fc is followed by GELU
+TINY_SHAPES = {"c_fc": (512, 128), "c_proj": (128, 512)}
+# No tuned config from the disk cache: each way tunes afresh.
+FRESH = {"autotune_local_cache": False}
+OPTIONS = {
+    "the engine's (descent from the fastest candidate)": {**ROW_OPTIONS, **FRESH},
+    "descent from Inductor's one guess": {"coordinate_descent_tuning": True, **FRESH},
+}
+# Finds faster int8 configs, but tunes for about 2 minutes a kernel: too slow for an engine's start-up.
+WIDER = {**ROW_OPTIONS, **FRESH, "coordinate_descent_check_all_directions": True, "coordinate_descent_search_radius": 2}
+
+
+def bf16_form(x, w, s, b):
+    return x @ w.t() + b
+
+
+def int8_form(x, q, s, b):
+    """torchao's Int8Tensor weight-only linear, as Inductor sees it."""
+    return (x @ q.t().to(x.dtype)) * s + b
+
+
+def int8_fp32_sum(x, q, s, b):
+    return ((x.float()[:, None, :] * q.float()).sum(-1) * s.float()).to(x.dtype) + b
+
+
+def int8_pack_mm(x, q, s, b):
+    return torch._weight_int8pack_mm(x, q, s) + b
+
+
+def with_gelu(form):
+    return lambda *args: F.gelu(form(*args), approximate="tanh")
+
+
+def per_call_us(device: torch.device, fn, layers: list[tuple]) -> float:
+    """Median over replays of one graph that runs `fn` once per layer."""
+    for args in layers[:2]:
+        fn(*args)
+    if device.type != "cuda":
+        start = time.perf_counter()
+        for args in layers:
+            fn(*args)
+        return (time.perf_counter() - start) * 1e6 / len(layers)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for args in layers:
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for args in layers:
+            fn(*args)
+    times = []
+    for _ in range(7):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1000 / len(layers))
+    return statistics.median(times)
+
+
+def layer_inputs(n_out: int, n_in: int, layers: int, device, dtype) -> tuple[list[tuple], list[tuple]]:
+    """(x, weight, scale, bias) per layer, in bf16 and in int8 rounded per output row as torchao does."""
+    torch.manual_seed(0)
+    x = torch.randn(1, n_in, device=device, dtype=dtype)
+    bf16, int8 = [], []
+    for _ in range(layers):
+        weight = torch.randn(n_out, n_in, device=device, dtype=dtype) * 0.02
+        bias = torch.randn(n_out, device=device, dtype=dtype) * 0.02
+        scale = weight.float().abs().amax(1) / 127
+        rounded = (weight.float() / scale[:, None]).round().clamp(-127, 127).to(torch.int8)
+        bf16.append((x, weight, scale.to(dtype), bias))
+        int8.append((x, rounded, scale.to(dtype), bias))
+    return bf16, int8
+
+
+def measure(device, form, options: dict | None, inputs: list[tuple], want: torch.Tensor) -> dict:
+    torch._dynamo.reset()
+    fn = form if options is None else torch.compile(form, options=options)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = fn(*inputs[0]).float()
+        compile_s = time.perf_counter() - start
+        us = per_call_us(device, fn, inputs)
+    nbytes = sum(t.numel() * t.element_size() for t in inputs[0][1:])
+    error = float((out - want).norm() / want.norm())
+    return {"us": us, "tb_s": nbytes / us / 1e6, "rel_err_vs_bf16": error, "compile_s": compile_s}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--limit", type=float, default=170, help="seconds; ways not started by then are skipped")
+    parser.add_argument("--wider", action="store_true", help="add a wider coordinate descent (minutes a kernel)")
+    args = parser.parse_args(argv)
+    began = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    layers = 2 if args.tiny else LAYERS
+    engine = OPTIONS[next(iter(OPTIONS))]
+    for shape, (n_out, n_in) in (TINY_SHAPES if args.tiny else SHAPES).items():
+        bf16, int8 = layer_inputs(n_out, n_in, layers, device, dtype)
+        act = with_gelu if shape == "c_fc" else (lambda form: form)
+        ways = []
+        for name, options in OPTIONS.items():
+            ways += [
+                (f"int8 torchao form, {name}", int8_form, options, int8),
+                (f"bf16, {name}", bf16_form, options, bf16),
+            ]
+        ways += [
+            ("bf16 cuBLAS, eager", bf16_form, None, bf16),
+            ("int8 fp32 sum, the engine's", int8_fp32_sum, engine, int8),
+            ("int8 _weight_int8pack_mm, eager", int8_pack_mm, None, int8),
+        ]
+        if args.wider:
+            ways += [
+                ("int8 torchao form, wider descent", int8_form, WIDER, int8),
+                ("bf16, wider descent", bf16_form, WIDER, bf16),
+            ]
+        with torch.inference_mode():
+            want = act(bf16_form)(*bf16[0]).float()
+        for way, form, options, inputs in ways:
+            record = {"bench": "rows", "device": device_name(device), "shape": shape, "layers": layers, "way": way}
+            if time.perf_counter() - began > args.limit:
+                emit({**record, "skipped": "time limit"})
+                continue
+            try:
+                emit({**record, **measure(device, act(form), options, inputs, want)})
+            except Exception as exc:  # one way failing must not hide the others
+                emit({**record, "failed": repr(exc)[:300]})
+        del bf16, int8
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()
