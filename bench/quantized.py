@@ -8,7 +8,8 @@ the app loads it (`quantize_weights`), so the peak memory shows what a card must
 tok/s at 1 and 32 streams, weights in memory, peak memory, time to first token, and the quantized
 logits against bf16 logits for the same inputs (relative error, top-1 agreement where bf16 is clear);
 then the one-row step's kernels and their times.
-`--paths torchao` or `--paths bitsandbytes` runs one family (bench/gpu.sh runs bitsandbytes last).
+`--paths torchao` or `--paths bitsandbytes` runs one family, `--torchao int4,int8` picks torchao's lines
+and their order.
 """
 
 from __future__ import annotations
@@ -65,13 +66,14 @@ def served(model, name: str, reference: torch.Tensor, ids, device, args, bandwid
 
 
 def torchao_lines(model, reference: torch.Tensor, ids: torch.Tensor, device, args, bandwidth: float) -> None:
-    """int8, then int4, each quantized layer by layer from the CPU copy of the bf16 model onto the device."""
+    """Each of `args.torchao` in turn, quantized layer by layer from the CPU copy of the bf16 model onto the device."""
     model.to("cpu")
-    for name in ("int8", "int4"):
+    names = args.torchao.split(",")
+    for i, name in enumerate(names):
         reset_peak_memory(device)
         try:
-            # int4 comes last and takes the bf16 model itself: one copy of 31 GB on the CPU is enough.
-            quantized = quantize_weights(copy.deepcopy(model) if name == "int8" else model, name, device)
+            # The last takes the bf16 model itself: one copy of 31 GB on the CPU is enough.
+            quantized = quantize_weights(model if i == len(names) - 1 else copy.deepcopy(model), name, device)
         except BackendError as exc:
             emit(
                 {
@@ -132,7 +134,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--paths", default="torchao,bitsandbytes", help="torchao (int8, int4), bitsandbytes (8bit, 4bit) or both"
     )
+    parser.add_argument(
+        "--torchao", default="int8,int4", help="which torchao lines, in order (int4 first starts faster at 32 streams)"
+    )
     args = parser.parse_args(argv)
+    if set(args.torchao.split(",")) - {"int8", "int4"}:
+        parser.error(f"--torchao takes int8 and int4, got {args.torchao!r}")
     args.prompt, args.new = args.prompt or (32 if args.tiny else 512), args.new or (16 if args.tiny else 256)
     paths = set(args.paths.split(","))
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
