@@ -4,13 +4,16 @@
 #
 #   bash bench/gpu.sh [OUTDIR]          # decoding (seed's way, ours, transformers' static cache), a restart's
 #                                       # warm-up, int8 / int4 at 1 stream, LoRA and QLoRA training
-#   bash bench/gpu.sh --rest [OUTDIR]   # bitsandbytes 8bit / 4bit under plain generate, the one-row MLP products
-#                                       # each way (bench.rows), int4 / int8 at 32 streams
+#   bash bench/gpu.sh --rest [OUTDIR]   # bitsandbytes 8bit / 4bit under plain generate, int4 at 32 streams,
+#                                       # the one-row MLP products each way (bench.rows)
 #   bash bench/gpu.sh --tiny [OUTDIR]   # every part on a tiny model on the CPU (a minute or two), as the tests do
 #
 # Why two: bitsandbytes loads a saved checkpoint (a minute to write it) and an engine for 32 streams
-# compiles 24 graphs; with the rest that is more than 9 minutes. An int8 engine for 32 streams did not
-# finish its start-up within the time left (H100, 2026-11-27): int4 goes first so that its line lands. OUTDIR (default: $OUT, else a new temporary folder) gets gpu.jsonl and gpu.log.
+# compiles 24 graphs; with the rest that is more than 9 minutes. int8 at 32 streams is in neither: its
+# engine had not finished its start-up when its part's 371 s (the load included) ran out on an H100
+# (2026-11-27); it runs alone with
+#   python3 -m bench.quantized --paths torchao --torchao int8 --streams 32
+# OUTDIR (default: $OUT, else a new temporary folder) gets gpu.jsonl and gpu.log.
 # Inductor's caches go to OUTDIR/inductor-cache unless TORCHINDUCTOR_CACHE_DIR is set, so the
 # restart line shows what a second start of the app costs.
 set -uo pipefail
@@ -51,11 +54,11 @@ if [[ $which == tiny ]]; then
     part 120 quantized bench.quantized --tiny --streams 1,4 --paths torchao
     part 240 train bench.train --tiny --steps 2
     part 120 bitsandbytes bench.quantized --tiny --paths bitsandbytes
-    part 120 rows bench.rows --tiny
+    part 120 rows bench.rows --tiny --limit 90
 elif [[ $which == rest ]]; then
     part 170 bitsandbytes bench.quantized --paths bitsandbytes --streams 1
-    part 110 rows bench.rows --limit 80
-    part $((535 - (SECONDS - start))) quantized bench.quantized --paths torchao --torchao int4,int8 --streams 32
+    part 250 quantized bench.quantized --paths torchao --torchao int4 --streams 32
+    part $((535 - (SECONDS - start))) rows bench.rows --limit $((500 - (SECONDS - start)))
 else
     part 270 generate bench.generate --streams 1,32
     part 45 restart bench.generate --streams 1,32 --start-up-only

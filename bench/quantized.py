@@ -134,9 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--paths", default="torchao,bitsandbytes", help="torchao (int8, int4), bitsandbytes (8bit, 4bit) or both"
     )
-    parser.add_argument(
-        "--torchao", default="int8,int4", help="which torchao lines, in order (int4 first starts faster at 32 streams)"
-    )
+    parser.add_argument("--torchao", default="int8,int4", help="torchao's lines, in order: int8, int4 or both")
     args = parser.parse_args(argv)
     if set(args.torchao.split(",")) - {"int8", "int4"}:
         parser.error(f"--torchao takes int8 and int4, got {args.torchao!r}")

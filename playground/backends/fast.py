@@ -170,8 +170,9 @@ def decode_row(block, x, keys, values, positions, visible) -> torch.Tensor:
 compiled_layer = torch.compile(decode_layer)
 # gpt-fast's setting: tuning the one-row matmuls' reductions is what brings one stream near the bandwidth
 # limit; it costs start-up time once (Inductor keeps the tuned configs in its disk cache). The descent
-# starts from the fastest of Inductor's candidate configs, not from its one guess: from the guess, the
-# int8 MLP product stopped at 64 us a layer, from the fastest candidate at 55 (`python -m bench.rows`, H100).
+# starts from the fastest of Inductor's candidate configs (its one guess among them), not from the guess
+# alone: from the guess, the int8 MLP up-projection stopped at 64 us a layer, from the fastest candidate
+# at 55 (`python -m bench.rows`, H100).
 ROW_OPTIONS = {"coordinate_descent_tuning": True, "max_autotune_pointwise": True}
 compiled_row = torch.compile(decode_row, options=ROW_OPTIONS)
 

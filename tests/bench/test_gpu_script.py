@@ -30,6 +30,6 @@ def test_gpu_script_runs_every_part_and_writes_json_lines(tmp_path):
     assert ("generate", "ours: one decode step, profiled, int8") in paths  # where int8's step time goes
     assert any(bench == "train" for bench, _ in paths)
     rows = [r for r in records if r["bench"] == "rows"]  # each way of the one-row MLP products, timed
-    assert {r["shape"] for r in rows} == {"c_fc", "c_proj"} and all(r["us"] > 0 for r in rows)
+    assert {r["shape"] for r in rows} == {"c_fc", "c_proj"} and all(r.get("us", 0) > 0 for r in rows), rows
     assert all(r["device"].startswith("CPU") for r in records if "device" in r)
     assert (tmp_path / "inductor-cache").is_dir()
