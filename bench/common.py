@@ -61,6 +61,11 @@ def timed(device: torch.device, fn) -> float:
     return time.perf_counter() - start
 
 
+def log_bucket(batch: int, length: int, seconds: float) -> None:
+    """Each bucket's start-up to stderr (gpu.log): a part stopped by its time limit still shows how far it got."""
+    print(f"warm-up: batch {batch}, context {length}: {seconds:.1f} s", file=sys.stderr, flush=True)
+
+
 def emit(record: dict) -> None:
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
     sys.stdout.flush()

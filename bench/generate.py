@@ -29,6 +29,7 @@ from bench.common import (
     compile_counters,
     device_name,
     emit,
+    log_bucket,
     model_config,
     peak_memory_gib,
     reset_peak_memory,
@@ -173,7 +174,9 @@ def step_alone_ms(engine: FastEngine, batch: int, length: int) -> float:
 
 def one_row_untuned(model, prompts: torch.Tensor, new: int, bandwidth: float, context: int) -> dict:
     """One stream through a 1-slot engine whose layer is not tuned for a batch of one: what the tuning buys."""
-    engine = FastEngine(model, stop_ids=[], slots=1, compile=True, max_context=context, tune_one_row=False)
+    engine = FastEngine(
+        model, stop_ids=[], slots=1, compile=True, max_context=context, tune_one_row=False, on_bucket=log_bucket
+    )
     result = ours(
         engine, model, prompts, new, bandwidth, "ours: fast engine, one row untuned", warm_up_s=engine.warm_up_s
     )
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     vocab = model.config.vocab_size
     # No stop ids: random weights would end replies at random; every stream decodes `new` tokens.
     context = max(prompt_len + new, long_len + long_new) + 1
-    engine = FastEngine(model, stop_ids=[], slots=max(streams), compile=True, max_context=context)
+    engine = FastEngine(model, stop_ids=[], slots=max(streams), compile=True, max_context=context, on_bucket=log_bucket)
     emit(
         {
             "bench": "generate",

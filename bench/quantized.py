@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import BitsAndBytesConfig, GPTBigCodeForCausalLM
 
-from bench.common import compare, device_name, emit, peak_memory_gib, reset_peak_memory
+from bench.common import compare, device_name, emit, log_bucket, peak_memory_gib, reset_peak_memory
 from bench.generate import MARGIN, copy_bandwidth, our_way, random_model, record, seed_way, step_profile, weight_bytes
 from playground.backends import BackendError
 from playground.backends.fast import FastEngine
@@ -40,7 +40,8 @@ def served(model, name: str, reference: torch.Tensor, ids, device, args, bandwid
     weights = weight_bytes(model) / 2**30
     quality = compare(reference, logits_of(model, ids), MARGIN)
     streams = [int(s) for s in args.streams.split(",")]
-    engine = FastEngine(model, stop_ids=[], slots=max(streams), compile=True, max_context=args.prompt + args.new + 1)
+    context = args.prompt + args.new + 1
+    engine = FastEngine(model, stop_ids=[], slots=max(streams), compile=True, max_context=context, on_bucket=log_bucket)
     for n in streams:
         prompts = torch.randint(1, model.config.vocab_size, (n, args.prompt), device=device)
         reset_peak_memory(device)

@@ -30,6 +30,7 @@ import queue
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -187,8 +188,11 @@ class FastEngine:
         max_context: int | None = None,
         prefill_tokens: int = 4096,
         tune_one_row: bool = True,
+        on_bucket: Callable[[int, int, float], None] | None = None,
     ):
-        self.model, self.stop_ids = model, stop_ids
+        """`on_bucket(batch, context, seconds)` hears of each bucket as start-up makes it ready: a first start
+        can compile for minutes, and the next bucket's wait is all a caller would otherwise see."""
+        self.model, self.stop_ids, self.on_bucket = model, stop_ids, on_bucket
         config = model.config
         embeddings = model.get_input_embeddings().weight
         self.device, self.dtype = embeddings.device, embeddings.dtype
@@ -492,10 +496,13 @@ class FastEngine:
             self.pool = torch.cuda.graph_pool_handle()
         for batch in self.batch_buckets:
             for length in self.context_buckets:
+                began = time.perf_counter()
                 if self.graphs is None:
                     self.decode(batch, length)
                 else:
                     self.capture(batch, length)
+                if self.on_bucket:
+                    self.on_bucket(batch, length, time.perf_counter() - began)
         self.warm_prefill()
         self.warm_up_s = time.perf_counter() - start
 

@@ -28,6 +28,7 @@ from playground.template import EOS, Message, Prompt, control_ids, fit_to_contex
 
 BITSANDBYTES = ("8bit", "4bit")  # plain generate; the fallback where the fast engine cannot serve
 TORCHAO = ("int8", "int4")  # weight-only, served by the fast engine
+SLOW_BUCKET_S = 5.0  # a fast-engine bucket whose start-up took longer is named as it completes
 QUANTIZATIONS = ("none", *TORCHAO, *BITSANDBYTES)
 
 
@@ -109,6 +110,12 @@ def fit_hint(weight_bytes: int, gpu_bytes: int) -> str | None:
     if weight_bytes / 3.5 <= room:  # int4 with its scales: about 3.5x smaller than bf16
         return f"{sizes}: try --quantize int4"
     return f"{sizes}: the model is too big even in int4; serve it on a larger card (--backend endpoint)"
+
+
+def say_slow_bucket(batch: int, length: int, seconds: float) -> None:
+    """A first start on a GPU compiles every bucket (minutes for int8): the log shows that it moves."""
+    if seconds >= SLOW_BUCKET_S:
+        print(f"Fast engine: batch {batch}, context {length} ready after {seconds:.1f} s", flush=True)
 
 
 def describe_device(model) -> str:
@@ -193,7 +200,7 @@ class LocalBackend:
         fast = None
         if engine == "fast" or (engine == "auto" and torch.cuda.is_available() and supports(model)):
             try:
-                fast = FastEngine(model, stop_ids(tokenizer), slots)
+                fast = FastEngine(model, stop_ids(tokenizer), slots, on_bucket=say_slow_bucket)
             except Exception as exc:
                 if engine == "fast":
                     raise

@@ -182,9 +182,16 @@ def test_the_compiled_decode_step_gives_the_same_tokens_and_never_recompiles_onc
     import playground.backends.local as local
 
     monkeypatch.setattr(local, "FastEngine", functools.partial(local.FastEngine, compile=True))
+    monkeypatch.setattr(local, "SLOW_BUCKET_S", 0)  # every bucket counts as slow: each is named as it is ready
     compiled = LocalBackend.from_pretrained(str(tiny_checkpoint), engine="fast", slots=2)
-    buckets = len(compiled.engine.batch_buckets) * len(compiled.engine.context_buckets)
-    assert f"Fast engine: {buckets} (batch, context) buckets compiled in " in capsys.readouterr().out
+    engine = compiled.engine
+    buckets = len(engine.batch_buckets) * len(engine.context_buckets)
+    out = capsys.readouterr().out
+    assert f"Fast engine: {buckets} (batch, context) buckets compiled in " in out
+    named = [line.split(" ready after ")[0] for line in out.splitlines() if line.startswith("Fast engine: batch ")]
+    assert named == [
+        f"Fast engine: batch {b}, context {n}" for b in engine.batch_buckets for n in engine.context_buckets
+    ]
     graphs = counters["stats"]["unique_graphs"]
     assert reply(compiled, ask(PROMPTS[0])) == reply(plain, ask(PROMPTS[0]))
     assert together(compiled, [ask(PROMPTS[1]), ask(PROMPTS[3], max_new_tokens=90)]) == [
