@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from bench.common import device_name, emit, synchronize
+from bench.common import device_name, emit, synchronize, timed
 from playground.backends.fast import ROW_OPTIONS
 
 LAYERS = 40
@@ -55,33 +55,25 @@ def with_gelu(form: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
 
 
 def per_call_us(device: torch.device, fn: Callable[..., torch.Tensor], layers: list[tuple]) -> float:
-    """Median over replays of one graph that runs `fn` once per layer."""
-    for args in layers[:2]:
-        fn(*args)
-    if device.type != "cuda":
-        start = time.perf_counter()
+    """Median of 7 runs of `fn` once per layer, per call; on a GPU each run is one CUDA graph's replay."""
+
+    def every_layer() -> None:
         for args in layers:
             fn(*args)
-        return (time.perf_counter() - start) * 1e6 / len(layers)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for args in layers:
-            fn(*args)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for args in layers:
-            fn(*args)
-    times = []
-    for _ in range(7):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000 / len(layers))
-    return statistics.median(times)
+
+    run = every_layer
+    if device.type == "cuda":
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # compiled and tuned outside the capture
+            every_layer()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            every_layer()
+        run = graph.replay
+    run()
+    return statistics.median(timed(device, run) for _ in range(7)) * 1e6 / len(layers)
 
 
 def layer_inputs(n_out: int, n_in: int, layers: int, device: torch.device, dtype: torch.dtype):

@@ -425,11 +425,11 @@ def run(argv: list[str], quiet: bool) -> Path:
         check_resume(resume_from, script)
         check_readable(Path(resume_from))
     scratch = script.model_name_or_path == "scratch"
-    config = None if scratch else base_config(script.model_name_or_path)
-    positions = SCRATCH_POSITIONS if scratch else config.max_position_embeddings
-    check_positions(script.model_name_or_path, positions, script.block_size)  # before a scratch base is built
+    # A scratch base has GPTBigCode's layers and SCRATCH_POSITIONS positions, whatever its size.
+    config = GPTBigCodeConfig(n_positions=SCRATCH_POSITIONS) if scratch else base_config(script.model_name_or_path)
+    check_positions(script.model_name_or_path, config.max_position_embeddings, script.block_size)  # before it is built
     if script.lora and not is_deepspeed_zero3_enabled():  # ZeRO-3 would build even the meta model sharded
-        check_lora_targets(script, GPTBigCodeConfig() if scratch else config)
+        check_lora_targets(script, config)
     # The Trainer would push DIR/checkpoints at every save; the served folder is pushed at the end instead.
     push_to_hub, args.push_to_hub = args.push_to_hub, False
     set_seed(args.seed)
