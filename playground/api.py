@@ -80,8 +80,8 @@ def parse(chat: Chat, body: object) -> tuple[list, str, object, str, bool, list[
         raise DialogueError("the last message must be from the user")
     chat.check_message(turns[-1]["content"])
     raw = {k: body[k] for k in SAMPLING if k in body}
-    tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    if tokens is not None:
+    limit = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    if (tokens := body.get(limit)) is not None:
         raw["max_new_tokens"] = tokens
     model = body.get("model") or ""
     if not isinstance(model, str):
@@ -90,7 +90,11 @@ def parse(chat: Chat, body: object) -> tuple[list, str, object, str, bool, list[
     stop = parse_stop(body.get("stop"))
     if (stream := body.get("stream")) is not None and not isinstance(stream, bool):
         raise DialogueError(f"stream must be true or false, not {stream!r}")
-    return turns, system or "", chat.params(**raw), model, bool(stream), stop
+    try:
+        params = chat.params(**raw)
+    except ParamError as exc:  # named as the caller named it
+        raise ParamError(str(exc).replace("max_new_tokens", limit, 1)) from None
+    return turns, system or "", params, model, bool(stream), stop
 
 
 def finish_reason(update: Update) -> str:

@@ -400,7 +400,8 @@ def layout(chat: Chat, describe) -> Page:
         value = min(getattr(defaults, name), high)
         return gr.Slider(low, high, value=value, step=step, label=label, info=info or None, elem_id=name)
 
-    with gr.Blocks(title="StarChat Playground") as blocks:
+    # No usage reports to Gradio's servers: a playground may run offline or hold private conversations.
+    with gr.Blocks(title="StarChat Playground", analytics_enabled=False) as blocks:
         gr.Markdown("# StarChat Playground")
         info = gr.Markdown(describe(names[0]), elem_id="model-info")
         with gr.Row():

@@ -57,7 +57,8 @@ def test_our_extra_sampling_fields_and_multi_turn(client):
     ("kwargs", "message"),
     [
         ({"temperature": 9}, "temperature must be between"),
-        ({"max_tokens": 10**6}, "max_new_tokens must be between"),
+        ({"max_tokens": 10**6}, "max_tokens must be between"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens must be between"),
         ({"messages": [{"role": "assistant", "content": "x"}]}, "last message must be from the user"),
         ({"messages": [{"role": "user", "content": "x" * 30000}]}, "limit is 20000"),
         ({"messages": [{"role": "user", "content": "word " * 400}]}, "too long"),

@@ -357,6 +357,12 @@ def test_the_server_takes_no_file_uploads(open_server):
     assert {p for p in Path(gradio.utils.get_upload_folder()).rglob("*")} == before
 
 
+def test_the_page_sends_no_usage_reports(open_server):
+    """Gradio's analytics would tell Gradio's servers about each start and page of a private playground."""
+    url, _ = open_server
+    assert httpx.get(url + "config").json()["analytics_enabled"] is False
+
+
 def test_parallel_wrong_logins_are_counted_too(tiny_checkpoint, tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
