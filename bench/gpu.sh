@@ -5,7 +5,7 @@
 #   bash bench/gpu.sh [OUTDIR]          # decoding (seed's way, ours, transformers' static cache), a restart's
 #                                       # warm-up, int8 / int4 at 1 stream, LoRA and QLoRA training
 #   bash bench/gpu.sh --rest [OUTDIR]   # bitsandbytes 8bit / 4bit under plain generate, int4 at 32 streams,
-#                                       # the one-row MLP products each way (bench.rows)
+#                                       # the MLP products each way, one row and batched (bench.rows)
 #   bash bench/gpu.sh --tiny [OUTDIR]   # every part on a tiny model on the CPU (a minute or two), as the tests do
 #
 # Why two: bitsandbytes loads a saved checkpoint (a minute to write it) and an engine for 32 streams

@@ -29,7 +29,8 @@ def test_gpu_script_runs_every_part_and_writes_json_lines(tmp_path):
     assert ("generate", "ours: fast engine, int8") in paths and ("generate", "ours: fast engine, int4") in paths
     assert ("generate", "ours: one decode step, profiled, int8") in paths  # where int8's step time goes
     assert any(bench == "train" for bench, _ in paths)
-    rows = [r for r in records if r["bench"] == "rows"]  # each way of the one-row MLP products, timed
+    rows = [r for r in records if r["bench"] == "rows"]  # each way of the MLP products, timed
     assert {r["shape"] for r in rows} == {"c_fc", "c_proj"} and all(r.get("us", 0) > 0 for r in rows), rows
+    assert {r["rows"] for r in rows} == {1, 8}  # one stream's step and a batched one
     assert all(r["device"].startswith("CPU") for r in records if "device" in r)
     assert (tmp_path / "inductor-cache").is_dir()
