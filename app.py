@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> None:
         app, chat = create_app(settings)
     except (OSError, ValueError, BackendError) as exc:  # a model, file or server that is not there or not right
         raise SystemExit(f"app.py: cannot start: {' '.join(str(exc).split())}") from None
+    except KeyboardInterrupt:  # Ctrl-C while a model loads; once serving, uvicorn stops on it by itself
+        raise SystemExit("app.py: interrupted while starting") from None
     models = ", ".join(chat.backends)
     print(
         f"StarChat Playground on http://{settings.host}:{settings.port} serving {models} ({describe_api(settings)})",

@@ -27,6 +27,7 @@ def demo_checkpoint(cache_dir: str | Path) -> Path:
     with open(path.parent / "demo.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second app started meanwhile waits for this build
         if not (path / "config.json").exists():
+            from training.train import Interrupted
             from training.train import main as train
 
             print(
@@ -36,6 +37,9 @@ def demo_checkpoint(cache_dir: str | Path) -> Path:
             )
             # --resume: a build killed midway goes on from its last checkpoint (a used folder is refused otherwise).
             # quiet: the line above says what happens; the training's bar is all that follows it.
-            train([str(RECIPE), "--output_dir", str(path), "--resume", "true"], quiet=True)
+            try:
+                train([str(RECIPE), "--output_dir", str(path), "--resume", "true"], quiet=True)
+            except Interrupted:
+                raise SystemExit("interrupted while building the demo model; the next start goes on from it") from None
             shutil.rmtree(path / "checkpoints", ignore_errors=True)
     return path

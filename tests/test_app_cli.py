@@ -73,8 +73,11 @@ def test_what_cannot_start_says_why_in_one_line(tmp_path):
         run = start("--port", str(taken.getsockname()[1]), "--model", str(tmp_path))
     assert run.returncode != 0 and run.stdout == "" and run.stderr.strip().endswith("Address already in use")
     (tmp_path / "models.yaml").write_text("models: [1, 2]")
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text("{}")  # a LoRA run's OUTPUT_DIR/adapter
     for args, said in [
         (["--model", str(tmp_path / "nope")], f"{tmp_path / 'nope'}: not a model's folder (no config.json there)"),
+        (["--model", str(tmp_path / "adapter")], "a LoRA adapter, not a model: merge it into its base first"),
         (["--backend", "endpoint", "--model", "some/model"], "--backend endpoint needs --endpoint-url"),
         (["--models-file", str(tmp_path / "models.yaml")], "entry 0 needs a name (text) and only the keys"),
     ]:

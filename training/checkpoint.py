@@ -137,17 +137,28 @@ def same_folder(a: str | Path, b: str | Path) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
-def check_output(output: Path, base: str | None, what: str) -> None:
-    """Refuses an output that is (or is under) a file, or that is or holds the folder of the model it is made
-    from (the result, or clearing the folder for it, would destroy that model)."""
+# What a folder that holds a run or a served checkpoint has; a folder with none of them and other files is
+# someone else's, which a run would write over (its README.md first).
+RUN_MARKS = ("config.json", "checkpoints", "adapter", "scratch-base", ".incomplete")
+
+
+def check_output(output: Path, what: str, sources: dict[str, str], cleared: bool = True) -> None:
+    """Refuses an output that is (or is under) a file, a folder of other files, or one that is a folder the
+    result is made from (`sources`, e.g. {"the base model": path}) or, if a run may clear it, holds one."""
     if file := next((path for path in (output, *output.parents) if path.is_file()), None):
         raise SystemExit(f"{output}: {file} is a file; {what} is a folder")
-    if base is None:
-        return
-    if same_folder(output, base):
-        raise SystemExit(f"{output} is the base model's folder, which the result would replace: choose another {what}")
-    if Path(base).expanduser().resolve().is_relative_to(output.resolve()):
-        raise SystemExit(f"the base model {base} is inside {output}, which a run may clear: choose another {what}")
+    for label, source in sources.items():
+        if same_folder(output, source):
+            raise SystemExit(f"{output} is {label}'s folder, which the result would replace: choose another {what}")
+        if cleared and Path(source).expanduser().resolve().is_relative_to(output.resolve()):
+            raise SystemExit(f"{label} {source} is inside {output}, which a run may clear: choose another {what}")
+    others = [] if not output.is_dir() or any((output / m).exists() for m in RUN_MARKS) else sorted(output.iterdir())
+    if others:
+        shown = ", ".join(path.name for path in others[:3]) + (", ..." if len(others) > 3 else "")
+        raise SystemExit(
+            f"{output.absolute()} holds other files ({shown}), which the served checkpoint would write over: "
+            f"choose a new or empty folder for {what}"
+        )
 
 
 def save_checkpoint(model, tokenizer, output_dir: str | Path, card: str, state_dict: dict | None = None) -> Path:

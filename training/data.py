@@ -56,6 +56,10 @@ class DataReport:
         repeats = f" ({self.repeats} of them repeats of another)" if self.repeats else ""
         return f"{self.rows} rows read, {self.kept} dialogues kept{repeats}{cut}; dropped: {reasons}"
 
+    def listing(self) -> str:
+        """Every dropped row's place, a line each: the summary names only the first few per reason."""
+        return "".join(f"{reason}: {place}\n" for reason, places in self.places.items() for place in places)
+
     def _reason(self, reason: str, n: int) -> str:
         places = self.places.get(reason, [])
         if not places:
@@ -192,8 +196,13 @@ def _opens(text: str, after: int, run: str) -> bool:
 
 
 def row_to_messages(row: dict, max_chars: int) -> list[Message]:
-    if isinstance(row.get("messages"), list):
-        messages = row["messages"]
+    messages = row.get("messages")
+    if isinstance(messages, str):  # a CSV cell (or any table's text column) holding the list as JSON
+        try:
+            messages = json.loads(messages)
+        except ValueError:
+            raise RowError("messages that are not a JSON list") from None
+    if isinstance(messages, list):
         if not all(isinstance(m, dict) for m in messages):
             raise RowError("malformed messages")
         messages = [{"role": m.get("role"), "content": m.get("content")} for m in messages]
@@ -225,8 +234,8 @@ def is_refusal(messages: list[Message], phrases: list[str]) -> bool:
 
 def dialogues(
     rows: Iterable[tuple[str, dict]], report: DataReport, *, max_chars: int, phrases: list[str] | None
-) -> Iterable[list[Message]]:
-    """The rows' dialogues; each row dropped is counted with its place (`placed`)."""
+) -> Iterable[tuple[str, list[Message]]]:
+    """The rows' dialogues with their places; each row dropped is counted with its place (`placed`)."""
     for place, row in rows:
         report.rows += 1
         try:
@@ -238,7 +247,7 @@ def dialogues(
             report.drop("refusal/alignment phrase (uncensored filter)", place)
             continue
         report.kept += 1
-        yield messages
+        yield place, messages
 
 
 def build_dataset(
@@ -256,23 +265,31 @@ def build_dataset(
         raise DataError(f"{again} is named twice in --datasets; its dialogues would count twice")
     report = DataReport()
     phrases = load_phrases() if uncensored else None
-    kept = [
-        {"messages": messages}
-        for source in sources
-        for messages in dialogues(load_rows(source, report), report, max_chars=max_chars, phrases=phrases)
-    ]
+    kept = []
+    for source in sources:
+        before = len(kept)
+        found = dialogues(load_rows(source, report), report, max_chars=max_chars, phrases=phrases)
+        kept += [{"messages": messages, "place": place} for place, messages in found]
+        if len(sources) > 1 and len(kept) == before:  # named to be trained on, it would add nothing
+            raise DataError(f"{source}: no usable dialogue in it ({report.summary()})")
     if len(kept) < 2:
         raise DataError(f"fewer than two usable dialogues in {', '.join(sources)}: {report.summary()}")
     dataset = datasets.Dataset.from_list(kept)
     if test_size == 0:
         splits = datasets.DatasetDict(train=dataset, test=dataset.select([]))
     else:
-        splits = dataset.train_test_split(test_size=test_size, seed=seed)
+        try:
+            splits = dataset.train_test_split(test_size=test_size, seed=seed)
+        except ValueError as exc:  # a share that leaves no dialogue to train on
+            raise DataError(f"--test_size {test_size} of {len(kept)} dialogues: {exc}") from None
     # A repeated dialogue (a source may repeat one to weigh it more) must not be scored on as unseen.
     trained = {key(messages) for messages in splits["train"]["messages"]}
-    fresh = [i for i, messages in enumerate(splits["test"]["messages"]) if key(messages) not in trained]
-    for _ in range(len(splits["test"]) - len(fresh)):
-        report.drop("test dialogue repeating a training one")
+    fresh = []
+    for i, (messages, place) in enumerate(zip(splits["test"]["messages"], splits["test"]["place"], strict=True)):
+        if key(messages) not in trained:
+            fresh.append(i)
+            continue
+        report.drop("test dialogue repeating a training one", place)
         report.kept -= 1
     splits["test"] = splits["test"].select(fresh)
     report.repeats = report.kept - len({key(row["messages"]) for row in kept})

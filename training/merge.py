@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
     args = parser.parse_args(argv)
     output = Path(args.output).expanduser()
-    check_output(output, args.base, "--output")
+    check_output(output, "--output", {"the base model": args.base, "the adapter": args.adapter}, cleared=False)
     if (output / "config.json").exists() and not args.overwrite:
         raise SystemExit(f"{output} already holds a model: pass --overwrite to replace it, or choose another --output")
     config = Path(args.adapter) / "adapter_config.json"
@@ -63,7 +63,16 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not same_base:
         print(f"note: the adapter was trained on {trained_on}, and is merged into {args.base}")
-    print(f"served checkpoint: {merge(args.base, args.adapter, output, dtype=DTYPES[args.dtype])}")
+    try:
+        merged = merge(args.base, args.adapter, output, dtype=DTYPES[args.dtype])
+    except RuntimeError as exc:  # PEFT's load_state_dict lists every layer whose shape differs
+        if "size mismatch" not in str(exc):
+            raise
+        raise SystemExit(
+            f"the adapter's layers do not have {args.base}'s sizes: merge it into the base it was trained on"
+            + (f" ({trained_on})" if trained_on else "")
+        ) from None
+    print(f"served checkpoint: {merged}")
 
 
 if __name__ == "__main__":

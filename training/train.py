@@ -40,6 +40,7 @@ from transformers import (
 )
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
 
 from playground.console import libraries_quiet
 from playground.template import CONTROL_TOKENS
@@ -77,7 +78,9 @@ NOT_PUSHED = ["checkpoints/*", "adapter/*", "scratch-base/*", ".incomplete/*"]
 class ScriptArguments:
     model_name_or_path: str = field(default="", metadata={"help": "base model: Hub id, folder, or 'scratch'"})
     datasets: list[str] = field(default_factory=list, metadata={"help": "files, Hub ids or builtin:NAME"})
-    train_on: str = field(default="assistant", metadata={"help": "'assistant' (mask system/user) or 'all'"})
+    train_on: Literal["assistant", "all"] = field(
+        default="assistant", metadata={"help": "'assistant' (mask system/user) or 'all'"}
+    )
     packing: bool = field(default=True, metadata={"help": "put several dialogues in each block_size block"})
     padding_free: bool = field(
         default=True,
@@ -111,14 +114,26 @@ class ScriptArguments:
     scratch_vocab: int = 2048
 
 
+class Interrupted(SystemExit):
+    """Ctrl-C during the run; its message says where a resume would go on from."""
+
+
 class StopOnNonFiniteLoss(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise FloatingPointError(
-                f"the training loss became {loss} at step {state.global_step}; the run stopped. "
-                "Lower the learning rate or check the data; --resume continues from the last checkpoint."
-            )
+        if loss is None or math.isfinite(loss):
+            return
+        said = (
+            f"the training loss became {loss} at step {state.global_step}; the run stopped. Lower the learning "
+            "rate or check the data, and start over with --overwrite_output_dir true"
+        )
+        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        if last:  # its weights may have diverged before the loss overflowed: say what the log knew of them
+            step = int(last.rsplit("-", 1)[-1])
+            logged = [e["loss"] for e in state.log_history if "loss" in e and e["step"] <= step]
+            when = f", when the logged loss was {logged[-1]:.4g}" if logged else ""
+            said += f" (--resume true would continue from {Path(last).name}, saved at step {step}{when})"
+        raise FloatingPointError(said)
 
 
 class StepsBar(TrainerCallback):
@@ -142,6 +157,37 @@ class StepsBar(TrainerCallback):
             self.bar = None
 
 
+LIST_KEYS = {"datasets", "lora_target_modules"}
+# The arguments that shape the weights besides the LoRA flags (check_resume reads those from the adapter):
+# a resume must bring the values the run started with. Its length may change.
+SHAPING = (
+    "model_name_or_path",
+    "datasets",
+    "train_on",
+    "packing",
+    "padding_free",
+    "block_size",
+    "max_chars",
+    "uncensored",
+    "test_size",
+    "lora_dropout",
+    "scratch_layers",
+    "scratch_embd",
+    "scratch_vocab",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "optim",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "seed",
+)
+RUN_RECORD = "run.json"  # in DIR/checkpoints: the SHAPING values the run started with
 USAGE = "python -m training.train RECIPE.yaml [--key value ...]   (RECIPE.yaml --help lists the keys)"
 # Names that LoRA cannot take here: the chat tokens' embedding rows are trained on their own, and the
 # head shares its weights with the embedding.
@@ -158,13 +204,21 @@ def parse(argv: list[str]) -> tuple[ScriptArguments, TrainingArguments, dict]:
     known = {f.name for kind in (ScriptArguments, TrainingArguments) for f in fields(kind)}
     if unknown := sorted(set(recipe) - known):
         raise SystemExit(f"{argv[0]}: unknown recipe key(s) {', '.join(unknown)}")
+    for name in LIST_KEYS & set(recipe):
+        if isinstance(recipe[name], str):  # `datasets: my.jsonl` means a list of one, not of its characters
+            recipe[name] = [recipe[name]]
     parser = HfArgumentParser((ScriptArguments, TrainingArguments), usage=USAGE)
     parser.set_defaults(**recipe)
-    script, args, unused = parser.parse_args_into_dataclasses(argv[1:], return_remaining_strings=True)
+    try:
+        script, args, unused = parser.parse_args_into_dataclasses(argv[1:], return_remaining_strings=True)
+    except ValueError as exc:  # TrainingArguments checks some values itself (warmup_steps, bf16 on a CPU)
+        raise SystemExit(str(exc)) from None
     if unused:
         parser.error(f"unknown flag(s): {' '.join(unused)}")
     if not script.model_name_or_path or not script.datasets:
         raise SystemExit("the recipe must name model_name_or_path and datasets")
+    if "output_dir" not in set(recipe) | given_flags(known, argv[1:]) or not args.output_dir.strip():
+        raise SystemExit("name the folder of the served checkpoint: --output_dir DIR (or output_dir: in the recipe)")
     check_script(script, args)
     # Nan/inf losses must reach StopOnNonFiniteLoss, not be filtered out of the logged mean.
     args.logging_nan_inf_filter = False
@@ -173,9 +227,22 @@ def parse(argv: list[str]) -> tuple[ScriptArguments, TrainingArguments, dict]:
     return script, args, effective_arguments(script, args, set(recipe) | given_flags(known, argv[1:]))
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice: PyYAML would keep the last one without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key, _ in node.value:
+            name = self.construct_object(key, deep=deep)
+            if name in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {name} is given twice", key.start_mark)
+            seen.add(name)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_recipe(path: str) -> dict:
     try:
-        recipe = yaml.safe_load(Path(path).read_text()) or {}
+        recipe = yaml.load(Path(path).read_text(), Loader=RecipeLoader) or {}
     except OSError as exc:
         raise SystemExit(f"{path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
@@ -208,8 +275,22 @@ def check_script(script: ScriptArguments, args: TrainingArguments) -> None:
     for name in ("block_size", "max_chars"):
         if getattr(script, name) < 1:
             raise SystemExit(f"--{name} must be 1 or more, not {getattr(script, name)}")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name} must be 1 or more, not {getattr(args, name)}")
+    if args.max_steps == 0 or (args.max_steps < 0 and not args.num_train_epochs > 0):  # also refuses nan
+        what = "--max_steps 0" if args.max_steps == 0 else f"--num_train_epochs {args.num_train_epochs}"
+        raise SystemExit(f"{what} trains nothing: give --num_train_epochs above 0 or --max_steps 1 or more")
+    if not 0 <= args.seed < 2**32:
+        raise SystemExit(f"--seed must be from 0 to 2**32 - 1, not {args.seed}")
     if script.load_in_4bit and not script.lora:
         raise SystemExit("--load_in_4bit true trains adapters on a 4-bit base: add --lora true")
+    flash = {"flash_attention_2": is_flash_attn_2_available, "flash_attention_3": is_flash_attn_3_available}
+    if script.attn_implementation in flash and not flash[script.attn_implementation]():
+        raise SystemExit(
+            f"--attn_implementation {script.attn_implementation} needs a CUDA GPU and its flash-attn package; "
+            "sdpa (the default) keeps packed dialogues apart too"
+        )
     if not script.lora:
         return
     if script.lora_r < 1:
@@ -239,7 +320,8 @@ def effective_arguments(script: ScriptArguments, args: TrainingArguments, named:
 
 def claim_output(output: Path, script: ScriptArguments, args: TrainingArguments) -> None:
     """Refuses a folder that holds a run unless told to resume or start over (then clears it)."""
-    check_output(output, None if script.model_name_or_path == "scratch" else script.model_name_or_path, "--output_dir")
+    base = {} if script.model_name_or_path == "scratch" else {"the base model": script.model_name_or_path}
+    check_output(output, "--output_dir", base)
     checkpoints = output / "checkpoints"
     held = sorted(p.name for p in checkpoints.glob("checkpoint-*")) if checkpoints.is_dir() else []
     finished = (output / "config.json").exists()
@@ -265,6 +347,33 @@ def claim_output(output: Path, script: ScriptArguments, args: TrainingArguments)
         (output / "config.json").unlink(missing_ok=True)  # until the new run is saved, no finished checkpoint
 
 
+def shaping(settings: dict) -> dict:
+    return json.loads(json.dumps({name: settings.get(name) for name in SHAPING}))  # as the record reads back
+
+
+def flag_value(value) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_same_run(record: Path, settings: dict) -> None:
+    """A resume must bring the arguments that shaped the weights so far (the run's record of them)."""
+    if not record.is_file():  # a run started before runs kept this record
+        return
+    try:
+        started = json.loads(record.read_text())
+    except ValueError:
+        raise SystemExit(f"{record} is not valid JSON: the run's record of its arguments is damaged") from None
+    now = shaping(settings)
+    if differ := [name for name in SHAPING if name in started and started[name] != now[name]]:
+        was = " ".join(f"--{name} {flag_value(started[name])}" for name in differ)
+        raise SystemExit(
+            f"{record.parent.parent} was started with {was}: resume with the same values (a resume with others "
+            "would not give the run it continues), or start over with --overwrite_output_dir true"
+        )
+
+
 def check_resume(checkpoint: str, script: ScriptArguments) -> None:
     """A run resumes with the flags that shaped its weights: LoRA or not, and the same adapters."""
     adapter = Path(checkpoint) / "adapter_config.json"
@@ -284,8 +393,9 @@ def check_resume(checkpoint: str, script: ScriptArguments) -> None:
         raise SystemExit(f"{checkpoint} was trained with {flags}: resume with the same values")
 
 
-def check_readable(checkpoint: Path) -> None:
-    """A checkpoint cut short (a full disk, a copy killed midway) is refused before the Trainer loads it."""
+def check_readable(checkpoint: Path, args: TrainingArguments) -> None:
+    """A checkpoint cut short (a full disk, a copy killed midway) or missing its optimizer is refused before
+    the Trainer loads it, and so is one already past the steps asked for now (nothing would be trained)."""
     for path in (checkpoint / "trainer_state.json", *checkpoint.glob("*.safetensors")):
         try:
             if path.suffix == ".json":
@@ -298,6 +408,21 @@ def check_readable(checkpoint: Path) -> None:
                 f"{path} cannot be read ({exc}): the checkpoint is damaged; move {checkpoint} away to resume "
                 "from the one before it"
             ) from None
+    # optimizer.pt; FSDP's sharded optimizer_0/; DeepSpeed's global_stepN/ folder of shards.
+    if not any(checkpoint.glob("optimizer*")) and not any(checkpoint.glob("global_step*")):
+        raise SystemExit(
+            f"{checkpoint} holds no optimizer state (optimizer.pt): resuming from it would not give the weights "
+            f"of an uninterrupted run; move {checkpoint} away to resume from the one before it"
+        )
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    step, epoch, planned = state.get("global_step", 0), state.get("epoch") or 0, state.get("max_steps", 0)
+    past = step >= args.max_steps if args.max_steps > 0 else epoch >= args.num_train_epochs
+    if past and step < planned:  # a run that had finished training may still need its served checkpoint saved
+        asked = f"--max_steps {args.max_steps}" if args.max_steps > 0 else f"--num_train_epochs {args.num_train_epochs}"
+        raise SystemExit(
+            f"{checkpoint} is at step {step} (epoch {epoch:.2f}), already past {asked}: nothing would be trained; "
+            f"resume with the run's own length (it planned {planned} steps) or more"
+        )
 
 
 def lora_flags(r: int, alpha: int, targets: list[str]) -> dict[str, str]:
@@ -370,10 +495,10 @@ def load_model(script: ScriptArguments, args: TrainingArguments, base: str, toke
 def tokenized(split: datasets.Dataset, tokenizer, script: ScriptArguments, report: DataReport) -> datasets.Dataset:
     """Dialogues within block_size (fit_dialogue's rule, counted in the report), packed as the flags say."""
     examples = []
-    for messages in split["messages"]:
+    for messages, place in zip(split["messages"], split["place"], strict=True):
         example, cut = fit_dialogue(tokenizer, messages, script.block_size, script.train_on)
         if example is None:
-            report.drop(f"first exchange longer than block_size ({script.block_size} tokens)")
+            report.drop(f"first exchange longer than block_size ({script.block_size} tokens)", place)
             report.kept -= 1
             continue
         report.cut += cut
@@ -409,7 +534,10 @@ def main(argv: list[str] | None = None, *, quiet: bool = False) -> Path:
     """quiet: the console shows one bar over the training steps and errors, nothing else (the
     playground's demo build, whose caller says what is happening)."""
     with libraries_quiet() if quiet else contextlib.nullcontext():
-        return run(sys.argv[1:] if argv is None else argv, quiet)
+        try:
+            return run(sys.argv[1:] if argv is None else argv, quiet)
+        except KeyboardInterrupt:  # before or after the training loop (run() names a checkpoint inside it)
+            raise Interrupted("interrupted") from None
 
 
 def run(argv: list[str], quiet: bool) -> Path:
@@ -423,7 +551,8 @@ def run(argv: list[str], quiet: bool) -> Path:
     resume_from = get_last_checkpoint(args.output_dir) if script.resume and Path(args.output_dir).is_dir() else None
     if resume_from is not None:
         check_resume(resume_from, script)
-        check_readable(Path(resume_from))
+        check_readable(Path(resume_from), args)
+        check_same_run(Path(args.output_dir) / RUN_RECORD, settings)
     scratch = script.model_name_or_path == "scratch"
     # A scratch base has GPTBigCode's layers and SCRATCH_POSITIONS positions, whatever its size.
     config = GPTBigCodeConfig(n_positions=SCRATCH_POSITIONS) if scratch else base_config(script.model_name_or_path)
@@ -463,8 +592,17 @@ def run(argv: list[str], quiet: bool) -> Path:
     eval_set = tokenized(splits["test"], tokenizer, script, report)
     if not len(train_set):
         raise SystemExit(f"no training dialogue fits block_size {script.block_size}: {report.summary()}")
+    if not len(eval_set) and args.eval_strategy != "no":
+        raise SystemExit(
+            f"no dialogue is left to evaluate on ({report.summary()}): add --eval_strategy no, or more data"
+        )
     if talk:
         print(f"data: {report.summary()}; {len(train_set)} train / {len(eval_set)} test examples", flush=True)
+        if report.places:
+            listing = Path(args.output_dir) / "dropped.txt"
+            listing.parent.mkdir(parents=True, exist_ok=True)
+            listing.write_text(report.listing(), encoding="utf-8")
+            print(f"every dropped row's place: {listing}", flush=True)
         print(f"processes: {args.world_size} ({args.parallel_mode.value}) on {args.device.type}", flush=True)
 
     model = load_model(script, args, base, tokenizer)
@@ -478,7 +616,7 @@ def run(argv: list[str], quiet: bool) -> Path:
         args=args,
         data_collator=collator,
         train_dataset=train_set,
-        eval_dataset=eval_set if len(eval_set) else None,  # --test_size 0
+        eval_dataset=eval_set if len(eval_set) else None,  # --test_size 0, --eval_strategy no
         processing_class=tokenizer,
         callbacks=[StopOnNonFiniteLoss()],
     )
@@ -487,13 +625,21 @@ def run(argv: list[str], quiet: bool) -> Path:
         trainer.add_callback(StepsBar())
     if script.resume and resume_from is None and talk:
         print(f"no checkpoint in {args.output_dir}: starting from the beginning", flush=True)
+    if resume_from is None and trainer.is_world_process_zero():  # what a resume will have to bring
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.output_dir) / RUN_RECORD).write_text(json.dumps(shaping(settings), indent=1))
     try:
         trainer.train(resume_from_checkpoint=resume_from)
     except FloatingPointError as exc:  # StopOnNonFiniteLoss: its message says what to do
         raise SystemExit(str(exc)) from None
+    except KeyboardInterrupt:
+        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        kept = f"the last checkpoint is {last}" if last else "no checkpoint was saved yet"
+        step = trainer.state.global_step
+        raise Interrupted(f"interrupted at step {step}; {kept}: add --resume true to continue") from None
 
     card = model_card(
-        output.name,
+        output.absolute().name,
         script.model_name_or_path,
         settings,
         trainer.state.log_history,

@@ -115,6 +115,11 @@ def load_backend(settings, default_model: Callable[[], str | Path] | None = None
 
     model = settings.model
     if model.startswith(("/", ".", "~")) and not (Path(model).expanduser() / "config.json").is_file():
+        if (Path(model).expanduser() / "adapter_config.json").is_file():
+            raise ValueError(
+                f"{model}: a LoRA adapter, not a model: merge it into its base first "
+                f"(python -m training.merge --base BASE --adapter {model} --output DIR), then serve DIR"
+            )
         raise ValueError(f"{model}: not a model's folder (no config.json there)")
     if settings.backend == "endpoint":
         from playground.backends.endpoint import EndpointBackend

@@ -68,7 +68,7 @@ def test_the_card_records_what_ran_not_the_recipe():
 
 
 def test_a_scratch_run_names_no_hub_base_and_shows_its_training_loss():
-    script, _, settings = parse([str(RECIPES / "tiny.yaml"), "--eval_strategy", "no"])
+    script, _, settings = parse([str(RECIPES / "tiny.yaml"), "--output_dir", "out", "--eval_strategy", "no"])
     log = [{"loss": 2.5, "epoch": 0.5, "step": 5}, {"loss": 2.0, "epoch": 1.0, "step": 10}]
     card = model_card("tiny", script.model_name_or_path, settings, log, datasets=script.datasets, hardware="CPU")
     front = yaml.safe_load(card.split("---\n")[1])

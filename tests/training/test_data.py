@@ -34,6 +34,7 @@ def rows():
         {"other": 1},
         {"text": "### Human: " + "x" * 100 + "### Assistant: y"},
         {"text": "preamble ### Human: q### Assistant: a"},
+        {"messages": json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])},  # CSV
     ]
 
 
@@ -49,18 +50,20 @@ def test_guanaco_text_becomes_messages():
 def test_bad_rows_are_dropped_and_counted_by_reason():
     report = DataReport()
     kept = list(dialogues(placed(rows(), "rows"), report, max_chars=80, phrases=load_phrases()))
-    assert len(kept) == 3 and report.kept == 3 and report.rows == 12
+    assert len(kept) == 4 and report.kept == 4 and report.rows == 13
+    assert kept[-1] == ("rows row 13", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
     assert report.dropped == {
         "refusal/alignment phrase (uncensored filter)": 1,
         "roles do not alternate or do not end with the assistant": 1,
         "the last ### Human: has no ### Assistant: answer": 1,
         "empty turn": 1,
         "malformed messages": 1,
-        "no messages or text field": 2,
+        "messages that are not a JSON list": 1,
+        "no messages or text field": 1,
         "too long": 1,
         "text before the first ### Human:": 1,
     }
-    assert "12 rows read, 3 dialogues kept" in report.summary()
+    assert "13 rows read, 4 dialogues kept" in report.summary()
     assert "1 too long (rows row 11)" in report.summary()  # each reason says where, as for broken JSON
 
 
@@ -208,3 +211,29 @@ def test_a_test_size_of_zero_holds_nothing_out(tmp_path):
     data.write_text("\n".join(json.dumps(exchange(n)) for n in range(5)))
     splits, report = build_dataset([str(data)], test_size=0)
     assert len(splits["train"]) == report.kept == 5 and len(splits["test"]) == 0
+
+
+def test_a_share_held_out_that_leaves_nothing_to_train_on_is_one_clear_error(tmp_path):
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(exchange(n)) for n in range(5)))
+    with pytest.raises(DataError, match=r"^--test_size 0.99 of 5 dialogues: .*train"):
+        build_dataset([str(data)], test_size=0.99)
+
+
+def test_a_named_source_that_adds_no_dialogue_is_refused_not_skipped(tmp_path):
+    (tmp_path / "good.jsonl").write_text("\n".join(json.dumps(exchange(n)) for n in range(5)))
+    (tmp_path / "table.csv").write_text("prompt,response\nq,a\nq2,a2\n")  # columns of its own: nothing to read
+    with pytest.raises(DataError, match=r"table.csv: no usable dialogue in it \(.*2 no messages or text field"):
+        build_dataset([str(tmp_path / "good.jsonl"), str(tmp_path / "table.csv")])
+
+
+def test_every_dropped_row_is_listed_with_its_place_and_kept_rows_keep_theirs(tmp_path):
+    lines = [json.dumps(exchange(n)) for n in range(3)] + ["{broken"] * 5 + ['{"messages": "[1"}']
+    (tmp_path / "data.jsonl").write_text("\n".join(lines))
+    splits, report = build_dataset([str(tmp_path / "data.jsonl")], test_size=0)
+    assert "5 unparsable JSON (data.jsonl line 4, data.jsonl line 5, data.jsonl line 6, ...)" in report.summary()
+    assert report.listing().splitlines() == [
+        *(f"unparsable JSON: data.jsonl line {n}" for n in range(4, 9)),
+        "messages that are not a JSON list: data.jsonl line 9",
+    ]
+    assert splits["train"]["place"] == ["data.jsonl line 1", "data.jsonl line 2", "data.jsonl line 3"]

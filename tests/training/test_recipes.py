@@ -43,7 +43,9 @@ def test_qlora_recipe_is_one_gpu_4bit_lora_on_attention_and_mlp():
 
 
 def test_overrides_win_and_typos_are_refused(tmp_path):
-    script, args, recipe = parse([str(RECIPES / "tiny.yaml"), "--learning_rate", "0.5", "--packing", "false"])
+    script, args, recipe = parse(
+        [str(RECIPES / "tiny.yaml"), "--output_dir", "out", "--learning_rate", "0.5", "--packing", "false"]
+    )
     assert args.learning_rate == 0.5 and script.packing is False and recipe["packing"] is False
     bad = tmp_path / "bad.yaml"
     bad.write_text("model_name_or_path: x\ndatasets: [y]\nlearnign_rate: 1\n")
@@ -73,14 +75,16 @@ def test_every_file_a_config_or_recipe_names_exists():
 
 def test_push_to_hub_and_hub_model_id_are_transformers_flags():
     tiny = str(RECIPES / "tiny.yaml")
-    _, args, _ = parse([tiny, "--push_to_hub", "true", "--hub_model_id", "me/x"])
+    _, args, _ = parse([tiny, "--output_dir", "out", "--push_to_hub", "true", "--hub_model_id", "me/x"])
     assert args.push_to_hub and args.hub_model_id == "me/x"
-    _, args, _ = parse([tiny, "--hub_model_id", "me/x", "--push_to_hub"])  # bare, as the last flag
+    _, args, _ = parse(
+        [tiny, "--output_dir", "out", "--hub_model_id", "me/x", "--push_to_hub"]
+    )  # bare, as the last flag
     assert args.push_to_hub and args.hub_model_id == "me/x"
-    _, args, _ = parse([tiny])
+    _, args, _ = parse([tiny, "--output_dir", "out"])
     assert not args.push_to_hub and args.hub_model_id is None
     with pytest.raises(SystemExit):  # argparse: "--push_to_hub: Truthy value expected: got me/x ..."
-        parse([tiny, "--push_to_hub", "me/x"])
+        parse([tiny, "--output_dir", "out", "--push_to_hub", "me/x"])
 
 
 @pytest.mark.parametrize(
@@ -89,6 +93,7 @@ def test_push_to_hub_and_hub_model_id_are_transformers_flags():
         (None, "No such file or directory"),
         ("a: [1\n", "not valid YAML"),
         ("- a\n", "a recipe maps keys to values"),
+        ("a: 1\nb: 2\na: 3\n", r"not valid YAML \(the key a is given twice"),  # PyYAML would keep a: 3
     ],
 )
 def test_a_recipe_that_cannot_be_read_is_one_line(tmp_path, text, said):
@@ -97,6 +102,19 @@ def test_a_recipe_that_cannot_be_read_is_one_line(tmp_path, text, said):
         recipe.write_text(text)
     with pytest.raises(SystemExit, match=f"^{recipe}: {said}"):
         parse([str(recipe)])
+
+
+def test_a_list_key_given_one_value_is_a_list_of_one_not_of_its_characters(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model_name_or_path: scratch\ndatasets: my.jsonl\nlora_target_modules: c_attn\n")
+    script, _, _ = parse([str(recipe), "--output_dir", "out"])
+    assert script.datasets == ["my.jsonl"] and script.lora_target_modules == ["c_attn"]
+
+
+@pytest.mark.parametrize("flags", [[], ["--output_dir", ""], ["--output_dir", "  "]])
+def test_a_run_names_its_output_folder(flags):  # transformers' default would be ./trainer_output, unsaid
+    with pytest.raises(SystemExit, match=r"^name the folder of the served checkpoint: --output_dir DIR"):
+        parse([str(RECIPES / "tiny.yaml"), *flags])
 
 
 def test_a_misspelt_flag_is_named_in_two_lines(capsys):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -140,7 +141,7 @@ def test_a_non_finite_loss_stops_with_a_clear_message(tmp_path):
         *SMALL,
     )
     assert run.returncode != 0 and "Traceback" not in run.stderr
-    assert "the training loss became" in run.stderr and "--resume" in run.stderr
+    assert "the training loss became" in run.stderr and "--overwrite_output_dir true" in run.stderr
     assert not (tmp_path / "nan" / "config.json").exists()
 
 
@@ -243,6 +244,18 @@ def test_lora_run_merges_into_a_checkpoint_with_the_adapter_models_logits(tmp_pa
         )  # fmt: skip
         assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [said], refused.stderr[-2000:]
         assert not (tmp_path / "refused").exists()
+
+    from training.merge import main as merge
+
+    kept = files_of(out / "adapter")
+    other = build_base(python_doc_dialogues(limit=50), tmp_path / "other", vocab_size=512, n_layer=1, n_embd=32)
+    for base_folder, output, said in [
+        (base, out / "adapter", f"{out / 'adapter'} is the adapter's folder, which the result would replace"),
+        (other, tmp_path / "refused", f"the adapter's layers do not have {other}'s sizes: merge it into the base"),
+    ]:
+        with pytest.raises(SystemExit, match=said):
+            merge(["--base", str(base_folder), "--adapter", str(out / "adapter"), "--output", str(output)])
+    assert files_of(out / "adapter") == kept and not (tmp_path / "refused").exists()
 
 
 @pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores for two processes")
@@ -479,6 +492,14 @@ def test_the_card_names_each_flag_set_however_it_was_spelled():
         (["--test_size", "nan"], "--test_size is the share"),
         (["--test_size", "0"], r"--test_size 0 leaves nothing to evaluate \(eval_strategy epoch\): add --eval_s"),
         (["--block_size", "0"], "--block_size must be 1 or more, not 0"),
+        (["--num_train_epochs", "0"], "--num_train_epochs 0.0 trains nothing"),
+        (["--num_train_epochs", "nan"], "--num_train_epochs nan trains nothing"),
+        (["--max_steps", "0"], "--max_steps 0 trains nothing"),
+        (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be 1 or more, not 0"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be 1 or more, not 0"),
+        (["--seed=-1"], r"--seed must be from 0 to 2\*\*32 - 1, not -1"),
+        (["--warmup_steps=-1"], "warmup_steps"),  # transformers' own check, as one line
+        (["--attn_implementation", "flash_attention_2"], "needs a CUDA GPU and its flash-attn package"),
     ],
 )
 def test_flags_that_would_fail_late_or_train_nothing_are_refused_before_any_work(flags, message):
@@ -565,6 +586,72 @@ def test_a_damaged_checkpoint_is_named_before_a_resume_loads_it(tmp_path):
     (checkpoint / "model.safetensors").write_bytes(b"\x10\x00")  # cut short by a full disk
     with pytest.raises(SystemExit, match=r"model.safetensors cannot be read .*move .*checkpoint-3 away"):
         main([TINY, "--output_dir", str(tmp_path), "--resume", "true", *SMALL])
+
+
+def checkpoint_at(folder: Path, step: int, epoch: float, planned: int, optimizer: bool = True) -> Path:
+    """A checkpoint as far as a resume's checks read it: its trainer state and its optimizer's file."""
+    checkpoint = folder / "checkpoints" / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(
+        json.dumps({"global_step": step, "epoch": epoch, "max_steps": planned})
+    )
+    if optimizer:
+        (checkpoint / "optimizer.pt").write_bytes(b"")
+    return checkpoint
+
+
+def test_a_resume_that_could_not_continue_the_run_is_refused_before_any_work(tmp_path):
+    cases = [
+        ({"optimizer": False}, [], r"holds no optimizer state \(optimizer.pt\)"),
+        ({}, ["--num_train_epochs", "2"], r"is at step 6 \(epoch 3.00\), already past --num_train_epochs 2.0"),
+        ({}, ["--max_steps", "5"], "already past --max_steps 5: nothing would be trained"),
+        ({"record": {"learning_rate": 0.5, "seed": 42}}, [], r"was started with --learning_rate 0.5: resume with"),
+    ]
+    for n, (made, flags, said) in enumerate(cases):
+        folder = tmp_path / str(n)
+        checkpoint_at(folder, step=6, epoch=3.0, planned=12, optimizer=made.get("optimizer", True))
+        if "record" in made:
+            (folder / "checkpoints" / "run.json").write_text(json.dumps(made["record"]))
+        with pytest.raises(SystemExit, match=said):
+            main([TINY, "--output_dir", str(folder), "--resume", "true", *flags, *SMALL])
+        assert not (folder / "scratch-base").exists()  # refused before the data and the model
+
+
+def test_a_folder_of_other_files_is_never_written_over(tmp_path, monkeypatch):
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "README.md").write_text("mine")
+    monkeypatch.chdir(mine)
+    for output in (str(mine), "."):
+        with pytest.raises(SystemExit, match=r"project holds other files \(README.md\), which the served checkpoint"):
+            main([str(ROOT / TINY), "--output_dir", output, "--overwrite_output_dir", "true", *SMALL])
+    assert [p.name for p in mine.iterdir()] == ["README.md"] and (mine / "README.md").read_text() == "mine"
+
+
+def test_a_test_split_left_empty_is_refused_while_evaluating(demo_model, tmp_path):
+    """Repeats are never held out while a copy trains: with one distinct dialogue nothing is left to evaluate."""
+    same = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps(same) for _ in range(7)))
+    args = ["--model_name_or_path", str(demo_model), "--datasets", str(data), "--test_size", "0.2"]
+    with pytest.raises(SystemExit, match=r"no dialogue is left to evaluate on .*: add --eval_strategy no"):
+        main([TINY, "--output_dir", str(tmp_path / "out"), *args, "--eval_strategy", "steps", "--eval_steps", "1"])
+
+
+def test_ctrl_c_names_the_checkpoint_a_resume_goes_on_from(demo_model, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    def interrupted(self, resume_from_checkpoint=None):
+        self.state.global_step = 3
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train", interrupted)
+    out = tmp_path / "out"
+    checkpoint_at(out, step=2, epoch=0.5, planned=8)
+    args = ["--model_name_or_path", str(demo_model), "--eval_strategy", "no"]
+    said = f"interrupted at step 3; the last checkpoint is {out / 'checkpoints' / 'checkpoint-2'}: add --resume true"
+    with pytest.raises(SystemExit, match=re.escape(said)):
+        main([TINY, "--output_dir", str(out), *args, "--resume", "true"])
 
 
 def test_merge_refuses_to_write_over_its_base_or_another_model(demo_model, tmp_path, monkeypatch):
