@@ -211,10 +211,11 @@ def fit_to_context(tokenizer, messages: Sequence[Message], max_new_tokens: int, 
     budget = context_length - max_new_tokens - len(tail)
     fixed = len(head) + len(blocks[-1])
     if fixed > budget:
+        longer = "system prompt" if len(head) > len(blocks[-1]) else "message"  # the one to shorten first
         raise ContextError(
-            f"The message is too long: with the system prompt it takes {fixed + len(tail)} tokens and the reply "
-            f"may take {max_new_tokens}, but the model's context holds {context_length}. "
-            "Shorten the message or lower 'max new tokens'."
+            f"The {longer} is too long: the message takes {len(blocks[-1]) + len(tail)} tokens, the system prompt "
+            f"{len(head)}, and the reply may take {max_new_tokens}, but the model's context holds {context_length}. "
+            f"Shorten the {longer} or lower 'max new tokens'."
         )
     start = 0
     total = len(head) + sum(len(b) for b in blocks)

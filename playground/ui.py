@@ -130,12 +130,14 @@ print(reply.choices[0].message.content)
 # A file over LOAD_BYTES is not read: its size comes instead, after TOO_LARGE, for the notice.
 LOAD_BYTES = 1_000_000  # with the kept conversations the event also sends, under the request limit
 TOO_LARGE = "\u0000too large: "
+EMPTY_FILE = "\u0000empty"  # what a file of no bytes sends: its text, "", would read as no file chosen
 LOAD_JS = f"""() => new Promise((resolve) => {{
   const input = Object.assign(document.createElement('input'), {{type: 'file', accept: '.json,application/json'}});
   input.onchange = async () => {{
     const file = input.files[0];
     if (!file) return resolve('');
     document.querySelector('#chatbot button[aria-label="Cancel"]')?.click();  // an open edit box closes
+    if (!file.size) return resolve({json.dumps(EMPTY_FILE)});
     resolve(file.size > {LOAD_BYTES} ? {json.dumps(TOO_LARGE)} + file.size : await file.text());
   }};
   input.oncancel = () => resolve('');
@@ -166,8 +168,42 @@ PAGE_JS = """() => {
     const rows = [...document.querySelectorAll('#chatbot .message-row')];
     return rows.filter((row) => row === buttons || row.compareDocumentPosition(buttons) & 4).length - 1;
   };
+  // Clear empties the open conversation for good (the list keeps no copy): it asks first, as Delete does.
+  document.addEventListener('click', (event) => {
+    if (!event.target.closest('#clear, #chatbot button[aria-label="Clear"]') || !raw().length) return;
+    if (window.confirm(CLEAR_QUESTION)) return;
+    event.stopImmediatePropagation();
+    event.preventDefault();
+  }, true);
+  // The fenced code blocks of a message's raw text, each as written (an unclosed one runs to the end).
+  const fenced = (text) => {
+    const blocks = [];
+    let open = null, lines = [];
+    for (const line of text.split('\\n')) {
+      const fence = line.match(/^ {0,3}(`{3,}|~{3,})(.*)$/);
+      if (open === null) {
+        if (fence && !(fence[1][0] === '`' && fence[2].includes('`'))) [open, lines] = [fence[1], []];
+      } else if (fence && fence[1][0] === open[0] && fence[1].length >= open.length && !fence[2].trim()) {
+        blocks.push(lines.join('\\n'));
+        open = null;
+      } else {
+        lines.push(line);
+      }
+    }
+    if (open !== null) blocks.push(lines.join('\\n'));
+    return blocks;
+  };
+  const squeeze = (text) => text.replace(/[ \\t]+/g, ' ').trim();
   let next = null;
   document.addEventListener('click', (event) => {
+    // A code block's copy button would take the rendered code, its tabs turned into spaces (a Makefile
+    // would break): it gets the block as written, the one whose text it shows.
+    const code = event.target.closest('#chatbot .copy_code_button');
+    if (code) {
+      const shown = squeeze(code.closest('.code_wrap')?.querySelector('pre')?.textContent ?? '');
+      next = fenced(raw()[indexOf(code)]?.content ?? '').find((block) => squeeze(block) === shown) ?? null;
+      return;
+    }
     const button = event.target.closest('#chatbot button[aria-label]');
     if (!button) return;
     const label = button.getAttribute('aria-label');
@@ -218,7 +254,9 @@ PAGE_JS = """() => {
       return write(exact);
     };
   }
-}"""
+}""".replace("CLEAR_QUESTION", json.dumps(
+    "Clear this conversation? Its messages are deleted from this browser and cannot be brought back: save it "
+    "as a file first to keep it, or start a New conversation instead."))  # fmt: skip
 
 # In the page's head, so that it runs before the app's components load their kept values.
 PAGE_HEAD = """<script>
@@ -316,6 +354,7 @@ class Page:
     notes: gr.State  # message index -> how that reply went; shown, never sent to the model
     busy: gr.State  # a reply is being generated
     sent: gr.State  # the message taken from the box, on its way to `Chat.respond`
+    refused: gr.State  # why the box's message was not taken: said by `submit`, a queued event that can warn
     shelf: Shelf
 
     @property
@@ -333,9 +372,15 @@ class Reply:
     back: str | None = None  # the message sent or edited, for the box if Stop comes before anything streamed
     started: bool = False  # a piece of the reply has streamed
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # Gradio asks a generator for its next update once it has sent the last one to the page: set then, so
+    # that Stop's own update can come after it.
+    sent: asyncio.Event = field(default_factory=asyncio.Event)
     # Stop cancels the reply's event from the page, which it can only do once the page knows the event's
     # id: on a slow connection a Stop right after Send comes before that, and the reply ends at this flag.
     stopped: bool = False
+
+    def __post_init__(self) -> None:
+        self.sent.set()  # nothing yielded yet
 
 
 def waiting(conversation: list[Message]) -> bool:
@@ -467,7 +512,7 @@ def layout(chat: Chat, describe) -> Page:
         return Page(
             blocks, info, chatbot, raw, context, textbox, send, stop, retry, proceed, undo, clear, model, system,
             samplers, save, save_markdown, load, file_text, gr.State([]), gr.State({}), gr.State(False),
-            gr.State(""), shelf,
+            gr.State(""), gr.State(""), shelf,
         )  # fmt: skip
 
 
@@ -483,10 +528,12 @@ class Handlers:
         self.unsent: dict[str, str] = {}  # session -> the message taken for sending, until its reply starts
         self.halted: set[str] = set()  # sessions whose Stop came before their reply started
         p = page
+        # Retry and Undo wait for the reply: Undo would take back a question whose answer is still coming.
         self.locked = {p.send: gr.update(visible=False), p.stop: gr.update(visible=True),
-                       p.retry: gr.update(interactive=False), p.proceed: gr.update(visible=False)}  # fmt: skip
+                       p.retry: gr.update(interactive=False), p.undo: gr.update(interactive=False),
+                       p.proceed: gr.update(visible=False)}  # fmt: skip
         self.unlocked = {p.busy: False, p.send: gr.update(visible=True), p.stop: gr.update(visible=False),
-                         p.retry: gr.update(interactive=True)}  # fmt: skip
+                         p.retry: gr.update(interactive=True), p.undo: gr.update(interactive=True)}  # fmt: skip
 
     def show(self, conversation: list[Message], notes: dict[int, str]) -> dict:
         """The conversation, with Continue under a last reply whose note says it was cut at max new tokens
@@ -519,6 +566,7 @@ class Handlers:
             yield unlocked
             return
         kept = len(history) - continuing  # a continued reply gets a new note
+        opening = history[-1]["content"] if continuing else ""  # the reply's text before this run
         before, notes = values[p.state], notes_before(values[p.notes], kept)
         try:
             raw = {name: values[c] for name, c in zip(PARAM_NAMES, p.samplers, strict=True)}
@@ -529,7 +577,7 @@ class Handlers:
             return
         last: Update | None = None
         ended = False
-        live = self.replies[key] = Reply(before, notes, back)
+        live = self.replies[key] = Reply(before, values[p.notes], back)  # as it was, until the reply starts
         try:
             updates = self.chat.respond(
                 history, values[p.system], params, values[p.model], client_of(request), continuing=continuing
@@ -549,14 +597,22 @@ class Handlers:
                         index = len(update.conversation) - 1
                         note = reply_note(update.finish, update.tokens, update.first_token_s, update.seconds)
                         notes = {**notes, index: note}
-                    live.conversation, live.notes, live.started = update.conversation, notes, True
+                    newest = update.conversation[-1] if update.conversation else {}
+                    if update.finish or (newest.get("role") == "assistant" and newest["content"] != opening):
+                        live.conversation, live.notes, live.started = update.conversation, notes, True
                     if not update.finish:
+                        live.sent.clear()
                         yield {**self.show(update.conversation, notes), p.context: update.context}
+                        live.sent.set()
             ended = True
         finally:
             live.done.set()  # also when Stop cancels this generator; then Stop takes the entry
+            live.sent.set()
             if ended and self.replies.get(key) is live:
                 del self.replies[key]
+        if live.stopped:  # Stop has given the page back; by now it may be streaming the next reply
+            yield {}  # Gradio ends an event by sending its last update again: that must not be a stale one
+            return
         if not (last and last.finish):
             yield unlocked
             return
@@ -576,19 +632,20 @@ class Handlers:
         """Takes the message out of the box for sending; while a reply streams the box is left alone."""
         p = self.p
         if busy or not message.strip():
-            return {p.sent: ""}
+            return {p.sent: "", p.refused: ""}
         try:
             self.chat.check_message(message)
-        except DialogueError as exc:
-            gr.Warning(str(exc))
-            return {p.sent: "", p.textbox: sendable(message)}
+        except DialogueError as exc:  # a warning here (not queued) would never reach the page
+            return {p.sent: "", p.refused: str(exc), p.textbox: sendable(message)}
         self.unsent[session_of(request)] = message
-        return {p.sent: message, **self.lock(request)}
+        return {p.sent: message, p.refused: "", **self.lock(request)}
 
     async def submit(self, values: dict, request: gr.Request):
         p = self.p
         message = values[p.sent]
-        if not message:  # nothing was taken: the box was empty, or a reply is streaming
+        if not message:  # nothing was taken: the box was empty or refused, or a reply is streaming
+            if values[p.refused]:
+                gr.Warning(values[p.refused])
             yield {p.textbox: gr.skip()}
             return
         # An error before the reply gives the message back, unless the person typed a new one.
@@ -620,9 +677,13 @@ class Handlers:
         if (history := edited(conversation, edit)) is None:
             yield {**self.show(conversation, values[p.notes]), **self.unlocked}
             return
-        yield self.lock(request)
         text = sendable(history[-1]["content"])
         restore = {p.textbox: put_back(text, values[p.textbox])}
+        if not text.strip():  # as from the message box: an empty question is not sent
+            gr.Warning("The message is empty: the edit was not sent.")
+            yield {**self.show(conversation, values[p.notes]), **self.unlocked}
+            return
+        yield self.lock(request)
         async for out in self.run(values, history, request, restore=restore, back=text):
             yield out
 
@@ -651,15 +712,21 @@ class Handlers:
         key = session_of(request)
         if live := self.replies.pop(key, None):
             live.stopped = True  # ends the reply also where the page could not cancel its event
+            # Started: its last piece is on its way, wait for it. Not started: a backend may take long to its
+            # first word (the flag ends the reply at it); wait only until the page has the reply's last update
+            # (the conversation with the message), so that this one, without it, comes after.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(live.done.wait(), 10)
+                await asyncio.wait_for(
+                    live.done.wait() if live.started else live.sent.wait(), 10 if live.started else 2
+                )
             conversation, notes = live.conversation, live.notes
-            message = None if live.started else live.back
+            message, streamed = (None, True) if live.started else (live.back, False)
         else:
             self.halted.add(key)
-            message = self.unsent.pop(key, None)
-        if conversation and conversation[-1]["role"] == "assistant" and len(conversation) - 1 not in notes:
-            notes = {**notes, len(conversation) - 1: ENDINGS["cancelled"]}
+            message, streamed = self.unsent.pop(key, None), True  # the page's reply, as far as it got
+        last = len(conversation) - 1
+        if streamed and last >= 0 and conversation[last]["role"] == "assistant" and last not in notes:
+            notes = {**notes, last: ENDINGS["cancelled"]}
         back = {} if message is None else {self.p.textbox: put_back(message, box)}
         return {**self.show(conversation, notes), **self.unlocked, **back}
 
@@ -676,10 +743,10 @@ class Handlers:
         else:
             self.halted.discard(key)
 
-    def undo(self, conversation: list[Message], notes: dict[int, str], box: str) -> dict:
+    def undo(self, conversation: list[Message], notes: dict[int, str], box: str, busy: bool) -> dict:
         """The last question goes back into the box, before anything typed there, with its reply taken away
-        (an unanswered one alone)."""
-        if not conversation:
+        (an unanswered one alone). Not while a reply streams (the page disables the button meanwhile)."""
+        if not conversation or busy:
             return gr.skip()
         cut = len(conversation) - (1 if waiting(conversation) else 2)
         if cut < 0:
@@ -687,19 +754,26 @@ class Handlers:
         shown = self.show(conversation[:cut], notes_before(notes, cut))
         return {**shown, self.p.textbox: put_back(conversation[cut]["content"], box)}
 
-    def cleared(self, request: gr.Request) -> dict:
-        """An empty conversation; a reply that was streaming is cancelled first, so it cannot write back."""
+    def cleared(self, name: str, max_new_tokens: int, request: gr.Request) -> dict:
+        """An empty conversation; a reply that was streaming is cancelled first, so it cannot write back. The
+        context line says the budget, as before the first message (the buttons below it stay in place)."""
         self.replies.pop(session_of(request), None)
-        return {**self.show([], {}), self.p.context: "", **self.unlocked}
+        _, context = self.budget(name, max_new_tokens)
+        return {**self.show([], {}), self.p.context: context, **self.unlocked}
 
-    def pick_model(self, name: str, max_new_tokens: int) -> dict:
-        """Another model: its description, and a reply limit that fits its context."""
-        p = self.p
+    def budget(self, name: str, max_new_tokens: int) -> tuple[int, str]:
+        """The reply limit `name` allows, with the slider's value in it, and the context line for them."""
         limit = self.chat.reply_limit(name)
         # The slider's value as the page sent it: a forged call may send anything there.
         given = isinstance(max_new_tokens, int | float) and math.isfinite(max_new_tokens)
         reply = min(max(1, int(max_new_tokens)), limit) if given else limit
-        context = describe_budget(self.chat.backend(name).info.context_length, reply)
+        return reply, describe_budget(self.chat.backend(name).info.context_length, reply)
+
+    def pick_model(self, name: str, max_new_tokens: int) -> dict:
+        """Another model: its description, and a reply limit that fits its context."""
+        p = self.p
+        reply, context = self.budget(name, max_new_tokens)
+        limit = self.chat.reply_limit(name)
         return {p.info: self.describe(name), max_new_of(p): gr.update(maximum=limit, value=reply), p.context: context}
 
 
@@ -714,8 +788,8 @@ def wire(page: Page, chat: Chat, describe) -> None:
     p.model.change(h.pick_model, [p.model, max_new_of(p)], [p.info, max_new_of(p), p.context], queue=False,
                    **PRIVATE)  # fmt: skip
     shown = p.shown
-    buttons = [p.busy, p.send, p.stop, p.retry]
-    took = [p.textbox, p.sent, p.proceed, *buttons]
+    buttons = [p.busy, p.send, p.stop, p.retry, p.undo]
+    took = [p.textbox, p.sent, p.refused, p.proceed, *buttons]
     keeping, keeping_sent, keeping_edited = wire_shelf(p, chat, h.show)
     generating = []
     for event in (p.textbox.submit, p.send.click):
@@ -725,7 +799,11 @@ def wire(page: Page, chat: Chat, describe) -> None:
         # `take` already refuses a send while a reply streams.
         generating.append(
             taking.then(
-                h.submit, {p.sent, p.textbox, *turn}, [*shown, *buttons, p.textbox], trigger_mode="multiple", **PRIVATE
+                h.submit,
+                {p.sent, p.refused, p.textbox, *turn},
+                [*shown, *buttons, p.textbox],
+                trigger_mode="multiple",
+                **PRIVATE,
             )
         )
         taking.then(**keeping_sent)  # beside the reply: a reload while it streams keeps the message sent
@@ -748,11 +826,13 @@ def wire(page: Page, chat: Chat, describe) -> None:
     changing = [
         *generating,
         stopping,
-        p.undo.click(h.undo, [p.state, p.notes, p.textbox], [*shown, p.textbox], queue=False, **PRIVATE),
+        p.undo.click(h.undo, [p.state, p.notes, p.textbox, p.busy], [*shown, p.textbox], queue=False, **PRIVATE),
     ]
     for clearing in (p.clear.click, p.chatbot.clear):  # our button and the chatbot's own trash icon
         changing.append(
-            clearing(None, cancels=generating, **PRIVATE).then(h.cleared, None, [*shown, *buttons], **PRIVATE)
+            clearing(None, cancels=generating, **PRIVATE).then(
+                h.cleared, [p.model, max_new_of(p)], [*shown, *buttons], **PRIVATE
+            )
         )
     for change in changing:  # every change to the open conversation is kept in the browser
         change.then(**keeping)
@@ -887,6 +967,9 @@ def wire_shelf(page: Page, chat: Chat, show) -> tuple[dict, dict, dict]:
             size = int(text.removeprefix(TOO_LARGE))
             gr.Warning(f"That file has {size:,} bytes: conversation files of up to {LOAD_BYTES:,} bytes can be loaded.")
             return gr.skip()
+        if text == EMPTY_FILE:
+            gr.Warning("That file is empty: a conversation file holds the JSON that Save conversation writes.")
+            return gr.skip()
         try:
             loaded, loaded_system, loaded_notes = import_conversation(text, limit)
         except DialogueError as exc:
@@ -894,6 +977,12 @@ def wire_shelf(page: Page, chat: Chat, show) -> tuple[dict, dict, dict]:
             return gr.skip()  # nothing replaced
         if busy_now(busy):
             return gr.skip()
+        # Opened whole, to be read, copied and saved, even where this server would not take it further.
+        asking = loaded if waiting(loaded) else [*loaded, {"role": "user", "content": "?"}]
+        try:
+            chat.check_conversation(asking, loaded_system)
+        except DialogueError as exc:
+            gr.Warning(f"Loaded, but this server cannot continue it: {exc}")
         past = read_past(stored, limit)[0]
         leaving = Kept(*opened, conversation, system, notes)
         return opening(Kept(new_id(), "", loaded, loaded_system, loaded_notes), *shelve(past, leaving))

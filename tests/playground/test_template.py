@@ -161,7 +161,11 @@ def test_oldest_whole_turns_go_first_and_system_and_newest_stay(tokenizer):
 
 def test_a_newest_message_too_long_alone_is_a_clear_error(tokenizer):
     messages = [SYSTEM, {"role": "user", "content": "word " * 400}]
-    with pytest.raises(ContextError, match=r"too long.*context holds 256"):
+    with pytest.raises(ContextError, match=r"^The message is too long: .*context holds 256. Shorten the message"):
+        fit_to_context(tokenizer, messages, max_new_tokens=64, context_length=256)
+    # A long system prompt is named as the one to shorten, not the short question beside it.
+    messages = [{"role": "system", "content": "Be careful. " * 200}, {"role": "user", "content": "Hi?"}]
+    with pytest.raises(ContextError, match=r"^The system prompt is too long: .*Shorten the system prompt"):
         fit_to_context(tokenizer, messages, max_new_tokens=64, context_length=256)
 
 

@@ -147,6 +147,13 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
     assert bot_texts(page) == [reply] and "current date" in page.locator("#chatbot [data-testid=user]").inner_text()
     page.locator("#message textarea").fill("")
 
+    # An edit to nothing but spaces is refused as an empty message from the box is.
+    open_first_edit(page, "How do I get the current date")
+    page.locator("#chatbot textarea").fill("   \n  ")
+    page.locator('#chatbot button[aria-label="Submit"]').click()
+    wait_for_notice(page, "The message is empty")
+    assert bot_texts(page) == [reply] and "current date" in page.locator("#chatbot [data-testid=user]").inner_text()
+
     # Save as JSON, clear with the chatbot's own trash icon, load the file back.
     page.get_by_text("Conversation file").click()
     with page.expect_download() as download:  # made in the browser: no file on the server
@@ -154,8 +161,15 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
     saved = tmp_path / "conversation.json"
     download.value.save_as(saved)
     assert "current date" in saved.read_text()
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.locator('#chatbot button[aria-label="Clear"]').click()  # Clear asks first: No keeps the conversation
+    page.wait_for_timeout(500)
+    assert "cannot be brought back" in asked[0] and bot_texts(page) == [reply]
+    page.once("dialog", lambda dialog: dialog.accept())
     page.locator('#chatbot button[aria-label="Clear"]').click()
     page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 0")
+    assert "Context:" in page.locator("#context").inner_text()  # the line stays: Send and Stop keep their place
     before = uploaded()
     load_file(page, saved)
     page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 1")
@@ -174,6 +188,19 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
     load_file(page, huge)
     page.locator('[data-testid="toast-body"]', has_text="can be loaded").wait_for()
     assert len(page.locator("#chatbot [data-testid=user]").all_inner_texts()) == 2
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    load_file(page, empty)
+    wait_for_notice(page, "That file is empty")
+    assert len(page.locator("#chatbot [data-testid=user]").all_inner_texts()) == 2
+
+    # A conversation longer than this server continues opens, to be read and saved, and says so.
+    turns = chat.settings.max_history_messages // 2 + 1
+    long = [{"role": role, "content": f"{role} {n}"} for n in range(turns) for role in ("user", "assistant")]
+    (tmp_path / "long.json").write_text(json.dumps({"messages": long}))
+    load_file(page, tmp_path / "long.json")
+    wait_for_notice(page, "Loaded, but this server cannot continue it")
+    page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == {turns}")
 
 
 def test_switching_model_keeps_the_conversation(tiny_checkpoint, page, tmp_path, monkeypatch):
@@ -262,8 +289,9 @@ def test_typing_while_a_reply_streams_loses_nothing(app, page, monkeypatch):
     page.wait_for_function(f"document.querySelector('{BOTS}')?.innerText.length > 20")
     assert box.input_value() == "Next question"
 
-    # While the reply streams, Send is Stop, and Enter does not take the message away.
+    # While the reply streams, Send is Stop, and Enter does not take the message away; Retry and Undo wait.
     assert page.locator("#send").is_hidden() and page.locator("#stop").is_visible()
+    assert page.locator("#undo").is_disabled() and page.locator("#retry").is_disabled()
     box.press_sequentially(", typed while it streams")
     box.press("Enter")
     page.wait_for_function(f"document.querySelector('{BOTS}').innerText.length > 60")
@@ -272,10 +300,16 @@ def test_typing_while_a_reply_streams_loses_nothing(app, page, monkeypatch):
 
     # Delete while it streams asks nothing and says to stop the reply first.
     asked: list[str] = []
-    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+
+    def answer_no(dialog) -> None:
+        asked.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", answer_no)
     page.locator("#delete-conversation").click()
     wait_for_notice(page, "A reply is being written")
     assert not asked and page.locator("#chatbot [data-testid=user]").count() == 1
+    page.remove_listener("dialog", answer_no)
 
     # Stopped, the message is sent as typed, and only what was sent leaves the box.
     page.locator("#stop").click()
@@ -288,8 +322,9 @@ def test_typing_while_a_reply_streams_loses_nothing(app, page, monkeypatch):
     assert "typed while it streams" in page.locator("#chatbot [data-testid=user]").last.inner_text()
     page.wait_for_function("document.querySelector('#message textarea').value === ''")
 
-    # Clear while it streams: the reply stops and cannot write into the cleared conversation.
+    # Clear while it streams (once asked): the reply stops and cannot write into the cleared conversation.
     page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 2")
+    page.once("dialog", lambda dialog: dialog.accept())
     page.locator("#clear").click()
     assert wait_until_idle()
     page.locator("#send").wait_for(state="visible")
@@ -366,17 +401,19 @@ def test_keys_typed_right_after_enter_stay_for_the_next_message(app, page, monke
     slow_model(chat, monkeypatch, delay=0.05, endless=True)
     page.goto(url)
     far_away(page)
-    box = page.locator("#message textarea")
+    box, users = page.locator("#message textarea"), page.locator("#chatbot [data-testid=user]")
     for attempt in range(3):
+        before = users.count()
         box.fill(f"Question {attempt}")
         box.press("Enter")
         page.keyboard.type("and then", delay=5)
-        page.wait_for_function(f"document.querySelectorAll('#chatbot [data-testid=user]').length == {attempt + 1}")
-        assert page.locator("#chatbot [data-testid=user]").last.inner_text().strip() == f"Question {attempt}"
+        page.wait_for_function(f"document.querySelectorAll('#chatbot [data-testid=user]').length == {before + 1}")
+        assert users.last.inner_text().strip() == f"Question {attempt}"
         assert box.input_value() == "and then"
-        page.locator("#stop").click()
+        page.locator("#stop").click()  # before the reply's first word, the question comes back to the box
         page.locator("#send").wait_for(state="visible")
         assert wait_until_idle()
+        box.fill("")
 
 
 def test_stop_while_the_prompt_is_read_gives_the_message_back(app, page, monkeypatch):
@@ -403,6 +440,47 @@ def test_stop_while_the_prompt_is_read_gives_the_message_back(app, page, monkeyp
     )
     assert page.locator("#chatbot [data-testid=user]").count() == 0 and page.locator("#send").is_visible()
     assert wait_until_idle()
+
+
+def test_stop_while_the_backend_is_slow_to_its_first_word_gives_the_message_back_at_once(app, page, monkeypatch):
+    """A server may take seconds to its first word (its own queue): Stop does not wait for that word."""
+    url, chat = app
+    backend, asked = chat.backend(), threading.Event()
+    stream = backend.stream
+
+    def late(request):
+        asked.set()
+        time.sleep(3)
+        yield from stream(request)
+
+    monkeypatch.setattr(backend, "stream", late)
+    page.goto(url)
+    ask(page, SORT)
+    assert asked.wait(10)
+    page.locator("#stop").click()
+    began = time.monotonic()
+    page.wait_for_function("(text) => document.querySelector('#message textarea').value === text", arg=SORT)
+    waited = time.monotonic() - began
+    page.wait_for_timeout(3_500)  # the first word has come by now, and found its reply stopped
+    assert page.locator("#chatbot [data-testid=user]").count() == 0 and page.locator(BOTS).count() == 0
+    assert page.locator("#send").is_visible() and wait_until_idle()
+    assert waited < 2.5, f"Stop waited {waited:.1f} s for the first word"
+
+
+def test_a_message_refused_as_sent_says_why_and_stays_in_the_box(app, page):
+    url, chat = app
+    page.goto(url)
+    box = page.locator("#message textarea")
+    too_long = "B" * (chat.settings.max_message_chars + 1)
+    box.fill(too_long)
+    box.press("Enter")
+    wait_for_notice(page, f"the limit is {chat.settings.max_message_chars}")
+    assert box.input_value() == too_long and page.locator("#chatbot [data-testid=user]").count() == 0
+    page.evaluate("() => { const box = document.querySelector('#message textarea'); box.value = 'x\\uD800y';"
+                  " box.dispatchEvent(new Event('input', {bubbles: true})); }")  # fmt: skip
+    box.press("Enter")
+    wait_for_notice(page, "lone surrogate")
+    assert box.input_value() == "x\ufffdy" and page.locator("#chatbot [data-testid=user]").count() == 0
 
 
 # Clicks Stop the instant it shows: before the page has heard back from the server about the reply.
@@ -479,6 +557,24 @@ def test_copies_and_edits_are_exactly_what_was_typed(app, clipboard_page, monkey
     page.wait_for_function("document.querySelector('#raw-conversation textarea').value.includes('again')")
     page.locator("#chatbot .message-buttons").first.locator('button[aria-label="Copy message"]').click()
     assert page.evaluate("navigator.clipboard.readText()") == TYPED + " <i>again</i>"
+
+
+def test_a_code_blocks_copy_button_copies_the_code_as_written(app, clipboard_page, tmp_path):
+    """Gradio's renderer turns tabs into spaces: a copied Makefile would no longer run."""
+    url, _ = app
+    page = clipboard_page
+    makefile, script = "all:\n\techo\t'<hi>' && true", "for x in xs:\n\tprint(x)"
+    reply = f"A Makefile:\n\n```make\n{makefile}\n```\n\nand a loop:\n\n~~~python\n{script}\n~~~"
+    conversation = tmp_path / "code.json"
+    conversation.write_text(json.dumps([{"role": "user", "content": "Tabs?"}, {"role": "assistant", "content": reply}]))
+    page.goto(url)
+    page.get_by_text("Conversation file").click()
+    load_file(page, conversation)
+    buttons = page.locator("#chatbot [data-testid=bot] .copy_code_button")
+    buttons.nth(1).wait_for()
+    for button, code in zip(buttons.all(), [makefile, script], strict=True):
+        button.click()
+        page.wait_for_function("(code) => navigator.clipboard.readText().then((text) => text === code)", arg=code)
 
 
 def test_every_reply_says_how_it_went(app, page, monkeypatch):
@@ -869,6 +965,7 @@ def test_markdown_export_is_exact_and_clear_or_load_close_an_open_edit(app, page
     assert page.locator("#chatbot textarea").count() == 0
     page.locator('#chatbot button[aria-label="Edit"]').first.click()
     page.locator("#chatbot textarea").wait_for()
+    page.once("dialog", lambda dialog: dialog.accept())
     page.locator("#clear").click()
     page.wait_for_function(f"{USERS} == 0")
     load_file(page, conversation)
