@@ -141,11 +141,12 @@ class Settings:
                 except ValueError:
                     parser.error(f"{env_name}={env[env_name]!r} is not {KINDS[kind]}")
             extra = {k: v for k, v in f.metadata.items() if k not in ("help", "bounds", "secret")}
+            shown = "" if f.metadata["secret"] or default in ("", None) else f"; default {default}"
             parser.add_argument(
                 f"--{f.name.replace('_', '-')}",
                 type=kind,
                 default=default,
-                help=f"{f.metadata['help']} [env {env_name}]",
+                help=f"{f.metadata['help']} [env {env_name}{shown}]",
                 **extra,
             )
         try:

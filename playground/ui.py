@@ -374,13 +374,13 @@ class Reply:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     # Gradio asks a generator for its next update once it has sent the last one to the page: set then, so
     # that Stop's own update can come after it.
-    sent: asyncio.Event = field(default_factory=asyncio.Event)
+    delivered: asyncio.Event = field(default_factory=asyncio.Event)
     # Stop cancels the reply's event from the page, which it can only do once the page knows the event's
     # id: on a slow connection a Stop right after Send comes before that, and the reply ends at this flag.
     stopped: bool = False
 
     def __post_init__(self) -> None:
-        self.sent.set()  # nothing yielded yet
+        self.delivered.set()  # nothing yielded yet
 
 
 def waiting(conversation: list[Message]) -> bool:
@@ -601,13 +601,13 @@ class Handlers:
                     if update.finish or (newest.get("role") == "assistant" and newest["content"] != opening):
                         live.conversation, live.notes, live.started = update.conversation, notes, True
                     if not update.finish:
-                        live.sent.clear()
+                        live.delivered.clear()
                         yield {**self.show(update.conversation, notes), p.context: update.context}
-                        live.sent.set()
+                        live.delivered.set()
             ended = True
         finally:
             live.done.set()  # also when Stop cancels this generator; then Stop takes the entry
-            live.sent.set()
+            live.delivered.set()
             if ended and self.replies.get(key) is live:
                 del self.replies[key]
         if live.stopped:  # Stop has given the page back; by now it may be streaming the next reply
@@ -717,7 +717,7 @@ class Handlers:
             # (the conversation with the message), so that this one, without it, comes after.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
-                    live.done.wait() if live.started else live.sent.wait(), 10 if live.started else 2
+                    live.done.wait() if live.started else live.delivered.wait(), 10 if live.started else 2
                 )
             conversation, notes = live.conversation, live.notes
             message, streamed = (None, True) if live.started else (live.back, False)

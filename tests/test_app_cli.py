@@ -19,6 +19,9 @@ def test_help_lists_the_flags_and_their_environment_twins():
     out = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True)
     for flag in ["--model", "--backend", "--quantize", "--host", "--port", "STARCHAT_MODEL", "STARCHAT_PORT"]:
         assert flag in out.stdout
+    said = " ".join(out.stdout.split())
+    assert "[env STARCHAT_MAX_MESSAGE_CHARS; default 20000]" in said  # each limit says its value
+    assert "[env STARCHAT_API_KEY]" in said  # a secret's value is never shown
 
 
 def test_environment_twins_configure_without_flags_and_flags_win():

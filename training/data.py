@@ -267,11 +267,14 @@ def build_dataset(
     phrases = load_phrases() if uncensored else None
     kept = []
     for source in sources:
-        before = len(kept)
+        before, rows = len(kept), report.rows
         found = dialogues(load_rows(source, report), report, max_chars=max_chars, phrases=phrases)
         kept += [{"messages": messages, "place": place} for place, messages in found]
         if len(sources) > 1 and len(kept) == before:  # named to be trained on, it would add nothing
-            raise DataError(f"{source}: no usable dialogue in it ({report.summary()})")
+            raise DataError(
+                f"{source}: none of its {report.rows - rows} rows is a usable dialogue "
+                f"(all sources so far: {report.summary()})"
+            )
     if len(kept) < 2:
         raise DataError(f"fewer than two usable dialogues in {', '.join(sources)}: {report.summary()}")
     dataset = datasets.Dataset.from_list(kept)

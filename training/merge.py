@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
     parser.add_argument("--overwrite", action="store_true", help="replace a model already in --output")
     args = parser.parse_args(argv)
+    if not args.output.strip():  # Path("") is the current folder
+        raise SystemExit("--output is empty: name the folder of the served checkpoint")
     output = Path(args.output).expanduser()
     check_output(output, "--output", {"the base model": args.base, "the adapter": args.adapter}, cleared=False)
     if (output / "config.json").exists() and not args.overwrite:

@@ -278,9 +278,17 @@ def check_script(script: ScriptArguments, args: TrainingArguments) -> None:
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be 1 or more, not {getattr(args, name)}")
-    if args.max_steps == 0 or (args.max_steps < 0 and not args.num_train_epochs > 0):  # also refuses nan
+    if args.max_steps == 0 or (args.max_steps < 0 and not 0 < args.num_train_epochs < math.inf):  # nan too
         what = "--max_steps 0" if args.max_steps == 0 else f"--num_train_epochs {args.num_train_epochs}"
-        raise SystemExit(f"{what} trains nothing: give --num_train_epochs above 0 or --max_steps 1 or more")
+        raise SystemExit(
+            f"{what} trains nothing or never ends: give --num_train_epochs above 0 or --max_steps 1 or more"
+        )
+    if args.max_steps < -1:  # transformers would read it as -1: train for --num_train_epochs
+        raise SystemExit(f"--max_steps must be 1 or more, or -1 to train --num_train_epochs, not {args.max_steps}")
+    if not math.isfinite(args.warmup_steps):
+        raise SystemExit(
+            f"--warmup_steps must be a number (steps, or below 1 a share of them), not {args.warmup_steps}"
+        )
     if not 0 <= args.seed < 2**32:
         raise SystemExit(f"--seed must be from 0 to 2**32 - 1, not {args.seed}")
     if script.load_in_4bit and not script.lora:

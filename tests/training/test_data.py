@@ -223,7 +223,9 @@ def test_a_share_held_out_that_leaves_nothing_to_train_on_is_one_clear_error(tmp
 def test_a_named_source_that_adds_no_dialogue_is_refused_not_skipped(tmp_path):
     (tmp_path / "good.jsonl").write_text("\n".join(json.dumps(exchange(n)) for n in range(5)))
     (tmp_path / "table.csv").write_text("prompt,response\nq,a\nq2,a2\n")  # columns of its own: nothing to read
-    with pytest.raises(DataError, match=r"table.csv: no usable dialogue in it \(.*2 no messages or text field"):
+    with pytest.raises(
+        DataError, match=r"table.csv: none of its 2 rows is a usable dialogue \(.*2 no messages or text"
+    ):
         build_dataset([str(tmp_path / "good.jsonl"), str(tmp_path / "table.csv")])
 
 

@@ -494,6 +494,9 @@ def test_the_card_names_each_flag_set_however_it_was_spelled():
         (["--block_size", "0"], "--block_size must be 1 or more, not 0"),
         (["--num_train_epochs", "0"], "--num_train_epochs 0.0 trains nothing"),
         (["--num_train_epochs", "nan"], "--num_train_epochs nan trains nothing"),
+        (["--num_train_epochs", "inf"], "--num_train_epochs inf trains nothing or never ends"),
+        (["--max_steps=-5"], "--max_steps must be 1 or more, or -1 to train --num_train_epochs, not -5"),
+        (["--warmup_steps", "nan"], "--warmup_steps must be a number"),
         (["--max_steps", "0"], "--max_steps 0 trains nothing"),
         (["--per_device_train_batch_size", "0"], "--per_device_train_batch_size must be 1 or more, not 0"),
         (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be 1 or more, not 0"),
@@ -665,6 +668,7 @@ def test_merge_refuses_to_write_over_its_base_or_another_model(demo_model, tmp_p
     (adapter / "adapter_config.json").write_text("{not json")
     kept = files_of(model)
     for args, message in [
+        (["--base", str(model), "--output", ""], "--output is empty: name the folder"),  # not the current folder
         (["--base", str(model), "--output", str(model)], "is the base model's folder, which the result would replace"),
         (["--base", "x/y", "--output", str(model)], "already holds a model: pass --overwrite"),
         (["--base", "x/y", "--output", "~/model"], "already holds a model: pass --overwrite"),  # quoted ~
