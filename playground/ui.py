@@ -758,22 +758,21 @@ class Handlers:
         """An empty conversation; a reply that was streaming is cancelled first, so it cannot write back. The
         context line says the budget, as before the first message (the buttons below it stay in place)."""
         self.replies.pop(session_of(request), None)
-        _, context = self.budget(name, max_new_tokens)
+        *_, context = self.budget(name, max_new_tokens)
         return {**self.show([], {}), self.p.context: context, **self.unlocked}
 
-    def budget(self, name: str, max_new_tokens: int) -> tuple[int, str]:
-        """The reply limit `name` allows, with the slider's value in it, and the context line for them."""
+    def budget(self, name: str, max_new_tokens: int) -> tuple[int, int, str]:
+        """The reply limit `name` allows, the slider's value within it, and the context line for them."""
         limit = self.chat.reply_limit(name)
         # The slider's value as the page sent it: a forged call may send anything there.
         given = isinstance(max_new_tokens, int | float) and math.isfinite(max_new_tokens)
         reply = min(max(1, int(max_new_tokens)), limit) if given else limit
-        return reply, describe_budget(self.chat.backend(name).info.context_length, reply)
+        return limit, reply, describe_budget(self.chat.backend(name).info.context_length, reply)
 
     def pick_model(self, name: str, max_new_tokens: int) -> dict:
         """Another model: its description, and a reply limit that fits its context."""
         p = self.p
-        reply, context = self.budget(name, max_new_tokens)
-        limit = self.chat.reply_limit(name)
+        limit, reply, context = self.budget(name, max_new_tokens)
         return {p.info: self.describe(name), max_new_of(p): gr.update(maximum=limit, value=reply), p.context: context}
 
 

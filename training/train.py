@@ -157,7 +157,6 @@ class StepsBar(TrainerCallback):
             self.bar = None
 
 
-LIST_KEYS = {"datasets", "lora_target_modules"}
 # The arguments that shape the weights besides the LoRA flags (check_resume reads those from the adapter):
 # a resume must bring the values the run started with. Its length may change.
 SHAPING = (
@@ -204,7 +203,8 @@ def parse(argv: list[str]) -> tuple[ScriptArguments, TrainingArguments, dict]:
     known = {f.name for kind in (ScriptArguments, TrainingArguments) for f in fields(kind)}
     if unknown := sorted(set(recipe) - known):
         raise SystemExit(f"{argv[0]}: unknown recipe key(s) {', '.join(unknown)}")
-    for name in LIST_KEYS & set(recipe):
+    lists = {f.name for f in fields(ScriptArguments) if str(f.type).startswith("list")}
+    for name in lists & set(recipe):
         if isinstance(recipe[name], str):  # `datasets: my.jsonl` means a list of one, not of its characters
             recipe[name] = [recipe[name]]
     parser = HfArgumentParser((ScriptArguments, TrainingArguments), usage=USAGE)
@@ -404,10 +404,11 @@ def check_resume(checkpoint: str, script: ScriptArguments) -> None:
 def check_readable(checkpoint: Path, args: TrainingArguments) -> None:
     """A checkpoint cut short (a full disk, a copy killed midway) or missing its optimizer is refused before
     the Trainer loads it, and so is one already past the steps asked for now (nothing would be trained)."""
+    state = {}
     for path in (checkpoint / "trainer_state.json", *checkpoint.glob("*.safetensors")):
         try:
             if path.suffix == ".json":
-                json.loads(path.read_text())
+                state = json.loads(path.read_text())
             else:
                 with safe_open(path, "pt"):
                     pass
@@ -422,7 +423,6 @@ def check_readable(checkpoint: Path, args: TrainingArguments) -> None:
             f"{checkpoint} holds no optimizer state (optimizer.pt): resuming from it would not give the weights "
             f"of an uninterrupted run; move {checkpoint} away to resume from the one before it"
         )
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
     step, epoch, planned = state.get("global_step", 0), state.get("epoch") or 0, state.get("max_steps", 0)
     past = step >= args.max_steps if args.max_steps > 0 else epoch >= args.num_train_epochs
     if past and step < planned:  # a run that had finished training may still need its served checkpoint saved
