@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from playground.settings import Settings
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound as uvicorn binds it but before the model loads, so that a port in use or an
+    address not here is one line of ours at once (uvicorn's own bind logs and exits with its own words)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except (OSError, UnicodeError) as exc:  # in use, not this machine's, a name that does not resolve
+        sock.close()
+        raise SystemExit(f"app.py: cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_cache(folder: Path) -> None:
+    """The cache folder takes files (the demo model, Gradio's): said now, naming the flag, not at first use."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        why = "a file, not a folder" if folder.is_file() else f"cannot write there ({exc.strerror or exc})"
+        raise SystemExit(f"app.py: cannot start: --cache-dir {folder}: {why}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_args(argv)
+    check_cache(Path(settings.cache_dir))
     # Gradio's uploads and downloads stay inside the app's cache folder.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(settings.cache_dir, "gradio")))
 
@@ -19,9 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     from playground.backends import BackendError
     from playground.server import UVICORN_OPTIONS, create_app, describe_api
 
-    options = {"host": settings.host, "port": settings.port, "log_level": "warning", **UVICORN_OPTIONS}
-    # Bound before the model loads: a port in use (or an address not here) is said at once, in one line.
-    listening = uvicorn.Config(None, **options).bind_socket()
+    listening = listen(settings.host, settings.port)
     try:
         app, chat = create_app(settings)
     except (OSError, ValueError, BackendError) as exc:  # a model, file or server that is not there or not right
@@ -33,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         f"StarChat Playground on http://{settings.host}:{settings.port} serving {models} ({describe_api(settings)})",
         flush=True,
     )
+    options = {"host": settings.host, "port": settings.port, "log_level": "warning", **UVICORN_OPTIONS}
     uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[listening])
 
 

@@ -12,13 +12,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, suppress
+from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from playground.chat import Chat, Update, check_text
-from playground.sampling import ParamError
-from playground.template import ROLE_TOKENS, DialogueError, split_system
+from playground.sampling import ParamError, SamplingParams
+from playground.template import REPLY_LIMIT, ROLE_TOKENS, DialogueError, split_system
 
 SAMPLING = {"temperature", "top_p", "seed", "top_k", "repetition_penalty"}  # the last two are ours
 ACCEPTED = {"model", "messages", "stream", "stream_options", "n", "stop", "user", "max_tokens", "max_completion_tokens"}
@@ -57,8 +58,20 @@ def parse_stop(stop: object) -> list[str]:
     return [check_text(s, "stop string", MAX_STOP_CHARS) for s in stops]
 
 
-def parse(chat: Chat, body: object) -> tuple[list, str, object, str, bool, list[str]]:
-    """(history, system, params, model, stream, stop) from an OpenAI chat request; raises with a clear reason."""
+@dataclass(frozen=True)
+class Parsed:
+    history: list
+    system: str
+    params: SamplingParams
+    model: str
+    stream: bool
+    stop: list[str]
+    limit: str  # how the request named its reply's limit: max_tokens or max_completion_tokens
+    include_usage: bool
+
+
+def parse(chat: Chat, body: object) -> Parsed:
+    """An OpenAI chat request, read and checked; raises with a clear reason."""
     if not isinstance(body, dict):
         raise DialogueError("the body must be a JSON object")
     if unknown := set(body) - ACCEPTED - SAMPLING - set(NEUTRAL):
@@ -90,11 +103,21 @@ def parse(chat: Chat, body: object) -> tuple[list, str, object, str, bool, list[
     stop = parse_stop(body.get("stop"))
     if (stream := body.get("stream")) is not None and not isinstance(stream, bool):
         raise DialogueError(f"stream must be true or false, not {stream!r}")
+    options = body.get("stream_options")
+    if options is not None and not (
+        stream
+        and isinstance(options, dict)
+        and set(options) <= {"include_usage"}
+        and isinstance(options.get("include_usage", False), bool)
+    ):
+        raise DialogueError("stream_options takes only include_usage (true or false), and only with stream true")
     try:
         params = chat.params(**raw)
     except ParamError as exc:  # named as the caller named it
         raise ParamError(str(exc).replace("max_new_tokens", limit, 1)) from None
-    return turns, system or "", params, model, bool(stream), stop
+    return Parsed(
+        turns, system or "", params, model, bool(stream), stop, limit, bool((options or {}).get("include_usage"))
+    )
 
 
 def finish_reason(update: Update) -> str:
@@ -171,23 +194,23 @@ def openai_routes(chat: Chat) -> APIRouter:
         except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested beyond reason
             return error(400, "the body is not valid JSON")
         try:
-            history, system, params, model, stream, stop = parse(chat, body)
+            asked = parse(chat, body)
         except (ParamError, DialogueError) as exc:
             return error(400, str(exc))
         client = request.client.host if request.client else ""
-        updates = chat.respond(history, system, params, model, client, stop)
+        updates = chat.respond(asked.history, asked.system, asked.params, asked.model, client, asked.stop)
         first = await anext(updates)
         if first.error:
             await updates.aclose()
             kind = "rate_limit_exceeded" if first.status == 429 else "invalid_request_error"
-            return error(first.status, first.error, kind, first.retry_after)
+            return error(first.status, first.error.replace(REPLY_LIMIT, asked.limit), kind, first.retry_after)
         meta = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "created": int(time.time()),
-            "model": model or next(iter(chat.backends)),
+            "model": asked.model or next(iter(chat.backends)),
         }
 
-        if not stream:
+        if not asked.stream:
             async with aclosing(updates):
                 last = await until_done_or_gone(request, last_of(updates, first))
             if last is None:
@@ -199,9 +222,13 @@ def openai_routes(chat: Chat) -> APIRouter:
             choice = {"index": 0, "message": message, "finish_reason": finish_reason(last)}
             return {"object": "chat.completion", **meta, "choices": [choice], "usage": usage(first, last)}
 
-        def chunk(delta: dict, reason: str | None = None, **extra) -> str:
+        # As OpenAI sends it: with include_usage every chunk has "usage" (null), and one more chunk, with no
+        # choices, holds it.
+        counted = {"usage": None} if asked.include_usage else {}
+
+        def chunk(delta: dict, reason: str | None = None) -> str:
             choice = {"index": 0, "delta": delta, "finish_reason": reason}
-            return sse({**meta, "object": "chat.completion.chunk", "choices": [choice], **extra})
+            return sse({**meta, "object": "chat.completion.chunk", "choices": [choice], **counted})
 
         async def events() -> AsyncIterator[str]:
             yield chunk({"role": "assistant", "content": ""})
@@ -214,7 +241,9 @@ def openai_routes(chat: Chat) -> APIRouter:
                 if len(reply) > len(sent):
                     yield chunk({"content": reply[len(sent) :]})
                     sent = reply
-            yield chunk({}, finish_reason(last), usage=usage(first, last))
+            yield chunk({}, finish_reason(last))
+            if asked.include_usage:
+                yield sse({**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage(first, last)})
             yield "data: [DONE]\n\n"
 
         return ClosingStream(events(), updates.aclose)  # closing cancels the generation

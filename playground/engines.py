@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-from playground.backends import context_length
+from playground.backends import check_model_path, context_length
 from playground.template import render, stop_ids
 
 
@@ -28,7 +28,11 @@ class Plan:
 
 
 def check_checkpoint(checkpoint: str) -> int:
-    """Returns the context length; raises ValueError naming what is missing for an engine."""
+    """Returns the context length; raises ValueError naming what is missing for an engine (OSError: what
+    cannot be read)."""
+    if not checkpoint.strip():
+        raise ValueError("name a served checkpoint: a folder or a Hub id")
+    check_model_path(checkpoint)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
     if tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) != render(messages):
@@ -108,16 +112,38 @@ def gpu_count() -> int:
         return 1
 
 
+def within(low: int, high: int):
+    """An argparse type: a whole number from `low` to `high`."""
+
+    def number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {value}")
+        return value
+
+    return number
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("engine", choices=["vllm", "tgi"])
     parser.add_argument("checkpoint", help="a served checkpoint folder or Hub id")
-    parser.add_argument("--gpus", type=int, default=None, help="tensor-parallel degree (default: every GPU here)")
-    parser.add_argument("--port", type=int, default=None, help="the engine's port (vllm 8000, tgi 8080)")
+    parser.add_argument(
+        "--gpus", type=within(1, 1024), default=None, help="tensor-parallel degree (default: every GPU here)"
+    )
+    parser.add_argument("--port", type=within(1, 65535), default=None, help="the engine's port (vllm 8000, tgi 8080)")
     parser.add_argument("--run", action="store_true", help="start the engine instead of printing the commands")
     args = parser.parse_args(argv)
     port = args.port or (8000 if args.engine == "vllm" else 8080)
-    commands = plan(args.engine, args.checkpoint, args.gpus or gpu_count(), port)
+    try:
+        commands = plan(args.engine, args.checkpoint, args.gpus or gpu_count(), port)
+    except (OSError, ValueError) as exc:  # not a model, not the StarChat format, offline, no such Hub id
+        said = " ".join(str(exc).split())
+        named = said.startswith(f"{args.checkpoint}:") or not args.checkpoint.strip()
+        parser.exit(2, f"{parser.prog}: {said if named else f'{args.checkpoint}: {said}'}\n")
     if args.run:
         os.execvp(commands.server[0], commands.server)
     print(f"# 1. start {args.engine}\n{shlex.join(commands.server)}\n# 2. then\n{shlex.join(commands.playground)}")

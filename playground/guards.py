@@ -12,6 +12,7 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 
 Scope = dict
 ASGIApp = object
@@ -186,7 +187,8 @@ class ForwardedClient:
     any_proxy: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.proxies = {a.strip() for a in self.trusted.split(",") if a.strip() and a.strip() != "*"}
+        # Written as the server writes a peer's address (settings checked each is one): ::0:1 is ::1.
+        self.proxies = {str(ip_address(a.strip())) for a in self.trusted.split(",") if a.strip() and a.strip() != "*"}
         self.any_proxy = self.trusted.strip() == "*"
 
     async def __call__(self, scope: Scope, receive, send) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from urllib.parse import urlsplit
 
 
 def option(
@@ -15,12 +18,37 @@ def option(
     minimum: float | None = None,
     maximum: float | None = None,
     secret: bool = False,
+    check: Callable[[str], str | None] | None = None,
     **argparse_kwargs,
 ):
     """A setting: its default (whose type is the setting's), its help, its bounds (for text: the least length),
-    whether errors may show its value, argparse's other keywords."""
-    metadata = {"help": help, "bounds": (minimum, maximum), "secret": secret, **argparse_kwargs}
+    whether errors may show its value, a text's own check (what is wrong with it, or None), argparse's other
+    keywords."""
+    metadata = {"help": help, "bounds": (minimum, maximum), "secret": secret, "check": check, **argparse_kwargs}
     return field(default=default, metadata=metadata)
+
+
+def server_url(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        url, port = urlsplit(value), urlsplit(value).port
+    except ValueError:  # an unclosed [ or a port out of range
+        url, port = None, None
+    if url is None or url.scheme not in ("http", "https") or not url.hostname or port == 0 or url.query or url.fragment:
+        return "must be an http:// or https:// base URL: a host, if any a port from 1 to 65535, no ?query or #part"
+    return None
+
+
+def proxy_addresses(value: str) -> str | None:
+    if value.strip() == "*":
+        return None
+    for address in filter(None, (a.strip() for a in value.split(","))):
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            return f"takes '*' or IP addresses separated by commas; {address!r} is not an IP address"
+    return None
 
 
 KINDS = {int: "a whole number", float: "a number", str: "text"}
@@ -38,7 +66,7 @@ class Settings:
     backend: str = option(
         "local", "local: transformers on this machine; endpoint: a running server", choices=("local", "endpoint")
     )
-    endpoint_url: str = option("", "the text-generation server's base URL, for --backend endpoint")
+    endpoint_url: str = option("", "the text-generation server's base URL, for --backend endpoint", check=server_url)
     endpoint_protocol: str = option(
         "tgi",
         "tgi: TGI's streaming API; openai: /v1/completions with token ids (vLLM, SGLang); "
@@ -99,6 +127,7 @@ class Settings:
         "*" if os.environ.get("SPACE_ID") else "",
         "comma-separated addresses of reverse proxies whose X-Forwarded-For names the client "
         "(for the rate limit); '*' trusts any; none by default (the default in a Space: '*')",
+        check=proxy_addresses,
     )
     cache_dir: str = option(
         os.path.join(os.path.expanduser("~"), ".cache", "starchat-playground"),
@@ -121,6 +150,8 @@ class Settings:
             if kind is str:
                 if low is not None and len(value.strip()) < low:
                     raise SettingError(f.name, "must not be empty")
+                if (check := f.metadata["check"]) and (problem := check(value)):
+                    raise SettingError(f.name, problem)
                 continue
             if (low is not None and value < low) or (high is not None and value > high):
                 within = f"at least {low:g}" if high is None else f"from {low:g} to {high:g}"
@@ -140,7 +171,7 @@ class Settings:
                     default = kind(env[env_name])
                 except ValueError:
                     parser.error(f"{env_name}={env[env_name]!r} is not {KINDS[kind]}")
-            extra = {k: v for k, v in f.metadata.items() if k not in ("help", "bounds", "secret")}
+            extra = {k: v for k, v in f.metadata.items() if k not in ("help", "bounds", "secret", "check")}
             shown = "" if f.metadata["secret"] or default in ("", None) else f"; default {default}"
             parser.add_argument(
                 f"--{f.name.replace('_', '-')}",

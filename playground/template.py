@@ -18,6 +18,7 @@ END = "<|end|>"
 CONTROL_TOKENS = (SYSTEM, USER, ASSISTANT, END)
 EOS = "<|endoftext|>"
 ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+REPLY_LIMIT = "'max new tokens'"  # the reply's limit as the page names it; the API puts its own name in
 
 Message = dict[str, str]
 
@@ -76,6 +77,8 @@ def validate(messages: Sequence[Message], *, last: str | None) -> None:
     _, turns = split_system(messages)
     if not turns:
         raise DialogueError("the conversation has no user message")
+    if again := next((i for i, m in enumerate(messages) if i and m["role"] == "system"), None):
+        raise DialogueError(f"only the first message may be the system prompt; message {again} is another")
     for i, m in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
         if m["role"] != expected:
@@ -215,7 +218,7 @@ def fit_to_context(tokenizer, messages: Sequence[Message], max_new_tokens: int, 
         raise ContextError(
             f"The {longer} is too long: the message takes {len(blocks[-1]) + len(tail)} tokens, the system prompt "
             f"{len(head)}, and the reply may take {max_new_tokens}, but the model's context holds {context_length}. "
-            f"Shorten the {longer} or lower 'max new tokens'."
+            f"Shorten the {longer} or lower {REPLY_LIMIT}."
         )
     start = 0
     total = len(head) + sum(len(b) for b in blocks)

@@ -53,6 +53,20 @@ def test_environment_twins_configure_without_flags_and_flags_win():
         (["--endpoint-timeout", "1e308"], {}, "must be from 0.1 to 3600, not 1e+308"),
         (["--batch-slots", "10000000"], {}, "must be from 1 to 1024, not 10000000"),
         (["--host", " "], {}, "--host (or STARCHAT_HOST) must not be empty"),
+        (
+            ["--trusted-proxies", "not-an-ip,,"],
+            {},
+            "takes '*' or IP addresses separated by commas; 'not-an-ip' is not an IP address",
+        ),
+        ([], {"STARCHAT_TRUSTED_PROXIES": "*,10.0.0.1"}, "'*' is not an IP address"),
+        (
+            ["--endpoint-url", "ftp://x"],
+            {},
+            "--endpoint-url (or STARCHAT_ENDPOINT_URL) must be an http:// or https:// base URL: a host, if any a port "
+            "from 1 to 65535, no ?query or #part",
+        ),
+        (["--endpoint-url", "http://h:99999"], {}, "if any a port from 1 to 65535, no ?query or #part"),
+        (["--endpoint-url", "http://h/?key=1"], {}, "no ?query or #part"),
     ],
 )
 def test_a_setting_out_of_its_type_choices_or_bounds_is_one_line_before_anything_starts(flags, env, said, capsys):
@@ -63,7 +77,8 @@ def test_a_setting_out_of_its_type_choices_or_bounds_is_one_line_before_anything
 
 
 def test_what_cannot_start_says_why_in_one_line(tmp_path):
-    """Before the model loads: a port in use; after: a model, a file or a server that is not right."""
+    """Before the model loads: a port in use, an address not here, a cache folder that is a file; after: a model,
+    a file or a server that is not right."""
     import socket
 
     def start(*args: str) -> subprocess.CompletedProcess:
@@ -73,8 +88,18 @@ def test_what_cannot_start_says_why_in_one_line(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        run = start("--port", str(taken.getsockname()[1]), "--model", str(tmp_path))
-    assert run.returncode != 0 and run.stdout == "" and run.stderr.strip().endswith("Address already in use")
+        port = taken.getsockname()[1]
+        run = start("--port", str(port), "--model", str(tmp_path))
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr == f"app.py: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    run = start("--host", "no-such-host.invalid", "--cache-dir", str(tmp_path))
+    assert run.returncode == 1 and run.stderr.startswith("app.py: cannot listen on no-such-host.invalid:7860: ")
+    (tmp_path / "a-file").write_text("")
+    run = start("--cache-dir", str(tmp_path / "a-file"))
+    assert (
+        run.returncode == 1
+        and run.stderr == f"app.py: cannot start: --cache-dir {tmp_path / 'a-file'}: a file, not a folder\n"
+    )
     (tmp_path / "models.yaml").write_text("models: [1, 2]")
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")  # a LoRA run's OUTPUT_DIR/adapter

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -161,6 +162,42 @@ def check_output(output: Path, what: str, sources: dict[str, str], cleared: bool
         )
 
 
+def make_output(output: Path, what: str) -> None:
+    """Creates the output folder now, so that one a run or a merge cannot write is said before any work."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=output).close()
+    except OSError as exc:
+        raise SystemExit(f"{what} {output}: cannot write there ({exc.strerror or exc})") from None
+
+
+# A served checkpoint's files (what save_pretrained writes for a model, its tokenizer and generation config).
+SERVED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "README.md",
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
+
+
+def clear_served(folder: Path) -> None:
+    """Removes a served checkpoint's files from `folder`, config.json first (what is left never looks like a
+    checkpoint); other files stay. A new checkpoint with other file names (shards where there was one file)
+    would otherwise sit beside the old one's, and from_pretrained could read the old weights."""
+    (folder / "config.json").unlink(missing_ok=True)
+    for pattern in SERVED_FILES:
+        for path in folder.glob(pattern):
+            if path.is_file():
+                path.unlink()
+
+
 def save_checkpoint(model, tokenizer, output_dir: str | Path, card: str, state_dict: dict | None = None) -> Path:
     output = Path(output_dir)
     staging = output / ".incomplete"
@@ -171,7 +208,7 @@ def save_checkpoint(model, tokenizer, output_dir: str | Path, card: str, state_d
     tokenizer.save_pretrained(staging, save_jinja_files=False)
     served_generation_config(tokenizer).save_pretrained(staging)
     (staging / "README.md").write_text(card, encoding="utf-8")
-    (output / "config.json").unlink(missing_ok=True)
+    clear_served(output)
     for path in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):
         os.replace(path, output / path.name)
     staging.rmdir()

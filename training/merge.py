@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.checkpoint import base_config, check_output, model_card, same_folder, save_checkpoint
+from training.checkpoint import base_config, check_output, make_output, model_card, same_folder, save_checkpoint
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -44,6 +44,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--output is empty: name the folder of the served checkpoint")
     output = Path(args.output).expanduser()
     check_output(output, "--output", {"the base model": args.base, "the adapter": args.adapter}, cleared=False)
+    if any((output / run).is_dir() for run in ("checkpoints", "adapter")):
+        raise SystemExit(
+            f"{output} is a training run's folder: its served checkpoint and model card are the run's own; "
+            "choose another --output"
+        )
     if (output / "config.json").exists() and not args.overwrite:
         raise SystemExit(f"{output} already holds a model: pass --overwrite to replace it, or choose another --output")
     config = Path(args.adapter) / "adapter_config.json"
@@ -65,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not same_base:
         print(f"note: the adapter was trained on {trained_on}, and is merged into {args.base}")
+    make_output(output, "--output")
     try:
         merged = merge(args.base, args.adapter, output, dtype=DTYPES[args.dtype])
     except RuntimeError as exc:  # PEFT's load_state_dict lists every layer whose shape differs

@@ -44,7 +44,14 @@ from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_availa
 
 from playground.console import libraries_quiet
 from playground.template import CONTROL_TOKENS
-from training.checkpoint import base_config, check_output, model_card, save_checkpoint
+from training.checkpoint import (
+    base_config,
+    check_output,
+    clear_served,
+    make_output,
+    model_card,
+    save_checkpoint,
+)
 from training.data import DataError, DataReport, build_dataset
 from training.format import Collator, PackedCollator, add_chat_tokens, fit_dialogue, pack, pack_blocks
 from training.scratch import SCRATCH_POSITIONS, build_base
@@ -207,6 +214,8 @@ def parse(argv: list[str]) -> tuple[ScriptArguments, TrainingArguments, dict]:
     for name in lists & set(recipe):
         if isinstance(recipe[name], str):  # `datasets: my.jsonl` means a list of one, not of its characters
             recipe[name] = [recipe[name]]
+    if again := repeated_flag(known, argv[1:]):
+        raise SystemExit(f"--{again} is given twice: give each flag once (a flag overrides the recipe's value)")
     parser = HfArgumentParser((ScriptArguments, TrainingArguments), usage=USAGE)
     parser.set_defaults(**recipe)
     try:
@@ -259,6 +268,24 @@ def given_flags(known: set[str], flags: list[str]) -> set[str]:
     probe.set_defaults(**dict.fromkeys(known, unset))
     values = vars(probe.parse_known_args(flags)[0])
     return {name for name, value in values.items() if value is not unset}
+
+
+def repeated_flag(known: set[str], flags: list[str]) -> str | None:
+    """The first field that two flags set, however spelled (`--a-b`, `--no_a_b`, an unambiguous prefix):
+    argparse would keep the last without a word."""
+    seen = set()
+    for flag in flags:
+        if not flag.startswith("--"):
+            continue
+        name = flag[2:].split("=", 1)[0].replace("-", "_")
+        if name not in known and name.startswith("no_") and name[3:] in known:
+            name = name[3:]
+        elif name not in known and len(matches := [k for k in known if k.startswith(name)]) == 1:
+            name = matches[0]
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 def check_script(script: ScriptArguments, args: TrainingArguments) -> None:
@@ -352,7 +379,7 @@ def claim_output(output: Path, script: ScriptArguments, args: TrainingArguments)
     if args.local_process_index == 0:
         for folder in (checkpoints, output / "adapter", output / "scratch-base"):
             shutil.rmtree(folder, ignore_errors=True)
-        (output / "config.json").unlink(missing_ok=True)  # until the new run is saved, no finished checkpoint
+        clear_served(output)  # until the new run is saved, no finished checkpoint
 
 
 def shaping(settings: dict) -> dict:
@@ -569,6 +596,7 @@ def run(argv: list[str], quiet: bool) -> Path:
         check_lora_targets(script, config)
     # The Trainer would push DIR/checkpoints at every save; the served folder is pushed at the end instead.
     push_to_hub, args.push_to_hub = args.push_to_hub, False
+    make_output(output, "--output_dir")
     set_seed(args.seed)
     try:
         splits, report = build_dataset(

@@ -109,11 +109,8 @@ async def astream(backend: Backend, request: ChatRequest) -> AsyncIterator[str]:
             await anyio.to_thread.run_sync(close)
 
 
-def load_backend(settings, default_model: Callable[[], str | Path] | None = None) -> Backend:
-    """The backend `settings` ask for; with no --model, the folder `default_model` gives (the app's demo)."""
-    from playground.backends.local import LocalBackend
-
-    model = settings.model
+def check_model_path(model: str) -> None:
+    """A model named by a path must be a model's folder (a Hub id is checked as it loads)."""
     if model.startswith(("/", ".", "~")) and not (Path(model).expanduser() / "config.json").is_file():
         if (Path(model).expanduser() / "adapter_config.json").is_file():
             raise ValueError(
@@ -121,6 +118,13 @@ def load_backend(settings, default_model: Callable[[], str | Path] | None = None
                 f"(python -m training.merge --base BASE --adapter {model} --output DIR), then serve DIR"
             )
         raise ValueError(f"{model}: not a model's folder (no config.json there)")
+
+
+def load_backend(settings, default_model: Callable[[], str | Path] | None = None) -> Backend:
+    """The backend `settings` ask for; with no --model, the folder `default_model` gives (the app's demo)."""
+    from playground.backends.local import LocalBackend
+
+    check_model_path(settings.model)
     if settings.backend == "endpoint":
         from playground.backends.endpoint import EndpointBackend
 
@@ -187,5 +191,8 @@ def load_backends(settings, default_model: Callable[[], str | Path] | None = Non
             chosen = dataclasses.replace(settings, **{k: v for k, v in entry.items() if k != "name"})
         except ValueError as exc:
             raise ValueError(f"{path}: entry {i}: {exc}") from None
-        backends[names[i]] = load_backend(chosen, default_model)
+        try:
+            backends[names[i]] = load_backend(chosen, default_model)
+        except (OSError, ValueError, BackendError) as exc:  # which of several models failed, and why
+            raise ValueError(f"{path}: entry {i} ({names[i]}): {exc}") from None
     return backends

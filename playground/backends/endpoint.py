@@ -12,9 +12,11 @@ import json
 import os
 import threading
 import time
+from base64 import b64encode
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx
 import openai
@@ -54,6 +56,10 @@ class EndpointBackend:
     token: str | None = None
     timeout: float = 60.0
     served_model: str = ""
+    where: str = field(init=False)  # the URL in what people read: no credentials
+
+    def __post_init__(self) -> None:
+        self.where = public(self.url)
 
     @classmethod
     def connect(
@@ -76,7 +82,9 @@ class EndpointBackend:
         control_ids(tokenizer)
         config = AutoConfig.from_pretrained(model, trust_remote_code=False)
         # The server batches requests itself; this many may stream from it at once.
-        info = BackendInfo(model, f"{protocol} server {url}", "server-side", context_length(config), parallel=16)
+        info = BackendInfo(
+            model, f"{protocol} server {public(url)}", "server-side", context_length(config), parallel=16
+        )
         backend = cls(
             url.rstrip("/"), protocol, tokenizer, info, token or os.environ.get("HF_TOKEN"), timeout, served_model
         )
@@ -84,7 +92,7 @@ class EndpointBackend:
             try:
                 backend.served_model = backend.openai().models.list().data[0].id
             except Exception as exc:
-                raise describe_failure(backend.url, exc) from exc
+                raise backend.failure(exc) from exc
         return backend
 
     def prepare(self, messages: list[Message], max_new_tokens: int) -> Prompt:
@@ -121,15 +129,27 @@ class EndpointBackend:
                         return
         except Exception as exc:  # the client libraries' errors, as one a person can act on
             if not cancel.is_set():  # else the watchdog closed the connection: nobody is waiting
-                failure = describe_failure(self.url, exc)
-                failure.args = tuple(self.redacted(str(arg)) for arg in failure.args)
+                failure = self.failure(exc)
                 raise failure from None if failure is exc else exc
         if cancel.is_set():
             outcome.finish = "cancelled"  # the connection is closed: the server stops generating
 
+    def failure(self, exc: Exception) -> BackendError:
+        failure = describe_failure(self.where, exc)
+        failure.args = tuple(self.redacted(str(arg)) for arg in failure.args)
+        return failure
+
     def redacted(self, text: str) -> str:
-        """A server's error text may quote the request's headers: the token never reaches people."""
-        return text.replace(self.token, "[the token]") if self.token else text
+        """A server's or a client library's error text may quote the request's headers or URL: the token and
+        the URL's credentials never reach people."""
+        text = text.replace(self.url, self.where)
+        secrets = {self.token: "[the token]"}
+        if password := urlsplit(self.url).password:  # sent as HTTP basic auth, which an echo shows in base64
+            basic = f"{unquote(urlsplit(self.url).username or '')}:{unquote(password)}"
+            secrets |= {password: "[the password]", b64encode(basic.encode()).decode(): "[the password]"}
+        for secret, name in secrets.items():
+            text = text.replace(secret, name) if secret else text
+        return text
 
     def tgi(self, prompt: str, p: SamplingParams, outcome: Outcome, cancel: threading.Event) -> Iterator[str]:
         """TGI's `/generate_stream`. httpx rather than huggingface_hub's InferenceClient: that client
@@ -148,26 +168,30 @@ class EndpointBackend:
         finished = False
         with (
             httpx.Client(timeout=self.timeout) as client,
-            watched(client.close, cancel, self.timeout, self.url) as fed,  # from before the headers
+            watched(client.close, cancel, self.timeout, self.where) as fed,  # from before the headers
             client.stream("POST", f"{self.url}/generate_stream", json=body, headers=headers) as response,
         ):
             if response.status_code in (429, 503):  # TGI's answer when its queue is full
-                raise busy(self.url, response.headers.get("Retry-After"))
+                raise busy(self.where, response.headers.get("Retry-After"))
             if response.is_error:
                 response.read()
                 said = self.redacted(response.text)[:300]
-                raise BackendError(f"The model server at {self.url} answered an error ({response.status_code}): {said}")
+                raise BackendError(
+                    f"The model server at {self.where} answered an error ({response.status_code}): {said}"
+                )
             if not response.headers.get("content-type", "").startswith("text/event-stream"):
                 kind = response.headers.get("content-type") or "no content type"
-                raise BackendError(f"{self.url} answered with {kind}, not TGI's event stream: is it a TGI server?")
+                raise BackendError(f"{self.where} answered with {kind}, not TGI's event stream: is it a TGI server?")
             for line in response.iter_lines():
                 if not line.startswith("data:"):
                     continue
                 event = json.loads(line.removeprefix("data:"))
                 if isinstance(event, dict) and "error" in event:
-                    raise BackendError(f"The model server at {self.url} failed: {event['error']}")
+                    raise BackendError(f"The model server at {self.where} failed: {event['error']}")
                 if not isinstance(event, dict) or not isinstance(event.get("token"), dict):
-                    raise BackendError(f"The model server at {self.url} sent an event that is not TGI's: {line[:200]}")
+                    raise BackendError(
+                        f"The model server at {self.where} sent an event that is not TGI's: {line[:200]}"
+                    )
                 fed()
                 outcome.tokens += 1
                 finished = event.get("generated_text") is not None  # only the last event carries it
@@ -176,14 +200,14 @@ class EndpointBackend:
                     outcome.finish = "length" if event["details"]["finish_reason"] == "length" else "stop"
                 yield "" if event["token"].get("special") else str(event["token"].get("text") or "")
         if not finished:
-            raise cut_off(self.url)
+            raise cut_off(self.where)
         outcome.finish = outcome.finish or "stop"
 
     def completions(
         self, prompt: str | list[int], p: SamplingParams, outcome: Outcome, cancel: threading.Event
     ) -> Iterator[str]:
         client = self.openai()
-        with watched(client.close, cancel, self.timeout, self.url) as fed:  # from before the headers
+        with watched(client.close, cancel, self.timeout, self.where) as fed:  # from before the headers
             stream = client.completions.create(
                 model=self.served_model,
                 prompt=prompt,
@@ -209,7 +233,7 @@ class EndpointBackend:
                             outcome.finish = "length" if chunk.choices[0].finish_reason == "length" else "stop"
                         yield chunk.choices[0].text or ""
         if not finished:
-            raise cut_off(self.url)
+            raise cut_off(self.where)
 
 
 @contextmanager
@@ -240,6 +264,13 @@ def watched(close: Callable[[], object], cancel: threading.Event, timeout: float
         raise BackendError(f"The model server at {url} sent no token for {timeout:g} s; try again.") from failure
     if failure is not None:
         raise failure
+
+
+def public(url: str) -> str:
+    """`url` without its user and password."""
+    parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
 
 
 def busy(url: str, retry_after: str | None) -> Refused:

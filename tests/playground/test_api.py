@@ -43,6 +43,7 @@ def test_a_plain_completion_is_the_same_as_its_stream(client):
     assert plain.choices[0].finish_reason in ("stop", "length") and chunks[-1].choices[0].finish_reason
     assert plain.usage.prompt_tokens > 0 and plain.usage.completion_tokens > 0
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1  # it really streamed
+    assert all(c.usage is None for c in chunks)  # not asked for
 
 
 def test_our_extra_sampling_fields_and_multi_turn(client):
@@ -66,6 +67,14 @@ def test_our_extra_sampling_fields_and_multi_turn(client):
         ({"extra_body": {"beam": 3}}, "unsupported field"),
         ({"messages": [{"role": "bogus", "content": "hi"}]}, r"messages\[0\]\.role must be one of system, user"),
         ({"extra_body": {"stream": "false"}}, "stream must be true or false, not 'false'"),
+        ({"max_tokens": 250}, "Shorten the message or lower max_tokens"),  # the tiny model's context is 256
+        ({"max_completion_tokens": 250}, "Shorten the message or lower max_completion_tokens"),
+        (
+            {"messages": [*MESSAGES, MESSAGES[0], MESSAGES[1]]},
+            "only the first message may be the system prompt; message 2",
+        ),
+        ({"extra_body": {"stream_options": {"include_usage": True}}}, "stream_options .* only with stream true"),
+        ({"stream": True, "stream_options": {"include_usage": 1}}, "stream_options takes only include_usage"),
     ],
 )
 def test_bad_requests_get_400_with_a_reason(client, kwargs, message):
@@ -170,10 +179,18 @@ def test_a_reply_cut_by_max_tokens_says_length_and_counts_exactly(served, client
     assert plain.choices[0].finish_reason == "length" and plain.usage.completion_tokens == max_tokens
     chunks = list(
         client.chat.completions.create(
-            model="tiny", messages=MESSAGES, max_tokens=max_tokens, temperature=0, stream=True
+            model="tiny",
+            messages=MESSAGES,
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
         )
     )
-    assert chunks[-1].choices[0].finish_reason == "length" and chunks[-1].usage.completion_tokens == max_tokens
+    # As OpenAI streams it: the reason in the last chunk with a choice, then one with no choices and the usage.
+    *replies, counted = chunks
+    assert replies[-1].choices[0].finish_reason == "length" and all(c.usage is None for c in replies)
+    assert counted.choices == [] and counted.usage.completion_tokens == max_tokens
     assert plain.usage.total_tokens == plain.usage.prompt_tokens + max_tokens
 
 

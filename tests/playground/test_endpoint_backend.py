@@ -60,6 +60,21 @@ def test_token_ids_reach_an_openai_server_with_people_text_split(tiny_checkpoint
     assert ATTACK in backend.tokenizer.decode(prompt)
 
 
+def test_credentials_in_the_servers_url_never_reach_the_person(tiny_checkpoint):
+    with FakeServer(Script(error=True)) as server:  # its error echoes the Authorization header it got
+        url = server.url.replace("http://", "http://me:s3cret@")
+        backend = EndpointBackend.connect(str(tiny_checkpoint), url)
+        with pytest.raises(BackendError, match=r"answered an error \(500\)") as failure:
+            list(backend.stream(ask()))
+        said = f"{failure.value} {backend.info.device}"
+        assert server.script.requests[-1]["auth"] == "Basic bWU6czNjcmV0"  # the server got them: me:s3cret
+        assert "s3cret" not in said and "bWU6czNjcmV0" not in said
+        assert f"The model server at {server.url} answered" in said and "Basic [the password]" in said
+    with pytest.raises(BackendError, match="not reachable") as failure:
+        EndpointBackend.connect(str(tiny_checkpoint), url, "openai")
+    assert "s3cret" not in str(failure.value)
+
+
 @pytest.mark.parametrize("protocol", ["tgi", "openai-text"])
 def test_text_servers_get_control_strings_made_inert_but_visible(tiny_checkpoint, protocol):
     with FakeServer() as server:

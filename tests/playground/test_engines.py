@@ -64,3 +64,46 @@ def test_the_printed_playground_command_works_against_a_server_of_that_protocol(
             backend.stream(ChatRequest([{"role": "user", "content": "hi"}], SamplingParams(max_new_tokens=16)))
         )
         assert reply == server.script.reply and isinstance(server.script.requests[-1]["body"]["prompt"], list)
+
+
+def engines(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "playground.engines", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+
+
+def test_what_cannot_be_served_is_one_line_naming_it(tiny_checkpoint, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "generation_config.json").write_text('{"eos_token_id": 0}')
+    for checkpoint, said in [
+        (str(tmp_path), f"{tmp_path}: not a model's folder (no config.json there)"),
+        (str(tmp_path / "notes.txt"), "notes.txt: not a model's folder"),
+        ("", "name a served checkpoint: a folder or a Hub id"),
+        ("someone/not-cached-here", "someone/not-cached-here: "),  # offline: the Hub's own reason follows
+        (str(broken), f"{broken}: generation_config.json must stop at <|end|> and <|endoftext|>"),
+    ]:
+        run = engines("vllm", checkpoint)
+        assert run.returncode == 2 and run.stdout == "" and run.stderr.count("\n") == 1, run.stderr
+        assert run.stderr.startswith("engines.py: ") and said in run.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        (["--gpus", "-3"], "argument --gpus: must be from 1 to 1024, not -3"),
+        (["--gpus", "0"], "argument --gpus: must be from 1 to 1024, not 0"),
+        (["--gpus", "99999999999999999999"], "must be from 1 to 1024"),
+        (["--port", "70000"], "argument --port: must be from 1 to 65535, not 70000"),
+        (["--port", "0"], "argument --port: must be from 1 to 65535, not 0"),
+        (["--port", "1e3"], "argument --port: '1e3' is not a whole number"),
+    ],
+)
+def test_numbers_the_commands_could_not_take_are_refused(tiny_checkpoint, flags, said):
+    run = engines("tgi", str(tiny_checkpoint), *flags)
+    assert run.returncode == 2 and run.stdout == "" and said in run.stderr.splitlines()[-1]

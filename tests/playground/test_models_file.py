@@ -54,3 +54,12 @@ def test_a_bad_models_file_is_named(tmp_path, text, said):
     bad.write_text(text)
     with pytest.raises(ValueError, match=said):
         load_backends(Settings.from_args(["--models-file", str(bad)], env={}))
+
+
+def test_a_model_that_cannot_load_is_named_by_its_entry(tiny_checkpoint, tmp_path):
+    models = tmp_path / "models.yaml"
+    models.write_text(
+        f"models:\n  - {{name: good, model: {tiny_checkpoint}}}\n  - {{name: gone, model: {tmp_path}/no}}\n"
+    )
+    with pytest.raises(ValueError, match=rf"entry 1 \(gone\): {tmp_path}/no: not a model's folder"):
+        load_backends(Settings.from_args(["--models-file", str(models)], env={}))

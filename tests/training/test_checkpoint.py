@@ -1,14 +1,15 @@
 """The served checkpoint's files: a model card that tells what ran, the chat template where TGI reads it."""
 
 import json
+import shutil
 from dataclasses import fields
 from pathlib import Path
 
 import yaml
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from playground.template import CHAT_TEMPLATE
-from training.checkpoint import model_card
+from training.checkpoint import model_card, save_checkpoint
 from training.train import ScriptArguments, parse
 
 RECIPES = Path(__file__).resolve().parents[2] / "training" / "recipes"
@@ -81,3 +82,16 @@ def test_the_chat_template_is_in_tokenizer_config_json_where_tgi_reads_it(tiny_c
     config = json.loads((tiny_checkpoint / "tokenizer_config.json").read_text())
     assert config["chat_template"] == CHAT_TEMPLATE
     assert AutoTokenizer.from_pretrained(tiny_checkpoint).chat_template == CHAT_TEMPLATE
+
+
+def test_a_new_checkpoint_leaves_nothing_of_the_old_one_but_other_files(tiny_checkpoint, tmp_path):
+    """Where shards replace one file (or the reverse), an old file left beside the new ones could be read."""
+    out = tmp_path / "served"
+    shutil.copytree(tiny_checkpoint, out)
+    (out / "model.safetensors").rename(out / "model-00001-of-00002.safetensors")
+    (out / "model.safetensors.index.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    save_checkpoint(model, AutoTokenizer.from_pretrained(tiny_checkpoint), out, "card")
+    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in tiny_checkpoint.iterdir()] + ["notes.txt"])
+    assert (out / "README.md").read_text() == "card"

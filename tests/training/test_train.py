@@ -358,7 +358,10 @@ def test_a_used_output_folder_is_refused_unless_resumed_or_overwritten(tmp_path)
         main([TINY, "--output_dir", str(out), "--max_steps", "2", *SMALL])
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == kept  # nothing lost
 
-    # Starting over, watched in TensorBoard.
+    # Starting over, watched in TensorBoard: the old run's files go, the served checkpoint's too (a shard
+    # it left would sit beside the new weights), and the folder's other files stay.
+    (out / "model-00001-of-00002.safetensors").write_bytes(b"old weights")
+    (out / "notes.txt").write_text("mine")
     again = train(
         "--output_dir",
         str(out),
@@ -374,6 +377,7 @@ def test_a_used_output_folder_is_refused_unless_resumed_or_overwritten(tmp_path)
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert not (out / "checkpoints" / "checkpoint-1").exists()
+    assert not (out / "model-00001-of-00002.safetensors").exists() and (out / "notes.txt").read_text() == "mine"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     [events] = (out / "checkpoints" / "runs").glob("*/events.out.tfevents.*")
@@ -503,6 +507,9 @@ def test_the_card_names_each_flag_set_however_it_was_spelled():
         (["--seed=-1"], r"--seed must be from 0 to 2\*\*32 - 1, not -1"),
         (["--warmup_steps=-1"], "warmup_steps"),  # transformers' own check, as one line
         (["--attn_implementation", "flash_attention_2"], "needs a CUDA GPU and its flash-attn package"),
+        (["--seed", "1", "--seed", "2"], "--seed is given twice: give each flag once"),
+        (["--learning-rate", "1e-4", "--learning_rate=2e-4"], "--learning_rate is given twice"),  # however spelled
+        (["--output_dir", "other"], "--output_dir is given twice"),
     ],
 )
 def test_flags_that_would_fail_late_or_train_nothing_are_refused_before_any_work(flags, message):
@@ -629,6 +636,8 @@ def test_a_folder_of_other_files_is_never_written_over(tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match=r"project holds other files \(README.md\), which the served checkpoint"):
             main([str(ROOT / TINY), "--output_dir", output, "--overwrite_output_dir", "true", *SMALL])
     assert [p.name for p in mine.iterdir()] == ["README.md"] and (mine / "README.md").read_text() == "mine"
+    with pytest.raises(SystemExit, match=r"--output_dir /proc/starchat-run: cannot write there"):
+        main([str(ROOT / TINY), "--output_dir", "/proc/starchat-run", *SMALL])
 
 
 def test_a_test_split_left_empty_is_refused_while_evaluating(demo_model, tmp_path):
@@ -681,3 +690,9 @@ def test_merge_refuses_to_write_over_its_base_or_another_model(demo_model, tmp_p
     with pytest.raises(SystemExit, match="nosuch: not a model's folder"):
         merge(["--base", str(tmp_path / "nosuch"), "--adapter", str(adapter), "--output", str(tmp_path / "out")])
     assert files_of(model) == kept and not (tmp_path / "out").exists()
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)  # a LoRA run's folder: its card is the run's
+    with pytest.raises(SystemExit, match="is a training run's folder: its served checkpoint and model card are the"):
+        merge(["--base", str(model), "--adapter", str(adapter), "--output", str(run), "--overwrite"])
+    with pytest.raises(SystemExit, match="--output /proc/starchat-merge: cannot write there"):
+        merge(["--base", str(model), "--adapter", str(adapter), "--output", "/proc/starchat-merge"])
