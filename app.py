@@ -25,6 +25,10 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def page_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"  # an IPv6 address in brackets
+
+
 def check_cache(folder: Path) -> None:
     """The cache folder takes files (the demo model, Gradio's): said now, naming the flag, not at first use."""
     try:
@@ -54,10 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # Ctrl-C while a model loads; once serving, uvicorn stops on it by itself
         raise SystemExit("app.py: interrupted while starting") from None
     models = ", ".join(chat.backends)
-    print(
-        f"StarChat Playground on http://{settings.host}:{settings.port} serving {models} ({describe_api(settings)})",
-        flush=True,
-    )
+    where = page_url(settings.host, settings.port)
+    print(f"StarChat Playground on {where} serving {models} ({describe_api(settings)})", flush=True)
     options = {"host": settings.host, "port": settings.port, "log_level": "warning", **UVICORN_OPTIONS}
     uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[listening])
 

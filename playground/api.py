@@ -87,6 +87,8 @@ def parse(chat: Chat, body: object) -> Parsed:
     for i, m in enumerate(messages):
         if not isinstance(role := m.get("role"), str) or role not in ROLE_TOKENS:
             raise DialogueError(f"messages[{i}].role must be one of {', '.join(ROLE_TOKENS)}, not {role!r}")
+    if again := next((i for i, m in enumerate(messages) if i and m["role"] == "system"), None):
+        raise DialogueError(f"messages[{again}] is a system message: only the first message may be one")
     messages = [{"role": m.get("role"), "content": content_text(m.get("content"))} for m in messages]
     system, turns = split_system(messages)
     if not turns or turns[-1]["role"] != "user":

@@ -45,6 +45,8 @@ def check_checkpoint(checkpoint: str) -> int:
 
 def plan(engine: str, checkpoint: str, gpus: int, port: int) -> Plan:
     context = check_checkpoint(checkpoint)
+    if Path(checkpoint).exists():  # absolute: never read as an option (a folder named -d), nor from another folder
+        checkpoint = str(Path(checkpoint).absolute())
     url = f"http://127.0.0.1:{port}"
     if engine == "vllm":
         # vLLM reads the chat template and generation_config.json (the stop ids) from the folder itself.
@@ -64,6 +66,8 @@ def plan(engine: str, checkpoint: str, gpus: int, port: int) -> Plan:
         protocol = "openai"  # token ids: people's text never becomes control tokens
     elif engine == "tgi":
         folder = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else None
+        if folder and ":" in folder:
+            raise ValueError(f"{folder}: docker -v cannot mount a path with ':' in it; move or link the folder")
         volume = ["-v", f"{folder}:/model"] if folder else []
         server = [
             "docker",
@@ -83,7 +87,7 @@ def plan(engine: str, checkpoint: str, gpus: int, port: int) -> Plan:
             "--max-total-tokens",
             str(context),
             "--max-input-tokens",
-            str(context - 512),
+            str(context - min(512, context // 2)),  # the rest is the reply's
         ]
         protocol = "tgi"
     else:
@@ -140,12 +144,19 @@ def main(argv: list[str] | None = None) -> None:
     port = args.port or (8000 if args.engine == "vllm" else 8080)
     try:
         commands = plan(args.engine, args.checkpoint, args.gpus or gpu_count(), port)
-    except (OSError, ValueError) as exc:  # not a model, not the StarChat format, offline, no such Hub id
-        said = " ".join(str(exc).split())
-        named = said.startswith(f"{args.checkpoint}:") or not args.checkpoint.strip()
-        parser.exit(2, f"{parser.prog}: {said if named else f'{args.checkpoint}: {said}'}\n")
+    except Exception as exc:  # a checkpoint's files fail in each library's own way: JSON, Jinja, config classes
+        named = str(exc).startswith(f"{args.checkpoint}:") or not args.checkpoint.strip()
+        said = " ".join((str(exc) if named else f"{args.checkpoint}: {exc}").split())
+        parser.exit(2, f"{parser.prog}: {said}\n")
     if args.run:
-        os.execvp(commands.server[0], commands.server)
+        try:
+            os.execvp(commands.server[0], commands.server)
+        except OSError as exc:
+            parser.exit(
+                2,
+                f"{parser.prog}: cannot start {commands.server[0]} here ({exc.strerror}): run the command "
+                "printed without --run where it is installed\n",
+            )
     print(f"# 1. start {args.engine}\n{shlex.join(commands.server)}\n# 2. then\n{shlex.join(commands.playground)}")
 
 

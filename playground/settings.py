@@ -35,8 +35,19 @@ def server_url(value: str) -> str | None:
         url, port = urlsplit(value), urlsplit(value).port
     except ValueError:  # an unclosed [ or a port out of range
         url, port = None, None
-    if url is None or url.scheme not in ("http", "https") or not url.hostname or port == 0 or url.query or url.fragment:
-        return "must be an http:// or https:// base URL: a host, if any a port from 1 to 65535, no ?query or #part"
+    host = url.hostname if url else ""
+    if (
+        url is None
+        or url.scheme not in ("http", "https")
+        or not host
+        or not all(c.isalnum() or c in ".-_:" for c in host)  # a name or an address: no %00, no space
+        or port == 0
+        or any(c in value for c in "?#")
+        or any(c.isspace() for c in value)
+    ):
+        return (
+            "must be an http:// or https:// base URL: a host, if any a port from 1 to 65535, no space, ?query or #part"
+        )
     return None
 
 
@@ -66,7 +77,13 @@ class Settings:
     backend: str = option(
         "local", "local: transformers on this machine; endpoint: a running server", choices=("local", "endpoint")
     )
-    endpoint_url: str = option("", "the text-generation server's base URL, for --backend endpoint", check=server_url)
+    endpoint_url: str = option(
+        # Secret: a URL may carry credentials (http://user:password@host), so no message shows it.
+        "",
+        "the text-generation server's base URL, for --backend endpoint",
+        check=server_url,
+        secret=True,
+    )
     endpoint_protocol: str = option(
         "tgi",
         "tgi: TGI's streaming API; openai: /v1/completions with token ids (vLLM, SGLang); "
@@ -132,6 +149,7 @@ class Settings:
     cache_dir: str = option(
         os.path.join(os.path.expanduser("~"), ".cache", "starchat-playground"),
         "where the demo checkpoint is built and kept",
+        minimum=1,
     )
 
     def __post_init__(self) -> None:

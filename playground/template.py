@@ -77,10 +77,10 @@ def validate(messages: Sequence[Message], *, last: str | None) -> None:
     _, turns = split_system(messages)
     if not turns:
         raise DialogueError("the conversation has no user message")
-    if again := next((i for i, m in enumerate(messages) if i and m["role"] == "system"), None):
-        raise DialogueError(f"only the first message may be the system prompt; message {again} is another")
     for i, m in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
+        if m["role"] == "system":
+            raise DialogueError(f"turn {i} is a system message: only the first message may be the system prompt")
         if m["role"] != expected:
             raise DialogueError(f"turn {i} should be from the {expected}, not the {m['role']}")
     if last is not None and turns[-1]["role"] != last:
@@ -214,6 +214,13 @@ def fit_to_context(tokenizer, messages: Sequence[Message], max_new_tokens: int, 
     budget = context_length - max_new_tokens - len(tail)
     fixed = len(head) + len(blocks[-1])
     if fixed > budget:
+        room = context_length - fixed - len(tail)  # what a reply could have with this message and system prompt
+        if max_new_tokens > fixed and room > 0:  # the reply's allowance is the larger share: it is what to lower
+            raise ContextError(
+                f"The reply may take {max_new_tokens} tokens, but with the message ({len(blocks[-1]) + len(tail)} "
+                f"tokens) and the system prompt ({len(head)}) the model's context ({context_length}) leaves room for "
+                f"{room}: lower {REPLY_LIMIT} to {room} or less."
+            )
         longer = "system prompt" if len(head) > len(blocks[-1]) else "message"  # the one to shorten first
         raise ContextError(
             f"The {longer} is too long: the message takes {len(blocks[-1]) + len(tail)} tokens, the system prompt "

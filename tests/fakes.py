@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from base64 import b64decode
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -80,9 +81,11 @@ class Handler(BaseHTTPRequestHandler):
         if self.script.busy is not None:
             self.send_json(429, {"error": "Model is overloaded"}, {"Retry-After": str(self.script.busy)})
             return
-        if self.script.error:  # as a careless proxy answers: the request's headers in the error
-            auth = self.headers.get("Authorization")
-            self.send_json(500, {"error": f"the model crashed (you sent {auth})", "error_type": "generation"})
+        if self.script.error:  # as a careless proxy answers: the request's headers in the error, decoded too
+            auth = self.headers.get("Authorization") or ""
+            decoded = b64decode(auth.removeprefix("Basic ")).decode() if auth.startswith("Basic ") else ""
+            said = f"the model crashed (you sent {auth}; user:password {decoded})"
+            self.send_json(500, {"error": said, "error_type": "generation"})
             return
         openai = self.path.startswith("/v1/")
         if not body.get("stream"):

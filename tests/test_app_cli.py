@@ -1,5 +1,6 @@
 """`python app.py` as a newcomer runs it: no argument, no network, a CPU."""
 
+import os
 import re
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import httpx
 import pytest
 from gradio_client import Client
 
+from app import page_url
 from playground.backends import DEMO_NAME
 from playground.settings import Settings
 from tests.conftest import ROOT, start_app, stop_app
@@ -16,12 +18,16 @@ pytestmark = pytest.mark.slow  # Starts app.py, which builds or loads the demo m
 
 
 def test_help_lists_the_flags_and_their_environment_twins():
-    out = subprocess.run([sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True)
+    env = {**os.environ, "STARCHAT_ENDPOINT_URL": "http://me:s3cret@127.0.0.1:8080"}
+    out = subprocess.run(
+        [sys.executable, "app.py", "--help"], cwd=ROOT, capture_output=True, text=True, check=True, env=env
+    )
     for flag in ["--model", "--backend", "--quantize", "--host", "--port", "STARCHAT_MODEL", "STARCHAT_PORT"]:
         assert flag in out.stdout
     said = " ".join(out.stdout.split())
     assert "[env STARCHAT_MAX_MESSAGE_CHARS; default 20000]" in said  # each limit says its value
     assert "[env STARCHAT_API_KEY]" in said  # a secret's value is never shown
+    assert "[env STARCHAT_ENDPOINT_URL]" in said and "s3cret" not in said  # a URL may carry credentials
 
 
 def test_environment_twins_configure_without_flags_and_flags_win():
@@ -63,10 +69,12 @@ def test_environment_twins_configure_without_flags_and_flags_win():
             ["--endpoint-url", "ftp://x"],
             {},
             "--endpoint-url (or STARCHAT_ENDPOINT_URL) must be an http:// or https:// base URL: a host, if any a port "
-            "from 1 to 65535, no ?query or #part",
+            "from 1 to 65535, no space, ?query or #part",
         ),
-        (["--endpoint-url", "http://h:99999"], {}, "if any a port from 1 to 65535, no ?query or #part"),
-        (["--endpoint-url", "http://h/?key=1"], {}, "no ?query or #part"),
+        (["--endpoint-url", "http://h:99999"], {}, "if any a port from 1 to 65535, no space, ?query or #part"),
+        (["--endpoint-url", "http://h/?"], {}, "no space, ?query or #part"),
+        ([], {"STARCHAT_ENDPOINT_URL": " http://u:s3cret@h"}, "no space, ?query or #part"),  # the value not shown
+        (["--cache-dir", ""], {}, "--cache-dir (or STARCHAT_CACHE_DIR) must not be empty"),
     ],
 )
 def test_a_setting_out_of_its_type_choices_or_bounds_is_one_line_before_anything_starts(flags, env, said, capsys):
@@ -74,6 +82,11 @@ def test_a_setting_out_of_its_type_choices_or_bounds_is_one_line_before_anything
         Settings.from_args(flags, env=env)
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit.value.code == 2 and len(lines) == 2 and lines[-1].endswith(said)  # the usage line, then why
+
+
+def test_the_address_printed_is_one_a_browser_opens():
+    assert page_url("127.0.0.1", 7860) == "http://127.0.0.1:7860"
+    assert page_url("::1", 7860) == "http://[::1]:7860"
 
 
 def test_what_cannot_start_says_why_in_one_line(tmp_path):
@@ -103,9 +116,12 @@ def test_what_cannot_start_says_why_in_one_line(tmp_path):
     (tmp_path / "models.yaml").write_text("models: [1, 2]")
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")  # a LoRA run's OUTPUT_DIR/adapter
+    (tmp_path / "stopped" / "checkpoints").mkdir(parents=True)  # a run killed before its end
     for args, said in [
         (["--model", str(tmp_path / "nope")], f"{tmp_path / 'nope'}: not a model's folder (no config.json there)"),
         (["--model", str(tmp_path / "adapter")], "a LoRA adapter, not a model: merge it into its base first"),
+        (["--model", str(tmp_path / "stopped")], "a training run that has not written its served checkpoint yet"),
+        (["--model", "tests"], "tests: not a model's folder (no config.json there)"),  # a folder here, not a Hub id
         (["--backend", "endpoint", "--model", "some/model"], "--backend endpoint needs --endpoint-url"),
         (["--models-file", str(tmp_path / "models.yaml")], "entry 0 needs a name (text) and only the keys"),
     ]:

@@ -143,11 +143,21 @@ def same_folder(a: str | Path, b: str | Path) -> bool:
 RUN_MARKS = ("config.json", "checkpoints", "adapter", "scratch-base", ".incomplete")
 
 
+def is_run(folder: Path) -> bool:
+    """Whether `folder` holds a training run: its record or the scratch base it built (names only our runs use)."""
+    parts = ("checkpoints/run.json", "scratch-base/config.json")
+    return any((folder / part).is_file() for part in parts)
+
+
 def check_output(output: Path, what: str, sources: dict[str, str], cleared: bool = True) -> None:
     """Refuses an output that is (or is under) a file, a folder of other files, or one that is a folder the
     result is made from (`sources`, e.g. {"the base model": path}) or, if a run may clear it, holds one."""
     if file := next((path for path in (output, *output.parents) if path.is_file()), None):
         raise SystemExit(f"{output}: {file} is a file; {what} is a folder")
+    if run := next((folder for folder in output.absolute().parents if is_run(folder)), None):
+        raise SystemExit(
+            f"{output} is inside the training run {run}, whose files it would mix with: choose another {what}"
+        )
     for label, source in sources.items():
         if same_folder(output, source):
             raise SystemExit(f"{output} is {label}'s folder, which the result would replace: choose another {what}")
@@ -178,6 +188,8 @@ SERVED_FILES = (
     "README.md",
     "model*.safetensors",
     "model.safetensors.index.json",
+    "pytorch_model*.bin",
+    "pytorch_model.bin.index.json",
     "tokenizer*",
     "special_tokens_map.json",
     "added_tokens.json",

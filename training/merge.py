@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--output is empty: name the folder of the served checkpoint")
     output = Path(args.output).expanduser()
     check_output(output, "--output", {"the base model": args.base, "the adapter": args.adapter}, cleared=False)
-    if any((output / run).is_dir() for run in ("checkpoints", "adapter")):
+    if any((output / part).is_dir() for part in ("checkpoints", "adapter", "scratch-base")):
         raise SystemExit(
             f"{output} is a training run's folder: its served checkpoint and model card are the run's own; "
             "choose another --output"

@@ -193,7 +193,7 @@ SHAPING = (
     "max_grad_norm",
     "seed",
 )
-RUN_RECORD = "run.json"  # in DIR/checkpoints: the SHAPING values the run started with
+RUN_RECORD = "run.json"  # in DIR/checkpoints: the SHAPING values the run started with (checkpoint.is_run reads it)
 USAGE = "python -m training.train RECIPE.yaml [--key value ...]   (RECIPE.yaml --help lists the keys)"
 # Names that LoRA cannot take here: the chat tokens' embedding rows are trained on their own, and the
 # head shares its weights with the embedding.

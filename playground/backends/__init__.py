@@ -110,14 +110,22 @@ async def astream(backend: Backend, request: ChatRequest) -> AsyncIterator[str]:
 
 
 def check_model_path(model: str) -> None:
-    """A model named by a path must be a model's folder (a Hub id is checked as it loads)."""
-    if model.startswith(("/", ".", "~")) and not (Path(model).expanduser() / "config.json").is_file():
-        if (Path(model).expanduser() / "adapter_config.json").is_file():
-            raise ValueError(
-                f"{model}: a LoRA adapter, not a model: merge it into its base first "
-                f"(python -m training.merge --base BASE --adapter {model} --output DIR), then serve DIR"
-            )
-        raise ValueError(f"{model}: not a model's folder (no config.json there)")
+    """A model named by a path, or a folder that is here, must be a model's folder (a Hub id is checked as it
+    loads)."""
+    folder = Path(model).expanduser()
+    if not model or not (model.startswith(("/", ".", "~")) or folder.is_dir()) or (folder / "config.json").is_file():
+        return
+    if (folder / "adapter_config.json").is_file():
+        raise ValueError(
+            f"{model}: a LoRA adapter, not a model: merge it into its base first "
+            f"(python -m training.merge --base BASE --adapter {model} --output DIR), then serve DIR"
+        )
+    if (folder / "checkpoints").is_dir():
+        raise ValueError(
+            f"{model}: a training run that has not written its served checkpoint yet (stopped early?): "
+            f"continue it with python -m training.train RECIPE.yaml --output_dir {model} --resume true"
+        )
+    raise ValueError(f"{model}: not a model's folder (no config.json there)")
 
 
 def load_backend(settings, default_model: Callable[[], str | Path] | None = None) -> Backend:

@@ -144,9 +144,13 @@ class EndpointBackend:
         the URL's credentials never reach people."""
         text = text.replace(self.url, self.where)
         secrets = {self.token: "[the token]"}
-        if password := urlsplit(self.url).password:  # sent as HTTP basic auth, which an echo shows in base64
-            basic = f"{unquote(urlsplit(self.url).username or '')}:{unquote(password)}"
-            secrets |= {password: "[the password]", b64encode(basic.encode()).decode(): "[the password]"}
+        parts = urlsplit(self.url)
+        if parts.username is not None:  # sent as HTTP basic auth, which an echo shows decoded or in base64
+            user, password = unquote(parts.username), unquote(parts.password or "")
+            basic = [b64encode(f"{user}:{password}".encode()).decode(), f"{user}:{password}"]
+            # A URL with no password carries a token as its user name: then the name is the secret.
+            secret = [password, parts.password] if parts.password else [user, parts.username]
+            secrets |= dict.fromkeys([*basic, *secret], "[the credentials]")
         for secret, name in secrets.items():
             text = text.replace(secret, name) if secret else text
         return text

@@ -69,10 +69,18 @@ def test_credentials_in_the_servers_url_never_reach_the_person(tiny_checkpoint):
         said = f"{failure.value} {backend.info.device}"
         assert server.script.requests[-1]["auth"] == "Basic bWU6czNjcmV0"  # the server got them: me:s3cret
         assert "s3cret" not in said and "bWU6czNjcmV0" not in said
-        assert f"The model server at {server.url} answered" in said and "Basic [the password]" in said
+        assert f"The model server at {server.url} answered" in said and "Basic [the credentials]" in said
     with pytest.raises(BackendError, match="not reachable") as failure:
         EndpointBackend.connect(str(tiny_checkpoint), url, "openai")
     assert "s3cret" not in str(failure.value)
+    # A token as the user name, and credentials written percent-encoded: an echo shows them decoded.
+    for url, secrets in [("http://hf_T0KEN@", ["hf_T0KEN"]), ("http://m%40e:p%2Fw@", ["m@e", "p/w", "p%2Fw"])]:
+        with FakeServer(Script(error=True)) as server:
+            backend = EndpointBackend.connect(str(tiny_checkpoint), server.url.replace("http://", url))
+            with pytest.raises(BackendError, match=r"answered an error \(500\)") as failure:
+                list(backend.stream(ask()))
+        assert "Basic [the credentials]" in str(failure.value)
+        assert not [s for s in secrets if s in str(failure.value)], str(failure.value)
 
 
 @pytest.mark.parametrize("protocol", ["tgi", "openai-text"])

@@ -1,5 +1,6 @@
 """Commands for vLLM and TGI: checked against a served checkpoint, and the playground pointed at them."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -81,12 +82,18 @@ def test_what_cannot_be_served_is_one_line_naming_it(tiny_checkpoint, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_checkpoint, broken)
     (broken / "generation_config.json").write_text('{"eos_token_id": 0}')
+    template = tmp_path / "bad template"
+    shutil.copytree(tiny_checkpoint, template)
+    config = json.loads((template / "tokenizer_config.json").read_text())
+    (template / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": "{% if %}"}))
     for checkpoint, said in [
         (str(tmp_path), f"{tmp_path}: not a model's folder (no config.json there)"),
         (str(tmp_path / "notes.txt"), "notes.txt: not a model's folder"),
         ("", "name a served checkpoint: a folder or a Hub id"),
         ("someone/not-cached-here", "someone/not-cached-here: "),  # offline: the Hub's own reason follows
         (str(broken), f"{broken}: generation_config.json must stop at <|end|> and <|endoftext|>"),
+        (str(template), f"{template}: "),  # Jinja's own error, on the same line
+        (f"{tmp_path}/two\nlines", f"{tmp_path}/two lines: not a model's folder"),
     ]:
         run = engines("vllm", checkpoint)
         assert run.returncode == 2 and run.stdout == "" and run.stderr.count("\n") == 1, run.stderr
@@ -107,3 +114,26 @@ def test_what_cannot_be_served_is_one_line_naming_it(tiny_checkpoint, tmp_path):
 def test_numbers_the_commands_could_not_take_are_refused(tiny_checkpoint, flags, said):
     run = engines("tgi", str(tiny_checkpoint), *flags)
     assert run.returncode == 2 and run.stdout == "" and said in run.stderr.splitlines()[-1]
+
+
+def test_the_commands_work_for_any_folder_a_shell_or_docker_can_name(tiny_checkpoint, tmp_path, monkeypatch):
+    dashed = tmp_path / "-d"
+    shutil.copytree(tiny_checkpoint, dashed)
+    monkeypatch.chdir(tmp_path)
+    commands = plan("vllm", "-d", 1, 8000)  # relative: written absolute, never read as an option
+    assert commands.server[2] == str(dashed) and commands.playground[-1] == str(dashed)
+    colon = tmp_path / "a:b"
+    shutil.copytree(tiny_checkpoint, colon)
+    with pytest.raises(ValueError, match="docker -v cannot mount a path with ':'"):
+        plan("tgi", str(colon), 1, 8080)
+    short = tmp_path / "short"
+    shutil.copytree(tiny_checkpoint, short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "n_positions": 100}))
+    server = plan("tgi", str(short), 1, 8080).server
+    assert server[server.index("--max-input-tokens") + 1] == "50"  # a reply keeps room in a short context
+
+
+def test_run_without_the_engine_installed_says_so(tiny_checkpoint):
+    run = engines("vllm", str(tiny_checkpoint), "--run")  # PATH has no vllm
+    assert run.returncode == 2 and run.stderr.startswith("engines.py: cannot start vllm here (")

@@ -1,5 +1,7 @@
 """The dialogue format, character by character, and token-safe encoding."""
 
+import re
+
 import pytest
 
 from playground.template import (
@@ -167,6 +169,19 @@ def test_a_newest_message_too_long_alone_is_a_clear_error(tokenizer):
     messages = [{"role": "system", "content": "Be careful. " * 200}, {"role": "user", "content": "Hi?"}]
     with pytest.raises(ContextError, match=r"^The system prompt is too long: .*Shorten the system prompt"):
         fit_to_context(tokenizer, messages, max_new_tokens=64, context_length=256)
+    # A short message with a reply limit that alone nearly fills the context: the limit is what to lower.
+    messages = [SYSTEM, {"role": "user", "content": "Hi?"}]
+    with pytest.raises(ContextError, match=r"^The reply may take 250 tokens, .* lower 'max new tokens' to \d+ or") as e:
+        fit_to_context(tokenizer, messages, max_new_tokens=250, context_length=256)
+    room = int(re.search(r"to (\d+) or less", str(e.value))[1])
+    prompt = fit_to_context(tokenizer, messages, max_new_tokens=room, context_length=256)  # the most that fits
+    assert len(prompt.input_ids) + room == 256
+
+
+def test_a_system_message_after_the_first_is_named_by_its_turn():
+    messages = [SYSTEM, {"role": "user", "content": "Hi?"}, SYSTEM, {"role": "user", "content": "Hi?"}]
+    with pytest.raises(DialogueError, match=r"^turn 1 is a system message: only the first message may be the system"):
+        validate(messages, last="user")
 
 
 def test_the_checkpoint_chat_template_keeps_typed_control_strings_inert(tokenizer):

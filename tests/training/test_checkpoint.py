@@ -90,6 +90,7 @@ def test_a_new_checkpoint_leaves_nothing_of_the_old_one_but_other_files(tiny_che
     shutil.copytree(tiny_checkpoint, out)
     (out / "model.safetensors").rename(out / "model-00001-of-00002.safetensors")
     (out / "model.safetensors.index.json").write_text("{}")
+    (out / "pytorch_model.bin").write_bytes(b"older weights")  # an older format's
     (out / "notes.txt").write_text("mine")
     model = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
     save_checkpoint(model, AutoTokenizer.from_pretrained(tiny_checkpoint), out, "card")

@@ -586,6 +586,8 @@ def test_a_run_never_replaces_the_model_it_starts_from_nor_resumes_a_finished_on
         main([TINY, "--model_name_or_path", str(model), "--output_dir", str(tmp_path), "--overwrite_output_dir", "1"])
     with pytest.raises(SystemExit, match="nosuch: not a model's folder, and not a model the Hub gave"):
         main([TINY, "--model_name_or_path", str(tmp_path / "nosuch"), "--output_dir", str(tmp_path / "out"), *SMALL])
+    with pytest.raises(SystemExit, match=f"is inside the training run {model}, whose files it would mix with"):
+        main([TINY, "--output_dir", str(model / "scratch-base" / "again"), *SMALL])
     assert files_of(model) == kept and not (tmp_path / "out").exists()
 
 
@@ -672,7 +674,7 @@ def test_merge_refuses_to_write_over_its_base_or_another_model(demo_model, tmp_p
     monkeypatch.setenv("HOME", str(tmp_path))
 
     model, adapter = tmp_path / "model", tmp_path / "adapter"
-    shutil.copytree(demo_model, model)
+    shutil.copytree(demo_model, model, ignore=shutil.ignore_patterns("scratch-base"))  # a model, not a run
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text("{not json")
     kept = files_of(model)
@@ -691,8 +693,15 @@ def test_merge_refuses_to_write_over_its_base_or_another_model(demo_model, tmp_p
         merge(["--base", str(tmp_path / "nosuch"), "--adapter", str(adapter), "--output", str(tmp_path / "out")])
     assert files_of(model) == kept and not (tmp_path / "out").exists()
     run = tmp_path / "run"
-    (run / "adapter").mkdir(parents=True)  # a LoRA run's folder: its card is the run's
-    with pytest.raises(SystemExit, match="is a training run's folder: its served checkpoint and model card are the"):
-        merge(["--base", str(model), "--adapter", str(adapter), "--output", str(run), "--overwrite"])
+    shutil.copytree(demo_model, run)  # a run's folder (the demo build's scratch base is in it): the card is the run's
+    kept = files_of(run)
+    for output, message in [
+        (run, "is a training run's folder: its served checkpoint and model card are the run's own"),
+        (run / "scratch-base", "is inside the training run"),
+        (run / "checkpoints" / "checkpoint-240", "is inside the training run"),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            merge(["--base", str(model), "--adapter", str(adapter), "--output", str(output), "--overwrite"])
+    assert files_of(run) == kept
     with pytest.raises(SystemExit, match="--output /proc/starchat-merge: cannot write there"):
         merge(["--base", str(model), "--adapter", str(adapter), "--output", "/proc/starchat-merge"])
