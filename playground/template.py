@@ -217,9 +217,10 @@ def fit_to_context(tokenizer, messages: Sequence[Message], max_new_tokens: int, 
         room = context_length - fixed - len(tail)  # what a reply could have with this message and system prompt
         if max_new_tokens > fixed and room > 0:  # the reply's allowance is the larger share: it is what to lower
             raise ContextError(
-                f"The reply may take {max_new_tokens} tokens, but with the message ({len(blocks[-1]) + len(tail)} "
-                f"tokens) and the system prompt ({len(head)}) the model's context ({context_length}) leaves room for "
-                f"{room}: lower {REPLY_LIMIT} to {room} or less."
+                f"The message and the system prompt are too long for a reply of up to {max_new_tokens} tokens: they "
+                f"take {len(blocks[-1]) + len(tail)} and {len(head)} tokens, and the model's context "
+                f"({context_length}) leaves room for a reply of {room}. Lower {REPLY_LIMIT} to {room} or less, or "
+                "shorten the message."
             )
         longer = "system prompt" if len(head) > len(blocks[-1]) else "message"  # the one to shorten first
         raise ContextError(

@@ -13,6 +13,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
+from contextlib import suppress
 from importlib import metadata
 from pathlib import Path
 
@@ -154,15 +155,15 @@ def check_output(output: Path, what: str, sources: dict[str, str], cleared: bool
     result is made from (`sources`, e.g. {"the base model": path}) or, if a run may clear it, holds one."""
     if file := next((path for path in (output, *output.parents) if path.is_file()), None):
         raise SystemExit(f"{output}: {file} is a file; {what} is a folder")
-    if run := next((folder for folder in output.absolute().parents if is_run(folder)), None):
-        raise SystemExit(
-            f"{output} is inside the training run {run}, whose files it would mix with: choose another {what}"
-        )
     for label, source in sources.items():
         if same_folder(output, source):
             raise SystemExit(f"{output} is {label}'s folder, which the result would replace: choose another {what}")
         if cleared and Path(source).expanduser().resolve().is_relative_to(output.resolve()):
             raise SystemExit(f"{label} {source} is inside {output}, which a run may clear: choose another {what}")
+    if run := next((folder for folder in output.absolute().parents if is_run(folder)), None):
+        raise SystemExit(
+            f"{output} is inside the training run {run}, whose files it would mix with: choose another {what}"
+        )
     others = [] if not output.is_dir() or any((output / m).exists() for m in RUN_MARKS) else sorted(output.iterdir())
     if others:
         shown = ", ".join(path.name for path in others[:3]) + (", ..." if len(others) > 3 else "")
@@ -172,13 +173,18 @@ def check_output(output: Path, what: str, sources: dict[str, str], cleared: bool
         )
 
 
-def make_output(output: Path, what: str) -> None:
-    """Creates the output folder now, so that one a run or a merge cannot write is said before any work."""
+def check_writable(output: Path, what: str) -> None:
+    """Says now, before any work, if `output` cannot be written; leaves no folder behind either way."""
+    missing = [folder for folder in (output, *output.parents) if not folder.exists()]  # the deepest first
     try:
         output.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=output).close()
     except OSError as exc:
         raise SystemExit(f"{what} {output}: cannot write there ({exc.strerror or exc})") from None
+    finally:
+        for folder in missing:
+            with suppress(OSError):
+                folder.rmdir()
 
 
 # A served checkpoint's files (what save_pretrained writes for a model, its tokenizer and generation config).

@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.checkpoint import base_config, check_output, make_output, model_card, same_folder, save_checkpoint
+from training.checkpoint import base_config, check_output, check_writable, model_card, same_folder, save_checkpoint
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     if not same_base:
         print(f"note: the adapter was trained on {trained_on}, and is merged into {args.base}")
-    make_output(output, "--output")
+    check_writable(output, "--output")
     try:
         merged = merge(args.base, args.adapter, output, dtype=DTYPES[args.dtype])
     except RuntimeError as exc:  # PEFT's load_state_dict lists every layer whose shape differs

@@ -47,8 +47,8 @@ from playground.template import CONTROL_TOKENS
 from training.checkpoint import (
     base_config,
     check_output,
+    check_writable,
     clear_served,
-    make_output,
     model_card,
     save_checkpoint,
 )
@@ -596,7 +596,7 @@ def run(argv: list[str], quiet: bool) -> Path:
         check_lora_targets(script, config)
     # The Trainer would push DIR/checkpoints at every save; the served folder is pushed at the end instead.
     push_to_hub, args.push_to_hub = args.push_to_hub, False
-    make_output(output, "--output_dir")
+    check_writable(output, "--output_dir")
     set_seed(args.seed)
     try:
         splits, report = build_dataset(

@@ -67,8 +67,8 @@ def test_our_extra_sampling_fields_and_multi_turn(client):
         ({"extra_body": {"beam": 3}}, "unsupported field"),
         ({"messages": [{"role": "bogus", "content": "hi"}]}, r"messages\[0\]\.role must be one of system, user"),
         ({"extra_body": {"stream": "false"}}, "stream must be true or false, not 'false'"),
-        ({"max_tokens": 250}, "The reply may take 250 tokens, .* lower max_tokens to"),  # a context of 256
-        ({"max_completion_tokens": 250}, "lower max_completion_tokens to"),
+        ({"max_tokens": 250}, "too long for a reply of up to 250 tokens: .* Lower max_tokens to"),  # context 256
+        ({"max_completion_tokens": 250}, "Lower max_completion_tokens to"),
         (
             {"messages": [MESSAGES[1], MESSAGES[0], MESSAGES[1]]},
             r"messages\[1\] is a system message: only the first message may be one",

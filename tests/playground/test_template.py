@@ -171,7 +171,9 @@ def test_a_newest_message_too_long_alone_is_a_clear_error(tokenizer):
         fit_to_context(tokenizer, messages, max_new_tokens=64, context_length=256)
     # A short message with a reply limit that alone nearly fills the context: the limit is what to lower.
     messages = [SYSTEM, {"role": "user", "content": "Hi?"}]
-    with pytest.raises(ContextError, match=r"^The reply may take 250 tokens, .* lower 'max new tokens' to \d+ or") as e:
+    with pytest.raises(
+        ContextError, match=r"too long for a reply of up to 250 tokens: .* Lower 'max new tokens' to"
+    ) as e:
         fit_to_context(tokenizer, messages, max_new_tokens=250, context_length=256)
     room = int(re.search(r"to (\d+) or less", str(e.value))[1])
     prompt = fit_to_context(tokenizer, messages, max_new_tokens=room, context_length=256)  # the most that fits
