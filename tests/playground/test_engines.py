@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from playground.backends import ChatRequest, SamplingParams, load_backend
-from playground.engines import check_checkpoint, plan
+from playground.engines import check_checkpoint, main, plan
 from playground.settings import Settings
 from tests.conftest import ROOT
 from tests.fakes import FakeServer
@@ -67,17 +67,16 @@ def test_the_printed_playground_command_works_against_a_server_of_that_protocol(
         assert reply == server.script.reply and isinstance(server.script.requests[-1]["body"]["prompt"], list)
 
 
-def engines(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "playground.engines", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-    )
+def refused(capsys, *args: str) -> str:
+    """What `python -m playground.engines ARGS` says as it refuses (exit code 2), in this process."""
+    with pytest.raises(SystemExit) as exit:
+        main(list(args))
+    out, err = capsys.readouterr()
+    assert exit.value.code == 2 and out == "" and err.count("\n") == 1, err
+    return err
 
 
-def test_what_cannot_be_served_is_one_line_naming_it(tiny_checkpoint, tmp_path):
+def test_what_cannot_be_served_is_one_line_naming_it(tiny_checkpoint, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a model")
     broken = tmp_path / "broken"
     shutil.copytree(tiny_checkpoint, broken)
@@ -90,14 +89,21 @@ def test_what_cannot_be_served_is_one_line_naming_it(tiny_checkpoint, tmp_path):
         (str(tmp_path), f"{tmp_path}: not a model's folder (no config.json there)"),
         (str(tmp_path / "notes.txt"), "notes.txt: not a model's folder"),
         ("", "name a served checkpoint: a folder or a Hub id"),
-        ("someone/not-cached-here", "someone/not-cached-here: "),  # offline: the Hub's own reason follows
         (str(broken), f"{broken}: generation_config.json must stop at <|end|> and <|endoftext|>"),
         (str(template), f"{template}: "),  # Jinja's own error, on the same line
         (f"{tmp_path}/two\nlines", f"{tmp_path}/two lines: not a model's folder"),
     ]:
-        run = engines("vllm", checkpoint)
-        assert run.returncode == 2 and run.stdout == "" and run.stderr.count("\n") == 1, run.stderr
-        assert run.stderr.startswith("engines.py: ") and said in run.stderr
+        assert said in refused(capsys, "vllm", checkpoint)
+    # As a person runs it, offline: the Hub's own reason follows the name, on one line.
+    run = subprocess.run(
+        [sys.executable, "-m", "playground.engines", "vllm", "someone/not-cached-here"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert run.returncode == 2 and run.stdout == "" and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith("engines.py: someone/not-cached-here: ")
 
 
 @pytest.mark.parametrize(
@@ -111,9 +117,10 @@ def test_what_cannot_be_served_is_one_line_naming_it(tiny_checkpoint, tmp_path):
         (["--port", "1e3"], "argument --port: '1e3' is not a whole number"),
     ],
 )
-def test_numbers_the_commands_could_not_take_are_refused(tiny_checkpoint, flags, said):
-    run = engines("tgi", str(tiny_checkpoint), *flags)
-    assert run.returncode == 2 and run.stdout == "" and said in run.stderr.splitlines()[-1]
+def test_numbers_the_commands_could_not_take_are_refused(tiny_checkpoint, flags, said, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["tgi", str(tiny_checkpoint), *flags])
+    assert exit.value.code == 2 and said in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_the_commands_work_for_any_folder_a_shell_or_docker_can_name(tiny_checkpoint, tmp_path, monkeypatch):
@@ -134,6 +141,8 @@ def test_the_commands_work_for_any_folder_a_shell_or_docker_can_name(tiny_checkp
     assert server[server.index("--max-input-tokens") + 1] == "50"  # a reply keeps room in a short context
 
 
-def test_run_without_the_engine_installed_says_so(tiny_checkpoint):
-    run = engines("vllm", str(tiny_checkpoint), "--run")  # PATH has no vllm
-    assert run.returncode == 2 and run.stderr.startswith("engines.py: cannot start vllm here (")
+def test_run_without_the_engine_installed_says_so(tiny_checkpoint, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")  # no vllm
+    assert "cannot start vllm here (No such file or directory)" in refused(
+        capsys, "vllm", str(tiny_checkpoint), "--run"
+    )
