@@ -32,7 +32,8 @@ def server_url(value: str) -> str | None:
     if not value:
         return None
     try:
-        url, port = urlsplit(value), urlsplit(value).port
+        url = urlsplit(value)
+        port = url.port
     except ValueError:  # an unclosed [ or a port out of range
         url, port = None, None
     host = url.hostname if url else ""

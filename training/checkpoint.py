@@ -141,7 +141,8 @@ def same_folder(a: str | Path, b: str | Path) -> bool:
 
 # What a folder that holds a run or a served checkpoint has; a folder with none of them and other files is
 # someone else's, which a run would write over (its README.md first).
-RUN_MARKS = ("config.json", "checkpoints", "adapter", "scratch-base", ".incomplete")
+RUN_PARTS = ("checkpoints", "adapter", "scratch-base")  # the folders a run keeps beside its served checkpoint
+RUN_MARKS = ("config.json", *RUN_PARTS, ".incomplete")
 
 
 def is_run(folder: Path) -> bool:

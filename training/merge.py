@@ -13,7 +13,15 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from training.checkpoint import base_config, check_output, check_writable, model_card, same_folder, save_checkpoint
+from training.checkpoint import (
+    RUN_PARTS,
+    base_config,
+    check_output,
+    check_writable,
+    model_card,
+    same_folder,
+    save_checkpoint,
+)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -44,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--output is empty: name the folder of the served checkpoint")
     output = Path(args.output).expanduser()
     check_output(output, "--output", {"the base model": args.base, "the adapter": args.adapter}, cleared=False)
-    if any((output / part).is_dir() for part in ("checkpoints", "adapter", "scratch-base")):
+    if any((output / part).is_dir() for part in RUN_PARTS):
         raise SystemExit(
             f"{output} is a training run's folder: its served checkpoint and model card are the run's own; "
             "choose another --output"

@@ -45,6 +45,7 @@ from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_availa
 from playground.console import libraries_quiet
 from playground.template import CONTROL_TOKENS
 from training.checkpoint import (
+    RUN_PARTS,
     base_config,
     check_output,
     check_writable,
@@ -377,8 +378,8 @@ def claim_output(output: Path, script: ScriptArguments, args: TrainingArguments)
             "or --overwrite_output_dir true to start over (its checkpoints are deleted)"
         )
     if args.local_process_index == 0:
-        for folder in (checkpoints, output / "adapter", output / "scratch-base"):
-            shutil.rmtree(folder, ignore_errors=True)
+        for part in RUN_PARTS:
+            shutil.rmtree(output / part, ignore_errors=True)
         clear_served(output)  # until the new run is saved, no finished checkpoint
 
 
