@@ -1,10 +1,44 @@
-"""What the libraries print while the app speaks for itself (the demo's build and load): errors only."""
+"""What the libraries print, and fetch, while the app speaks for itself: errors only, and nothing from the Hub
+that nobody asked for."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+import logging
+import sys
 import warnings
 from collections.abc import Iterator
+
+# Loggers that speak of a library's own internals on import, which nobody can act on:
+QUIET_LOGGERS = (
+    "torchao",  # its CUDA-only extensions do not load on a CPU
+    "torch.utils._pytree",  # torchao registers its enums the deprecated way
+    "bitsandbytes.backends.cpu.ops",  # its CPU 4-bit kernel is not at hand (we run 4-bit on CUDA only)
+    "kernels",  # "skipping publisher trust check ... offline": the kernel lookup that bitsandbytes_offline keeps local
+)
+
+
+def quiet_library_loggers() -> None:
+    """QUIET_LOGGERS at errors only; called once, before anything imports those libraries."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def import_bitsandbytes_offline() -> None:
+    """Import bitsandbytes (if installed) with the Hub switched off. On a CPU with AVX512-BF16 its import asks
+    the Hub for a CPU 4-bit kernel (kernels-community/quantization-bitsandbytes): a publisher check and a
+    download on every training run and 8bit / 4bit load, for a matmul this project never runs. Offline, the
+    `kernels` package looks in its local cache only, finds nothing, and bitsandbytes goes on without it."""
+    if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None:
+        return
+    from huggingface_hub import constants  # read by `kernels` at each call, so switching it here takes effect
+
+    online, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
+    try:
+        import bitsandbytes  # noqa: F401
+    finally:
+        constants.HF_HUB_OFFLINE = online
 
 
 @contextlib.contextmanager

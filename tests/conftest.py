@@ -113,6 +113,7 @@ def cache_dir(tmp_path_factory) -> Path:
 class FirstStart:
     demo: Path  # the demo checkpoint it built
     console: str  # everything it printed, from its start to after its first reply
+    hub_requests: list[str]  # what it asked the Hub (a fake one on loopback), online
 
 
 def demo_built(cache: Path) -> bool:
@@ -124,21 +125,24 @@ def demo_built(cache: Path) -> bool:
 @pytest.fixture(scope="session")
 def first_start(cache_dir, tmp_path_factory) -> FirstStart:
     """`python app.py` on a machine without the demo: it builds it (the session's one build, in cache_dir),
-    serves, answers one message at temperature 0, and stops. A cache_dir that already holds the demo
-    (STARCHAT_TEST_CACHE between local runs) would make this no first start: then it runs in a fresh folder."""
+    serves, answers one message at temperature 0, and stops. It runs online, against a fake Hub on loopback.
+    A cache_dir that already holds the demo (STARCHAT_TEST_CACHE between local runs) would make this no
+    first start: then it runs in a fresh folder."""
     import httpx
 
     from playground.demo import demo_checkpoint
+    from tests.fakes import FakeHub
 
     cache = tmp_path_factory.mktemp("first-start") if demo_built(cache_dir) else cache_dir
-    proc, url = start_app(cache_dir=cache, timeout=600)
-    try:
-        message = {"role": "user", "content": "How do I reverse a list in Python?"}
-        reply = httpx.post(url + "v1/chat/completions", json={"messages": [message], "temperature": 0}, timeout=60)
-        reply.raise_for_status()
-    finally:
-        stop_app(proc)
-    return FirstStart(demo_checkpoint(cache), proc.stdout.read())
+    with FakeHub() as hub:
+        proc, url = start_app(cache_dir=cache, timeout=600, env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url})
+        try:
+            message = {"role": "user", "content": "How do I reverse a list in Python?"}
+            reply = httpx.post(url + "v1/chat/completions", json={"messages": [message], "temperature": 0}, timeout=60)
+            reply.raise_for_status()
+        finally:
+            stop_app(proc)
+    return FirstStart(demo_checkpoint(cache), proc.stdout.read(), hub.requests)
 
 
 @pytest.fixture(scope="session")

@@ -180,10 +180,15 @@ class FakeServer:
 
 
 class HubHandler(BaseHTTPRequestHandler):
-    """The calls `HfApi.create_repo` and `upload_folder` make, for small files sent inline."""
+    """The calls `HfApi.create_repo` and `upload_folder` make, for small files sent inline; any other is a 404.
+    Every request's method and path is kept in `requests`."""
 
     protocol_version = "HTTP/1.1"
     commits: list[list[str]]
+    requests: list[str]
+
+    def log_request(self, code="-", size="-") -> None:
+        self.requests.append(f"{self.command} {self.path}")
 
     def log_message(self, *args) -> None:
         pass
@@ -215,13 +220,20 @@ class HubHandler(BaseHTTPRequestHandler):
         else:
             self.send_error(404)
 
+    def do_GET(self) -> None:
+        self.send_error(404)
+
+    do_HEAD = do_GET
+
 
 class FakeHub(FakeServer):
-    """A loopback stand-in for the Hub's upload API; `commits` lists the paths of each commit."""
+    """A loopback stand-in for the Hub's upload API (HF_ENDPOINT=hub.url); `commits` lists the paths of each
+    commit, `requests` every request it was sent."""
 
     def __init__(self):
         self.commits: list[list[str]] = []
-        handler = type("BoundHub", (HubHandler,), {"commits": self.commits})
+        self.requests: list[str] = []
+        handler = type("BoundHub", (HubHandler,), {"commits": self.commits, "requests": self.requests})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

@@ -1,5 +1,8 @@
 """The training package: dialogues into the checkpoint the playground serves (it imports playground.template)."""
 
-# First, before anything imports transformers: playground's import turns down the library log lines
-# that nobody can act on (bitsandbytes' CPU-kernel notice when the Trainer is imported, torchao's).
-import playground  # noqa: F401
+# First, before anything imports transformers' Trainer (which imports peft, which imports bitsandbytes):
+# playground's import turns down the library log lines nobody can act on, and bitsandbytes is imported
+# without the Hub lookup its import makes on some CPUs.
+from playground.console import import_bitsandbytes_offline
+
+import_bitsandbytes_offline()

@@ -23,7 +23,7 @@ from transformers import (
 
 from playground.backends import BackendError, BackendInfo, ChatRequest, context_length
 from playground.backends.fast import FastEngine, Job, supports
-from playground.console import libraries_quiet
+from playground.console import import_bitsandbytes_offline, libraries_quiet
 from playground.template import EOS, Message, Prompt, control_ids, fit_to_context, stop_ids
 
 BITSANDBYTES = ("8bit", "4bit")  # plain generate; the fallback where the fast engine cannot serve
@@ -66,6 +66,7 @@ def quantization_config(quantize: str) -> BitsAndBytesConfig | None:
         raise ValueError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {quantize!r}")
     if not torch.cuda.is_available():
         raise BackendError(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes); this machine has none")
+    import_bitsandbytes_offline()  # before transformers imports it to load the model
     if quantize == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
