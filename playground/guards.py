@@ -1,5 +1,5 @@
 """ASGI guards around the whole server: bounded request bodies, throttled logins, a login page
-that does not list the API, no file uploads.
+that does not list the API, no file uploads, Gradio's routes that the page does not use closed.
 
 Plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, so that streamed replies
 (SSE from /v1 and Gradio's queue) pass through untouched.
@@ -12,7 +12,11 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from ipaddress import ip_address
+from urllib.parse import unquote_plus
+
+from starlette.routing import compile_path
+
+from playground.settings import proxy_set
 
 Scope = dict
 ASGIApp = object
@@ -30,6 +34,18 @@ async def respond(send, status: int, message: str, headers: dict[str, str] | Non
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def routes(*templates: str) -> tuple[re.Pattern, ...]:
+    """One pattern for Gradio route templates, compiled as Starlette compiles a route's path and matched, as its
+    router matches, against the decoded path: every spelling that reaches one of these routes (a trailing
+    slash where Gradio has both, percent-escapes) matches, and nothing else does."""
+    return tuple(compile_path(template)[0] for template in templates)
+
+
+def reaches(scope: Scope, patterns: tuple[re.Pattern, ...]) -> re.Match | None:
+    path = scope["path"].removeprefix(scope.get("root_path", "")) or "/"
+    return next(filter(None, (pattern.fullmatch(path) for pattern in patterns)), None)
 
 
 class BodyTooLarge(Exception):
@@ -108,9 +124,13 @@ class SlidingWindow:
             times.pop()
 
 
+LOGIN = routes("/login", "/login/")
+
+
 @dataclass
 class LoginThrottle:
-    """After `failures` wrong logins from one client within `window` seconds, its logins get 429."""
+    """After `failures` wrong logins from one client within `window` seconds, its logins get 429. A login is
+    any request that reaches Gradio's login route, however its path is spelt."""
 
     app: ASGIApp
     failures: int = 5
@@ -121,7 +141,7 @@ class LoginThrottle:
         self.wrong = SlidingWindow(self.failures, self.window)
 
     async def __call__(self, scope: Scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/login"):
+        if scope["type"] != "http" or not reaches(scope, LOGIN):
             return await self.app(scope, receive, send)
         client = (scope.get("client") or ("",))[0]
         # Counted as wrong until it succeeds, so parallel guesses count too.
@@ -143,13 +163,13 @@ _API_INFO = re.compile(rb"window\.gradio_api_info = \{.*?\};</script>", re.S)
 
 @dataclass
 class LoginPageWithoutApi:
-    """Gradio's login page (served before a person has logged in) embeds the whole API description:
-    strip it there; after the login the page is served as it is."""
+    """Gradio's login page (served before a person has logged in, at / and at its other page routes) embeds
+    the whole API description: strip it from every such page; after the login a page is served as it is."""
 
     app: ASGIApp
 
     async def __call__(self, scope: Scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or scope["path"] not in ("/", ""):
+        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             return await self.app(scope, receive, send)
         start: dict = {}
         body = b""
@@ -158,7 +178,11 @@ class LoginPageWithoutApi:
             nonlocal body
             if event["type"] == "http.response.start":
                 start.update(event)
+                if not dict(event.get("headers", [])).get(b"content-type", b"").startswith(b"text/html"):
+                    await send(event)
                 return
+            if not dict(start.get("headers", [])).get(b"content-type", b"").startswith(b"text/html"):
+                return await send(event)
             body += event.get("body", b"")
             if event.get("more_body"):
                 return
@@ -183,12 +207,11 @@ class ForwardedClient:
 
     app: ASGIApp
     trusted: str
-    proxies: set[str] = field(init=False)
+    proxies: frozenset[str] = field(init=False)
     any_proxy: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        # Written as the server writes a peer's address (settings checked each is one): ::0:1 is ::1.
-        self.proxies = {str(ip_address(a.strip())) for a in self.trusted.split(",") if a.strip() and a.strip() != "*"}
+        self.proxies = proxy_set(self.trusted)
         self.any_proxy = self.trusted.strip() == "*"
 
     async def __call__(self, scope: Scope, receive, send) -> None:
@@ -235,4 +258,36 @@ class NoUploads:
     async def __call__(self, scope: Scope, receive, send) -> None:
         if scope["type"] == "http" and scope["path"].rstrip("/").endswith("/upload"):
             return await respond(send, 403, "This server takes no file uploads.")
+        await self.app(scope, receive, send)
+
+
+DEEP_LINK = routes("/gradio_api/deep_link", "/gradio_api/deep_link/")
+NAMED_CALL = routes(
+    "/gradio_api/call/{api_name}", "/gradio_api/call/{api_name}/", "/gradio_api/call/{api_name}/{event}"
+)
+BY_INDEX = routes("/gradio_api/run/{api_name}", "/gradio_api/run/{api_name}/", "/gradio_api/api/{api_name}")
+
+
+@dataclass
+class ClosedRoutes:
+    """Gradio routes the page does not use, closed (404) by the route a request reaches:
+    - deep links, which write the session's values (the open conversation) to a file on the server for
+      anyone to read back, and the page's `deep_link` parameter, which would show such a file;
+    - the page's private events called by name: /call takes only the `public` names (the API); /run and /api
+      take any event by the index in their body, so they are closed (the page, gradio_client and /call go
+      through the queue, where each private event runs with the page's own checks)."""
+
+    app: ASGIApp
+    public: frozenset[str]
+
+    async def __call__(self, scope: Scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        named = reaches(scope, NAMED_CALL)
+        if reaches(scope, DEEP_LINK) or reaches(scope, BY_INDEX) or (named and named["api_name"] not in self.public):
+            return await respond(send, 404, "Not found.")
+        pairs = scope.get("query_string", b"").split(b"&")
+        kept = [p for p in pairs if unquote_plus(p.split(b"=")[0].decode("latin-1")) != "deep_link"]
+        if len(kept) < len(pairs):
+            scope = {**scope, "query_string": b"&".join(kept)}
         await self.app(scope, receive, send)

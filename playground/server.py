@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from playground.api import openai_routes
 from playground.backends import load_backends
@@ -11,6 +12,7 @@ from playground.chat import Chat
 from playground.demo import demo_checkpoint
 from playground.guards import (
     BodyLimit,
+    ClosedRoutes,
     ForwardedClient,
     LoginPageWithoutApi,
     LoginThrottle,
@@ -50,6 +52,14 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
     # would copy any server path (/etc/passwd, /dev/zero) into its served cache. Turn the check on.
     demo.has_launched = True
     app.add_middleware(LoginPageWithoutApi)
+    public = frozenset(fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public" and fn.api_name)
+    app.add_middleware(ClosedRoutes, public=public)
+    # Cross-site pages may not read this server with a visitor's login, unless named: Gradio reflects any
+    # Origin with credentials on a Host that is not localhost, and defers to a CORSMiddleware of ours.
+    origins = [o.strip() for o in settings.allowed_origins.split(",") if o.strip()]
+    app.add_middleware(
+        CORSMiddleware, allow_origins=origins, allow_credentials=True, allow_methods=["*"], allow_headers=["*"]
+    )
     app.add_middleware(LoginThrottle)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.add_middleware(NoOutsideImages)

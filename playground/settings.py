@@ -63,6 +63,19 @@ def proxy_addresses(value: str) -> str | None:
     return None
 
 
+def proxy_set(value: str) -> frozenset[str]:
+    """--trusted-proxies' addresses, written as a server writes a peer's address (::0:1 is ::1); '*' is none."""
+    return frozenset(str(ipaddress.ip_address(a.strip())) for a in value.split(",") if a.strip() not in ("", "*"))
+
+
+def origins(value: str) -> str | None:
+    for origin in filter(None, (o.strip() for o in value.split(","))):
+        url = urlsplit(origin)
+        if url.scheme not in ("http", "https") or not url.netloc or url.path or url.query or url.fragment:
+            return f"takes origins separated by commas (https://host or https://host:port); {origin!r} is not one"
+    return None
+
+
 KINDS = {int: "a whole number", float: "a number", str: "text"}
 
 
@@ -146,6 +159,18 @@ class Settings:
         "comma-separated addresses of reverse proxies whose X-Forwarded-For names the client "
         "(for the rate limit); '*' trusts any; none by default (the default in a Space: '*')",
         check=proxy_addresses,
+    )
+    allowed_origins: str = option(
+        "",
+        "comma-separated origins of other sites whose pages may call this server with a visitor's login "
+        "(CORS with credentials); none by default: only the page itself",
+        check=origins,
+    )
+    max_connections_per_client: int = option(
+        128,
+        "open connections one client address may hold (trusted proxies excepted); more are closed at once",
+        minimum=1,
+        maximum=1_000_000,
     )
     cache_dir: str = option(
         os.path.join(os.path.expanduser("~"), ".cache", "starchat-playground"),
