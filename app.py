@@ -48,8 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from playground.backends import BackendError
-    from playground.server import UVICORN_OPTIONS, create_app, describe_api
+    from playground.connections import raise_open_files_limit
+    from playground.server import create_app, describe_api, uvicorn_options
 
+    raise_open_files_limit()
     listening = listen(settings.host, settings.port)
     try:
         app, chat = create_app(settings)
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     models = ", ".join(chat.backends)
     where = page_url(settings.host, settings.port)
     print(f"StarChat Playground on {where} serving {models} ({describe_api(settings)})", flush=True)
-    options = {"host": settings.host, "port": settings.port, "log_level": "warning", **UVICORN_OPTIONS}
+    options = {"host": settings.host, "port": settings.port, "log_level": "warning", **uvicorn_options(settings)}
     uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[listening])
 
 

@@ -9,6 +9,7 @@ from starlette.middleware.cors import CORSMiddleware
 from playground.api import openai_routes
 from playground.backends import load_backends
 from playground.chat import Chat
+from playground.connections import protocol
 from playground.demo import demo_checkpoint
 from playground.guards import (
     BodyLimit,
@@ -68,8 +69,12 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
     return app, chat
 
 
-# guards.ForwardedClient reads X-Forwarded-For (from trusted proxies only); uvicorn must not.
-UVICORN_OPTIONS = {"proxy_headers": False}
+def uvicorn_options(settings: Settings) -> dict:
+    """What uvicorn.Config takes besides the app, host and port."""
+    return {
+        "proxy_headers": False,  # guards.ForwardedClient reads X-Forwarded-For (from trusted proxies only)
+        "http": protocol(settings.max_connections_per_client, settings.trusted_proxies),
+    }
 
 
 def describe_api(settings: Settings) -> str:

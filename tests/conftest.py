@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -166,7 +167,7 @@ def serve(*flags: str):
     """The whole server (UI, /chat, /v1) on a free loopback port in this process; yields (url, chat)."""
     import uvicorn
 
-    from playground.server import UVICORN_OPTIONS, create_app
+    from playground.server import create_app, uvicorn_options
     from playground.settings import Settings
 
     settings = Settings.from_args(list(flags), env={})
@@ -177,7 +178,7 @@ def serve(*flags: str):
         port=free_port(),
         log_level="warning",
         timeout_graceful_shutdown=1,
-        **UVICORN_OPTIONS,
+        **uvicorn_options(settings),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -230,9 +231,10 @@ def wait_until_idle(seconds: float = 20) -> bool:
 
 
 def start_app(
-    *args: str, cache_dir: Path, env: dict | None = None, timeout: float = 240
+    *args: str, cache_dir: Path, env: dict | None = None, timeout: float = 240, open_files: int | None = None
 ) -> tuple[subprocess.Popen, str]:
-    """`python app.py ARGS` on a free loopback port; returns the process and its URL once it answers."""
+    """`python app.py ARGS` on a free loopback port; returns the process and its URL once it answers.
+    open_files: the app starts under that hard limit on open files (its soft limit half of it)."""
     import httpx
 
     port = free_port()
@@ -250,6 +252,9 @@ def start_app(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files // 2, open_files)))
+        if open_files
+        else None,
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + timeout
