@@ -30,6 +30,7 @@ class Script:
     disconnects: int = 0  # streams the client closed before the end
 
     echo_seed: bool = False  # start the reply with the request's seed, to tell clients' replies apart
+    claimed_tokens: int | None = None  # the reply's length the server claims (usage, details), if not the truth
 
     def tokens(self, body: dict | None = None) -> list[str]:
         reply = self.reply_for(body or {})
@@ -112,11 +113,14 @@ class Handler(BaseHTTPRequestHandler):
             if openai:
                 self.event(self.openai_chunk("", "stop"))
                 if body.get("stream_options", {}).get("include_usage"):
-                    self.event({**self.openai_chunk("", None), "choices": [], "usage": self.usage(body, tokens)})
+                    usage = self.usage(body, tokens, self.script.claimed_tokens)
+                    self.event({**self.openai_chunk("", None), "choices": [], "usage": usage})
                 self.wfile.write(b"data: [DONE]\n\n")
             else:
                 final = self.tgi_chunk(len(tokens), "<|end|>", "".join(tokens), special=True)
-                details = {"finish_reason": "eos_token", "generated_tokens": len(tokens) + 1, "seed": None}
+                claimed = self.script.claimed_tokens
+                generated = len(tokens) + 1 if claimed is None else claimed
+                details = {"finish_reason": "eos_token", "generated_tokens": generated, "seed": None}
                 self.event({**final, "details": {**details, "input_length": 0}})
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
@@ -133,9 +137,9 @@ class Handler(BaseHTTPRequestHandler):
         return {"index": i, "token": token, "generated_text": final, "details": None, "top_tokens": None}
 
     @staticmethod
-    def usage(body: dict, tokens: list[str]) -> dict:
-        prompt = len(body.get("prompt") or [])
-        return {"prompt_tokens": prompt, "completion_tokens": len(tokens) + 1, "total_tokens": prompt + len(tokens) + 1}
+    def usage(body: dict, tokens: list[str], claimed: int | None = None) -> dict:
+        prompt, generated = len(body.get("prompt") or []), len(tokens) + 1 if claimed is None else claimed
+        return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
 
     @staticmethod
     def openai_chunk(text: str, finish: str | None) -> dict:

@@ -199,9 +199,9 @@ class EndpointBackend:
                 fed()
                 outcome.tokens += 1
                 finished = event.get("generated_text") is not None  # only the last event carries it
-                if finished and event.get("details"):
-                    outcome.tokens = event["details"]["generated_tokens"]
-                    outcome.finish = "length" if event["details"]["finish_reason"] == "length" else "stop"
+                if finished and isinstance(details := event.get("details"), dict):
+                    outcome.tokens = counted(details.get("generated_tokens"), outcome.tokens, p.max_new_tokens)
+                    outcome.finish = "length" if details.get("finish_reason") == "length" else "stop"
                 yield "" if event["token"].get("special") else str(event["token"].get("text") or "")
         if not finished:
             raise cut_off(self.where)
@@ -229,7 +229,7 @@ class EndpointBackend:
                 for chunk in stream:
                     fed()
                     if chunk.usage:  # the exact count, where the server sends it
-                        outcome.tokens = chunk.usage.completion_tokens
+                        outcome.tokens = counted(chunk.usage.completion_tokens, outcome.tokens, p.max_new_tokens)
                     if chunk.choices:
                         outcome.tokens += not chunk.usage
                         finished = chunk.choices[0].finish_reason is not None
@@ -238,6 +238,14 @@ class EndpointBackend:
                         yield chunk.choices[0].text or ""
         if not finished:
             raise cut_off(self.where)
+
+
+def counted(reported: object, relayed: int, limit: int) -> int:
+    """The reply's length in tokens: the server's count where it is a whole number within the limit we asked
+    for, else the events we relayed (one a token), bounded by that limit: a server's claim passes no further."""
+    if type(reported) is int and 0 <= reported <= limit:
+        return reported
+    return min(relayed, limit)
 
 
 @contextmanager

@@ -274,3 +274,13 @@ def test_continue_sends_the_reply_open_to_the_server(tiny_checkpoint, protocol):
         body = server.script.requests[-1]["body"]
     sent = body["inputs"] if protocol == "tgi" else body["prompt"]
     assert sent == render_prompt(cut) and sent.endswith("<|assistant|>\nUse sorted(")
+
+
+@pytest.mark.parametrize("protocol", ["tgi", "openai"])
+@pytest.mark.parametrize("claimed", [10**9, -5])
+def test_a_servers_claimed_length_passes_no_further_than_what_was_relayed(tiny_checkpoint, protocol, claimed):
+    """A server whose usage (OpenAI) or details (TGI) claims 10^9 tokens for a reply of at most 8."""
+    with FakeServer(Script(claimed_tokens=claimed)) as server:
+        request = ask(max_new_tokens=8)
+        list(EndpointBackend.connect(str(tiny_checkpoint), server.url, protocol).stream(request))
+    assert 0 < request.outcome.tokens <= 8
