@@ -192,8 +192,12 @@ def openai_routes(chat: Chat) -> APIRouter:
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             return error(415, "the body must be JSON, with Content-Type: application/json")
         try:
-            body = json.loads(await request.body())
-        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested beyond reason
+            text = (await request.body()).decode("utf-8")  # as OpenAI: json.loads alone would take UTF-16 or -32
+        except UnicodeDecodeError:
+            return error(400, "the body must be JSON in UTF-8")
+        try:
+            body = json.loads(text)
+        except (ValueError, RecursionError):  # not JSON, or nested beyond reason
             return error(400, "the body is not valid JSON")
         try:
             asked = parse(chat, body)

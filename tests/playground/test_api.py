@@ -130,6 +130,7 @@ def raw(url: str, body: bytes | str, content_type: str = "application/json") -> 
     return httpx.post(url + "v1/chat/completions", content=body, headers=headers, timeout=30)
 
 
+GOOD = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
 BAD_BODIES = [
     json.dumps({"messages": [{"role": "user", "content": "hi \ud800"}]}),  # a lone surrogate, as JSON escapes it
     json.dumps({"messages": [{"role": "system", "content": "\udfff"}, {"role": "user", "content": "hi"}]}),
@@ -164,8 +165,13 @@ def test_failing_requests_of_every_kind_never_use_up_the_server(served):
         (BAD_BODIES[0], "lone surrogate, U.D800. at position 3"),
         (BAD_BODIES[3], "model must be a string"),
         (BAD_BODIES[5], "temperature must be 0 .greedy. or at least 0.01, got 1e-300"),
-        (BAD_BODIES[6], "not valid JSON"),
+        (BAD_BODIES[6], "the body must be JSON in UTF-8"),
         (BAD_BODIES[7], "not valid JSON"),
+        # json.loads alone reads UTF-16 and UTF-32 bytes; OpenAI takes UTF-8 only, and so does this server.
+        (GOOD.encode("utf-16"), "the body must be JSON in UTF-8"),
+        (GOOD.encode("utf-32"), "the body must be JSON in UTF-8"),
+        (GOOD.encode("utf-16-le"), "not valid JSON"),  # no byte order mark: valid UTF-8, with NULs, and no JSON
+        (GOOD.encode("utf-8-sig"), "not valid JSON"),
     ],
 )
 def test_odd_bodies_say_what_is_wrong(served, body, message):
