@@ -963,8 +963,9 @@ def wire_shelf(page: Page, chat: Chat, show) -> tuple[dict, dict, dict]:
         if not text:  # no file chosen
             return gr.skip()
         if text.startswith(TOO_LARGE):
-            size = int(text.removeprefix(TOO_LARGE))
-            gr.Warning(f"That file has {size:,} bytes: conversation files of up to {LOAD_BYTES:,} bytes can be loaded.")
+            size = text.removeprefix(TOO_LARGE)  # the browser's number, or whatever a forged event sends
+            size = f"{int(size):,}" if size.isascii() and size.isdigit() and len(size) < 19 else "too many"
+            gr.Warning(f"That file has {size} bytes: conversation files of up to {LOAD_BYTES:,} bytes can be loaded.")
             return gr.skip()
         if text == EMPTY_FILE:
             gr.Warning("That file is empty: a conversation file holds the JSON that Save conversation writes.")

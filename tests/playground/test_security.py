@@ -60,8 +60,9 @@ def test_a_long_history_is_refused_with_its_limit(tiny_checkpoint, tmp_path):
         assert isinstance(client.predict(message="hi", history=history[:2], max_new_tokens=4, api_name="/chat"), str)
 
 
-def call_event(url: str, fn_index: int, data: list, http: httpx.Client | None = None) -> dict:
-    """Calls any event by its index through Gradio's queue, as a crafted client would; returns its last message."""
+def call_event(url: str, fn_index: int, data: list, http: httpx.Client | None = None, seen: list | None = None) -> dict:
+    """Calls any event by its index through Gradio's queue, as a crafted client would; returns its last message
+    (and appends every message to `seen`, if given)."""
     http = http or httpx.Client(base_url=url, timeout=30)
     session = uuid.uuid4().hex
     payload = json.dumps({"data": data, "fn_index": fn_index, "session_hash": session})  # lone surrogates escaped
@@ -73,6 +74,8 @@ def call_event(url: str, fn_index: int, data: list, http: httpx.Client | None = 
         for line in events.iter_lines():
             if line.startswith("data:"):
                 last = json.loads(line[5:])
+                if seen is not None:
+                    seen.append(last)
                 if last.get("msg") in ("process_completed", "close_stream", "unexpected_error"):
                     break
     return last
@@ -159,6 +162,17 @@ def test_a_conversation_file_is_read_as_text_and_checked_before_it_replaces_anyt
     broken = good.replace('"a"', '"\\ud800"')
     kept = call_event(url, load["id"], [None, broken, None, None, "old system", None, False])["output"]["data"]
     assert "sys" not in json.dumps(kept) and '"q"' not in json.dumps(kept)  # nothing replaced
+
+
+@pytest.mark.parametrize("size", ["x", "", "9" * 5000, "\u00b2", "-1"])
+def test_a_forged_too_large_notice_from_load_is_a_warning_not_an_error(open_server, size):
+    """The browser sends the file's size after a NUL marker when it is too large to read; a forged one."""
+    url, _ = open_server
+    [load] = [d for d in httpx.get(url + "config").json()["dependencies"] if d["api_name"] == "load"]
+    seen: list[dict] = []
+    result = call_event(url, load["id"], [None, f"\u0000too large: {size}", None, None, "", None, False], seen=seen)
+    assert result["msg"] == "process_completed" and result["success"], result
+    assert any(m.get("msg") == "log" and "bytes can be loaded" in m.get("log", "") for m in seen), seen
 
 
 def test_a_huge_request_is_refused_and_the_server_stays_responsive(open_server, capsys):
