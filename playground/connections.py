@@ -84,6 +84,12 @@ class GuardedH11(H11Protocol):
         if self.cycle is not None and not self.cycle.response_complete:  # its headers are in
             self.cancel_deadline()
 
+    def _should_upgrade(self) -> bool:
+        # No route here is a WebSocket (Gradio streams with SSE): an Upgrade header is served as plain HTTP.
+        # uvicorn would log two lines per such request (without a WebSocket library) or hand the connection
+        # to another protocol, which never gives its place under the cap back.
+        return False
+
     def headers_late(self) -> None:
         self.header_deadline = None
         if self.cycle is None or self.cycle.response_complete:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from playground.connections import HEADER_SECONDS, ConnectionCap
-from tests.conftest import start_app, stop_app
+from tests.conftest import serve_model, start_app, stop_app
 
 HALF_A_REQUEST = b"GET /v1/models HTTP/1.1\r\nHo"
 
@@ -29,11 +29,16 @@ def test_a_client_address_holds_at_most_its_cap_and_proxies_are_not_counted(capl
 
 
 def closed_by_the_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes `sock` within `within` seconds (what it sent before is read and dropped)."""
     sock.settimeout(within)
     try:
-        return sock.recv(1) == b""
+        while sock.recv(65536):
+            pass
     except ConnectionResetError:
-        return True
+        pass
+    except TimeoutError:
+        return False
+    return True
 
 
 def open_files_limit(pid: int) -> tuple[int, int]:
@@ -73,3 +78,22 @@ def test_half_sent_requests_from_one_address_leave_the_others_served(tiny_checkp
     log = proc.stdout.read()
     assert log.count("Refusing connections from 127.0.0.1") == 1, log[-2000:]
     assert "Too many open files" not in log
+
+
+def test_an_upgrade_request_is_plain_http_frees_its_place_and_logs_nothing(tiny_checkpoint, tmp_path, caplog):
+    upgrade = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="uvicorn.error"),
+        serve_model(tiny_checkpoint, tmp_path, "--max-connections-per-client", "2") as (url, _),
+    ):
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        for _ in range(4):  # more than the cap: each gave its place back
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(upgrade)
+                assert sock.recv(100).startswith(b"HTTP/1.1 200")
+                assert closed_by_the_server(sock, within=5)
+        assert httpx.get(url + "v1/models", timeout=10).status_code == 200
+    assert not [r for r in caplog.records if "upgrade" in r.getMessage().lower()]
