@@ -262,10 +262,15 @@ class NoUploads:
 
 
 DEEP_LINK = routes("/gradio_api/deep_link", "/gradio_api/deep_link/")
+# Gradio's routes that run an event by name. /call (and /call/v2) name it in the path; /run and /api take
+# whatever event the body's index names. Every path under these prefixes is closed but the /call forms
+# below, with a public name.
+BY_NAME = ("/gradio_api/call/", "/gradio_api/run/", "/gradio_api/api/")
 NAMED_CALL = routes(
-    "/gradio_api/call/{api_name}", "/gradio_api/call/{api_name}/", "/gradio_api/call/{api_name}/{event}"
+    # v2 first: /call/v2/chat would otherwise read as the event "v2" with the id "chat"
+    *(f"/gradio_api/call/{v2}{{api_name}}{end}" for v2 in ("v2/", "") for end in ("", "/", "/{event_id}"))
 )
-BY_INDEX = routes("/gradio_api/run/{api_name}", "/gradio_api/run/{api_name}/", "/gradio_api/api/{api_name}")
+RECORDING = routes("/gradio_api/process_recording", "/gradio_api/process_recording/")  # an upload in all but name
 
 
 @dataclass
@@ -273,9 +278,9 @@ class ClosedRoutes:
     """Gradio routes the page does not use, closed (404) by the route a request reaches:
     - deep links, which write the session's values (the open conversation) to a file on the server for
       anyone to read back, and the page's `deep_link` parameter, which would show such a file;
-    - the page's private events called by name: /call takes only the `public` names (the API); /run and /api
-      take any event by the index in their body, so they are closed (the page, gradio_client and /call go
-      through the queue, where each private event runs with the page's own checks)."""
+    - events run by name but the `public` ones: the page reaches its own events by index through the queue,
+      where each runs with the page's checks;
+    - Gradio's recording upload (the page records nothing)."""
 
     app: ASGIApp
     public: frozenset[str]
@@ -283,11 +288,18 @@ class ClosedRoutes:
     async def __call__(self, scope: Scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        named = reaches(scope, NAMED_CALL)
-        if reaches(scope, DEEP_LINK) or reaches(scope, BY_INDEX) or (named and named["api_name"] not in self.public):
+        if reaches(scope, DEEP_LINK) or reaches(scope, RECORDING) or not self.may_run(scope):
             return await respond(send, 404, "Not found.")
         pairs = scope.get("query_string", b"").split(b"&")
         kept = [p for p in pairs if unquote_plus(p.split(b"=")[0].decode("latin-1")) != "deep_link"]
         if len(kept) < len(pairs):
             scope = {**scope, "query_string": b"&".join(kept)}
         await self.app(scope, receive, send)
+
+    def may_run(self, scope: Scope) -> bool:
+        """Whether a path that runs an event by name names a public one (any other path may go on)."""
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        if not path.startswith(BY_NAME):
+            return True
+        named = reaches(scope, NAMED_CALL)
+        return bool(named) and named["api_name"] in self.public

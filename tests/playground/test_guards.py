@@ -110,10 +110,27 @@ def test_the_pages_private_events_are_not_callable_by_name(open_server):
     dependencies = httpx.get(url + "config").json()["dependencies"]
     private = [d["api_name"] for d in dependencies if d["backend_fn"] and d["api_visibility"] == "private"]
     assert {"take", "undo", "pick_model", "load"} <= set(private)
+    take = next(d["id"] for d in dependencies if d["api_name"] == "take")
     with httpx.Client(base_url=url) as http:
         for name in private:
-            for route in (f"gradio_api/call/{name}", f"gradio_api/run/{name}", f"gradio_api/api/{name}"):
-                assert http.post(route, json={"data": []}).status_code == 404, route
-        assert http.post("gradio_api/run/chat", json={"data": [], "fn_index": 0}).status_code == 404  # by index
+            for form in (
+                "call/{}",
+                "call/{}/",
+                "call/v2/{}",
+                "call/v2/{}/",
+                "run/{}",
+                "api/{}",
+                "api/{}/",
+                "api/{}%2F",
+            ):
+                route = "gradio_api/" + form.format(name)
+                for spelt in (route, route + "/", route + "%2F"):
+                    assert http.post(spelt, json={"data": [], "fn_index": take}).status_code == 404, spelt
+        for route in ("run/chat", "api/chat/", "api/x/", "call/v2/x/y/z"):  # /run and /api run any event by index
+            assert http.post("gradio_api/" + route, json={"data": [], "fn_index": take}).status_code == 404, route
+        assert http.post("gradio_api/process_recording", files={"video": b"x"}).status_code == 404
+        # The public API stays, in both forms: a list of values, and (v2) values by name.
         event = http.post("gradio_api/call/chat", json={"data": ["hi", [], "", 0.2, 0.95, 50, 4, 1.2, 0, None]})
-        assert event.status_code == 200 and "event_id" in event.json()  # the public API stays
+        assert event.status_code == 200 and "event_id" in event.json(), event.text
+        event = http.post("gradio_api/call/v2/chat", json={"message": "hi", "history": [], "max_new_tokens": 4})
+        assert event.status_code == 200 and "event_id" in event.json(), event.text
