@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from playground.chat import Chat, Update, check_text
 from playground.sampling import ParamError, SamplingParams
@@ -195,6 +196,8 @@ def openai_routes(chat: Chat) -> APIRouter:
             text = (await request.body()).decode("utf-8")  # as OpenAI: json.loads alone would take UTF-16 or -32
         except UnicodeDecodeError:
             return error(400, "the body must be JSON in UTF-8")
+        except ClientDisconnect:  # gone before its body was whole: nobody to answer, nothing to log
+            return error(400, "the body did not arrive whole")
         try:
             body = json.loads(text)
         except (ValueError, RecursionError):  # not JSON, or nested beyond reason

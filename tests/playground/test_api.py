@@ -9,7 +9,7 @@ import openai
 import pytest
 from gradio_client.exceptions import AppError
 
-from tests.conftest import serve_model, slow_model, wait_until_idle
+from tests.conftest import logged, serve_model, slow_model, wait_until_idle
 
 
 @pytest.fixture(scope="module")
@@ -309,3 +309,16 @@ def test_the_page_and_the_api_share_one_budget(served, client, monkeypatch):
     for job in jobs:
         job.cancel()
     assert wait_until_idle()
+
+
+def test_a_client_gone_before_its_body_is_whole_leaves_no_traceback(served):
+    import socket
+
+    host, port = served[0].removeprefix("http://").rstrip("/").split(":")
+    with logged("uvicorn.error") as records:
+        for _ in range(3):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-test\r\n"
+                sock.sendall(f"{head}Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{".encode())
+        assert raw(served[0], GOOD).status_code == 200  # the server went on
+    assert not [r.getMessage() for r in records]  # and the three left nothing in the log
