@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import resource
 import socket
@@ -154,6 +155,22 @@ def demo_model(cache_dir, request) -> Path:
 
         return demo_checkpoint(cache_dir)
     return request.getfixturevalue("first_start").demo
+
+
+@contextlib.contextmanager
+def logged(name: str):
+    """Yields the list of records that logger `name` handles within the block, whatever its propagation
+    (uvicorn's loggers do not propagate to the root logger, where caplog listens). Enter it after a server
+    has started: uvicorn's logging config replaces its loggers' handlers."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 def free_port() -> int:
