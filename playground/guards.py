@@ -262,10 +262,11 @@ class NoUploads:
 
 
 DEEP_LINK = routes("/gradio_api/deep_link", "/gradio_api/deep_link/")
-# Gradio's routes that run an event by name. /call (and /call/v2) name it in the path; /run and /api take
-# whatever event the body's index names. Every path under these prefixes is closed but the /call forms
-# below, with a public name.
-BY_NAME = ("/gradio_api/call/", "/gradio_api/run/", "/gradio_api/api/")
+# Gradio's routes that run an event by name. /call (and /call/v2) name it in the path, and take only the
+# forms below with a public name. /run runs the event its body's index names, unqueued ones only: the page
+# itself runs its unqueued events there, so it stays (each does what the page does, with the page's checks);
+# /api, an older name for /run, is closed.
+BY_NAME = ("/gradio_api/call/", "/gradio_api/api/")
 NAMED_CALL = routes(
     # v2 first: /call/v2/chat would otherwise read as the event "v2" with the id "chat"
     *(f"/gradio_api/call/{v2}{{api_name}}{end}" for v2 in ("v2/", "") for end in ("", "/", "/{event_id}"))
@@ -278,8 +279,8 @@ class ClosedRoutes:
     """Gradio routes the page does not use, closed (404) by the route a request reaches:
     - deep links, which write the session's values (the open conversation) to a file on the server for
       anyone to read back, and the page's `deep_link` parameter, which would show such a file;
-    - events run by name but the `public` ones: the page reaches its own events by index through the queue,
-      where each runs with the page's checks;
+    - events called by name but the `public` ones (the page reaches its own by index, through the queue or,
+      unqueued, through /run, where each runs with the page's checks);
     - Gradio's recording upload (the page records nothing)."""
 
     app: ASGIApp
@@ -297,7 +298,7 @@ class ClosedRoutes:
         await self.app(scope, receive, send)
 
     def may_run(self, scope: Scope) -> bool:
-        """Whether a path that runs an event by name names a public one (any other path may go on)."""
+        """Whether a path that calls an event by name names a public one (any other path may go on)."""
         path = scope["path"].removeprefix(scope.get("root_path", ""))
         if not path.startswith(BY_NAME):
             return True

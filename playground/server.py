@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gradio as gr
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Mount
 
 from playground.api import openai_routes
 from playground.backends import load_backends
@@ -33,7 +35,9 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
     # refuses with its own message. Gradio's queue only holds events that arrived at the same instant, until
     # its loop starts them (no concurrency limit): its bound is a backstop, large enough that a burst of
     # page loads or of /chat calls reaches Chat instead of Gradio's "Queue is full".
-    demo = build_ui(chat).queue(max_size=QUEUE_BACKSTOP, default_concurrency_limit=None)
+    # api_open=False: a queued event (a reply) runs through the queue only, never straight through /run, which
+    # Gradio leaves open off Spaces; the page runs only its unqueued events there.
+    demo = build_ui(chat).queue(max_size=QUEUE_BACKSTOP, default_concurrency_limit=None, api_open=False)
     # Schema pages (ours and Gradio's app's) would list the API to anyone, login or not.
     app = FastAPI(title="StarChat Playground", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(openai_routes(chat))
@@ -52,6 +56,10 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
     # `launch()` has run (processing_utils._check_allowed); mounted, it never runs, and any event
     # would copy any server path (/etc/passwd, /dev/zero) into its served cache. Turn the check on.
     demo.has_launched = True
+    # Gradio answers an event's error with its message as UTF-8 JSON; a forged value with a lone surrogate,
+    # echoed in "not in the list of choices", fails to encode: a 500, a traceback and a reset connection.
+    gradio_app = next(route.app for route in app.routes if isinstance(route, Mount))
+    gradio_app.add_exception_handler(UnicodeEncodeError, unencodable)
     app.add_middleware(LoginPageWithoutApi)
     public = frozenset(fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public" and fn.api_name)
     app.add_middleware(ClosedRoutes, public=public)
@@ -67,6 +75,10 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
     app.add_middleware(NoUploads)
     app.add_middleware(ForwardedClient, trusted=settings.trusted_proxies)  # outermost: every guard sees the client
     return app, chat
+
+
+async def unencodable(request: Request, exc: UnicodeEncodeError) -> JSONResponse:
+    return JSONResponse({"error": "the request holds a lone surrogate (text that is not Unicode)"}, status_code=400)
 
 
 def uvicorn_options(settings: Settings) -> dict:

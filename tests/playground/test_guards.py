@@ -112,25 +112,36 @@ def test_the_pages_private_events_are_not_callable_by_name(open_server):
     assert {"take", "undo", "pick_model", "load"} <= set(private)
     take = next(d["id"] for d in dependencies if d["api_name"] == "take")
     with httpx.Client(base_url=url) as http:
-        for name in private:
-            for form in (
-                "call/{}",
-                "call/{}/",
-                "call/v2/{}",
-                "call/v2/{}/",
-                "run/{}",
-                "api/{}",
-                "api/{}/",
-                "api/{}%2F",
-            ):
-                route = "gradio_api/" + form.format(name)
-                for spelt in (route, route + "/", route + "%2F"):
-                    assert http.post(spelt, json={"data": [], "fn_index": take}).status_code == 404, spelt
-        for route in ("run/chat", "api/chat/", "api/x/", "call/v2/x/y/z"):  # /run and /api run any event by index
-            assert http.post("gradio_api/" + route, json={"data": [], "fn_index": take}).status_code == 404, route
+        for name in [*private, "chat", "x"]:
+            for form in ("call/", "call/v2/", "api/"):
+                if form.startswith("call") and name == "chat":
+                    continue
+                for route in (f"gradio_api/{form}{name}", f"gradio_api/{form}{name}/", f"gradio_api/{form}{name}%2F"):
+                    assert http.post(route, json={"data": [], "fn_index": take}).status_code == 404, route
         assert http.post("gradio_api/process_recording", files={"video": b"x"}).status_code == 404
         # The public API stays, in both forms: a list of values, and (v2) values by name.
         event = http.post("gradio_api/call/chat", json={"data": ["hi", [], "", 0.2, 0.95, 50, 4, 1.2, 0, None]})
         assert event.status_code == 200 and "event_id" in event.json(), event.text
         event = http.post("gradio_api/call/v2/chat", json={"message": "hi", "history": [], "max_new_tokens": 4})
         assert event.status_code == 200 and "event_id" in event.json(), event.text
+
+
+def test_through_run_only_the_unqueued_events_run_as_the_page_runs_them(open_server):
+    """/gradio_api/run is how the page runs its unqueued events (by index, in the body): forged values there
+    get what the page's checks give them, and a queued event (a reply) is not run this way."""
+    url, _ = open_server
+    dependencies = [d for d in httpx.get(url + "config").json()["dependencies"] if d["backend_fn"]]
+    forged = {"path": "/etc/passwd", "orig_name": "passwd", "meta": {"_type": "gradio.FileData"}}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for dependency in dependencies:
+            for values in ([forged] * len(dependency["inputs"]), ["\ud800" * 3] * len(dependency["inputs"])):
+                body = {"data": values, "fn_index": dependency["id"], "session_hash": uuid.uuid4().hex}
+                answer = http.post(  # json.dumps escapes the lone surrogates, as a browser's JSON.stringify does
+                    f"gradio_api/run/{dependency['api_name']}",
+                    content=json.dumps(body),
+                    headers={"content-type": "application/json"},
+                )
+                assert "root:x:0:0" not in answer.text, dependency["api_name"]
+                if dependency["queue"] is not False:
+                    assert answer.status_code == 404, (dependency, answer.text)  # replies go through the queue only
+        assert http.get("v1/models").status_code == 200  # and the server goes on
