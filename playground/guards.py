@@ -37,7 +37,7 @@ async def respond(send, status: int, message: str, headers: dict[str, str] | Non
 
 
 def routes(*templates: str) -> tuple[re.Pattern, ...]:
-    """One pattern for Gradio route templates, compiled as Starlette compiles a route's path and matched, as its
+    """Gradio route templates compiled as Starlette compiles a route's path, for `reaches` to match as its
     router matches, against the decoded path: every spelling that reaches one of these routes (a trailing
     slash where Gradio has both, percent-escapes) matches, and nothing else does."""
     return tuple(compile_path(template)[0] for template in templates)
@@ -141,7 +141,7 @@ class LoginThrottle:
         self.wrong = SlidingWindow(self.failures, self.window)
 
     async def __call__(self, scope: Scope, receive, send) -> None:
-        if scope["type"] != "http" or not reaches(scope, LOGIN):
+        if scope["type"] != "http" or scope["method"] != "POST" or not reaches(scope, LOGIN):
             return await self.app(scope, receive, send)
         client = (scope.get("client") or ("",))[0]
         # Counted as wrong until it succeeds, so parallel guesses count too.
@@ -169,19 +169,20 @@ class LoginPageWithoutApi:
     app: ASGIApp
 
     async def __call__(self, scope: Scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
+        if scope["type"] != "http" or scope["method"] != "GET":  # HEAD has no body to hold the list
             return await self.app(scope, receive, send)
         start: dict = {}
-        body = b""
+        body, html = b"", False
 
         async def buffering_send(event):
-            nonlocal body
+            nonlocal body, html
             if event["type"] == "http.response.start":
+                html = dict(event.get("headers", [])).get(b"content-type", b"").startswith(b"text/html")
+                if not html:
+                    return await send(event)
                 start.update(event)
-                if not dict(event.get("headers", [])).get(b"content-type", b"").startswith(b"text/html"):
-                    await send(event)
                 return
-            if not dict(start.get("headers", [])).get(b"content-type", b"").startswith(b"text/html"):
+            if not html:
                 return await send(event)
             body += event.get("body", b"")
             if event.get("more_body"):
