@@ -161,6 +161,10 @@ def test_the_first_start_says_what_it_builds_shows_one_bar_and_no_warnings(first
     assert bars and all(bar.startswith("training:") for bar in bars), bars  # one bar: the training's
     assert re.search(r"training: 100%\|.*\| (\d+)/\1 ", bars[-1]), bars[-1]  # that went to its end
     explained, serving = lines  # and nothing else: no eval dicts, log lines, warnings or other bars
-    assert explained.startswith("No --model given and no demo model cached yet: building a small offline demo")
-    assert explained.endswith(f"kept in {first_start.demo}")
     assert f"serving {DEMO_NAME} " in serving
+    # Exactly the README's lines, but for the demo's folder and the port.
+    readme = (ROOT / "README.md").read_text().split("\nNo --model given", 1)[1].split("\n```", 1)[0]
+    said_first, said_bar, said_serving = ("No --model given" + readme).splitlines()
+    assert explained == re.sub(r"kept in \S+$", f"kept in {first_start.demo}", said_first)
+    assert re.sub(r":\d+ ", ":7860 ", serving) == said_serving
+    assert said_bar.startswith("training: 100%|")
