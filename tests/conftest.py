@@ -59,6 +59,15 @@ def gradio_folder(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def inductor_cache(tmp_path_factory) -> Path:
+    """One Inductor cache for the run, in this process and every one it starts: a graph one test compiled
+    (bench.generate --tiny's, say) is read from it by the next test that compiles it (bench/gpu.sh --tiny
+    runs the same), not compiled again. A run's own folder, so no earlier run's kernels are read."""
+    folder = os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(tmp_path_factory.mktemp("inductor")))
+    return Path(folder)
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_behind():
     """Every process a test starts (servers, training runs, browsers) has ended when the test ends."""
@@ -116,6 +125,9 @@ class FirstStart:
     demo: Path  # the demo checkpoint it built
     console: str  # everything it printed, from its start to after its first reply
     hub_requests: list[str]  # what it asked the Hub (a fake one on loopback), online
+    chat_reply: str  # its /chat answer (gradio_client, seed 0) to the page's Fibonacci example
+    config: dict  # the page's /config
+    models: list[str]  # the ids /v1/models lists
 
 
 def demo_built(cache: Path) -> bool:
@@ -131,6 +143,7 @@ def first_start(cache_dir, tmp_path_factory) -> FirstStart:
     A cache_dir that already holds the demo (STARCHAT_TEST_CACHE between local runs) would make this no
     first start: then it runs in a fresh folder."""
     import httpx
+    from gradio_client import Client
 
     from playground.demo import demo_checkpoint
     from tests.fakes import FakeHub
@@ -142,9 +155,15 @@ def first_start(cache_dir, tmp_path_factory) -> FirstStart:
             message = {"role": "user", "content": "How do I reverse a list in Python?"}
             reply = httpx.post(url + "v1/chat/completions", json={"messages": [message], "temperature": 0}, timeout=60)
             reply.raise_for_status()
+            # What the other first-start tests read, asked while it runs: one start of the app serves them all.
+            example = "How can I write a Python function to generate the nth Fibonacci number?"
+            page = Client(url, verbose=False)
+            chat_reply = page.predict(message=example, history=[], seed=0, api_name="/chat")
+            config = httpx.get(url + "config").json()
+            models = [m["id"] for m in httpx.get(url + "v1/models").json()["data"]]
         finally:
             stop_app(proc)
-    return FirstStart(demo_checkpoint(cache), proc.stdout.read(), hub.requests)
+    return FirstStart(demo_checkpoint(cache), proc.stdout.read(), hub.requests, chat_reply, config, models)
 
 
 @pytest.fixture(scope="session")
