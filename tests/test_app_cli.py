@@ -4,15 +4,14 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
-from gradio_client import Client
 
 from app import page_url
 from playground.backends import DEMO_NAME
 from playground.settings import Settings
-from tests.conftest import ROOT, start_app, stop_app
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # Starts app.py, which builds or loads the demo model.
 
@@ -98,55 +97,50 @@ def test_what_cannot_start_says_why_in_one_line(tmp_path):
         env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
         return subprocess.run([sys.executable, "app.py", *args], cwd=ROOT, capture_output=True, text=True, env=env)
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        run = start("--port", str(port), "--model", str(tmp_path))
-    assert run.returncode == 1 and run.stdout == ""
-    assert run.stderr == f"app.py: cannot listen on 127.0.0.1:{port}: Address already in use\n"
-    run = start("--host", "no-such-host.invalid", "--cache-dir", str(tmp_path))
-    assert run.returncode == 1 and run.stderr.startswith("app.py: cannot listen on no-such-host.invalid:7860: ")
     (tmp_path / "a-file").write_text("")
-    run = start("--cache-dir", str(tmp_path / "a-file"))
-    assert (
-        run.returncode == 1
-        and run.stderr == f"app.py: cannot start: --cache-dir {tmp_path / 'a-file'}: a file, not a folder\n"
-    )
     (tmp_path / "models.yaml").write_text("models: [1, 2]")
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text("{}")  # a LoRA run's OUTPUT_DIR/adapter
     (tmp_path / "stopped" / "checkpoints").mkdir(parents=True)  # a run killed before its end
-    for args, said in [
+    cache = ["--cache-dir", str(tmp_path)]
+    after_loading = [
         (["--model", str(tmp_path / "nope")], f"{tmp_path / 'nope'}: not a model's folder (no config.json there)"),
         (["--model", str(tmp_path / "adapter")], "a LoRA adapter, not a model: merge it into its base first"),
         (["--model", str(tmp_path / "stopped")], "a training run that has not written its served checkpoint yet"),
         (["--model", "tests"], "tests: not a model's folder (no config.json there)"),  # a folder here, not a Hub id
         (["--backend", "endpoint", "--model", "some/model"], "--backend endpoint needs --endpoint-url"),
         (["--models-file", str(tmp_path / "models.yaml")], "entry 0 needs a name (text) and only the keys"),
-    ]:
-        run = start(*args, "--cache-dir", str(tmp_path))
+    ]
+    # Each start is a new Python importing torch and Gradio: three at a time, on two cores.
+    with socket.socket() as taken, ThreadPoolExecutor(3) as pool:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        in_use = pool.submit(start, "--port", str(port), "--model", str(tmp_path))
+        no_host = pool.submit(start, "--host", "no-such-host.invalid", *cache)
+        a_file = pool.submit(start, "--cache-dir", str(tmp_path / "a-file"))
+        runs = list(pool.map(lambda case: start(*case[0], *cache), after_loading))
+        run = in_use.result()
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr == f"app.py: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    run = no_host.result()
+    assert run.returncode == 1 and run.stderr.startswith("app.py: cannot listen on no-such-host.invalid:7860: ")
+    run = a_file.result()
+    assert (
+        run.returncode == 1
+        and run.stderr == f"app.py: cannot start: --cache-dir {tmp_path / 'a-file'}: a file, not a folder\n"
+    )
+    for (_, said), run in zip(after_loading, runs, strict=True):
         assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
         assert run.stderr.startswith("app.py: cannot start: ") and said in run.stderr
 
 
-def test_no_argument_serves_the_demo_model_and_answers_its_examples_on_topic(demo_model, cache_dir):
-    proc, url = start_app(cache_dir=cache_dir)  # demo_model built it in cache_dir: the first-run path
-    try:
-        page = Client(url, verbose=False)
-        reply = page.predict(
-            message="How can I write a Python function to generate the nth Fibonacci number?",
-            history=[],
-            seed=0,
-            api_name="/chat",
-        )
-        assert "fibonacci" in reply.lower() and "```" in reply
-        config = httpx.get(url + "config").json()
-        assert "offline demo model" in str(config)  # the UI says it is a demo, and how to serve a real one
-        assert f"**{DEMO_NAME}**" in str(config)  # by its name, not its cache folder's
-        assert [m["id"] for m in httpx.get(url + "v1/models").json()["data"]] == [DEMO_NAME]
-    finally:
-        stop_app(proc)
+def test_no_argument_serves_the_demo_model_and_answers_its_examples_on_topic(first_start):
+    reply = first_start.chat_reply  # the first start's /chat answer to the page's Fibonacci example
+    assert "fibonacci" in reply.lower() and "```" in reply
+    assert "offline demo model" in str(first_start.config)  # the UI says it is a demo, and how to serve a real one
+    assert f"**{DEMO_NAME}**" in str(first_start.config)  # by its name, not its cache folder's
+    assert first_start.models == [DEMO_NAME]
 
 
 def test_the_first_start_says_what_it_builds_shows_one_bar_and_no_warnings(first_start):
