@@ -52,7 +52,10 @@ def test_the_page_shows_no_deep_link_state_whatever_file_is_there(open_server, n
     url, _ = open_server
     planted = Path(gradio.utils.get_upload_folder()) / "deep_links" / "abcdef12"
     planted.mkdir(parents=True, exist_ok=True)
-    (planted / "state.json").write_text(json.dumps({"components": [{"id": 1, "value": "planted secret"}]}))
+    # As Gradio writes one: the session's components, each with its id and props.
+    (planted / "state.json").write_text(
+        json.dumps([{"id": 1, "type": "textbox", "props": {"value": "planted secret"}}])
+    )
     page = httpx.get(f"{url}?{name}=abcdef12").text
     assert "planted secret" not in page and '"deep_link_state":"valid"' not in page
 
