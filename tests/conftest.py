@@ -225,10 +225,7 @@ def serve(*flags: str):
         yield f"http://127.0.0.1:{server.config.port}/", chat
     finally:
         server.should_exit = True
-        thread.join(timeout=3)
-        if thread.is_alive():  # a connection or task still holds the graceful shutdown: a second Ctrl-C
-            server.force_exit = True
-            thread.join(timeout=10)
+        thread.join(timeout=10)
 
 
 def serve_model(model: Path, cache: Path, *flags: str):
