@@ -10,6 +10,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -269,7 +270,8 @@ def wait_until_idle(seconds: float = 20) -> bool:
 def start_app(
     *args: str, cache_dir: Path, env: dict | None = None, timeout: float = 240, open_files: int | None = None
 ) -> tuple[subprocess.Popen, str]:
-    """`python app.py ARGS` on a free loopback port; returns the process and its URL once it answers.
+    """`python app.py ARGS` on a free loopback port; returns the process and its URL once it answers, and
+    proc.stdout reads what it printed.
     open_files: the app starts under that hard limit on open files (its soft limit half of it)."""
     import httpx
 
@@ -281,17 +283,22 @@ def start_app(
         "HF_HUB_OFFLINE": "1",
         **(env or {}),
     }
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--port", str(port), *args],
-        cwd=ROOT,
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files // 2, open_files)))
-        if open_files
-        else None,
-    )
+    # Its output goes to a file, not a pipe: a pipe nobody reads while the test runs fills at 64 KB and then
+    # stops the server at its next log line.
+    fd, log = tempfile.mkstemp(prefix="app-", suffix=".log")
+    with os.fdopen(fd, "ab") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), "--port", str(port), *args],
+            cwd=ROOT,
+            env=full_env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files // 2, open_files)))
+            if open_files
+            else None,
+        )
+    proc.stdout = open(log, encoding="utf-8", errors="replace")  # noqa: SIM115 (read after it ends)
+    os.unlink(log)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
