@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -406,7 +407,9 @@ def test_the_sliding_window_forgets_quiet_clients_once_many_are_known(monkeypatc
     import playground.guards as guards
 
     clock = [0.0]
-    monkeypatch.setattr(guards.time, "monotonic", lambda: clock[0])
+    # guards' own clock only: patching time.monotonic itself would stop every event loop's timers, and the
+    # module's servers would then miss their shutdown (10 s each, once per run).
+    monkeypatch.setattr(guards, "time", SimpleNamespace(monotonic=lambda: clock[0]))
     monkeypatch.setattr(guards, "MAX_CLIENTS", 3)
     window = guards.SlidingWindow(limit=2, seconds=60)
     assert [window.take("a"), window.take("a"), window.take("a")] == [0, 0, 60]  # full: wait the whole minute
