@@ -56,8 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app, chat = create_app(settings)
     except (OSError, ValueError, BackendError) as exc:  # a model, file or server that is not there or not right
+        listening.close()
         raise SystemExit(f"app.py: cannot start: {' '.join(str(exc).split())}") from None
     except KeyboardInterrupt:  # Ctrl-C while a model loads; once serving, uvicorn stops on it by itself
+        listening.close()
         raise SystemExit("app.py: interrupted while starting") from None
     models = ", ".join(chat.backends)
     where = page_url(settings.host, settings.port)
