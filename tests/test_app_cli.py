@@ -8,10 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from app import main as app_main
 from app import page_url
 from playground.backends import DEMO_NAME
 from playground.settings import Settings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow  # Starts app.py, which builds or loads the demo model.
 
@@ -88,7 +89,7 @@ def test_the_address_printed_is_one_a_browser_opens():
     assert page_url("::1", 7860) == "http://[::1]:7860"
 
 
-def test_what_cannot_start_says_why_in_one_line(tmp_path):
+def test_what_cannot_start_says_why_in_one_line(tmp_path, monkeypatch):
     """Before the model loads: a port in use, an address not here, a cache folder that is a file; after: a model,
     a file or a server that is not right."""
     import socket
@@ -111,15 +112,17 @@ def test_what_cannot_start_says_why_in_one_line(tmp_path):
         (["--backend", "endpoint", "--model", "some/model"], "--backend endpoint needs --endpoint-url"),
         (["--models-file", str(tmp_path / "models.yaml")], "entry 0 needs a name (text) and only the keys"),
     ]
-    # Each start is a new Python importing torch and Gradio: three at a time, on two cores.
-    with socket.socket() as taken, ThreadPoolExecutor(3) as pool:
+    # Each start is a new Python importing torch and Gradio (~7 s), so four starts show the console, two at a
+    # time; the other refusals after loading go through the same main() in this process.
+    with socket.socket() as taken, ThreadPoolExecutor(2) as pool:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         in_use = pool.submit(start, "--port", str(port), "--model", str(tmp_path))
         no_host = pool.submit(start, "--host", "no-such-host.invalid", *cache)
         a_file = pool.submit(start, "--cache-dir", str(tmp_path / "a-file"))
-        runs = list(pool.map(lambda case: start(*case[0], *cache), after_loading))
+        (args, said) = after_loading[0]
+        loaded = pool.submit(start, *args, *cache)
         run = in_use.result()
     assert run.returncode == 1 and run.stdout == ""
     assert run.stderr == f"app.py: cannot listen on 127.0.0.1:{port}: Address already in use\n"
@@ -130,9 +133,13 @@ def test_what_cannot_start_says_why_in_one_line(tmp_path):
         run.returncode == 1
         and run.stderr == f"app.py: cannot start: --cache-dir {tmp_path / 'a-file'}: a file, not a folder\n"
     )
-    for (_, said), run in zip(after_loading, runs, strict=True):
-        assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
-        assert run.stderr.startswith("app.py: cannot start: ") and said in run.stderr
+    run = loaded.result()
+    assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith("app.py: cannot start: ") and said in run.stderr
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))  # main() would set it for this process
+    for args, said in after_loading[1:]:
+        with pytest.raises(SystemExit, match=f"^app.py: cannot start: .*{re.escape(said)}"):
+            app_main([*args, *cache, "--port", str(free_port())])
 
 
 def test_no_argument_serves_the_demo_model_and_answers_its_examples_on_topic(first_start):
