@@ -41,9 +41,8 @@ EXAMPLES = [
 ]
 
 DEMO_NOTICE = (
-    "This is the **offline demo model**: a tiny StarChat-format model trained on this machine, "
-    "good for trying the playground, not for real answers. To chat with StarChat-β, run "
-    "`python app.py --model HuggingFaceH4/starchat-beta` on a GPU (add `--quantize 4bit` for a 16 GB card)."
+    "The **offline demo model**, trained on this machine: for trying the page, not for real answers. "
+    "StarChat-β: `python app.py --model HuggingFaceH4/starchat-beta` on a GPU (`--quantize 4bit` on 16 GB)."
 )
 
 
@@ -162,6 +161,11 @@ TAKE_JS = """(message, busy) => {
 # they get the raw text instead, from the hidden #raw-conversation box. Both clipboard paths that
 # Gradio uses are covered: navigator.clipboard.writeText, and execCommand('copy') off localhost.
 PAGE_JS = """() => {
+  // A phone opens on the chat: the sidebars (the list, the settings) would each cover the whole screen.
+  if (matchMedia('(max-width: 640px)').matches) {
+    const open = document.querySelectorAll('#history.open > .toggle-button, #settings.open > .toggle-button');
+    open.forEach((toggle) => toggle.click());
+  }
   const raw = () => JSON.parse(document.querySelector('#raw-conversation textarea')?.value || '[]');
   const indexOf = (button) => {
     const buttons = button.closest('.message-buttons') || button.closest('.message-row');
@@ -299,12 +303,15 @@ PAGE_HEAD = """<script>
 PAGE_CSS = """
 #other-tab { position: sticky; top: 0; z-index: 1000; padding: 0.6em 1em; font-weight: 600;
   background: var(--color-accent-soft); color: var(--body-text-color); border: 1px solid var(--color-accent); }
-.reply-note { font-size: var(--text-sm); color: var(--body-text-color-subdued); }
-/* A phone: the conversation leaves room for the message box on the first screen. */
-@media (max-width: 640px) {
-  #chatbot { height: 45vh !important; min-height: 200px; }
-  #model-info { font-size: var(--text-sm); }
-}
+.reply-note { font-size: var(--text-sm); color: var(--body-text-color); opacity: 0.8; }
+#model-info { font-size: var(--text-sm); }
+/* The page is the window: every box from the page down to the chatbot may shrink (a flex item's min-height
+   is its content by default), so the conversation scrolls inside its own box, not the page. */
+.gradio-container { height: 100dvh; }
+.gradio-container .main, .gradio-container .wrap, .gradio-container .contain, .contain > .column, #chatbot {
+  min-height: 0 !important; }
+#model-info, #context { flex-shrink: 0; }
+#model-info p { margin: 0; }
 """
 
 PRIVATE = {"api_visibility": "private"}  # the page's own events: not in the API that clients see
@@ -414,8 +421,9 @@ def client_of(request: gr.Request | None) -> str:
 
 
 def shelf_layout() -> Shelf:
-    with gr.Accordion("Conversations", open=True, elem_id="history"):
-        new = gr.Button("New conversation", size="sm", elem_id="new-conversation")
+    with gr.Sidebar(open=True, elem_id="history"):
+        gr.Markdown("### StarChat Playground")
+        new = gr.Button("New conversation", variant="primary", elem_id="new-conversation")
         listed = gr.Radio(
             [],
             label="Kept in this browser",
@@ -446,65 +454,63 @@ def layout(chat: Chat, describe) -> Page:
         return gr.Slider(low, high, value=value, step=step, label=label, info=info or None, elem_id=name)
 
     # No usage reports to Gradio's servers: a playground may run offline or hold private conversations.
-    with gr.Blocks(title="StarChat Playground", analytics_enabled=False) as blocks:
-        gr.Markdown("# StarChat Playground")
+    # fill_height: the conversation takes the window's height and scrolls alone, the message box stays at
+    # its foot; the conversations' list and the settings are sidebars (closed on a phone: PAGE_HEAD).
+    with gr.Blocks(title="StarChat Playground", analytics_enabled=False, fill_height=True) as blocks:
+        shelf = shelf_layout()
+        with gr.Sidebar(open=True, position="right", elem_id="settings"):
+            model = gr.Dropdown(names, value=names[0], label="Model", elem_id="model", visible=len(names) > 1)
+            system = gr.Textbox(label="System prompt", lines=4, elem_id="system")
+            with gr.Accordion("Sampling", open=True):
+                samplers = [
+                    slider("temperature", "Temperature", 0.05, "0 = greedy"),
+                    slider("top_p", "Top-p", 0.01),
+                    slider("top_k", "Top-k", 1, "0 = off"),
+                    slider("max_new_tokens", "Max new tokens", 1),
+                    slider("repetition_penalty", "Repetition penalty", 0.01),
+                    gr.Number(value=-1, precision=0, label="Seed", info="-1 = random", elem_id="seed"),
+                ]
+            with gr.Accordion("Conversation file", open=False):
+                save = gr.Button("Save as JSON", elem_id="save")
+                save_markdown = gr.Button("Save as Markdown", elem_id="save-markdown")
+                load = gr.Button("Load JSON", elem_id="load")
+                file_text = gr.Textbox(visible=False)  # a conversation file's text, on its way in or out
+            with gr.Accordion("Use from code: /chat and /v1", open=False, elem_id="use-from-code"):
+                snippet = gr.Code(API_SNIPPET.replace("MODEL", names[0]), language="python", elem_id="api-snippet")
         info = gr.Markdown(describe(names[0]), elem_id="model-info")
-        with gr.Row():
-            with gr.Column(scale=3):
-                chatbot = gr.Chatbot(
-                    label="Conversation",
-                    elem_id="chatbot",
-                    height=520,
-                    editable="user",
-                    buttons=["copy", "copy_all"],
-                    placeholder="Ask a coding question or pick an example. Edit a message to regenerate from there.",
-                    examples=[{"text": example} for example in EXAMPLES],
-                )
-                raw = gr.Textbox("[]", visible="hidden", elem_id="raw-conversation")
-                first = chat.backend(names[0]).info.context_length
-                reply = min(defaults.max_new_tokens, chat.reply_limit())
-                context = gr.Markdown(describe_budget(first, reply), elem_id="context")  # before the first send
-                with gr.Row():
-                    # One line that grows: Enter sends, Shift+Enter adds a line (Gradio's rule for lines=1).
-                    textbox = gr.Textbox(
-                        show_label=False,
-                        placeholder="Ask a coding question… (Enter sends, Shift+Enter adds a line)",
-                        lines=1,
-                        max_lines=12,
-                        scale=6,
-                        min_width=120,
-                        elem_id="message",
-                    )
-                    send = gr.Button(
-                        "Send", variant="primary", scale=1, min_width=70, elem_id="send", interactive=False
-                    )
-                    stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="stop", visible=False)
-                with gr.Row(equal_height=True):
-                    small = {"size": "sm", "min_width": 60}  # a row of four on a phone, not four full-width rows
-                    retry = gr.Button("Retry", elem_id="retry", **small)
-                    proceed = gr.Button("Continue", elem_id="continue", visible=False, **small)
-                    undo = gr.Button("Undo", elem_id="undo", **small)
-                    clear = gr.Button("Clear", elem_id="clear", **small)
-            with gr.Column(scale=1):
-                model = gr.Dropdown(names, value=names[0], label="Model", elem_id="model", visible=len(names) > 1)
-                shelf = shelf_layout()
-                system = gr.Textbox(label="System prompt", lines=4, elem_id="system")
-                with gr.Accordion("Sampling", open=True):
-                    samplers = [
-                        slider("temperature", "Temperature", 0.05, "0 = greedy"),
-                        slider("top_p", "Top-p", 0.01),
-                        slider("top_k", "Top-k", 1, "0 = off"),
-                        slider("max_new_tokens", "Max new tokens", 1),
-                        slider("repetition_penalty", "Repetition penalty", 0.01),
-                        gr.Number(value=-1, precision=0, label="Seed", info="-1 = random", elem_id="seed"),
-                    ]
-                with gr.Accordion("Conversation file", open=False):
-                    save = gr.Button("Save as JSON", elem_id="save")
-                    save_markdown = gr.Button("Save as Markdown", elem_id="save-markdown")
-                    load = gr.Button("Load JSON", elem_id="load")
-                    file_text = gr.Textbox(visible=False)  # a conversation file's text, on its way in or out
-                with gr.Accordion("Use from code: /chat and /v1", open=False, elem_id="use-from-code"):
-                    snippet = gr.Code(API_SNIPPET.replace("MODEL", names[0]), language="python", elem_id="api-snippet")
+        chatbot = gr.Chatbot(
+            show_label=False,
+            elem_id="chatbot",
+            scale=1,
+            height="100%",
+            editable="user",
+            buttons=["copy", "copy_all"],
+            placeholder="Ask a coding question or pick an example. Edit a message to regenerate from there.",
+            examples=[{"text": example} for example in EXAMPLES],
+        )
+        raw = gr.Textbox("[]", visible="hidden", elem_id="raw-conversation")
+        first = chat.backend(names[0]).info.context_length
+        reply = min(defaults.max_new_tokens, chat.reply_limit())
+        context = gr.Markdown(describe_budget(first, reply), elem_id="context")  # before the first send
+        with gr.Row(equal_height=True):
+            # One line that grows: Enter sends, Shift+Enter adds a line (Gradio's rule for lines=1).
+            textbox = gr.Textbox(
+                show_label=False,
+                placeholder="Ask a coding question… (Enter sends, Shift+Enter adds a line)",
+                lines=1,
+                max_lines=12,
+                scale=6,
+                min_width=120,
+                elem_id="message",
+            )
+            send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="send", interactive=False)
+            stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="stop", visible=False)
+        with gr.Row(equal_height=True):
+            small = {"size": "sm", "min_width": 60}  # a row of four on a phone, not four full-width rows
+            retry = gr.Button("Retry", elem_id="retry", **small)
+            proceed = gr.Button("Continue", elem_id="continue", visible=False, **small)
+            undo = gr.Button("Undo", elem_id="undo", **small)
+            clear = gr.Button("Clear", elem_id="clear", **small)
         blocks.load(
             None, None, snippet, js=f"() => {json.dumps(API_SNIPPET.replace('MODEL', names[0]))}"
             ".replaceAll('PAGE_URL/', new URL('.', location.href).href)"

@@ -680,12 +680,44 @@ def test_keys_examples_and_the_way_in_from_code(app, clipboard_page, monkeypatch
     exec(compile(snippet, "snippet", "exec"), {"print": lambda *args: None})
 
 
-def test_on_a_phone_the_message_box_is_on_the_first_screen(app):
+def page_size(page) -> tuple[int, int]:
+    return page.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+
+
+def screenshot(page, name: str) -> None:
+    """The README's pictures: `STARCHAT_SCREENSHOTS=docs/screenshots pytest -k layout` takes them anew."""
+    if folder := os.environ.get("STARCHAT_SCREENSHOTS"):
+        page.screenshot(path=str(Path(folder) / f"{name}.png"))
+
+
+def test_the_layout_fills_the_window_and_only_the_conversation_scrolls(app, page, monkeypatch):
+    url, chat = app
+    slow_model(chat, monkeypatch, delay=0.0, endless=False)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto(url)
+    box = page.locator("#message textarea")
+    for n in range(3):  # more than a window of conversation
+        box.fill(f"How do I reverse a list in Python? ({n})")
+        box.press("Enter")
+        wait_for_stable_reply(page, n + 1)
+    assert page_size(page) == [1280, 900]  # the page is the window
+    chat_box, message = page.locator("#chatbot").bounding_box(), box.bounding_box()
+    assert chat_box["height"] > 900 * 0.55 and message["y"] + message["height"] > 900 - 140  # at the foot
+    assert page.evaluate("(e => e.scrollHeight > e.clientHeight)(document.querySelector('#chatbot .bubble-wrap'))")
+    assert page.locator("#history #conversations").is_visible() and page.locator("#settings #system").is_visible()
+    screenshot(page, "desktop")
+
+
+def test_the_layout_on_a_phone_opens_on_the_chat_with_the_sidebars_over_it(app):
     url, _ = app
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
         page.goto(url)
+        # Closed at the start: off the screen, either side.
+        page.wait_for_function("""() => document.querySelector('#history')?.getBoundingClientRect().right <= 0
+            && document.querySelector('#settings')?.getBoundingClientRect().left >= innerWidth""")
+        assert page_size(page) == [390, 844]
         box = page.locator("#message textarea").bounding_box()
         send = page.locator("#send").bounding_box()
         assert box["y"] + box["height"] <= 844 and send["y"] + send["height"] <= 844
@@ -693,6 +725,11 @@ def test_on_a_phone_the_message_box_is_on_the_first_screen(app):
         buttons = [page.locator(f"#{name}").bounding_box() for name in ("retry", "undo", "clear")]
         assert len({round(b["y"]) for b in buttons}) == 1  # one row, not three full-width ones
         assert all(b["width"] < 390 / 2 for b in buttons)
+        screenshot(page, "phone")
+        page.locator("#settings > .toggle-button").click()  # the settings open over the chat
+        page.wait_for_function("document.querySelector('#settings').getBoundingClientRect().x === 0")
+        page.locator("#system textarea").fill("Answer in Python.")  # in reach
+        assert page_size(page)[0] == 390
         browser.close()
 
 
