@@ -654,6 +654,7 @@ def test_keys_examples_and_the_way_in_from_code(app, clipboard_page, monkeypatch
 
     # The examples are on the first screen; one goes to the box, to be read before it is sent.
     examples = page.locator("#chatbot button.example")
+    examples.nth(3).wait_for()  # drawn once the page has restored its (empty) conversation
     assert examples.count() == 4
     assert all(b["y"] + b["height"] <= 900 for b in (e.bounding_box() for e in examples.all()))
     examples.nth(2).click()
