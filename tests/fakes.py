@@ -25,7 +25,7 @@ class Script:
     busy: int | None = None  # answer 429 with this Retry-After, as TGI does when its queue is full
     page: bool = False  # answer 200 with an HTML page, as a proxy's login page would
     specials: int = 0  # events with no visible text (TGI: special tokens; OpenAI: empty text) before the reply
-    drip_headers: bool = False  # one header line a second, never ending the headers
+    drip_headers: bool = False  # a header line every 0.2 s, never ending the headers: no read waits long
     requests: list[dict] = field(default_factory=list)
     disconnects: int = 0  # streams the client closed before the end
 
@@ -63,10 +63,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.script.drip_headers:
             self.wfile.write(b"HTTP/1.1 200 OK\r\n")
             try:
-                for i in range(60):
+                for i in range(300):
                     self.wfile.write(f"X-Wait-{i}: 1\r\n".encode())
                     self.wfile.flush()
-                    time.sleep(1)
+                    time.sleep(0.2)
             except (BrokenPipeError, ConnectionResetError):
                 self.script.disconnects += 1
             self.close_connection = True
