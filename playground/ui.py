@@ -161,10 +161,16 @@ TAKE_JS = """(message, busy) => {
 # they get the raw text instead, from the hidden #raw-conversation box. Both clipboard paths that
 # Gradio uses are covered: navigator.clipboard.writeText, and execCommand('copy') off localhost.
 PAGE_JS = """() => {
-  // A phone opens on the chat: the sidebars (the list, the settings) would each cover the whole screen.
-  if (matchMedia('(max-width: 640px)').matches) {
-    const open = document.querySelectorAll('#history.open > .toggle-button, #settings.open > .toggle-button');
-    open.forEach((toggle) => toggle.click());
+  // Room for the chat. Up to 768 px Gradio draws a sidebar over the whole page, so both close; up to 1,100 px
+  // two sidebars leave the chat a strip, so the settings close. At load, and as a window narrows past either.
+  const close = (selector) => document.querySelectorAll(selector).forEach((toggle) => toggle.click());
+  const fit = () => {
+    if (innerWidth <= 768) close('#history.open > .toggle-button, #settings.open > .toggle-button');
+    else if (innerWidth <= 1100) close('#settings.open > .toggle-button');
+  };
+  fit();
+  for (const width of [768, 1100]) {
+    matchMedia(`(max-width: ${width}px)`).addEventListener('change', (event) => event.matches && fit());
   }
   const raw = () => JSON.parse(document.querySelector('#raw-conversation textarea')?.value || '[]');
   const indexOf = (button) => {

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from playground.ui import STORAGE_KEYS, STORAGE_SECRET
+from playground.ui import EXAMPLES, STORAGE_KEYS, STORAGE_SECRET
 from tests.conftest import generating, local_and_remote, serve, serve_model, slow_model, wait_until_idle
 from tests.fakes import FakeServer
 
@@ -681,6 +681,13 @@ def test_keys_examples_and_the_way_in_from_code(app, clipboard_page, monkeypatch
     exec(compile(snippet, "snippet", "exec"), {"print": lambda *args: None})
 
 
+# Whether each sidebar (the list, the settings) is on the screen, once neither is sliding.
+SIDEBARS = """() => ['#history', '#settings'].map((id) => {
+  const box = document.querySelector(id)?.getBoundingClientRect();
+  return box && box.right > 0 && box.left < innerWidth;
+})"""
+
+
 def page_size(page) -> tuple[int, int]:
     return page.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
 
@@ -697,16 +704,24 @@ def test_the_layout_fills_the_window_and_only_the_conversation_scrolls(app, page
     page.set_viewport_size({"width": 1280, "height": 900})
     page.goto(url)
     box = page.locator("#message textarea")
-    for n in range(3):  # more than a window of conversation
-        box.fill(f"How do I reverse a list in Python? ({n})")
+    for n, example in enumerate(EXAMPLES[:3]):  # more than a window of conversation
+        box.fill(example)
         box.press("Enter")
         wait_for_stable_reply(page, n + 1)
+        if n == 0:
+            screenshot(page, "desktop")  # the demo answers one question well: a conversation is beyond it
     assert page_size(page) == [1280, 900]  # the page is the window
     chat_box, message = page.locator("#chatbot").bounding_box(), box.bounding_box()
     assert chat_box["height"] > 900 * 0.55 and message["y"] + message["height"] > 900 - 140  # at the foot
     assert page.evaluate("(e => e.scrollHeight > e.clientHeight)(document.querySelector('#chatbot .bubble-wrap'))")
     assert page.locator("#history #conversations").is_visible() and page.locator("#settings #system").is_visible()
-    screenshot(page, "desktop")
+    # A window that narrows keeps the chat in view: past 1,100 px the settings close, past 768 px the list.
+    page.set_viewport_size({"width": 1000, "height": 700})
+    page.wait_for_function(f"({SIDEBARS})().join() === 'true,false'")
+    assert page_size(page) == [1000, 700] and page.locator("#chatbot").bounding_box()["width"] > 500
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_function(f"({SIDEBARS})().join() === 'false,false'")
+    assert page_size(page) == [390, 844] and box.bounding_box()["y"] + box.bounding_box()["height"] <= 844
 
 
 def test_the_layout_on_a_phone_opens_on_the_chat_with_the_sidebars_over_it(app):
@@ -715,9 +730,7 @@ def test_the_layout_on_a_phone_opens_on_the_chat_with_the_sidebars_over_it(app):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
         page.goto(url)
-        # Closed at the start: off the screen, either side.
-        page.wait_for_function("""() => document.querySelector('#history')?.getBoundingClientRect().right <= 0
-            && document.querySelector('#settings')?.getBoundingClientRect().left >= innerWidth""")
+        page.wait_for_function(f"({SIDEBARS})().join() === 'false,false'")  # closed at the start
         assert page_size(page) == [390, 844]
         box = page.locator("#message textarea").bounding_box()
         send = page.locator("#send").bounding_box()
@@ -731,6 +744,9 @@ def test_the_layout_on_a_phone_opens_on_the_chat_with_the_sidebars_over_it(app):
         page.wait_for_function("document.querySelector('#settings').getBoundingClientRect().x === 0")
         page.locator("#system textarea").fill("Answer in Python.")  # in reach
         assert page_size(page)[0] == 390
+        tablet = browser.new_page(viewport={"width": 768, "height": 1024}, is_mobile=True, has_touch=True)
+        tablet.goto(url)
+        tablet.wait_for_function(f"({SIDEBARS})().join() === 'false,false'")  # a sidebar there is the whole page
         browser.close()
 
 
