@@ -60,6 +60,17 @@ def gradio_folder(tmp_path_factory) -> Path:
     return folder
 
 
+# What builds the demo model (~90 s on 2 cores, once a run): whatever needs it is slow, so the quick loop
+# (-m "not slow") never builds it.
+NEEDS_THE_DEMO = {"first_start", "demo_model"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if NEEDS_THE_DEMO & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def inductor_cache(tmp_path_factory) -> Path:
     """One Inductor cache for the run, in this process and every one it starts: a graph one test compiled

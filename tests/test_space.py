@@ -6,6 +6,7 @@ import sys
 import time
 
 import httpx
+import pytest
 import yaml
 from gradio_client import Client
 
@@ -29,6 +30,7 @@ def files_under(folder) -> set:
     return {p for p in folder.rglob("*")}
 
 
+@pytest.mark.slow  # starts app.py
 def test_the_app_starts_from_environment_variables_alone_and_writes_only_its_cache(tiny_checkpoint, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -74,6 +76,7 @@ def test_the_app_starts_from_environment_variables_alone_and_writes_only_its_cac
     assert not {line for line in new if "__pycache__" not in line}, new
 
 
+@pytest.mark.slow  # imports the backend in two new processes
 def test_zerogpu_marks_the_generation_when_the_spaces_package_is_there(tmp_path):
     (tmp_path / "spaces.py").write_text("def GPU(fn):\n    fn.on_zero_gpu = True\n    return fn\n")
     code = "from playground.backends.local import LocalBackend; print(LocalBackend.stream.on_zero_gpu)"

@@ -9,6 +9,8 @@ import pytest
 from tests.conftest import ROOT
 from tests.fakes import FakeHub
 
+pytestmark = pytest.mark.slow  # each test imports the Trainer in a new process (~7 s)
+
 # Imports the training package as `python -m training.train` and the demo's build do, recording whether
 # bitsandbytes' import looked for its CPU kernel (it does on CPUs with AVX512-BF16 only).
 IMPORT_TRAINING = """

@@ -391,6 +391,7 @@ def test_parallel_wrong_logins_are_counted_too(tiny_checkpoint, tmp_path):
     assert codes.count(400) <= 5 and codes.count(429) >= 15
 
 
+@pytest.mark.slow  # starts app.py
 def test_start_up_says_the_api_is_off_when_the_page_has_a_login(tiny_checkpoint, tmp_path):
     from tests.conftest import start_app, stop_app
 
