@@ -461,7 +461,7 @@ def layout(chat: Chat, describe) -> Page:
 
     # No usage reports to Gradio's servers: a playground may run offline or hold private conversations.
     # fill_height: the conversation takes the window's height and scrolls alone, the message box stays at
-    # its foot; the conversations' list and the settings are sidebars (closed on a phone: PAGE_HEAD).
+    # its foot; the conversations' list and the settings are sidebars (PAGE_JS closes them on narrow screens).
     with gr.Blocks(title="StarChat Playground", analytics_enabled=False, fill_height=True) as blocks:
         shelf = shelf_layout()
         with gr.Sidebar(open=True, position="right", elem_id="settings"):

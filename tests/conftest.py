@@ -60,7 +60,7 @@ def gradio_folder(tmp_path_factory) -> Path:
     return folder
 
 
-# What builds the demo model (~90 s on 2 cores, once a run): whatever needs it is slow, so the quick loop
+# What builds the demo model (~85 s on 2 cores, once a run): whatever needs it is slow, so the quick loop
 # (-m "not slow") never builds it.
 NEEDS_THE_DEMO = {"first_start", "demo_model"}
 
