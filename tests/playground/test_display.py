@@ -2,7 +2,7 @@
 
 import json
 
-from playground.display import display_messages, open_fence, raw_json, reply_note, to_display
+from playground.display import display_messages, open_fence, raw_json, reply_note, to_display, tokens_in
 
 TYPED = "<b>bold?</b> & <script>alert(1)</script> -> a < b && c > d"
 
@@ -37,6 +37,13 @@ def test_the_note_says_how_a_reply_went():
     assert note == "11 tokens · first token 0.50 s · 10.0 tokens/s · cut at max new tokens"
     assert reply_note("stop", 1, 0.2, 0.2) == "1 token · first token 0.20 s · finished"
     assert reply_note("cancelled", 0, None, 0.1) == "0 tokens · stopped by you"
+
+
+def test_a_continued_reply_counts_its_tokens_in_all():
+    first = reply_note("length", 12, 0.5, 1.5)
+    again = reply_note("stop", 5, 0.1, 0.5, earlier=tokens_in(first))
+    assert again == "17 tokens (12 + 5 continued) · first token 0.10 s · 10.0 tokens/s · finished"
+    assert tokens_in(again) == 17 and tokens_in("3 tokens") == 0 and tokens_in("") == 0  # not a note of ours
 
 
 def test_a_note_shows_as_literal_text_whatever_a_loaded_file_put_in_it():
