@@ -28,7 +28,7 @@ _ID = re.compile(r"[0-9a-f]{32}")
 
 
 @dataclass(frozen=True)
-class Kept:
+class StoredConversation:
     """One conversation as the browser keeps it."""
 
     id: str
@@ -64,12 +64,12 @@ def check_title(title: object) -> str:
     return " ".join(check_text(title, "title", MAX_TITLE).split())
 
 
-def read_kept(value: object, limit: int) -> Kept:
+def read_kept(value: object, limit: int) -> StoredConversation:
     """A stored conversation, checked as a conversation file is (`limit`: its characters)."""
     if not isinstance(value, dict) or not isinstance(value.get("id"), str) or not _ID.fullmatch(value["id"]):
         raise DialogueError("a kept conversation needs an id")
     conversation, system, notes = check_conversation(value, limit)
-    return Kept(value["id"], check_title(value.get("title", "")), conversation, system, notes)
+    return StoredConversation(value["id"], check_title(value.get("title", "")), conversation, system, notes)
 
 
 def parse(text: str | None) -> object:
@@ -83,13 +83,13 @@ def parse(text: str | None) -> object:
         raise DialogueError("the stored value is not JSON (or too large)") from exc
 
 
-def read_current(text: str | None, limit: int) -> Kept | None:
+def read_current(text: str | None, limit: int) -> StoredConversation | None:
     """The open conversation from the browser; None when nothing is stored."""
     value = parse(text)
     return None if value is None else read_kept(value, limit)
 
 
-def read_past(text: str | None, limit: int) -> tuple[list[Kept], int]:
+def read_past(text: str | None, limit: int) -> tuple[list[StoredConversation], int]:
     """The past conversations from the browser, and how many could not be read (left out)."""
     try:
         values = parse(text)
@@ -110,11 +110,11 @@ def read_past(text: str | None, limit: int) -> tuple[list[Kept], int]:
     return kept, bad
 
 
-def shelve(past: list[Kept], current: Kept | None) -> tuple[list[Kept], int]:
+def shelve(past: list[StoredConversation], current: StoredConversation | None) -> tuple[list[StoredConversation], int]:
     """The list with `current` (unless it is empty) first and the oldest beyond the caps dropped; and how
     many were dropped."""
     conversations = [*([current] if current and current.conversation else []), *past]
-    kept: list[Kept] = []
+    kept: list[StoredConversation] = []
     size = sent_size([])
     for conversation in conversations[:MAX_CONVERSATIONS]:
         # One more item adds its own size (less its quotes: it is inside the list's) and a comma.
@@ -125,6 +125,6 @@ def shelve(past: list[Kept], current: Kept | None) -> tuple[list[Kept], int]:
     return kept, len(conversations) - len(kept)
 
 
-def choices(current: Kept, past: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def choices(current: StoredConversation, past: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The list as the page shows it: (label, id), the open conversation first unless it is empty."""
     return [*([(current.label(), current.id)] if current.conversation else []), *past]

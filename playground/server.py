@@ -23,7 +23,7 @@ from playground.guards import (
     NoUploads,
 )
 from playground.settings import Settings
-from playground.ui import PAGE_CSS, PAGE_HEAD, PAGE_JS, build_ui
+from playground.ui import build_ui
 
 QUEUE_BACKSTOP = 1024  # events waiting to start at one instant, each within the request size limit
 
@@ -37,7 +37,8 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
     # page loads or of /chat calls reaches Chat instead of Gradio's "Queue is full".
     # api_open=False: a queued event (a reply) runs through the queue only, never straight through /run, which
     # Gradio leaves open off Spaces; the page runs only its unqueued events there.
-    demo = build_ui(chat).queue(max_size=QUEUE_BACKSTOP, default_concurrency_limit=None, api_open=False)
+    demo, page_assets = build_ui(chat)
+    demo.queue(max_size=QUEUE_BACKSTOP, default_concurrency_limit=None, api_open=False)
     # Schema pages (ours and Gradio's app's) would list the API to anyone, login or not.
     app = FastAPI(title="StarChat Playground", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(openai_routes(chat))
@@ -48,9 +49,7 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
         path="/",
         auth=auth,
         app_kwargs={"openapi_url": None},
-        js=PAGE_JS,
-        head=PAGE_HEAD,
-        css=PAGE_CSS,
+        **page_assets,
     )
     # Gradio checks that a file named in an event's payload was uploaded to this server only once
     # `launch()` has run (processing_utils._check_allowed); mounted, it never runs, and any event

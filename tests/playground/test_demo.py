@@ -9,7 +9,7 @@ from playground.backends import ChatRequest
 from playground.backends.local import LocalBackend
 from playground.demo import demo_checkpoint
 from playground.sampling import SamplingParams
-from playground.ui import EXAMPLES
+from playground.ui.layout import EXAMPLES
 from training.scratch import TAUGHT
 
 

@@ -5,12 +5,14 @@ import json
 import pytest
 
 from playground import history
-from playground.history import MAX_CONVERSATIONS, Kept, new_id, read_current, read_past, sent_size, shelve
+from playground.history import MAX_CONVERSATIONS, StoredConversation, new_id, read_current, read_past, sent_size, shelve
 from playground.template import DialogueError
 
 
-def kept(question: str, reply: str = "a", title: str = "") -> Kept:
-    return Kept(new_id(), title, [{"role": "user", "content": question}, {"role": "assistant", "content": reply}], "")
+def kept(question: str, reply: str = "a", title: str = "") -> StoredConversation:
+    return StoredConversation(
+        new_id(), title, [{"role": "user", "content": question}, {"role": "assistant", "content": reply}], ""
+    )
 
 
 def test_a_kept_conversation_round_trips_and_is_labelled_by_its_first_question():
@@ -20,7 +22,7 @@ def test_a_kept_conversation_round_trips_and_is_labelled_by_its_first_question()
     assert kept("x" * 200).label() == "x" * 59 + "…"
     assert kept("q", title="Mine").label() == "Mine"
     assert read_current(None, 1000) is None  # nothing stored
-    with_note = Kept(new_id(), "", conversation.conversation, "", {1: "3 tokens · ended by the model"})
+    with_note = StoredConversation(new_id(), "", conversation.conversation, "", {1: "3 tokens · ended by the model"})
     assert read_current(json.dumps(with_note.stored()), 1000) == with_note  # the reply's note comes back
 
 
@@ -46,7 +48,7 @@ def test_shelving_keeps_the_newest_within_the_count_and_the_bytes(monkeypatch):
     current = kept("new")
     shelved, dropped = shelve(past, current)
     assert shelved[0] == current and len(shelved) == MAX_CONVERSATIONS and dropped == 1
-    assert shelve(past, Kept(new_id(), "", [], ""))[1] == 0  # an empty conversation is not listed
+    assert shelve(past, StoredConversation(new_id(), "", [], ""))[1] == 0  # an empty conversation is not listed
     monkeypatch.setattr(history, "STORE_BYTES", 3 * sent_size([current.stored()]))
     shelved, dropped = shelve(past, current)
     assert sent_size([k.stored() for k in shelved]) <= history.STORE_BYTES and dropped == len(past) + 1 - len(shelved)

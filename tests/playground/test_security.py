@@ -83,7 +83,7 @@ def call_event(url: str, fn_index: int, data: list, http: httpx.Client | None = 
 
 
 def event_id(url: str, handler: str) -> int:
-    """The id of the page's event whose first step is `handler` (a Handlers method's name)."""
+    """The id of the page's event whose first step is `handler` (the handler's name)."""
     dependencies = httpx.get(url + "config").json()["dependencies"]
     return next(d["id"] for d in dependencies if d["api_name"] == handler)
 
@@ -158,22 +158,36 @@ def test_a_conversation_file_is_read_as_text_and_checked_before_it_replaces_anyt
         }
     )
     # Inputs: the browser's kept conversations, the file's text, the open conversation, its notes, system prompt, ...
-    loaded = call_event(url, load["id"], [None, good, None, None, "old system", None, False])["output"]["data"]
+    sent = json.dumps({"text": good})  # as the page's openFile sends a file it has read
+    loaded = call_event(url, load["id"], [None, sent, None, None, "old system", None, False])["output"]["data"]
     assert loaded[6] == "sys" and [m["content"][0]["text"] for m in loaded[0]] == ["q", "a"]
-    broken = good.replace('"a"', '"\\ud800"')
+    broken = json.dumps({"text": good.replace('"a"', '"\\ud800"')})
     kept = call_event(url, load["id"], [None, broken, None, None, "old system", None, False])["output"]["data"]
     assert "sys" not in json.dumps(kept) and '"q"' not in json.dumps(kept)  # nothing replaced
 
 
-@pytest.mark.parametrize("size", ["x", "", "9" * 5000, "\u00b2", "-1"])
-def test_a_forged_too_large_notice_from_load_is_a_warning_not_an_error(open_server, size):
-    """The browser sends the file's size after a NUL marker when it is too large to read; a forged one."""
+@pytest.mark.parametrize(
+    ("sent", "said"),
+    [
+        ('{"error": "too_large", "bytes": 2000000}', "2,000,000 bytes: conversation files of up to 1,000,000"),
+        ('{"error": "empty"}', "That file is empty"),
+        ('{"error": "too_large", "bytes": "x"}', "no file that could be read"),
+        ('{"error": "too_large", "bytes": ' + "9" * 5000 + "}", "no file that could be read"),
+        ('{"error": "too_large", "bytes": NaN}', "no file that could be read"),
+        ('{"error": "too_large", "bytes": -1}', "no file that could be read"),
+        ('{"text": 5}', "no file that could be read"),
+        ("[1, 2]", "no file that could be read"),
+        ("\u0000too large: 5", "no file that could be read"),
+    ],
+)
+def test_what_load_sends_besides_a_file_is_a_warning_not_an_error(open_server, sent, said):
+    """The page's openFile sends the file's text, or why it did not read it, as JSON; a forged message."""
     url, _ = open_server
     [load] = [d for d in httpx.get(url + "config").json()["dependencies"] if d["api_name"] == "load"]
     seen: list[dict] = []
-    result = call_event(url, load["id"], [None, f"\u0000too large: {size}", None, None, "", None, False], seen=seen)
+    result = call_event(url, load["id"], [None, sent, None, None, "", None, False], seen=seen)
     assert result["msg"] == "process_completed" and result["success"], result
-    assert any(m.get("msg") == "log" and "bytes can be loaded" in m.get("log", "") for m in seen), seen
+    assert any(m.get("msg") == "log" and said in m.get("log", "") for m in seen), seen
 
 
 def test_a_huge_request_is_refused_and_the_server_stays_responsive(open_server, capsys):

@@ -1,0 +1,195 @@
+"""The conversations kept in the browser: restored with the page, listed, reopened, renamed, deleted, and
+kept after each change to the open one. Nothing of them is kept on the server (playground.history)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gradio as gr
+
+from playground.chat import Chat
+from playground.history import (
+    MAX_CONVERSATIONS,
+    STORE_BYTES,
+    StoredConversation,
+    check_title,
+    choices,
+    new_id,
+    read_current,
+    read_past,
+    sent_size,
+    shelve,
+)
+from playground.template import DialogueError, Message
+from playground.ui.layout import Page
+from playground.ui.turn import edited, notes_before, waiting
+
+
+class Conversations:
+    """The handlers of the conversations' list. `show` draws a conversation (Turn.show)."""
+
+    def __init__(self, page: Page, chat: Chat, show: Callable[[list[Message], dict[int, str]], dict]):
+        self.page, self.chat, self.show = page, chat, show
+        self.limit = chat.settings.max_conversation_chars
+
+    def listing(self, current: StoredConversation, labels: list[tuple[str, str]]) -> dict:
+        listed = self.page.conversations
+        value = current.id if current.conversation else None
+        return {listed.labels: labels, listed.listed: gr.update(choices=choices(current, labels), value=value)}
+
+    def opening(self, current: StoredConversation, past: list[StoredConversation], dropped: int = 0) -> dict:
+        """`current` is now the open conversation and `past` the list; both are stored."""
+        page, listed = self.page, self.page.conversations
+        if dropped:
+            gr.Info(
+                f"{dropped} older conversation{'s' * (dropped != 1)} left the list: this browser keeps the "
+                f"last {MAX_CONVERSATIONS}, {STORE_BYTES // 1_000_000} MB at most."
+            )
+        return {
+            **self.show(current.conversation, current.notes),
+            page.context: "",
+            page.system: current.system,
+            listed.opened: (current.id, current.title),
+            listed.title: current.title,
+            listed.current: current.stored(),
+            listed.past: [k.stored() for k in past],
+            **self.listing(current, labeled(past)),
+        }
+
+    def past(self, stored: str | None) -> list[StoredConversation]:
+        return read_past(stored, self.limit)[0]
+
+    def keep(
+        self,
+        conversation: list[Message],
+        notes: dict,
+        system: str,
+        opened: tuple[str, str],
+        labels: list,
+        warn: bool = True,
+    ) -> dict:
+        listed = self.page.conversations
+        current = StoredConversation(opened[0] or new_id(), opened[1], conversation, system, notes)
+        if sent_size(current.stored()) > STORE_BYTES:
+            if warn:
+                gr.Warning("This conversation is too long to keep in this browser: save it as a file.")
+            return {listed.opened: (current.id, current.title)}
+        return {
+            listed.current: current.stored(),
+            listed.opened: (current.id, current.title),
+            **self.listing(current, labels),
+        }
+
+    def keep_sent(
+        self, sent: str, conversation: list[Message], notes: dict, system: str, opened: tuple[str, str], labels: list
+    ) -> dict:
+        """The conversation with the message just sent, kept as its reply starts: a reload while the reply
+        streams ends the reply, and the message comes back (Retry answers it). The finished turn is kept
+        over it when the reply ends."""
+        if not sent or waiting(conversation):  # refused: nothing is sent
+            return gr.skip()
+        # Too long to keep: the reply's own keeping says so, once.
+        return self.keep([*conversation, {"role": "user", "content": sent}], notes, system, opened, labels, warn=False)
+
+    def keep_edited(
+        self,
+        conversation: list[Message],
+        notes: dict,
+        system: str,
+        opened: tuple[str, str],
+        labels: list,
+        edit: gr.EditData,
+    ) -> dict:
+        """An edited question, kept as its reply starts (as `keep_sent` keeps a message sent)."""
+        if (history := edited(conversation, edit)) is None:
+            return gr.skip()
+        try:
+            self.chat.check_message(edit.value)
+        except DialogueError:  # refused by the reply's own event, which says why
+            return gr.skip()
+        return self.keep(history, notes_before(notes, len(history) - 1), system, opened, labels, warn=False)
+
+    def restore(self, stored: str | None) -> dict:
+        """The conversation that was open when the page was last left (reloaded, or its theme switched)."""
+        page, listed = self.page, self.page.conversations
+        try:
+            current = read_current(stored, self.limit)
+        except DialogueError:
+            gr.Warning("The conversation kept in this browser could not be read: a new one is open.")
+            current = None
+        current = current or StoredConversation(new_id(), "", [], "")
+        return {
+            **self.show(current.conversation, current.notes),
+            page.system: current.system,
+            listed.opened: (current.id, current.title),
+            listed.title: current.title,
+        }
+
+    def restore_list(
+        self, stored: str | None, conversation: list[Message], system: str, opened: tuple[str, str]
+    ) -> dict:
+        past, bad = read_past(stored, self.limit)
+        if bad:
+            gr.Warning(
+                f"{bad} conversation{'s' * (bad != 1)} kept in this browser could not be read and "
+                f"{'were' if bad != 1 else 'was'} left out."
+            )
+        past = [k for k in past if k.id != opened[0]]
+        return self.listing(StoredConversation(*opened, conversation, system), labeled(past))
+
+    def reopen(
+        self, stored: str | None, chosen: str, conversation: list, notes: dict, system: str, opened: tuple, busy: bool
+    ) -> dict:
+        past = self.past(stored)
+        leaving = StoredConversation(*opened, conversation, system, notes)
+        found = next((k for k in past if k.id == chosen), None)
+        if streaming(busy) or not found or found.id == leaving.id:
+            return self.listing(leaving, labeled([k for k in past if k.id != leaving.id]))
+        return self.opening(found, *shelve([k for k in past if k.id != chosen], leaving))
+
+    def new(self, stored: str | None, conversation: list, notes: dict, system: str, opened: tuple, busy: bool) -> dict:
+        """An empty conversation (the system prompt stays: it is more a setting than a message)."""
+        if streaming(busy):
+            return gr.skip()
+        leaving = StoredConversation(*opened, conversation, system, notes)
+        return self.opening(StoredConversation(new_id(), "", [], system), *shelve(self.past(stored), leaving))
+
+    def delete(self, stored: str | None, system: str, busy: bool, sure: bool) -> dict:
+        if streaming(busy) or sure is not True:
+            return gr.skip()
+        return self.opening(StoredConversation(new_id(), "", [], system), self.past(stored))
+
+    def rename(self, title: str, conversation: list, notes: dict, system: str, opened: tuple, labels: list) -> dict:
+        try:
+            title = check_title(title)
+        except DialogueError as exc:
+            gr.Warning(str(exc))
+            return gr.skip()
+        return {
+            self.page.conversations.title: title,
+            **self.keep(conversation, notes, system, (opened[0], title), labels),
+        }
+
+    def open_loaded(
+        self,
+        stored: str | None,
+        loaded: StoredConversation,
+        conversation: list,
+        notes: dict,
+        system: str,
+        opened: tuple,
+    ) -> dict:
+        """A conversation from a file opens as a new one; the one that was open goes to the list."""
+        leaving = StoredConversation(*opened, conversation, system, notes)
+        return self.opening(loaded, *shelve(self.past(stored), leaving))
+
+
+def labeled(past: list[StoredConversation]) -> list[tuple[str, str]]:
+    return [(k.label(), k.id) for k in past]
+
+
+def streaming(busy: bool) -> bool:
+    """While a reply streams into the open conversation, it stays open."""
+    if busy:
+        gr.Warning("A reply is being written: stop it first.")
+    return busy

@@ -1,0 +1,146 @@
+"""Which event runs which handler, with what: the page's wiring in one place. Every change to the open
+conversation is then kept in the browser."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from playground.chat import Chat, export_conversation
+from playground.ui.browser import call
+from playground.ui.conversations import Conversations
+from playground.ui.files import Loading, as_markdown
+from playground.ui.layout import Page
+from playground.ui.turn import Turn
+
+PRIVATE = {"api_visibility": "private"}  # the page's own events: not in the API that clients see
+QUICK = {"show_progress": "hidden", **PRIVATE}  # queued: a warning reaches the page only from the queue
+
+
+def wire(page: Page, chat: Chat) -> None:
+    turn = Turn(page, chat)
+    listed = page.conversations
+    kept = Conversations(page, chat, turn.show)
+    shown, buttons = page.shown, [page.busy, page.send, page.stop, page.retry, page.undo]
+    values = {page.state, page.notes, page.system, page.model, *page.samplers}  # a set: handlers get one dict
+    # The message box is among every reply's outputs (written to give a refused message back): it marks the
+    # event as running, which page.js's `settled` waits on.
+    replying = [*shown, *buttons, page.textbox]
+    opened = [page.state, page.notes, page.system, listed.opened, listed.labels]
+    keeping = [listed.current, listed.opened, listed.labels, listed.listed]
+    keep = {"fn": kept.keep, "inputs": opened, "outputs": keeping, **QUICK}
+    # Not queued, those kept as a reply starts: written at once, before a short reply's own keeping comes.
+    at_once = {"outputs": keeping, **QUICK, "queue": False}
+
+    page.model.change(
+        turn.pick_model,
+        [page.model, page.max_new_tokens],
+        [page.info, page.notice, page.max_new_tokens, page.context],
+        queue=False,
+        **PRIVATE,
+    )
+    # An example in the empty chat is sent as it is clicked: it goes through the box, as a typed message.
+    picked = page.chatbot.example_select(turn.pick_example, None, page.textbox, queue=False, **PRIVATE)
+    generating = []
+    for event in (page.textbox.submit, page.send.click, picked.then):
+        taking = event(
+            turn.take,
+            [page.textbox, page.busy],
+            [page.textbox, page.sent, page.refused, page.continue_, *buttons],
+            queue=False,
+            js=call("take"),
+            **PRIVATE,
+        )
+        # "multiple": the page would drop a send made just after a reply ends, while the reply's own event
+        # is still finishing ("once", the default, skips it); `take` already refuses a send while one streams.
+        generating.append(
+            taking.then(
+                turn.submit,
+                {page.sent, page.refused, page.textbox, *values},
+                replying,
+                trigger_mode="multiple",
+                **PRIVATE,
+            )
+        )
+        taking.then(kept.keep_sent, [page.sent, *opened], **at_once)  # a reload while it streams keeps it
+    page.chatbot.edit(kept.keep_edited, opened, **at_once)
+    generating += [
+        page.retry.click(turn.retry, values, replying, **PRIVATE),
+        page.chatbot.edit(turn.edit, {*values, page.textbox}, replying, **PRIVATE),
+        page.continue_.click(turn.continue_reply, values, replying, **PRIVATE),
+    ]
+    # Stop does not cancel the reply's event: the reply ends and shows where it stopped itself (ui/stop.py).
+    stopping = page.stop.click(turn.stop, [page.state, page.notes, page.textbox], replying, **PRIVATE)
+    page.blocks.unload(turn.forget)
+    # Send is for a message: disabled on an empty box.
+    page.textbox.change(
+        lambda text: gr.update(interactive=bool(text.strip())),
+        page.textbox,
+        page.send,
+        queue=False,
+        show_progress="hidden",
+        **PRIVATE,
+    )
+    changing = [
+        *generating,
+        stopping,
+        page.undo.click(
+            turn.undo, [page.state, page.notes, page.textbox, page.busy], [*shown, page.textbox], queue=False, **PRIVATE
+        ),
+    ]
+    for clearing in (page.clear.click, page.chatbot.clear):  # our button and the chatbot's own trash icon
+        changing.append(
+            clearing(None, cancels=generating, **PRIVATE).then(
+                turn.clear, [page.model, page.max_new_tokens], [*shown, *buttons], **PRIVATE
+            )
+        )
+    for change in changing:
+        change.then(**keep)
+    page.system.blur(**keep)
+
+    # The conversations' list. Events that replace the open conversation first send the stored list.
+    leaving = [page.state, page.notes, page.system, listed.opened, page.busy]
+    opening = [
+        *shown,
+        page.system,
+        listed.opened,
+        listed.title,
+        listed.current,
+        listed.past,
+        listed.labels,
+        listed.listed,
+    ]
+    page.blocks.load(
+        kept.restore,
+        listed.current,
+        [*shown, page.system, listed.opened, listed.title],
+        js=call("sendStored", 1),
+        **QUICK,
+    ).then(
+        kept.restore_list,
+        [listed.past, page.state, page.system, listed.opened],
+        [listed.labels, listed.listed],
+        js=call("sendStored", 4),
+        **QUICK,
+    )
+    listed.listed.input(kept.reopen, [listed.past, listed.listed, *leaving], opening, js=call("sendStored", 7), **QUICK)
+    listed.new.click(kept.new, [listed.past, *leaving], opening, js=call("sendStored", 6), **QUICK)
+    listed.delete.click(
+        kept.delete, [listed.past, page.system, page.busy, listed.sure], opening, js=call("deleting"), **QUICK
+    )
+    for renaming in (listed.rename.click, listed.title.submit):
+        renaming(kept.rename, [listed.title, *opened], [listed.title, *keeping], **QUICK)
+
+    # Files: the browser saves what the server writes into file_text, and reads the file Load opens.
+    page.save.click(export_conversation, [page.state, page.system, page.notes], page.file_text, **PRIVATE).then(
+        None, page.file_text, None, js=call("saveJson")
+    )
+    page.save_markdown.click(as_markdown, [page.state, page.system, listed.opened], page.file_text, **PRIVATE).then(
+        None, page.file_text, None, js=call("saveMarkdown")
+    )
+    page.load.click(None, None, page.file_text, js=call("openFile"), trigger_mode="multiple", **PRIVATE).then(
+        Loading(chat, kept).load,
+        [listed.past, page.file_text, *leaving],
+        opening,
+        js=call("sendStored", 7),
+        **PRIVATE,
+    )

@@ -1,0 +1,217 @@
+"""Where each component of the page sits: the conversations' list on the left, the settings on the right,
+the conversation and the message box between them. `Page` names the components the handlers use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from playground.chat import Chat, describe_budget
+from playground.history import MAX_CONVERSATIONS, MAX_TITLE
+from playground.sampling import PARAM_RANGES, SamplingParams
+from playground.ui.browser import STORAGE_KEYS, STORAGE_SECRET, api_snippet, call
+
+EXAMPLES = [
+    "How can I write a Python function to generate the nth Fibonacci number?",
+    "How do I get the current date using shell commands? Explain how it works.",
+    "How do I reverse a list in Python?",
+    "Write a Python function that checks whether a string is a palindrome.",
+]
+DEMO_NOTICE = (
+    "The **offline demo model**, trained here: for trying the page, not for real answers. StarChat-β: "
+    "`python app.py --model HuggingFaceH4/starchat-beta` on a GPU."
+)
+PARAM_NAMES = ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "seed")
+
+
+@dataclass
+class ConversationList:
+    """The conversations kept in the browser, and the list that reopens, renames and deletes them."""
+
+    current: gr.BrowserState  # the open conversation (StoredConversation.stored()), written after each change
+    past: gr.BrowserState  # the others, most recent first, written only when the list changes
+    opened: gr.State  # (id, title) of the open conversation
+    labels: gr.State  # the past ones' (label, id), so that redrawing the list after a turn sends none of them
+    listed: gr.Radio
+    title: gr.Textbox
+    rename: gr.Button
+    new: gr.Button
+    delete: gr.Button
+    sure: gr.Checkbox  # hidden: the answer to Delete's question, set by the page
+
+
+@dataclass
+class Page:
+    """The components the handlers read and write."""
+
+    blocks: gr.Blocks
+    info: gr.Markdown
+    notice: gr.Markdown  # the demo model's: shown while it is picked
+    chatbot: gr.Chatbot
+    raw: gr.Textbox  # hidden: the exact conversation, for the page's copy buttons and edit box
+    context: gr.Markdown
+    textbox: gr.Textbox
+    send: gr.Button
+    stop: gr.Button
+    retry: gr.Button
+    continue_: gr.Button  # shown under a reply cut at max new tokens
+    undo: gr.Button
+    clear: gr.Button
+    model: gr.Dropdown
+    system: gr.Textbox
+    samplers: list[gr.components.Component]  # in PARAM_NAMES' order
+    save: gr.Button
+    save_markdown: gr.Button
+    load: gr.Button
+    file_text: gr.Textbox
+    state: gr.State  # the raw conversation: what the model sees
+    notes: gr.State  # message index -> how that reply went; shown, never sent to the model
+    busy: gr.State  # a reply is being generated
+    sent: gr.State  # the message taken from the box, on its way to `Chat.respond`
+    refused: gr.State  # why the box's message was not taken: said by `submit`, a queued event that can warn
+    conversations: ConversationList
+
+    @property
+    def shown(self) -> list[gr.components.Component]:
+        """What `Turn.show` writes, with the context line: the outputs of every event that shows a conversation."""
+        return [self.chatbot, self.state, self.notes, self.raw, self.context, self.continue_]
+
+    @property
+    def max_new_tokens(self) -> gr.components.Component:
+        return self.samplers[PARAM_NAMES.index("max_new_tokens")]
+
+
+def conversation_list() -> ConversationList:
+    with gr.Sidebar(open=True, elem_id="history"):
+        gr.Markdown("### StarChat Playground")
+        new = gr.Button("New conversation", variant="primary", elem_id="new-conversation")
+        listed = gr.Radio(
+            [],
+            label="Kept in this browser",
+            info=f"The last {MAX_CONVERSATIONS}, in this browser only: never on the server. Pick one to reopen it.",
+            elem_id="conversations",
+        )
+        with gr.Row(equal_height=True):
+            title = gr.Textbox(
+                show_label=False,
+                placeholder="Title of this conversation",
+                max_length=MAX_TITLE,
+                scale=3,
+                min_width=100,
+                elem_id="title",
+            )
+            rename = gr.Button("Rename", size="sm", scale=1, min_width=60, elem_id="rename")
+        delete = gr.Button("Delete this conversation", size="sm", variant="stop", elem_id="delete-conversation")
+    current, past = (gr.BrowserState(None, storage_key=key, secret=STORAGE_SECRET) for key in STORAGE_KEYS)
+    sure = gr.Checkbox(False, visible=False)
+    return ConversationList(current, past, gr.State(("", "")), gr.State([]), listed, title, rename, new, delete, sure)
+
+
+def settings(chat: Chat) -> tuple:
+    """The right sidebar: model, system prompt, sampling, the conversation's file, and use from code."""
+    names = list(chat.backends)
+    defaults = SamplingParams()
+
+    def slider(name: str, label: str, step: float, info: str = "") -> gr.Slider:
+        _, low, high = PARAM_RANGES[name]
+        if name == "max_new_tokens":  # what the first model's context leaves a prompt
+            high = chat.reply_limit(names[0])
+        value = min(getattr(defaults, name), high)
+        return gr.Slider(low, high, value=value, step=step, label=label, info=info or None, elem_id=name)
+
+    with gr.Sidebar(open=True, position="right", elem_id="settings"):
+        model = gr.Dropdown(names, value=names[0], label="Model", elem_id="model", visible=len(names) > 1)
+        system = gr.Textbox(label="System prompt", lines=4, elem_id="system")
+        with gr.Accordion("Sampling", open=True):
+            samplers = [
+                slider("temperature", "Temperature", 0.05, "0 = greedy"),
+                slider("top_p", "Top-p", 0.01),
+                slider("top_k", "Top-k", 1, "0 = off"),
+                slider("max_new_tokens", "Max new tokens", 1),
+                slider("repetition_penalty", "Repetition penalty", 0.01),
+                gr.Number(value=-1, precision=0, label="Seed", info="-1 = random", elem_id="seed"),
+            ]
+        with gr.Accordion("Conversation file", open=False):
+            save = gr.Button("Save as JSON", elem_id="save")
+            save_markdown = gr.Button("Save as Markdown", elem_id="save-markdown")
+            load = gr.Button("Load JSON", elem_id="load")
+            file_text = gr.Textbox(visible=False)  # a conversation file's text, on its way in or out
+        with gr.Accordion("Use from code: /chat and /v1", open=False, elem_id="use-from-code"):
+            snippet = gr.Code(api_snippet(names[0]), language="python", elem_id="api-snippet")
+    return model, system, samplers, save, save_markdown, load, file_text, snippet
+
+
+def layout(chat: Chat) -> Page:
+    names = list(chat.backends)
+    # No usage reports to Gradio's servers: a playground may run offline or hold private conversations.
+    # fill_height: the conversation takes the window's height and scrolls alone, the message box stays at
+    # its foot; the conversations' list and the settings are sidebars (page.js closes them on narrow screens).
+    with gr.Blocks(title="StarChat Playground", analytics_enabled=False, fill_height=True) as blocks:
+        conversations = conversation_list()
+        model, system, samplers, save, save_markdown, load, file_text, snippet = settings(chat)
+        blocks.load(None, None, snippet, js=call("apiSnippet"))  # with the address the browser is on
+        info = gr.Markdown(chat.backend(names[0]).info.describe(), elem_id="model-info")
+        # page.js gives it a close button; closed, it stays closed in this browser.
+        notice = gr.Markdown(DEMO_NOTICE, elem_id="demo-notice", visible=chat.backend(names[0]).info.demo)
+        chatbot = gr.Chatbot(
+            show_label=False,
+            elem_id="chatbot",
+            scale=1,
+            height="100%",
+            editable="user",
+            buttons=["copy", "copy_all"],
+            placeholder="Ask a coding question, or click an example to send it. Edit a message to answer it again.",
+            examples=[{"text": example} for example in EXAMPLES],
+        )
+        raw = gr.Textbox("[]", visible="hidden", elem_id="raw-conversation")
+        first = chat.backend(names[0]).info.context_length
+        reply = min(SamplingParams().max_new_tokens, chat.reply_limit())
+        context = gr.Markdown(describe_budget(first, reply), elem_id="context")  # before the first send
+        with gr.Row(equal_height=True):
+            # One line that grows: Enter sends, Shift+Enter adds a line (Gradio's rule for lines=1).
+            textbox = gr.Textbox(
+                show_label=False,
+                placeholder="Ask a coding question… (Enter sends, Shift+Enter adds a line)",
+                lines=1,
+                max_lines=12,
+                scale=6,
+                min_width=120,
+                elem_id="message",
+            )
+            send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="send", interactive=False)
+            stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="stop", visible=False)
+        with gr.Row(equal_height=True):
+            small = {"size": "sm", "min_width": 60}  # a row of four on a phone, not four full-width rows
+            retry = gr.Button("Retry", elem_id="retry", **small)
+            continue_ = gr.Button("Continue", elem_id="continue", visible=False, **small)
+            undo = gr.Button("Undo", elem_id="undo", **small)
+            clear = gr.Button("Clear", elem_id="clear", **small)
+        return Page(
+            blocks=blocks,
+            info=info,
+            notice=notice,
+            chatbot=chatbot,
+            raw=raw,
+            context=context,
+            textbox=textbox,
+            send=send,
+            stop=stop,
+            retry=retry,
+            continue_=continue_,
+            undo=undo,
+            clear=clear,
+            model=model,
+            system=system,
+            samplers=samplers,
+            save=save,
+            save_markdown=save_markdown,
+            load=load,
+            file_text=file_text,
+            state=gr.State([]),
+            notes=gr.State({}),
+            busy=gr.State(False),
+            sent=gr.State(""),
+            refused=gr.State(""),
+            conversations=conversations,
+        )

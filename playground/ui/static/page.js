@@ -1,0 +1,288 @@
+// The playground's page in the browser. The server passes its values once, as the JSON of
+// #starchat-config; this file runs in the page's head, before the app's components load their kept
+// values. Gradio calls `start` once the app has loaded, and each event's js calls one function of
+// `window.starchat` (playground/ui/browser.py names them).
+window.starchat = (() => {
+  const config = JSON.parse(document.getElementById('starchat-config').textContent);
+  const $ = (selector) => document.querySelector(selector);
+
+  // Every Enter or Send press notes the box as it is, just before its event's `take` runs and takes the
+  // note: keys typed before Gradio reads the box for the event belong to the next message.
+  let pressedSend = null;
+  document.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing && event.target.closest?.('#message')) {
+      pressedSend = event.target.value;
+    }
+  }, true);
+  document.addEventListener('pointerdown', (event) => {
+    if (event.target.closest?.('#send')) pressedSend = $('#message textarea')?.value ?? '';
+  }, true);
+
+  // Each tab holds the kept conversations as it loaded them, and a write replaces what another tab
+  // wrote since. Once another tab writes, this one stops writing (the other's stay whole) and says so.
+  let elsewhere = false;
+  window.addEventListener('storage', (event) => {
+    if (elsewhere || !event.key?.startsWith(config.storagePrefix)) return;
+    elsewhere = true;
+    document.body.prepend(Object.assign(document.createElement('div'),
+      {id: 'other-tab', role: 'alert', textContent: config.otherTab}));
+  });
+  // A tab that opens writes back the values it has just read (Gradio encrypts them anew): no change, but
+  // other tabs would see a write. Until its first keystroke or click, a tab writes none of them.
+  let used = false;
+  for (const type of ['pointerdown', 'keydown']) {
+    window.addEventListener(type, (event) => { used ||= event.isTrusted; }, true);
+  }
+  const setItem = Storage.prototype.setItem;
+  Storage.prototype.setItem = function (key, value) {
+    const ours = this === window.localStorage && String(key).startsWith(config.storagePrefix);
+    if (ours && (elsewhere || !used)) return;
+    return setItem.call(this, key, value);
+  };
+
+  // A stored value goes to the server as its JSON text: flat however deeply a hand-edited value nests, and
+  // measured as sent; one too large for the request limit goes as '' (unreadable) instead of a 413.
+  const stored = (value) => {
+    if (value === null || value === undefined) return null;
+    try {
+      const text = JSON.stringify(value);
+      return new Blob([JSON.stringify(text)]).size <= config.storeBytes ? text : '';
+    } catch {
+      return '';
+    }
+  };
+
+  // A finished reply's event ends a moment after its last update, and Gradio then sends that update again:
+  // an event that replaces the conversation in that moment (New conversation, reopen, load, delete) would
+  // be drawn over by it, so it waits (2 s at most). A reply's events all have the message box among their
+  // outputs, which Gradio marks while they run; while a reply streams nothing waits: the server says why.
+  const settled = async () => {
+    const ending = () => $('#message .generating') && !$('#stop')?.checkVisibility();
+    for (let i = 0; i < 100 && ending(); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+  };
+
+  // An event whose first input is a BrowserState. Gradio calls its js with the inputs' values and then the
+  // outputs'; with one input it takes the value itself (at the page's load), with more a list of the
+  // inputs, once a finished reply's event has ended.
+  const sendStored = async (inputs, value, ...rest) => {
+    if (inputs === 1) return stored(value);
+    await settled();
+    return [stored(value), ...rest.slice(0, inputs - 1)];
+  };
+
+  // Delete asks first when the open conversation holds messages; the answer goes to the event as its last
+  // input. While a reply streams it does not ask: the server says to stop the reply first.
+  const deleting = async (value, system, busy) => {
+    await settled();
+    const raw = $('#raw-conversation textarea')?.value;
+    const streaming = !!$('#stop')?.checkVisibility();
+    const sure = !streaming && (!raw || raw === '[]' || window.confirm(config.deleteQuestion));
+    return [stored(value), system, busy, sure];
+  };
+
+  // The box is emptied the moment a message is sent, so that what is typed next stays; while a reply
+  // streams (Send is then hidden) nothing is taken. The message is the box as it was when Enter or Send
+  // was pressed.
+  const take = (message, busy) => {
+    const box = $('#message textarea'), pressed = pressedSend;
+    pressedSend = null;
+    const sent = pressed?.trim() && message.startsWith(pressed) ? pressed : message;
+    if ($('#send')?.offsetParent && sent.trim() && box) {
+      box.value = box.value.startsWith(sent) ? box.value.slice(sent.length) : '';
+      box.dispatchEvent(new Event('input', {bubbles: true}));
+    }
+    return [sent, busy];
+  };
+
+  // Load: the browser opens the file and sends what it holds, as JSON, so that no file of it is ever
+  // written on the server. A file over config.loadBytes is not read: its size goes instead.
+  const openFile = () => new Promise((resolve) => {
+    const input = Object.assign(document.createElement('input'), {type: 'file', accept: '.json,application/json'});
+    const send = (message) => resolve(JSON.stringify(message));
+    input.onchange = async () => {
+      const file = input.files[0];
+      if (!file) return resolve('');
+      closeEdit();
+      if (!file.size) return send({error: 'empty'});
+      send(file.size > config.loadBytes ? {error: 'too_large', bytes: file.size} : {text: await file.text()});
+    };
+    input.oncancel = () => resolve('');
+    input.click();
+  });
+
+  // Save: the browser saves the text as a file, so nothing is written on the server for another visitor.
+  const download = (type, extension) => (text) => {
+    const link = document.createElement('a');
+    link.href = URL.createObjectURL(new Blob([text], {type}));
+    link.download = `conversation-${new Date().toISOString().slice(0, 19).replaceAll(':', '')}.${extension}`;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+  };
+
+  // How to reach the page from code, with the address the browser is on.
+  const apiSnippet = () => config.apiSnippet.replaceAll('PAGE_URL/', new URL('.', location.href).href);
+
+  // An edit box left open would send its text into whatever conversation is shown when it is submitted:
+  // whatever replaces the conversation closes it first.
+  const closeEdit = () => $('#chatbot button[aria-label="Cancel"]')?.click();
+
+  const raw = () => JSON.parse($('#raw-conversation textarea')?.value || '[]');
+  const indexOf = (button) => {
+    const buttons = button.closest('.message-buttons') || button.closest('.message-row');
+    const rows = [...document.querySelectorAll('#chatbot .message-row')];
+    return rows.filter((row) => row === buttons || row.compareDocumentPosition(buttons) & 4).length - 1;
+  };
+
+  // The fenced code blocks of a message's raw text, each as written (an unclosed one runs to the end).
+  const fenced = (text) => {
+    const blocks = [];
+    let open = null, lines = [];
+    for (const line of text.split('\n')) {
+      const fence = line.match(/^ {0,3}(`{3,}|~{3,})(.*)$/);
+      if (open === null) {
+        if (fence && !(fence[1][0] === '`' && fence[2].includes('`'))) [open, lines] = [fence[1], []];
+      } else if (fence && fence[1][0] === open[0] && fence[1].length >= open.length && !fence[2].trim()) {
+        blocks.push(lines.join('\n'));
+        open = null;
+      } else {
+        lines.push(line);
+      }
+    }
+    if (open !== null) blocks.push(lines.join('\n'));
+    return blocks;
+  };
+  const squeeze = (text) => text.replace(/[ \t]+/g, ' ').trim();
+
+  // Gradio opens an edit box with the rendered text, possibly a few frames later: until then (or until
+  // anything but this sets the box: typing, a paste, an extension), it is set back to the raw text.
+  // Gradio may reuse the box of an earlier edit: each opening watches it anew.
+  const fillEdit = (index) => {
+    const text = raw()[index]?.content, opening = String(Math.random());
+    let typed = false, ours = false;
+    const fill = (tries) => {
+      const box = document.querySelectorAll('#chatbot .message-row')[index]?.querySelector('textarea');
+      if (box && box.dataset.opening !== opening) {
+        box.dataset.opening = opening;
+        box.addEventListener('input', () => { typed ||= !ours; });
+      }
+      if (box && text !== undefined && !typed && box.value !== text) {
+        box.value = text;
+        ours = true;
+        box.dispatchEvent(new Event('input', {bubbles: true}));
+        ours = false;
+      }
+      if (tries) requestAnimationFrame(() => fill(tries - 1));
+    };
+    fill(60);
+  };
+
+  // The chatbot's copy buttons and edit box would take the rendered text (HTML escaped as entities); they
+  // get the raw text instead, from the hidden #raw-conversation box. Both clipboard paths that Gradio uses
+  // are covered: navigator.clipboard.writeText, and execCommand('copy') off localhost.
+  const exactCopies = () => {
+    let next = null;
+    document.addEventListener('click', (event) => {
+      // A code block's copy button would take the rendered code, its tabs turned into spaces (a Makefile
+      // would break): it gets the block as written, the one whose text it shows.
+      const code = event.target.closest('#chatbot .copy_code_button');
+      if (code) {
+        const shown = squeeze(code.closest('.code_wrap')?.querySelector('pre')?.textContent ?? '');
+        next = fenced(raw()[indexOf(code)]?.content ?? '').find((block) => squeeze(block) === shown) ?? null;
+        return;
+      }
+      const button = event.target.closest('#chatbot button[aria-label]');
+      const label = button?.getAttribute('aria-label');
+      if (label === 'Copy conversation') next = raw().map((m) => `${m.role}: ${m.content}`).join('\n\n');
+      else if (label === 'Copy message') next = raw()[indexOf(button)]?.content ?? null;
+      else if (label === 'Edit') fillEdit(indexOf(button));
+    }, true);
+    document.addEventListener('copy', (event) => {
+      if (next === null) return;
+      event.clipboardData.setData('text/plain', next);
+      event.preventDefault();
+      next = null;
+    }, true);
+    if (navigator.clipboard) {
+      const write = navigator.clipboard.writeText.bind(navigator.clipboard);
+      navigator.clipboard.writeText = (text) => {
+        const exact = next ?? text;
+        next = null;
+        return write(exact);
+      };
+    }
+  };
+
+  // Room for the chat. Up to 768 px Gradio draws a sidebar over the whole page, so both close; up to
+  // 1,100 px two sidebars leave the chat a strip, so the settings close. At load, and as a window narrows.
+  const fitSidebars = () => {
+    const close = (selector) => document.querySelectorAll(selector).forEach((toggle) => toggle.click());
+    const fit = () => {
+      if (innerWidth <= 768) close('#history.open > .toggle-button, #settings.open > .toggle-button');
+      else if (innerWidth <= 1100) close('#settings.open > .toggle-button');
+    };
+    fit();
+    for (const width of [768, 1100]) {
+      matchMedia(`(max-width: ${width}px)`).addEventListener('change', (event) => event.matches && fit());
+    }
+  };
+
+  // Each code block of the conversation says its language (from its fence: ```python), above the code.
+  // Gradio redraws a message as it streams: each redraw is labelled anew.
+  const labelCode = () => {
+    const label = () => {
+      for (const code of document.querySelectorAll('#chatbot pre > code[class*="language-"]')) {
+        const language = [...code.classList].find((name) => name.startsWith('language-')).slice(9);
+        const wrap = code.closest('.code_wrap') ?? code.parentElement;
+        if (wrap.dataset.language !== language) wrap.dataset.language = language;
+      }
+    };
+    new MutationObserver(label).observe($('#chatbot'), {subtree: true, childList: true});
+    label();
+  };
+
+  // The demo notice closes for good in this browser.
+  const dismissible = (notice) => {
+    const key = `${config.storagePrefix}closed-${notice.id}`;
+    if (localStorage.getItem(key)) notice.classList.add('closed');
+    const close = Object.assign(document.createElement('button'), {className: 'close', textContent: '×'});
+    close.setAttribute('aria-label', 'Close this notice');
+    close.addEventListener('click', () => {
+      notice.classList.add('closed');
+      localStorage.setItem(key, '1');
+    });
+    notice.prepend(close);
+  };
+
+  // An edit box as a message box: Enter saves, Shift+Enter adds a line, Escape cancels.
+  const editKeys = () => document.addEventListener('keydown', (event) => {
+    if (event.isComposing || !event.target.closest?.('#chatbot .edit-textarea')) return;
+    const save = event.key === 'Enter' && !event.shiftKey, cancel = event.key === 'Escape';
+    if (!save && !cancel) return;
+    event.preventDefault();
+    $(`#chatbot button[aria-label="${save ? 'Submit' : 'Cancel'}"]`)?.click();
+  }, true);
+
+  const start = () => {
+    fitSidebars();
+    editKeys();
+    const notice = $('#demo-notice');
+    if (notice) dismissible(notice);
+    labelCode();
+    // Clear empties the open conversation for good (the list keeps no copy): it asks first, as Delete does.
+    document.addEventListener('click', (event) => {
+      if (!event.target.closest('#clear, #chatbot button[aria-label="Clear"]') || !raw().length) return;
+      if (window.confirm(config.clearQuestion)) return;
+      event.stopImmediatePropagation();
+      event.preventDefault();
+    }, true);
+    exactCopies();
+    const replacing = '#clear, #new-conversation, #delete-conversation, #conversations label,'
+      + ' #chatbot button[aria-label="Clear"]';
+    document.addEventListener('click', (event) => event.target.closest(replacing) && closeEdit(), true);
+  };
+
+  return {
+    start, take, sendStored, deleting, openFile, apiSnippet,
+    saveJson: download('application/json', 'json'), saveMarkdown: download('text/markdown', 'md'),
+  };
+})();

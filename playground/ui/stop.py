@@ -1,0 +1,159 @@
+"""Stop and its race with the reply it stops.
+
+Stop could cancel the reply's event from the page only once the page knows the event's id: on a slow
+connection a Stop right after Send comes before that, even before the reply has started. And what Stop's own
+event shows can reach the page before the reply's last piece (both events' messages in one read) and be drawn
+over by it. So Stop does not cancel: it sets the reply's flag, the reply ends at once (also while it waits for
+a slot or its first token), and the reply's own event shows where it stopped, after its last piece.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+
+from playground.display import ENDINGS
+from playground.template import Message
+
+STOP_WAIT_S = 10  # at most, for a reply to end once stopped: a decode step in a thread ends first
+
+
+@dataclass
+class Stopped:
+    """What the page shows once Stop has ended a reply."""
+
+    conversation: list[Message]
+    notes: dict[int, str]
+    back: str | None  # the message that goes back into the box: its reply never showed
+
+
+def marked(conversation: list[Message], notes: dict[int, str]) -> dict[int, str]:
+    """The notes, with a last reply that has none marked as stopped."""
+    last = len(conversation) - 1
+    if last >= 0 and conversation[last]["role"] == "assistant" and last not in notes:
+        return {**notes, last: ENDINGS["cancelled"]}
+    return notes
+
+
+@dataclass
+class Reply:
+    """The newest reply of a session as it streams."""
+
+    conversation: list[Message]  # as the page shows it: the conversation before, until the reply streams
+    notes: dict[int, str]
+    back: str | None = None  # the message sent or edited, for the box if Stop comes before anything streamed
+    started: bool = False  # a piece of the reply has streamed
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    box: str = ""  # the message box when Stop was pressed
+    shown: bool = False  # the reply's event has shown where it stopped
+    dropped: bool = False  # its conversation was cleared: it shows nothing more
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def where_stopped(self) -> Stopped:
+        """The reply as far as it got, marked as stopped; or, with nothing streamed, the conversation as it
+        was and the message back in the box."""
+        if self.started:
+            return Stopped(self.conversation, marked(self.conversation, self.notes), None)
+        return Stopped(self.conversation, self.notes, self.back)
+
+
+async def until_stopped(updates: AsyncGenerator, reply: Reply) -> AsyncIterator:
+    """`updates` until the reply is stopped, then closed. Stopped, it returns at once: the step it waited for
+    (a slot, a first token in a thread) is cancelled, and `updates` closed once that step has ended."""
+    stopping = asyncio.ensure_future(reply.stop.wait())
+    step = None
+    try:
+        while not reply.stop.is_set():
+            step = asyncio.ensure_future(anext(updates))
+            await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                return
+            try:
+                update = step.result()
+            except StopAsyncIteration:
+                return
+            yield update
+    finally:
+        stopping.cancel()
+        if step is not None and not step.done():
+            step.cancel()
+            closing = asyncio.ensure_future(close_after(step, updates))
+            CLOSING.add(closing)  # held until done: the loop keeps only weak references to tasks
+            closing.add_done_callback(CLOSING.discard)
+        else:
+            await updates.aclose()
+
+
+CLOSING: set[asyncio.Task] = set()
+
+
+async def close_after(step: asyncio.Future, updates: AsyncGenerator) -> None:
+    """Closes `updates` once its cancelled step has ended (a step that raised has ended the generator)."""
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await step
+        await updates.aclose()
+
+
+@dataclass
+class Replies:
+    """Each session's reply on its way, from the moment its message is taken from the box."""
+
+    live: dict[str, Reply] = field(default_factory=dict)  # session -> its newest reply
+    unsent: dict[str, str] = field(default_factory=dict)  # session -> the message taken, until its reply starts
+    halted: set[str] = field(default_factory=set)  # sessions whose Stop came before their reply started
+
+    def taken(self, session: str, message: str) -> None:
+        self.unsent[session] = message
+
+    def coming(self, session: str) -> None:
+        """A new reply is on its way: a Stop from before it is forgotten."""
+        self.halted.discard(session)
+
+    def starts(self, session: str) -> bool:
+        """Whether a reply may start: not if its Stop came first."""
+        self.unsent.pop(session, None)
+        if session in self.halted:
+            self.halted.discard(session)
+            return False
+        return True
+
+    def begin(self, session: str, reply: Reply) -> None:
+        self.live[session] = reply
+
+    def end(self, session: str, reply: Reply) -> None:
+        reply.done.set()
+        if self.live.get(session) is reply:
+            del self.live[session]
+
+    def drop(self, session: str) -> None:
+        """The reply ends and shows nothing more (its conversation was cleared, or it was not sent)."""
+        if live := self.live.pop(session, None):
+            live.dropped = True
+            live.stop.set()
+        self.unsent.pop(session, None)
+
+    async def stop(self, session: str, conversation: list[Message], notes: dict[int, str], box: str) -> Stopped | None:
+        """Ends the session's reply. None: the reply's event has shown where it stopped. Otherwise what the
+        page shows: `conversation` and `notes` are the page's, for a reply this server no longer holds."""
+        if live := self.live.get(session):
+            live.box = box
+            live.stop.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.done.wait(), STOP_WAIT_S)
+            return None if live.shown else live.where_stopped()
+        self.halted.add(session)  # its reply, if it still comes, does not run
+        return Stopped(conversation, marked(conversation, notes), self.unsent.pop(session, None))
+
+    def forget(self, session: str) -> None:
+        """A session that has left (its tab closed or reloaded): its reply ends, and nothing of it is kept.
+
+        Gradio does not always cancel a reply whose page has gone (a reload on a slow connection left it
+        generating to its end, for nobody, while later replies waited for the slot)."""
+        taken = self.unsent.get(session) is not None
+        self.drop(session)
+        if taken:
+            self.halted.add(session)  # a message taken for a reply that has not started: it will not run
+        else:
+            self.halted.discard(session)

@@ -1,0 +1,294 @@
+"""The turn on the page: send, retry, edit, continue, stop, undo and clear, and picking a model. Each
+method is one event's handler; `run` streams the reply that send, retry, edit and continue start.
+
+What a turn does with the model is playground.chat; what the chatbot draws is playground.display.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import AsyncIterator
+
+import gradio as gr
+
+from playground.chat import Chat, Update, describe_budget, sendable
+from playground.display import ENDINGS, display_messages, raw_json, reply_note, tokens_in
+from playground.sampling import ParamError
+from playground.template import DialogueError, Message
+from playground.ui.layout import PARAM_NAMES, Page
+from playground.ui.stop import Replies, Reply, Stopped, until_stopped
+
+
+def waiting(conversation: list[Message]) -> bool:
+    """The conversation ends with a question that has no reply (kept by a reload while it was answered)."""
+    return bool(conversation) and conversation[-1]["role"] == "user"
+
+
+def notes_before(notes: dict[int, str], end: int) -> dict[int, str]:
+    return {i: note for i, note in notes.items() if i < end}
+
+
+def edited(conversation: list[Message], edit: gr.EditData) -> list[Message] | None:
+    """The conversation up to an edited question, with its new text; None if the edit is not of a question."""
+    index = edit.index if isinstance(edit.index, int) else edit.index[0]
+    if index >= len(conversation) or conversation[index]["role"] != "user":
+        return None
+    return [*conversation[:index], {"role": "user", "content": edit.value}]
+
+
+def put_back(message: str, box: str) -> str:
+    """A message going back into the message box, before whatever was typed there since."""
+    return f"{message}\n\n{box}" if box.strip() else message
+
+
+def session_of(request: gr.Request | None) -> str:
+    return (request.session_hash if request else None) or ""
+
+
+def client_of(request: gr.Request | None) -> str:
+    return request.client.host if request and request.client else ""
+
+
+class Turn:
+    """The handlers of the conversation's events. They read and write the page's components."""
+
+    def __init__(self, page: Page, chat: Chat):
+        self.page, self.chat = page, chat
+        self.replies = Replies()
+        # Retry and Undo wait for the reply: Undo would take back a question whose answer is still coming.
+        self.locked = {
+            page.send: gr.update(visible=False),
+            page.stop: gr.update(visible=True),
+            page.retry: gr.update(interactive=False),
+            page.undo: gr.update(interactive=False),
+            page.continue_: gr.update(visible=False),
+        }
+        self.unlocked = {
+            page.busy: False,
+            page.send: gr.update(visible=True),
+            page.stop: gr.update(visible=False),
+            page.retry: gr.update(interactive=True),
+            page.undo: gr.update(interactive=True),
+        }
+
+    def show(self, conversation: list[Message], notes: dict[int, str]) -> dict:
+        """The conversation, with Continue under a last reply whose note says it was cut at max new tokens
+        (also once reopened, reloaded or loaded from a file)."""
+        page = self.page
+        last = len(conversation) - 1
+        reply = last >= 0 and conversation[last]["role"] == "assistant"
+        cut = reply and notes.get(last, "").endswith(ENDINGS["length"])
+        return {
+            page.chatbot: display_messages(conversation, notes),
+            page.state: conversation,
+            page.notes: notes,
+            page.raw: raw_json(conversation),
+            page.continue_: gr.update(visible=cut),
+        }
+
+    async def run(
+        self,
+        values: dict,
+        history: list[Message],
+        request: gr.Request | None,
+        continuing: bool = False,
+        restore: dict | None = None,
+        back: str | None = None,
+        **overrides,
+    ) -> AsyncIterator:
+        """Streams one reply (or, `continuing`, more of the last one). Before it streams, an error leaves
+        the conversation as it was, with the `restore` outputs (the message back in its box), and Stop
+        gives `back` (the message sent or edited) back to the box."""
+        page, unlocked, restore = self.page, self.unlocked, restore or {}
+        session = session_of(request)
+        if not self.replies.starts(session):  # stopped before it started
+            yield unlocked
+            return
+        kept = len(history) - continuing  # a continued reply gets a new note
+        opening = history[-1]["content"] if continuing else ""  # the reply's text before this run
+        before, notes = values[page.state], notes_before(values[page.notes], kept)
+        unchanged = {**self.show(before, values[page.notes]), **unlocked, **restore}
+        try:
+            raw = {name: values[c] for name, c in zip(PARAM_NAMES, page.samplers, strict=True)}
+            params = self.chat.params(**{**raw, **overrides})
+        except ParamError as exc:
+            gr.Warning(str(exc))
+            yield unchanged
+            return
+        last: Update | None = None
+        live = Reply(before, values[page.notes], back)  # as it was, until the reply starts
+        self.replies.begin(session, live)
+        try:
+            updates = self.chat.respond(
+                history, values[page.system], params, values[page.model], client_of(request), continuing=continuing
+            )
+            # Closed early (also by Stop), the generation ends with it.
+            async with contextlib.aclosing(until_stopped(updates, live)) as stream:
+                async for update in stream:
+                    last = update
+                    if update.error and not update.finish:
+                        gr.Warning(update.error)
+                        yield {**unchanged, page.context: update.context or gr.skip()}
+                        return
+                    if update.finish:
+                        index = len(update.conversation) - 1
+                        earlier = tokens_in(values[page.notes].get(index, "")) if continuing else 0
+                        note = reply_note(
+                            update.finish, update.tokens, update.first_token_s, update.seconds, earlier=earlier
+                        )
+                        notes = {**notes, index: note}
+                    newest = update.conversation[-1] if update.conversation else {}
+                    if update.finish or (newest.get("role") == "assistant" and newest["content"] != opening):
+                        live.conversation, live.notes, live.started = update.conversation, notes, True
+                    if not update.finish:
+                        yield {**self.show(update.conversation, notes), page.context: update.context}
+            if live.dropped:  # cleared: Gradio ends an event by sending its last update again, a no-op here
+                yield gr.skip()
+                return
+            if live.stop.is_set():
+                # Where the reply stopped comes in its own event, after its last piece: from Stop's event, it
+                # could reach the page first (two events' messages in one read), and the piece draw over it.
+                yield self.stopped(live.where_stopped(), live.box)
+                live.shown = True
+                return
+        finally:
+            self.replies.end(session, live)
+        if not (last and last.finish):
+            yield unlocked
+            return
+        if last.error:
+            gr.Warning(last.error)
+        # The finished reply (its note) comes with the page given back, once the reply's generator has wound
+        # down: a page that shows a reply as finished takes New conversation or the next message at once.
+        # Gradio ends the event by sending this update again, right after it.
+        yield {**self.show(last.conversation, notes), page.context: last.context, **unlocked}
+
+    def lock(self, request: gr.Request) -> dict:
+        """The page while a new reply is on its way: busy, Stop for Send."""
+        self.replies.coming(session_of(request))
+        return {self.page.busy: True, **self.locked}
+
+    def take(self, message: str, busy: bool, request: gr.Request) -> dict:
+        """Takes the message out of the box for sending; while a reply streams the box is left alone."""
+        page = self.page
+        if busy or not message.strip():
+            return {page.sent: "", page.refused: ""}
+        try:
+            self.chat.check_message(message)
+        except DialogueError as exc:  # a warning here (not queued) would never reach the page
+            return {page.sent: "", page.refused: str(exc), page.textbox: sendable(message)}
+        self.replies.taken(session_of(request), message)
+        return {page.sent: message, page.refused: "", **self.lock(request)}
+
+    async def submit(self, values: dict, request: gr.Request):
+        page = self.page
+        message = values[page.sent]
+        if not message:  # nothing was taken: the box was empty or refused, or a reply is streaming
+            if values[page.refused]:
+                gr.Warning(values[page.refused])
+            yield {page.textbox: gr.skip()}
+            return
+        # An error before the reply gives the message back, unless the person typed a new one.
+        restore = {} if values[page.textbox] else {page.textbox: message}
+        if waiting(values[page.state]):
+            self.replies.drop(session_of(request))
+            gr.Warning("The last message has no reply yet: press Retry to have it answered, or Undo to edit it.")
+            yield {**self.unlocked, **restore}
+            return
+        history = [*values[page.state], {"role": "user", "content": message}]
+        async for out in self.run(values, history, request, restore=restore, back=message):
+            yield out
+
+    async def retry(self, values: dict, request: gr.Request):
+        conversation = values[self.page.state]
+        if not conversation:
+            yield self.unlocked
+            return
+        history = conversation[:-1] if conversation[-1]["role"] == "assistant" else conversation
+        yield self.lock(request)
+        async for out in self.run(values, history, request, seed=-1):  # a new seed
+            yield out
+
+    async def edit(self, values: dict, edit: gr.EditData, request: gr.Request):
+        """The edit box holds the message's raw text (the page fills it in), so it is taken as typed. An edit
+        refused before the reply (too long, say) waits in the message box, not lost."""
+        page = self.page
+        conversation = values[page.state]
+        if (history := edited(conversation, edit)) is None:
+            yield {**self.show(conversation, values[page.notes]), **self.unlocked}
+            return
+        text = sendable(history[-1]["content"])
+        restore = {page.textbox: put_back(text, values[page.textbox])}
+        if not text.strip():  # as from the message box: an empty question is not sent
+            gr.Warning("The message is empty: the edit was not sent.")
+            yield {**self.show(conversation, values[page.notes]), **self.unlocked}
+            return
+        yield self.lock(request)
+        async for out in self.run(values, history, request, restore=restore, back=text):
+            yield out
+
+    async def continue_reply(self, values: dict, request: gr.Request):
+        """The reply cut at max new tokens goes on in the same bubble."""
+        conversation = values[self.page.state]
+        if not conversation or conversation[-1]["role"] != "assistant":
+            yield self.unlocked
+            return
+        yield self.lock(request)
+        async for out in self.run(values, conversation, request, continuing=True):
+            yield out
+
+    @staticmethod
+    def pick_example(example: gr.SelectData) -> str:
+        """An example from the empty chatbot goes to the box, to be sent from there."""
+        return example.value["text"]
+
+    async def stop(self, conversation: list[Message], notes: dict[int, str], box: str, request: gr.Request) -> dict:
+        """The reply stays as far as it got, marked as stopped. One that has not streamed yet ends as if it had
+        not started: its message goes back into the box, before anything typed since."""
+        stopped = await self.replies.stop(session_of(request), conversation, notes, box)
+        return gr.skip() if stopped is None else self.stopped(stopped, box)
+
+    def stopped(self, stopped: Stopped, box: str) -> dict:
+        back = {} if stopped.back is None else {self.page.textbox: put_back(stopped.back, box)}
+        return {**self.show(stopped.conversation, stopped.notes), **self.unlocked, **back}
+
+    def forget(self, request: gr.Request) -> None:
+        self.replies.forget(session_of(request))
+
+    def undo(self, conversation: list[Message], notes: dict[int, str], box: str, busy: bool) -> dict:
+        """The last question goes back into the box, before anything typed there, with its reply taken away
+        (an unanswered one alone). Not while a reply streams (the page disables the button meanwhile)."""
+        if not conversation or busy:
+            return gr.skip()
+        cut = len(conversation) - (1 if waiting(conversation) else 2)
+        if cut < 0:
+            return gr.skip()
+        shown = self.show(conversation[:cut], notes_before(notes, cut))
+        return {**shown, self.page.textbox: put_back(conversation[cut]["content"], box)}
+
+    def clear(self, name: str, max_new_tokens: int, request: gr.Request) -> dict:
+        """An empty conversation; a reply that was streaming is cancelled first, so it cannot write back. The
+        context line says the budget, as before the first message (the buttons below it stay in place)."""
+        self.replies.drop(session_of(request))
+        *_, context = self.budget(name, max_new_tokens)
+        return {**self.show([], {}), self.page.context: context, **self.unlocked}
+
+    def budget(self, name: str, max_new_tokens: int) -> tuple[int, int, str]:
+        """The reply limit `name` allows, the slider's value within it, and the context line for them."""
+        limit = self.chat.reply_limit(name)
+        # The slider's value as the page sent it: a forged call may send anything there.
+        given = isinstance(max_new_tokens, int | float) and math.isfinite(max_new_tokens)
+        reply = min(max(1, int(max_new_tokens)), limit) if given else limit
+        return limit, reply, describe_budget(self.chat.backend(name).info.context_length, reply)
+
+    def pick_model(self, name: str, max_new_tokens: int) -> dict:
+        """Another model: its description, and a reply limit that fits its context."""
+        page = self.page
+        limit, reply, context = self.budget(name, max_new_tokens)
+        return {
+            page.info: self.chat.backend(name).info.describe(),
+            page.notice: gr.update(visible=self.chat.backend(name).info.demo),
+            page.max_new_tokens: gr.update(maximum=limit, value=reply),
+            page.context: context,
+        }
