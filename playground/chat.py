@@ -319,7 +319,7 @@ def check_conversation(data: object, limit: int = 100_000) -> tuple[list[Message
             check_text(m["content"], f"message {i}", limit)
     only_system = len(messages) == 1 and isinstance(messages[0], dict) and messages[0]["role"] == "system"
     if messages and not only_system:
-        validate(messages, last=None)  # a question may wait for its reply: Retry answers it
+        validate(messages, last=None)  # a question may wait for its reply (a reload mid-reply)
     system, conversation = split_system(messages)
     if not isinstance(system, str):
         raise DialogueError("The system prompt must be text.")

@@ -58,21 +58,24 @@ def open_fence(text: str) -> str:
     return fence
 
 
-def reply_note(finish: str, tokens: int, first_token_s: float | None, seconds: float, earlier: int = 0) -> str:
-    """How a reply went: its tokens, time to first token, decoding speed and why it ended. A continued reply
-    counts the `earlier` tokens too; the times are the continuation's."""
+def reply_note(
+    finish: str, tokens: int, first_token_s: float | None, seconds: float, earlier: int = 0, model: str = ""
+) -> str:
+    """How a reply went: its tokens, time to first token, decoding speed and why it ended; the `model` that
+    wrote it first, where several are served. A continued reply counts the `earlier` tokens too; the times
+    are the continuation's."""
     total = earlier + tokens
     parts = [f"{total} token{'s' * (total != 1)}" + (f" ({earlier} + {tokens} continued)" if earlier else "")]
     if first_token_s is not None:
         parts.append(f"first token {first_token_s:.2f} s")
         if tokens > 1 and seconds > first_token_s:
             parts.append(f"{(tokens - 1) / (seconds - first_token_s):.1f} tokens/s")
-    return " · ".join([*parts, ENDINGS.get(finish, finish)])
+    return " · ".join([model, *parts, ENDINGS.get(finish, finish)] if model else [*parts, ENDINGS.get(finish, finish)])
 
 
 def tokens_in(note: str) -> int:
     """The tokens a reply's note counts (0 for a note not written by `reply_note`, say from a file)."""
-    found = re.match(r"(\d{1,9}) tokens?( \(\d+ \+ \d+ continued\))? ·", note)
+    found = re.search(r"(?:^|· )(\d{1,9}) tokens?( \(\d+ \+ \d+ continued\))? ·", note)
     return int(found[1]) if found else 0
 
 

@@ -84,7 +84,7 @@ class Conversations:
         self, sent: str, conversation: list[Message], notes: dict, system: str, opened: tuple[str, str], labels: list
     ) -> dict:
         """The conversation with the message just sent, kept as its reply starts: a reload while the reply
-        streams ends the reply, and the message comes back (Retry answers it). The finished turn is kept
+        streams ends the reply, and the message comes back ("Answer it" answers it). The finished turn is kept
         over it when the reply ends."""
         if not sent or waiting(conversation):  # refused: nothing is sent
             return gr.skip()

@@ -20,7 +20,7 @@ def wire(page: Page, chat: Chat) -> None:
     turn = Turn(page, chat)
     listed = page.conversations
     kept = Conversations(page, chat, turn.show)
-    shown, buttons = page.shown, [page.busy, page.send, page.stop, page.retry, page.undo]
+    shown, buttons = page.shown, [page.busy, page.send, page.stop]
     values = {page.state, page.notes, page.system, page.model, *page.samplers}  # a set: handlers get one dict
     # The message box is among every reply's outputs (written to give a refused message back): it marks the
     # event as running, which page.js's `settled` waits on.
@@ -45,7 +45,7 @@ def wire(page: Page, chat: Chat) -> None:
         taking = event(
             turn.take,
             [page.textbox, page.busy],
-            [page.textbox, page.sent, page.refused, page.continue_, *buttons],
+            [page.textbox, page.sent, page.refused, page.continue_, page.answer, page.take_back, *buttons],
             queue=False,
             js=call("take"),
             **PRIVATE,
@@ -64,9 +64,10 @@ def wire(page: Page, chat: Chat) -> None:
         taking.then(kept.keep_sent, [page.sent, *opened], **at_once)  # a reload while it streams keeps it
     page.chatbot.edit(kept.keep_edited, opened, **at_once)
     generating += [
-        page.retry.click(turn.retry, values, replying, **PRIVATE),
+        page.chatbot.retry(turn.retry, values, replying, **PRIVATE),
         page.chatbot.edit(turn.edit, {*values, page.textbox}, replying, **PRIVATE),
         page.continue_.click(turn.continue_reply, values, replying, **PRIVATE),
+        page.answer.click(turn.retry, values, replying, **PRIVATE),
     ]
     # Stop does not cancel the reply's event: the reply ends and shows where it stopped itself (ui/stop.py).
     stopping = page.stop.click(turn.stop, [page.state, page.notes, page.textbox], replying, **PRIVATE)
@@ -83,16 +84,22 @@ def wire(page: Page, chat: Chat) -> None:
     changing = [
         *generating,
         stopping,
-        page.undo.click(
-            turn.undo, [page.state, page.notes, page.textbox, page.busy], [*shown, page.textbox], queue=False, **PRIVATE
-        ),
     ]
-    for clearing in (page.clear.click, page.chatbot.clear):  # our button and the chatbot's own trash icon
+    for undoing in (page.chatbot.undo, page.take_back.click):
         changing.append(
-            clearing(None, cancels=generating, **PRIVATE).then(
-                turn.clear, [page.model, page.max_new_tokens], [*shown, *buttons], **PRIVATE
+            undoing(
+                turn.undo,
+                [page.state, page.notes, page.textbox, page.busy],
+                [*shown, page.textbox],
+                queue=False,
+                **PRIVATE,
             )
         )
+    changing.append(  # the chatbot's trash icon (page.js asks first)
+        page.chatbot.clear(None, cancels=generating, **PRIVATE).then(
+            turn.clear, [page.model, page.max_new_tokens], [*shown, *buttons], **PRIVATE
+        )
+    )
     for change in changing:
         change.then(**keep)
     page.system.blur(**keep)

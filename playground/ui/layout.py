@@ -19,8 +19,8 @@ EXAMPLES = [
     "Write a Python function that checks whether a string is a palindrome.",
 ]
 DEMO_NOTICE = (
-    "The **offline demo model**, trained here: for trying the page, not for real answers. StarChat-β: "
-    "`python app.py --model HuggingFaceH4/starchat-beta` on a GPU."
+    "The **offline demo model**: try the page, not its answers. StarChat-β: "
+    "`python app.py --model HuggingFaceH4/starchat-beta`"
 )
 PARAM_NAMES = ("temperature", "top_p", "top_k", "max_new_tokens", "repetition_penalty", "seed")
 
@@ -54,10 +54,9 @@ class Page:
     textbox: gr.Textbox
     send: gr.Button
     stop: gr.Button
-    retry: gr.Button
     continue_: gr.Button  # shown under a reply cut at max new tokens
-    undo: gr.Button
-    clear: gr.Button
+    answer: gr.Button  # these two under a question that waits for its reply
+    take_back: gr.Button
     model: gr.Dropdown
     system: gr.Textbox
     samplers: list[gr.components.Component]  # in PARAM_NAMES' order
@@ -75,7 +74,16 @@ class Page:
     @property
     def shown(self) -> list[gr.components.Component]:
         """What `Turn.show` writes, with the context line: the outputs of every event that shows a conversation."""
-        return [self.chatbot, self.state, self.notes, self.raw, self.context, self.continue_]
+        return [
+            self.chatbot,
+            self.state,
+            self.notes,
+            self.raw,
+            self.context,
+            self.continue_,
+            self.answer,
+            self.take_back,
+        ]
 
     @property
     def max_new_tokens(self) -> gr.components.Component:
@@ -181,12 +189,13 @@ def layout(chat: Chat) -> Page:
             )
             send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="send", interactive=False)
             stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="stop", visible=False)
-        with gr.Row(equal_height=True):
-            small = {"size": "sm", "min_width": 60}  # a row of four on a phone, not four full-width rows
-            retry = gr.Button("Retry", elem_id="retry", **small)
-            continue_ = gr.Button("Continue", elem_id="continue", visible=False, **small)
-            undo = gr.Button("Undo", elem_id="undo", **small)
-            clear = gr.Button("Clear", elem_id="clear", **small)
+        # Retry, Undo, Edit, the copies and Clear are the chatbot's own, on the messages they apply to.
+        with gr.Row():  # each shown only where it applies
+            continue_ = gr.Button("Continue the reply", size="sm", elem_id="continue", visible=False)
+            # A question kept without its reply (a reload while it was answered): the chatbot's Retry and
+            # Undo go with a reply.
+            answer = gr.Button("Answer it", size="sm", elem_id="answer", visible=False)
+            take_back = gr.Button("Take it back", size="sm", elem_id="take-back", visible=False)
         return Page(
             blocks=blocks,
             info=info,
@@ -197,10 +206,9 @@ def layout(chat: Chat) -> Page:
             textbox=textbox,
             send=send,
             stop=stop,
-            retry=retry,
             continue_=continue_,
-            undo=undo,
-            clear=clear,
+            answer=answer,
+            take_back=take_back,
             model=model,
             system=system,
             samplers=samplers,

@@ -56,21 +56,15 @@ class Turn:
     def __init__(self, page: Page, chat: Chat):
         self.page, self.chat = page, chat
         self.replies = Replies()
-        # Retry and Undo wait for the reply: Undo would take back a question whose answer is still coming.
+        # The chatbot disables its Retry and Undo while a reply streams (the event's output is generating).
         self.locked = {
             page.send: gr.update(visible=False),
             page.stop: gr.update(visible=True),
-            page.retry: gr.update(interactive=False),
-            page.undo: gr.update(interactive=False),
             page.continue_: gr.update(visible=False),
+            page.answer: gr.update(visible=False),
+            page.take_back: gr.update(visible=False),
         }
-        self.unlocked = {
-            page.busy: False,
-            page.send: gr.update(visible=True),
-            page.stop: gr.update(visible=False),
-            page.retry: gr.update(interactive=True),
-            page.undo: gr.update(interactive=True),
-        }
+        self.unlocked = {page.busy: False, page.send: gr.update(visible=True), page.stop: gr.update(visible=False)}
 
     def show(self, conversation: list[Message], notes: dict[int, str]) -> dict:
         """The conversation, with Continue under a last reply whose note says it was cut at max new tokens
@@ -85,6 +79,8 @@ class Turn:
             page.notes: notes,
             page.raw: raw_json(conversation),
             page.continue_: gr.update(visible=cut),
+            page.answer: gr.update(visible=waiting(conversation)),
+            page.take_back: gr.update(visible=waiting(conversation)),
         }
 
     async def run(
@@ -134,8 +130,9 @@ class Turn:
                     if update.finish:
                         index = len(update.conversation) - 1
                         earlier = tokens_in(values[page.notes].get(index, "")) if continuing else 0
+                        named = values[page.model] if len(self.chat.backends) > 1 else ""
                         note = reply_note(
-                            update.finish, update.tokens, update.first_token_s, update.seconds, earlier=earlier
+                            update.finish, update.tokens, update.first_token_s, update.seconds, earlier, named
                         )
                         notes = {**notes, index: note}
                     newest = update.conversation[-1] if update.conversation else {}
@@ -193,7 +190,7 @@ class Turn:
         restore = {} if values[page.textbox] else {page.textbox: message}
         if waiting(values[page.state]):
             self.replies.drop(session_of(request))
-            gr.Warning("The last message has no reply yet: press Retry to have it answered, or Undo to edit it.")
+            gr.Warning("The last message has no reply yet: Answer it, or Take it back to edit it.")
             yield {**self.unlocked, **restore}
             return
         history = [*values[page.state], {"role": "user", "content": message}]
@@ -269,7 +266,7 @@ class Turn:
 
     def clear(self, name: str, max_new_tokens: int, request: gr.Request) -> dict:
         """An empty conversation; a reply that was streaming is cancelled first, so it cannot write back. The
-        context line says the budget, as before the first message (the buttons below it stay in place)."""
+        context line says the budget, as before the first message."""
         self.replies.drop(session_of(request))
         *_, context = self.budget(name, max_new_tokens)
         return {**self.show([], {}), self.page.context: context, **self.unlocked}

@@ -44,6 +44,8 @@ def test_a_continued_reply_counts_its_tokens_in_all():
     again = reply_note("stop", 5, 0.1, 0.5, earlier=tokens_in(first))
     assert again == "17 tokens (12 + 5 continued) · first token 0.10 s · 10.0 tokens/s · finished"
     assert tokens_in(again) == 17 and tokens_in("3 tokens") == 0 and tokens_in("") == 0  # not a note of ours
+    named = reply_note("stop", 5, None, 0.5, model="Tiny · 2")
+    assert named == "Tiny · 2 · 5 tokens · finished" and tokens_in(named) == 5
 
 
 def test_a_note_shows_as_literal_text_whatever_a_loaded_file_put_in_it():

@@ -146,8 +146,9 @@ def test_a_saved_conversation_goes_to_the_browser_not_to_a_file_on_the_server(op
 
 def test_a_conversation_file_is_read_as_text_and_checked_before_it_replaces_anything(open_server):
     url, _ = open_server
-    dependencies = httpx.get(url + "config").json()["dependencies"]
-    [load] = [d for d in dependencies if d["api_name"] == "load"]
+    config = httpx.get(url + "config").json()
+    [load] = [d for d in config["dependencies"] if d["api_name"] == "load"]
+    [system] = [c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "system"]
     good = json.dumps(
         {
             "messages": [
@@ -160,7 +161,7 @@ def test_a_conversation_file_is_read_as_text_and_checked_before_it_replaces_anyt
     # Inputs: the browser's kept conversations, the file's text, the open conversation, its notes, system prompt, ...
     sent = json.dumps({"text": good})  # as the page's openFile sends a file it has read
     loaded = call_event(url, load["id"], [None, sent, None, None, "old system", None, False])["output"]["data"]
-    assert loaded[6] == "sys" and [m["content"][0]["text"] for m in loaded[0]] == ["q", "a"]
+    assert loaded[load["outputs"].index(system)] == "sys" and [m["content"][0]["text"] for m in loaded[0]] == ["q", "a"]
     broken = json.dumps({"text": good.replace('"a"', '"\\ud800"')})
     kept = call_event(url, load["id"], [None, broken, None, None, "old system", None, False])["output"]["data"]
     assert "sys" not in json.dumps(kept) and '"q"' not in json.dumps(kept)  # nothing replaced

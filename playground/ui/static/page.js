@@ -243,6 +243,7 @@ window.starchat = (() => {
   // The demo notice closes for good in this browser.
   const dismissible = (notice) => {
     const key = `${config.storagePrefix}closed-${notice.id}`;
+    notice.title = notice.innerText;  // one line, cut to the window: the whole of it on hover
     if (localStorage.getItem(key)) notice.classList.add('closed');
     const close = Object.assign(document.createElement('button'), {className: 'close', textContent: '×'});
     close.setAttribute('aria-label', 'Close this notice');
@@ -270,13 +271,13 @@ window.starchat = (() => {
     labelCode();
     // Clear empties the open conversation for good (the list keeps no copy): it asks first, as Delete does.
     document.addEventListener('click', (event) => {
-      if (!event.target.closest('#clear, #chatbot button[aria-label="Clear"]') || !raw().length) return;
+      if (!event.target.closest('#chatbot button[aria-label="Clear"]') || !raw().length) return;
       if (window.confirm(config.clearQuestion)) return;
       event.stopImmediatePropagation();
       event.preventDefault();
     }, true);
     exactCopies();
-    const replacing = '#clear, #new-conversation, #delete-conversation, #conversations label,'
+    const replacing = '#new-conversation, #delete-conversation, #conversations label,'
       + ' #chatbot button[aria-label="Clear"]';
     document.addEventListener('click', (event) => event.target.closest(replacing) && closeEdit(), true);
   };
