@@ -203,11 +203,19 @@ class Settings:
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+        parser = cls.parser(env)
+        return cls.from_parsed(parser, parser.parse_args(argv))
+
+    @classmethod
+    def parser(
+        cls,
+        env: dict[str, str] | None = None,
+        description: str = "StarChat Playground: chat with StarChat-style coding models.",
+        usage: str = "python app.py [--FLAG VALUE ...]  (--help lists the flags)",  # an error is two lines
+    ) -> argparse.ArgumentParser:
+        """A parser of every setting's flag, its default from its environment twin; a command adds its own."""
         env = os.environ if env is None else env
-        parser = argparse.ArgumentParser(
-            description="StarChat Playground: chat with StarChat-style coding models.",
-            usage="python app.py [--FLAG VALUE ...]  (--help lists the flags)",  # an error is two lines, not a page
-        )
+        parser = argparse.ArgumentParser(description=description, usage=usage)
         for f in fields(cls):
             env_name, kind, default = f"STARCHAT_{f.name.upper()}", type(f.default), f.default
             if env_name in env:
@@ -224,8 +232,13 @@ class Settings:
                 help=f"{f.metadata['help']} [env {env_name}{shown}]",
                 **extra,
             )
+        return parser
+
+    @classmethod
+    def from_parsed(cls, parser: argparse.ArgumentParser, args: argparse.Namespace) -> Settings:
+        """The settings among `args` (a command's own flags aside), checked; an error is the parser's."""
         try:
-            settings = cls(**vars(parser.parse_args(argv)))
+            settings = cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
         except SettingError as exc:  # named as a flag, with its environment twin
             parser.error(f"--{exc.name.replace('_', '-')} (or STARCHAT_{exc.name.upper()}) {exc.problem}")
         user, colon, password = settings.auth.partition(":")

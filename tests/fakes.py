@@ -11,6 +11,7 @@ import json
 import threading
 import time
 from base64 import b64decode
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -29,6 +30,7 @@ class Script:
     requests: list[dict] = field(default_factory=list)
     disconnects: int = 0  # streams the client closed before the end
 
+    answer: Callable[[dict], str] | None = None  # the reply to a request's body, in place of `reply`
     echo_seed: bool = False  # start the reply with the request's seed, to tell clients' replies apart
     claimed_tokens: int | None = None  # the reply's length the server claims (usage, details), if not the truth
 
@@ -38,8 +40,9 @@ class Script:
         return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
 
     def reply_for(self, body: dict) -> str:
+        reply = self.answer(body) if self.answer else self.reply
         seed = body.get("seed", body.get("parameters", {}).get("seed"))
-        return f"seed {seed}: {self.reply}" if self.echo_seed else self.reply
+        return f"seed {seed}: {reply}" if self.echo_seed else reply
 
 
 class Handler(BaseHTTPRequestHandler):

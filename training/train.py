@@ -120,6 +120,9 @@ class ScriptArguments:
     scratch_layers: int = 2
     scratch_embd: int = 192
     scratch_vocab: int = 2048
+    evaluate: Literal["", "humaneval"] = field(
+        default="", metadata={"help": "score the served checkpoint (training.evaluate), the result on its card"}
+    )
 
 
 class Interrupted(SystemExit):
@@ -707,6 +710,10 @@ def run(argv: list[str], quiet: bool) -> Path:
     if trainer.is_world_process_zero():
         if not quiet:
             print(f"served checkpoint: {output}", flush=True)
+        if script.evaluate:  # before the push: the card uploaded holds the score
+            from training.evaluate import main as evaluate
+
+            evaluate([script.evaluate, "--model", str(output), "--write-card", *(["--quiet"] if quiet else [])])
         if push_to_hub:
             url = push(output, args.hub_model_id, args.hub_token, args.hub_private_repo)
             print(f"pushed to {url}", flush=True)

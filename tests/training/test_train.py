@@ -318,6 +318,16 @@ def test_a_bf16_full_fine_tune_keeps_fp32_master_weights(tmp_path):
     assert {t.dtype for t in served.values()} == {torch.bfloat16}  # served in bf16, as the recipe asks
 
 
+def test_a_recipe_that_names_evaluate_scores_the_served_checkpoint(tmp_path, monkeypatch):
+    """`evaluate: humaneval` runs training.evaluate on the served folder, onto its card (tested there)."""
+    out, scored = tmp_path / "out", []
+    monkeypatch.setattr("training.evaluate.main", lambda argv: scored.append((argv, (out / "config.json").is_file())))
+    main(
+        [TINY, "--output_dir", str(out), "--max_steps", "1", "--save_strategy", "no", "--evaluate", "humaneval", *SMALL]
+    )
+    assert scored == [(["humaneval", "--model", str(out), "--write-card"], True)]
+
+
 def test_a_used_output_folder_is_refused_unless_resumed_or_overwritten(tmp_path):
     out = tmp_path / "run"
     main([TINY, "--output_dir", str(out), "--max_steps", "2", "--save_strategy", "steps", "--save_steps", "1", *SMALL])
