@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gzip
 import json
@@ -31,11 +32,13 @@ from tqdm import tqdm
 
 from playground.backends import BackendError, load_backends
 from playground.chat import Chat, Update
+from playground.console import libraries_quiet
 from playground.sampling import SamplingParams
 from playground.settings import Settings
 from training.sandbox import Result, run_program, sandbox_problem
 
 TASKS = ("humaneval",)
+FULL = 164  # HumanEval's problems
 # The user's message: the problem's prompt (signature and docstring) in a fenced block, as the instruction.
 INSTRUCTION = "Complete the following Python function.\n\n```python\n{prompt}```"
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)(?:^ {0,3}\1[`~]*[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
@@ -173,7 +176,7 @@ def parser() -> argparse.ArgumentParser:
     own.add_argument("--seed", type=int, default=0, help="sample i of the run uses seed SEED + i")
     own.add_argument("--timeout", type=float, default=10.0, help="seconds each program may run (default 10)")
     own.add_argument("--output-dir", default="", help="keeps samples.jsonl (one row per sample) and result.json")
-    own.add_argument("--quiet", action="store_true", help="no progress bar")
+    own.add_argument("--quiet", action="store_true", help="no progress bars: only the result's JSON line")
     own.add_argument(
         "--write-card",
         action="store_true",
@@ -195,12 +198,18 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("limit", "samples", "max_new_tokens"):
         if getattr(args, name) < (0 if name == "limit" else 1):
             args_parser.error(f"--{name.replace('_', '-')} must be {'0 or more' if name == 'limit' else 'at least 1'}")
-    if not (math.isfinite(args.timeout) and args.timeout > 0):
-        args_parser.error("--timeout must be a number of seconds above 0")
+    if not 0 < args.timeout <= 3600:  # NaN fails too
+        args_parser.error("--timeout must be a number of seconds above 0, at most 3600")
     if args.samples > 1 and args.temperature == 0:
         args_parser.error("--samples above 1 needs --temperature above 0: greedy answers are all the same")
     if args.write_card and not (Path(settings.model) / "config.json").is_file():
         args_parser.error("--write-card writes into the --model folder's README.md: give a local checkpoint folder")
+    if args.output_dir:  # before the model loads: a folder that cannot be written fails at once
+        try:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(args.output_dir) / "samples.jsonl").touch()
+        except OSError as exc:
+            args_parser.error(f"--output-dir {args.output_dir}: {exc.strerror or exc}")
     sandboxed = True
     if problem := sandbox_problem():
         if not args.execute_unsandboxed:
@@ -219,8 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
             seed=args.seed,
             max_new_tokens_limit=settings.max_new_tokens_limit,
         )
-        chat = Chat(load_backends(settings), settings)
-    except (ValueError, BackendError) as exc:
+        with libraries_quiet() if args.quiet else contextlib.nullcontext():  # --quiet: no loading bars either
+            chat = Chat(load_backends(settings), settings)
+    except (ValueError, OSError, BackendError) as exc:  # OSError: transformers' "not a model here or on the Hub"
         args_parser.error(str(exc))
     summary = score(chat, humaneval(args.limit), args, params, sandboxed)
     if args.write_card:
@@ -295,9 +305,10 @@ def write_card(folder: Path, summary: dict) -> None:
     """The result on the checkpoint's model card: its model-index (as Hub cards hold results, through
     huggingface_hub) and an Evaluation section, each replacing an earlier HumanEval result."""
     path = folder / "README.md"
-    card = ModelCard(path.read_text(encoding="utf-8")) if path.is_file() else ModelCard("---\n---\n")
+    card = ModelCard(path.read_text(encoding="utf-8") if path.is_file() else "")
     card.data.model_name = card.data.model_name or folder.name
     earlier = [r for r in card.data.eval_results or [] if r.dataset_type != "openai_humaneval"]
+    dataset = "HumanEval" if summary["problems"] == FULL else f"HumanEval (the first {summary['problems']} problems)"
     metrics = {"pass@1": summary["pass@1"], **{k: v for k, v in summary.items() if k in ("pass@10", "pass@100")}}
     card.data.eval_results = [
         *earlier,
@@ -305,10 +316,9 @@ def write_card(folder: Path, summary: dict) -> None:
             EvalResult(
                 task_type="text-generation",
                 dataset_type="openai_humaneval",
-                dataset_name="HumanEval",
+                dataset_name=dataset,
                 metric_type=name,
                 metric_value=value,
-                source_name="StarChat Playground (training.evaluate)",
             )
             for name, value in metrics.items()
         ),

@@ -1,6 +1,8 @@
 """Runs generated programs, each in its own process: in an empty folder, with time, memory and file-size
-limits, and (where Linux lends the means) without network and unable to change any file outside that
-folder (sandbox.sh).
+limits, none of this process's environment, and (where Linux lends the means) in namespaces of its own:
+no network, no host process to signal, nothing left running after its time, and no file outside its
+folder to change (sandbox.sh). One limit it lacks: as root, the number of its processes (each has the
+memory limit, and all end at the time limit).
 
 Whether the sandbox holds is not assumed: `sandbox_problem` runs a program that tries to write outside
 its folder and to reach the network, and the sandbox is used only if both fail.
@@ -8,6 +10,7 @@ its folder and to reach the network, and the sandbox is used only if both fail.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import resource
@@ -23,6 +26,8 @@ SCRIPT = Path(__file__).with_name("sandbox.sh")
 MEMORY_BYTES = 2 * 1024**3  # address space: an interpreter and a test's data, not a runaway list
 FILE_BYTES = 16 * 1024**2  # the largest file a program may write, in its own folder
 FOLDER_BYTES = 64 * 1024**2  # its folder, a tmpfs in the sandbox
+PROCESSES = 64  # at once, where it runs as a user that is not root
+ENVIRONMENT = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # no token or secret of ours
 OUTPUT_CHARS = 2_000  # of what a program printed, kept to say why it failed
 
 
@@ -43,6 +48,8 @@ def limits(seconds: float) -> None:
     cpu = int(seconds) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if os.geteuid() != 0:
+        resource.setrlimit(resource.RLIMIT_NPROC, (PROCESSES, PROCESSES))
 
 
 def command(folder: str, sandboxed: bool) -> list[str]:
@@ -50,7 +57,9 @@ def command(folder: str, sandboxed: bool) -> list[str]:
     if not sandboxed:
         return python
     user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
-    return ["unshare", *user, "--net", "--mount", "--", "sh", str(SCRIPT), folder, str(FOLDER_BYTES), *python]
+    # --kill-child: killed, unshare takes the namespace's first process, and with it every process in it.
+    spaces = ["--pid", "--fork", "--kill-child", "--mount-proc", "--net", "--mount"]
+    return ["unshare", *user, *spaces, "--", "sh", str(SCRIPT), folder, str(FOLDER_BYTES), *python]
 
 
 def run_program(program: str, seconds: float, sandboxed: bool = True) -> Result:
@@ -62,23 +71,32 @@ def run_program(program: str, seconds: float, sandboxed: bool = True) -> Result:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            env={**ENVIRONMENT, "HOME": folder},
             start_new_session=True,  # its own process group: a timeout ends whatever it started too
             preexec_fn=functools.partial(limits, seconds),
         )
         try:
             output, _ = process.communicate(program.encode(errors="replace"), timeout=seconds)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+            end(process)
             return Result("timed out", f"still running after {seconds:g} s")
         finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            end(process)
     text = output.decode(errors="replace").strip()
     if process.returncode == 0:
         return Result("passed")
     return Result("failed", text[-OUTPUT_CHARS:] or f"exit status {process.returncode}")
+
+
+def end(process: subprocess.Popen) -> None:
+    """Kills the program's process group (in the sandbox: its namespace, with every process in it), and stops
+    reading what it prints: unsandboxed, a child that left the group may hold the pipe open."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    for pipe in (process.stdin, process.stdout):
+        if pipe:
+            pipe.close()
 
 
 @functools.cache
@@ -89,12 +107,14 @@ def sandbox_problem() -> str | None:
     missing = [tool for tool in ("unshare", "setpriv", "mount", "awk") if not shutil.which(tool)]
     if missing:
         return f"the sandbox needs {', '.join(missing)} (util-linux)"
-    with tempfile.TemporaryDirectory(prefix="starchat-sandbox-check-") as outside:
+    # Outside /tmp, which the sandbox replaces: the file must stay in sight, behind a read-only mount.
+    home = Path.home() if os.access(Path.home(), os.W_OK) else Path.cwd()
+    with tempfile.TemporaryDirectory(prefix=".starchat-sandbox-check-", dir=home) as outside:
         target = Path(outside) / "kept.txt"
         target.write_text("kept")
         probe = PROBE.format(target=str(target))
         result = run_program(probe, seconds=20)
-        if target.read_text() != "kept" or not target.exists():
+        if not target.exists() or target.read_text() != "kept":
             return "a program in the sandbox changed a file outside its folder"
         if not result.passed:
             return f"the sandbox does not start here ({result.detail.splitlines()[-1] if result.detail else ''})"

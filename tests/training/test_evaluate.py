@@ -3,6 +3,9 @@
 import gzip
 import json
 import shutil
+import socket
+import subprocess
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -54,17 +57,49 @@ def test_the_code_is_the_first_fenced_block_completed_with_the_prompt():
 
 
 @pytest.mark.skipif(sandbox_problem() is not None, reason=f"no sandbox here: {sandbox_problem()}")
-def test_a_program_cannot_change_files_outside_its_folder_and_a_loop_times_out(tmp_path):
-    kept = tmp_path / "kept.txt"
+@pytest.mark.parametrize("where", ["home", "tmp"])
+def test_a_program_cannot_change_files_outside_its_folder_and_a_loop_times_out(tmp_path, where):
+    """A file in sight (home) is behind a read-only mount; one in /tmp is out of sight (its /tmp is its own)."""
+    folder = Path(tempfile.mkdtemp(dir=Path.home())) if where == "home" else tmp_path
+    kept = folder / "kept.txt"
     kept.write_text("mine")
-    for attack in (f"import os; os.remove({str(kept)!r})", f"open({str(kept)!r}, 'w').write('gone')"):
-        result = run_program(attack, 10)
-        assert result.status == "failed" and "Read-only file system" in result.detail
-    assert kept.read_text() == "mine"
+    try:
+        for attack in (f"import os; os.remove({str(kept)!r})", f"open({str(kept)!r}, 'w').write('gone')"):
+            result = run_program(attack, 10)
+            said = "Read-only file system" if where == "home" else "No such file or directory"
+            assert result.status == "failed" and said in result.detail
+        assert kept.read_text() == "mine"
+    finally:
+        if where == "home":
+            shutil.rmtree(folder)
     assert run_program("open('here.txt', 'w').write('x' * 1000); print(open('here.txt').read()[:3])", 10).passed
     start = time.monotonic()
     assert run_program("while True:\n    pass", 2).status == "timed out"
+    # A child that leaves the process group and holds the output open still ends with the time limit.
+    escape = "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\ntime.sleep(60)"
+    assert run_program(escape, 2).status == "timed out"
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.skipif(sandbox_problem() is not None, reason=f"no sandbox here: {sandbox_problem()}")
+def test_a_program_reaches_no_host_process_socket_or_secret(tmp_path, monkeypatch):
+    victim = subprocess.Popen(["sleep", "60"])
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "agent.sock"))
+    listener.listen(1)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_of_ours")
+    try:
+        assert "ProcessLookupError" in run_program(f"import os; os.kill({victim.pid}, 9)", 10).detail
+        reach = f"import socket; socket.socket(socket.AF_UNIX).connect({str(tmp_path / 'agent.sock')!r})"
+        assert "FileNotFoundError" in run_program(reach, 10).detail
+        assert "hf_secret" not in run_program("import os; print(os.environ); raise SystemExit(1)", 10).detail
+        leftover = "import subprocess; subprocess.Popen(['sleep', '61'], start_new_session=True)"
+        assert run_program(leftover, 10).passed
+        assert subprocess.run(["pgrep", "-f", "sleep 61"], capture_output=True).returncode == 1  # none left
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        listener.close()
 
 
 @pytest.mark.parametrize(("solve", "score"), [("canonical", 1.0), ("none", 0.0)])
@@ -102,6 +137,11 @@ def test_the_result_goes_on_the_card_and_replaces_an_earlier_one(tmp_path):
     assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"pass@1": 0.5, "pass@10": 0.7}
     assert card.data.license == "mit" and card.text.count("## Evaluation") == 1 and "## Data" in card.text
     assert "| pass@1 | 0.5 |" in card.text and "10 sample(s) each at temperature 0.2" in card.text
+    fresh = tmp_path / "no-card"
+    fresh.mkdir()
+    write_card(fresh, {"pass@1": 0.0, "problems": 3, "samples": 1, "temperature": 0.0})
+    written = (fresh / "README.md").read_text()
+    assert written.count("---") == 2 and "HumanEval (the first 3 problems)" in written  # no empty block
 
 
 def test_samples_need_sampling_and_bad_flags_are_refused(capsys):
@@ -111,6 +151,8 @@ def test_samples_need_sampling_and_bad_flags_are_refused(capsys):
         (["--timeout", "nan"], "--timeout must be"),
         (["--samples", "2", "--temperature", "0.5", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
         (["--write-card"], "give a local checkpoint folder"),
+        (["--timeout", "1e10"], "at most 3600"),
+        (["--output-dir", __file__], "--output-dir"),
     ]:
         with pytest.raises(SystemExit):
             main(["humaneval", "--model", "x", *flags])
