@@ -57,8 +57,9 @@ def test_the_code_is_the_first_fenced_block_completed_with_the_prompt():
 
 
 @pytest.mark.skipif(sandbox_problem() is not None, reason=f"no sandbox here: {sandbox_problem()}")
+@pytest.mark.slow  # a sandboxed process each: seconds
 @pytest.mark.parametrize("where", ["home", "tmp"])
-def test_a_program_cannot_change_files_outside_its_folder_and_a_loop_times_out(tmp_path, where):
+def test_a_program_cannot_change_files_outside_its_folder(tmp_path, where):
     """A file in sight (home) is behind a read-only mount; one in /tmp is out of sight (its /tmp is its own)."""
     folder = Path(tempfile.mkdtemp(dir=Path.home())) if where == "home" else tmp_path
     kept = folder / "kept.txt"
@@ -73,6 +74,11 @@ def test_a_program_cannot_change_files_outside_its_folder_and_a_loop_times_out(t
         if where == "home":
             shutil.rmtree(folder)
     assert run_program("open('here.txt', 'w').write('x' * 1000); print(open('here.txt').read()[:3])", 10).passed
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sandbox_problem() is not None, reason=f"no sandbox here: {sandbox_problem()}")
+def test_a_loop_and_a_child_that_hides_from_it_end_at_the_time_limit():
     start = time.monotonic()
     assert run_program("while True:\n    pass", 2).status == "timed out"
     # A child that leaves the process group and holds the output open still ends with the time limit.
@@ -81,6 +87,7 @@ def test_a_program_cannot_change_files_outside_its_folder_and_a_loop_times_out(t
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sandbox_problem() is not None, reason=f"no sandbox here: {sandbox_problem()}")
 def test_a_program_reaches_no_host_process_socket_or_secret(tmp_path, monkeypatch):
     victim = subprocess.Popen(["sleep", "60"])

@@ -318,6 +318,7 @@ def test_a_bf16_full_fine_tune_keeps_fp32_master_weights(tmp_path):
     assert {t.dtype for t in served.values()} == {torch.bfloat16}  # served in bf16, as the recipe asks
 
 
+@pytest.mark.slow  # a training run
 def test_a_recipe_that_names_evaluate_scores_the_served_checkpoint(tmp_path, monkeypatch):
     """`evaluate: humaneval` runs training.evaluate on the served folder, onto its card (tested there)."""
     out, scored = tmp_path / "out", []
