@@ -195,9 +195,11 @@ def main(argv: list[str] | None = None) -> dict:
     args_parser = parser()
     args = args_parser.parse_args(argv)
     settings = Settings.from_parsed(args_parser, args)
-    for name in ("limit", "samples", "max_new_tokens"):
-        if getattr(args, name) < (0 if name == "limit" else 1):
-            args_parser.error(f"--{name.replace('_', '-')} must be {'0 or more' if name == 'limit' else 'at least 1'}")
+    if args.limit < 0:
+        args_parser.error("--limit must be 0 or more")
+    for flag, value in (("--samples", args.samples), ("--max-new-tokens", args.max_new_tokens)):
+        if value < 1:
+            args_parser.error(f"{flag} must be at least 1")
     if not 0 < args.timeout <= 3600:  # NaN fails too
         args_parser.error("--timeout must be a number of seconds above 0, at most 3600")
     if args.samples > 1 and args.temperature == 0:
