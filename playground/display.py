@@ -27,7 +27,9 @@ ENDINGS = {
     "length": "cut at max new tokens",
     "cancelled": "stopped by you",
     "error": "ended by an error",
+    "interrupted": "interrupted: the page was left while it was written",
 }
+CONTINUABLE = (ENDINGS["length"], ENDINGS["interrupted"])  # a reply whose note ends so has Continue under it
 
 
 def to_display(text: str) -> str:

@@ -245,8 +245,9 @@ def serve_model(model: Path, cache: Path, *flags: str):
     return serve("--model", str(model), "--cache-dir", str(cache), *flags)
 
 
-def slow_model(chat, monkeypatch, *, delay: float, endless: bool) -> list[int]:
-    """Each decode step takes `delay` seconds; `endless` forbids <|end|> and <|endoftext|>.
+def slow_model(chat, monkeypatch, *, delay: float, endless: bool, gate: threading.Event | None = None) -> list[int]:
+    """Each decode step takes `delay` seconds; `endless` forbids <|end|> and <|endoftext|>; a `gate` holds
+    every step until it is set (20 s at most).
 
     Returns the list that counts forward calls, so a test can tell how far generation went.
     """
@@ -257,6 +258,8 @@ def slow_model(chat, monkeypatch, *, delay: float, endless: bool) -> list[int]:
 
     def forward(*args, **kwargs):
         calls.append(1)
+        if gate:
+            gate.wait(20)
         time.sleep(delay)
         out = original(*args, **kwargs)
         if endless:

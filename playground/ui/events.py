@@ -21,10 +21,11 @@ def wire(page: Page, chat: Chat) -> None:
     listed = page.conversations
     kept = Conversations(page, chat, turn.show)
     shown, buttons = page.shown, [page.busy, page.send, page.stop]
-    values = {page.state, page.notes, page.system, page.model, *page.samplers}  # a set: handlers get one dict
+    # A set: handlers get one dict. The open conversation's id: a streaming reply is kept under it.
+    values = {page.state, page.notes, page.system, page.model, listed.opened, *page.samplers}
     # The message box is among every reply's outputs (written to give a refused message back): it marks the
     # event as running, which page.js's `settled` waits on.
-    replying = [*shown, *buttons, page.textbox]
+    replying = [*shown, *buttons, page.textbox, listed.current]
     opened = [page.state, page.notes, page.system, listed.opened, listed.labels]
     keeping = [listed.current, listed.opened, listed.labels, listed.listed]
     keep = {"fn": kept.keep, "inputs": opened, "outputs": keeping, **QUICK}

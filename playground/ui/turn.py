@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import AsyncIterator
 
 import gradio as gr
 
 from playground.chat import Chat, Update, describe_budget, sendable
-from playground.display import ENDINGS, display_messages, raw_json, reply_note, tokens_in
+from playground.display import CONTINUABLE, ENDINGS, display_messages, raw_json, reply_note, tokens_in
+from playground.history import STORE_BYTES, StoredConversation, sent_size
 from playground.sampling import ParamError
 from playground.template import DialogueError, Message
 from playground.ui.layout import PARAM_NAMES, Page
 from playground.ui.stop import Replies, Reply, Stopped, until_stopped
+
+KEEP_EVERY_S = 1.0  # how often a streaming reply is kept in the browser, for a reload to find
 
 
 def waiting(conversation: list[Message]) -> bool:
@@ -67,12 +71,12 @@ class Turn:
         self.unlocked = {page.busy: False, page.send: gr.update(visible=True), page.stop: gr.update(visible=False)}
 
     def show(self, conversation: list[Message], notes: dict[int, str]) -> dict:
-        """The conversation, with Continue under a last reply whose note says it was cut at max new tokens
-        (also once reopened, reloaded or loaded from a file)."""
+        """The conversation, with Continue under a last reply whose note says it was cut at max new tokens or
+        interrupted (also once reopened, reloaded or loaded from a file)."""
         page = self.page
         last = len(conversation) - 1
         reply = last >= 0 and conversation[last]["role"] == "assistant"
-        cut = reply and notes.get(last, "").endswith(ENDINGS["length"])
+        cut = reply and notes.get(last, "").endswith(CONTINUABLE)
         return {
             page.chatbot: display_messages(conversation, notes),
             page.state: conversation,
@@ -113,6 +117,7 @@ class Turn:
             yield unchanged
             return
         last: Update | None = None
+        kept_at = -math.inf
         live = Reply(before, values[page.notes], back)  # as it was, until the reply starts
         self.replies.begin(session, live)
         try:
@@ -129,7 +134,7 @@ class Turn:
                         return
                     if update.finish:
                         index = len(update.conversation) - 1
-                        earlier = tokens_in(values[page.notes].get(index, "")) if continuing else 0
+                        earlier = self.earlier_tokens(values, opening) if continuing else 0
                         named = values[page.model] if len(self.chat.backends) > 1 else ""
                         note = reply_note(
                             update.finish, update.tokens, update.first_token_s, update.seconds, earlier, named
@@ -139,14 +144,19 @@ class Turn:
                     if update.finish or (newest.get("role") == "assistant" and newest["content"] != opening):
                         live.conversation, live.notes, live.started = update.conversation, notes, True
                     if not update.finish:
-                        yield {**self.show(update.conversation, notes), page.context: update.context}
+                        shown = {**self.show(update.conversation, notes), page.context: update.context}
+                        if live.started and time.monotonic() - kept_at >= KEEP_EVERY_S:
+                            kept_at = time.monotonic()
+                            shown |= self.keep_interrupted(values, update.conversation, notes)
+                        yield shown
             if live.dropped:  # cleared: Gradio ends an event by sending its last update again, a no-op here
                 yield gr.skip()
                 return
             if live.stop.is_set():
                 # Where the reply stopped comes in its own event, after its last piece: from Stop's event, it
                 # could reach the page first (two events' messages in one read), and the piece draw over it.
-                yield self.stopped(live.where_stopped(), live.box)
+                stopped = live.where_stopped()
+                yield {**self.stopped(stopped, live.box), **self.keep(values, stopped.conversation, stopped.notes)}
                 live.shown = True
                 return
         finally:
@@ -159,7 +169,28 @@ class Turn:
         # The finished reply (its note) comes with the page given back, once the reply's generator has wound
         # down: a page that shows a reply as finished takes New conversation or the next message at once.
         # Gradio ends the event by sending this update again, right after it.
-        yield {**self.show(last.conversation, notes), page.context: last.context, **unlocked}
+        finished = self.keep(values, last.conversation, notes)
+        yield {**self.show(last.conversation, notes), page.context: last.context, **unlocked, **finished}
+
+    def keep(self, values: dict, conversation: list[Message], notes: dict[int, str]) -> dict:
+        """The open conversation kept in the browser with the update that shows it: a reload at any moment
+        finds what was on screen. (The event's `keep` then writes it again, with the list.)"""
+        listed = self.page.conversations
+        opened = values[listed.opened]
+        kept = StoredConversation(opened[0], opened[1], conversation, values[self.page.system], notes).stored()
+        return {listed.current: kept} if opened[0] and sent_size(kept) <= STORE_BYTES else {}
+
+    def keep_interrupted(self, values: dict, conversation: list[Message], notes: dict[int, str]) -> dict:
+        """The reply so far, kept as if the page were left now: a reload finds it noted interrupted, with
+        Continue."""
+        return self.keep(values, conversation, {**notes, len(conversation) - 1: ENDINGS["interrupted"]})
+
+    def earlier_tokens(self, values: dict, opening: str) -> int:
+        """The tokens of a reply before it was continued: its note's count, else (interrupted, or from a
+        file) its text's tokens with the model's tokenizer."""
+        counted = tokens_in(values[self.page.notes].get(len(values[self.page.state]) - 1, ""))
+        tokenizer = self.chat.backend(values[self.page.model]).tokenizer
+        return counted or len(tokenizer(opening, add_special_tokens=False)["input_ids"])
 
     def lock(self, request: gr.Request) -> dict:
         """The page while a new reply is on its way: busy, Stop for Send."""

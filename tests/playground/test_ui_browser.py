@@ -1161,17 +1161,47 @@ RECORD_WRITES = """(key) => {
 }"""
 
 
-def test_a_reload_while_a_reply_streams_keeps_the_message_sent(app, page, monkeypatch):
-    """The reply ends with the page, its message does not: it comes back after the reload, and Retry
-    answers it."""
+def raw_conversation(page) -> list[dict]:
+    return json.loads(page.locator("#raw-conversation textarea").input_value())
+
+
+def test_a_reload_while_a_reply_streams_keeps_what_streamed_and_continue_goes_on(app, page, monkeypatch):
+    """What streamed before the reload stays as the reply, noted interrupted; Continue goes on from it and
+    counts its tokens too."""
     url, chat = app
     slow_model(chat, monkeypatch, delay=0.02, endless=True)
     page.goto(url)
     ask(page, "A question worth keeping")
     page.wait_for_function(f"document.querySelector('{BOTS}')?.innerText.length > 20")
     page.reload()
+    page.wait_for_function(f"document.querySelector('{NOTES}')?.innerText.includes('interrupted')")
+    assert wait_until_idle(), "the reply went on after the page that asked for it reloaded"
+    question, partial = raw_conversation(page)
+    assert question["content"] == "A question worth keeping" and partial["content"]
+    wait_for_list(page, ["A question worth keeping"])
+
+    set_max_new_tokens(page, 12)
+    page.locator("#continue").click()
+    page.wait_for_function(f"document.querySelector('{NOTES}')?.innerText.includes('12 continued')")
+    reply = raw_conversation(page)[-1]["content"]
+    assert reply.startswith(partial["content"]) and len(reply) > len(partial["content"])
+    earlier = len(chat.backend().tokenizer(partial["content"], add_special_tokens=False)["input_ids"])
+    assert f"{earlier + 12} tokens ({earlier} + 12 continued)" in page.locator(NOTES).inner_text()
+
+
+def test_a_reload_before_the_reply_starts_keeps_the_message_sent(app, page, monkeypatch):
+    """The reply ends with the page, its message does not: it comes back after the reload, and Answer it
+    answers it."""
+    url, chat = app
+    gate = threading.Event()
+    slow_model(chat, monkeypatch, delay=0.02, endless=True, gate=gate)
+    page.goto(url)
+    page.locator("#message textarea").wait_for()
+    kept_after(page, lambda: ask(page, "A question worth keeping"))
+    page.reload()
     users = page.locator("#chatbot [data-testid=user]")
     users.first.wait_for()
+    gate.set()
     assert users.all_inner_texts() == ["A question worth keeping"] and bot_texts(page) == []
     assert wait_until_idle(), "the reply went on after the page that asked for it reloaded"
     wait_for_list(page, ["A question worth keeping"])
@@ -1203,10 +1233,11 @@ def test_a_reload_while_a_reply_streams_keeps_the_message_sent(app, page, monkey
     assert users.all_inner_texts() == ["A question worth keeping"] and len(bot_texts(page)) == 1
 
     # Undo takes a waiting question back into the box, and leaves the answered turn before it.
-    ask(page, "A second question")
-    page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 2")
+    gate.clear()
+    kept_after(page, lambda: ask(page, "A second question"))
     page.reload()
     page.wait_for_function("document.querySelectorAll('#chatbot [data-testid=user]').length == 2")
+    gate.set()
     assert wait_until_idle() and len(bot_texts(page)) == 1
     page.locator("#message textarea").fill("typed meanwhile")
     page.locator("#take-back").click()
@@ -1216,12 +1247,13 @@ def test_a_reload_while_a_reply_streams_keeps_the_message_sent(app, page, monkey
     assert users.all_inner_texts() == ["A question worth keeping"] and len(bot_texts(page)) == 1
 
     # An edited question is kept as its reply starts, as a sent one is.
+    gate.clear()
     page.locator('#chatbot button[aria-label="Edit"]').first.click()
     page.locator("#chatbot textarea").fill("An edited question")
-    page.locator('#chatbot button[aria-label="Submit"]').click()
-    page.wait_for_function(f"document.querySelector('{BOTS}')?.innerText.length > 20")
+    kept_after(page, lambda: page.locator('#chatbot button[aria-label="Submit"]').click())
     page.reload()
     page.wait_for_function("document.querySelector('#chatbot [data-testid=user]')?.innerText === 'An edited question'")
+    gate.set()
     assert wait_until_idle() and users.count() == 1 and bot_texts(page) == []
 
 
