@@ -7,7 +7,6 @@ so they share one set of input limits, one rate limit and one admission budget.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,10 +18,9 @@ import anyio
 from playground.backends import Backend, BackendError, ChatRequest, Refused, SamplingParams, astream
 from playground.guards import SlidingWindow
 from playground.settings import Settings
-from playground.template import DialogueError, Message, Prompt, reply_text, split_system, validate
+from playground.template import DialogueError, Message, Prompt, reply_text, validate
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,6 @@ class Update:
 
 # Tokens a reply at the slider's top still leaves for the system prompt and a short message.
 PROMPT_ROOM = 128
-MAX_NOTE = 200  # characters of a reply's note (tokens, speed, why it ended) in a file or the browser
 
 
 def describe_context(prompt: Prompt) -> str:
@@ -279,56 +276,3 @@ class Chat:
             first_token_s=first_token_s,
             seconds=time.monotonic() - start,
         )
-
-
-def conversation_record(conversation: list[Message], system: str, notes: dict[int, str] | None = None) -> dict:
-    """A conversation as files and the browser keep it: the system prompt as its first message, and each
-    reply's note (how it went: tokens, speed, why it ended) as that message's "note"."""
-    notes = notes or {}
-    messages = [
-        {**m, "note": notes[i]} if i in notes and m["role"] == "assistant" else m for i, m in enumerate(conversation)
-    ]
-    return {"messages": [{"role": "system", "content": system}, *messages]}
-
-
-def export_conversation(conversation: list[Message], system: str, notes: dict[int, str] | None = None) -> str:
-    return json.dumps(conversation_record(conversation, system, notes), indent=2)
-
-
-def import_conversation(text: str, limit: int = 100_000) -> tuple[list[Message], str, dict[int, str]]:
-    """Reads what `export_conversation` writes (or a bare message list); returns (conversation, system,
-    notes)."""
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise DialogueError(f"The file is not JSON: {exc}") from exc
-    return check_conversation(data, limit)
-
-
-def check_conversation(data: object, limit: int = 100_000) -> tuple[list[Message], str, dict[int, str]]:
-    """A `conversation_record` (or a bare message list) from anyone, checked whole before anything is
-    returned: roles, text, at most `limit` characters, notes only on replies. Returns (conversation,
-    system, notes)."""
-    messages = data.get("messages") if isinstance(data, dict) else data
-    if not isinstance(messages, list):
-        raise DialogueError("The file must hold a list of messages or {'messages': [...]}.")
-    notes = {i: m["note"] for i, m in enumerate(messages) if isinstance(m, dict) and "note" in m}
-    messages = [{"role": m.get("role"), "content": m.get("content")} if isinstance(m, dict) else m for m in messages]
-    for i, m in enumerate(messages):
-        if isinstance(m, dict):
-            check_text(m["content"], f"message {i}", limit)
-    only_system = len(messages) == 1 and isinstance(messages[0], dict) and messages[0]["role"] == "system"
-    if messages and not only_system:
-        validate(messages, last=None)  # a question may wait for its reply (a reload mid-reply)
-    system, conversation = split_system(messages)
-    if not isinstance(system, str):
-        raise DialogueError("The system prompt must be text.")
-    if sum(len(m["content"]) for m in messages) > limit:
-        raise DialogueError(f"The conversation is longer than {limit} characters.")
-    for i, note in notes.items():
-        if _CONTROL.search(check_text(note, f"note of message {i}", MAX_NOTE)):
-            raise DialogueError(f"The note of message {i} must be one line of text, without control characters.")
-        if messages[i]["role"] != "assistant":
-            raise DialogueError(f"Message {i} has a note, but only replies have notes.")
-    shift = len(messages) - len(conversation)  # the system message, when there is one
-    return conversation, system, {i - shift: note for i, note in notes.items()}

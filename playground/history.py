@@ -14,8 +14,10 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-from playground.chat import check_conversation, check_text, conversation_record
+from playground.chat import check_text
+from playground.conversation_file import check_record, conversation_record
 from playground.template import DialogueError, Message
+from playground.versions import Versions
 
 MAX_CONVERSATIONS = 50  # in the list; the oldest goes first
 # The past conversations travel as one request when the list changes, and localStorage holds about
@@ -36,6 +38,7 @@ class StoredConversation:
     conversation: list[Message]
     system: str
     notes: dict[int, str] = field(default_factory=dict)  # under replies, by message index
+    versions: Versions = field(default_factory=dict)  # those that Retry and Edit kept (playground.versions)
 
     def label(self) -> str:
         if self.title:
@@ -45,7 +48,11 @@ class StoredConversation:
         return (words[: TITLE_CHARS - 1] + "…" if len(words) > TITLE_CHARS else words) or UNTITLED
 
     def stored(self) -> dict:
-        return {"id": self.id, "title": self.title, **conversation_record(self.conversation, self.system, self.notes)}
+        return {
+            "id": self.id,
+            "title": self.title,
+            **conversation_record(self.conversation, self.system, self.notes, self.versions),
+        }
 
 
 def new_id() -> str:
@@ -68,8 +75,8 @@ def read_kept(value: object, limit: int) -> StoredConversation:
     """A stored conversation, checked as a conversation file is (`limit`: its characters)."""
     if not isinstance(value, dict) or not isinstance(value.get("id"), str) or not _ID.fullmatch(value["id"]):
         raise DialogueError("a kept conversation needs an id")
-    conversation, system, notes = check_conversation(value, limit)
-    return StoredConversation(value["id"], check_title(value.get("title", "")), conversation, system, notes)
+    conversation, system, notes, versions = check_record(value, limit)
+    return StoredConversation(value["id"], check_title(value.get("title", "")), conversation, system, notes, versions)
 
 
 def parse(text: str | None) -> object:

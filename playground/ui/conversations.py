@@ -23,12 +23,13 @@ from playground.history import (
 from playground.template import DialogueError, Message
 from playground.ui.layout import Page
 from playground.ui.turn import edited, notes_before, waiting
+from playground.versions import Versions, branch
 
 
 class Conversations:
     """The handlers of the conversations' list. `show` draws a conversation (Turn.show)."""
 
-    def __init__(self, page: Page, chat: Chat, show: Callable[[list[Message], dict[int, str]], dict]):
+    def __init__(self, page: Page, chat: Chat, show: Callable[[list[Message], dict[int, str], Versions], dict]):
         self.page, self.chat, self.show = page, chat, show
         self.limit = chat.settings.max_conversation_chars
 
@@ -46,7 +47,7 @@ class Conversations:
                 f"last {MAX_CONVERSATIONS}, {STORE_BYTES // 1_000_000} MB at most."
             )
         return {
-            **self.show(current.conversation, current.notes),
+            **self.show(current.conversation, current.notes, current.versions),
             page.context: "",
             page.system: current.system,
             listed.opened: (current.id, current.title),
@@ -63,13 +64,14 @@ class Conversations:
         self,
         conversation: list[Message],
         notes: dict,
+        versions: Versions,
         system: str,
         opened: tuple[str, str],
         labels: list,
         warn: bool = True,
     ) -> dict:
         listed = self.page.conversations
-        current = StoredConversation(opened[0] or new_id(), opened[1], conversation, system, notes)
+        current = StoredConversation(opened[0] or new_id(), opened[1], conversation, system, notes, versions)
         if sent_size(current.stored()) > STORE_BYTES:
             if warn:
                 gr.Warning("This conversation is too long to keep in this browser: save it as a file.")
@@ -81,7 +83,14 @@ class Conversations:
         }
 
     def keep_sent(
-        self, sent: str, conversation: list[Message], notes: dict, system: str, opened: tuple[str, str], labels: list
+        self,
+        sent: str,
+        conversation: list[Message],
+        notes: dict,
+        versions: Versions,
+        system: str,
+        opened: tuple[str, str],
+        labels: list,
     ) -> dict:
         """The conversation with the message just sent, kept as its reply starts: a reload while the reply
         streams ends the reply, and the message comes back ("Answer it" answers it). The finished turn is kept
@@ -89,25 +98,30 @@ class Conversations:
         if not sent or waiting(conversation):  # refused: nothing is sent
             return gr.skip()
         # Too long to keep: the reply's own keeping says so, once.
-        return self.keep([*conversation, {"role": "user", "content": sent}], notes, system, opened, labels, warn=False)
+        asked = [*conversation, {"role": "user", "content": sent}]
+        return self.keep(asked, notes, versions, system, opened, labels, warn=False)
 
     def keep_edited(
         self,
         conversation: list[Message],
         notes: dict,
+        versions: Versions,
         system: str,
         opened: tuple[str, str],
         labels: list,
         edit: gr.EditData,
     ) -> dict:
-        """An edited question, kept as its reply starts (as `keep_sent` keeps a message sent)."""
+        """An edited question, kept as its reply starts (as `keep_sent` keeps a message sent), the conversation
+        it replaced kept as an earlier version."""
         if (history := edited(conversation, edit)) is None:
             return gr.skip()
         try:
             self.chat.check_message(edit.value)
         except DialogueError:  # refused by the reply's own event, which says why
             return gr.skip()
-        return self.keep(history, notes_before(notes, len(history) - 1), system, opened, labels, warn=False)
+        at = len(history) - 1
+        versions = branch(conversation, notes, versions, at)
+        return self.keep(history, notes_before(notes, at), versions, system, opened, labels, warn=False)
 
     def restore(self, stored: str | None) -> dict:
         """The conversation that was open when the page was last left (reloaded, or its theme switched)."""
@@ -119,7 +133,7 @@ class Conversations:
             current = None
         current = current or StoredConversation(new_id(), "", [], "")
         return {
-            **self.show(current.conversation, current.notes),
+            **self.show(current.conversation, current.notes, current.versions),
             page.system: current.system,
             listed.opened: (current.id, current.title),
             listed.title: current.title,
@@ -138,20 +152,37 @@ class Conversations:
         return self.listing(StoredConversation(*opened, conversation, system), labeled(past))
 
     def reopen(
-        self, stored: str | None, chosen: str, conversation: list, notes: dict, system: str, opened: tuple, busy: bool
+        self,
+        stored: str | None,
+        chosen: str,
+        conversation: list,
+        notes: dict,
+        versions: Versions,
+        system: str,
+        opened: tuple,
+        busy: bool,
     ) -> dict:
         past = self.past(stored)
-        leaving = StoredConversation(*opened, conversation, system, notes)
+        leaving = StoredConversation(*opened, conversation, system, notes, versions)
         found = next((k for k in past if k.id == chosen), None)
         if streaming(busy) or not found or found.id == leaving.id:
             return self.listing(leaving, labeled([k for k in past if k.id != leaving.id]))
         return self.opening(found, *shelve([k for k in past if k.id != chosen], leaving))
 
-    def new(self, stored: str | None, conversation: list, notes: dict, system: str, opened: tuple, busy: bool) -> dict:
+    def new(
+        self,
+        stored: str | None,
+        conversation: list,
+        notes: dict,
+        versions: Versions,
+        system: str,
+        opened: tuple,
+        busy: bool,
+    ) -> dict:
         """An empty conversation (the system prompt stays: it is more a setting than a message)."""
         if streaming(busy):
             return gr.skip()
-        leaving = StoredConversation(*opened, conversation, system, notes)
+        leaving = StoredConversation(*opened, conversation, system, notes, versions)
         return self.opening(StoredConversation(new_id(), "", [], system), *shelve(self.past(stored), leaving))
 
     def delete(self, stored: str | None, system: str, busy: bool, sure: bool) -> dict:
@@ -159,7 +190,9 @@ class Conversations:
             return gr.skip()
         return self.opening(StoredConversation(new_id(), "", [], system), self.past(stored))
 
-    def rename(self, title: str, conversation: list, notes: dict, system: str, opened: tuple, labels: list) -> dict:
+    def rename(
+        self, title: str, conversation: list, notes: dict, versions: Versions, system: str, opened: tuple, labels: list
+    ) -> dict:
         try:
             title = check_title(title)
         except DialogueError as exc:
@@ -167,7 +200,7 @@ class Conversations:
             return gr.skip()
         return {
             self.page.conversations.title: title,
-            **self.keep(conversation, notes, system, (opened[0], title), labels),
+            **self.keep(conversation, notes, versions, system, (opened[0], title), labels),
         }
 
     def open_loaded(
@@ -176,11 +209,12 @@ class Conversations:
         loaded: StoredConversation,
         conversation: list,
         notes: dict,
+        versions: Versions,
         system: str,
         opened: tuple,
     ) -> dict:
         """A conversation from a file opens as a new one; the one that was open goes to the list."""
-        leaving = StoredConversation(*opened, conversation, system, notes)
+        leaving = StoredConversation(*opened, conversation, system, notes, versions)
         return self.opening(loaded, *shelve(self.past(stored), leaving))
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from playground.chat import Chat, export_conversation
+from playground.chat import Chat
+from playground.conversation_file import export_conversation
 from playground.ui.browser import call
 from playground.ui.conversations import Conversations
 from playground.ui.files import Loading, as_markdown
@@ -22,11 +23,11 @@ def wire(page: Page, chat: Chat) -> None:
     kept = Conversations(page, chat, turn.show)
     shown, buttons = page.shown, [page.busy, page.send, page.stop]
     # A set: handlers get one dict. The open conversation's id: a streaming reply is kept under it.
-    values = {page.state, page.notes, page.system, page.model, listed.opened, *page.samplers}
+    values = {page.state, page.notes, page.versions, page.system, page.model, listed.opened, *page.samplers}
     # The message box is among every reply's outputs (written to give a refused message back): it marks the
     # event as running, which page.js's `settled` waits on.
     replying = [*shown, *buttons, page.textbox, listed.current]
-    opened = [page.state, page.notes, page.system, listed.opened, listed.labels]
+    opened = [page.state, page.notes, page.versions, page.system, listed.opened, listed.labels]
     keeping = [listed.current, listed.opened, listed.labels, listed.listed]
     keep = {"fn": kept.keep, "inputs": opened, "outputs": keeping, **QUICK}
     # Not queued, those kept as a reply starts: written at once, before a short reply's own keeping comes.
@@ -90,12 +91,22 @@ def wire(page: Page, chat: Chat) -> None:
         changing.append(
             undoing(
                 turn.undo,
-                [page.state, page.notes, page.textbox, page.busy],
+                [page.state, page.notes, page.versions, page.textbox, page.busy],
                 [*shown, page.textbox],
                 queue=False,
                 **PRIVATE,
             )
         )
+    changing.append(  # the page's ‹ and › under a message with versions
+        page.flip.click(
+            turn.flip,
+            [page.flip_to, page.state, page.notes, page.versions, page.busy],
+            shown,
+            js=call("flipTo"),
+            queue=False,
+            **PRIVATE,
+        )
+    )
     changing.append(  # the chatbot's trash icon (page.js asks first)
         page.chatbot.clear(None, cancels=generating, **PRIVATE).then(
             turn.clear, [page.model, page.max_new_tokens], [*shown, *buttons], **PRIVATE
@@ -106,7 +117,7 @@ def wire(page: Page, chat: Chat) -> None:
     page.system.blur(**keep)
 
     # The conversations' list. Events that replace the open conversation first send the stored list.
-    leaving = [page.state, page.notes, page.system, listed.opened, page.busy]
+    leaving = [page.state, page.notes, page.versions, page.system, listed.opened, page.busy]
     opening = [
         *shown,
         page.system,
@@ -130,8 +141,8 @@ def wire(page: Page, chat: Chat) -> None:
         js=call("sendStored", 4),
         **QUICK,
     )
-    listed.listed.input(kept.reopen, [listed.past, listed.listed, *leaving], opening, js=call("sendStored", 7), **QUICK)
-    listed.new.click(kept.new, [listed.past, *leaving], opening, js=call("sendStored", 6), **QUICK)
+    listed.listed.input(kept.reopen, [listed.past, listed.listed, *leaving], opening, js=call("sendStored", 8), **QUICK)
+    listed.new.click(kept.new, [listed.past, *leaving], opening, js=call("sendStored", 7), **QUICK)
     listed.delete.click(
         kept.delete, [listed.past, page.system, page.busy, listed.sure], opening, js=call("deleting"), **QUICK
     )
@@ -139,7 +150,8 @@ def wire(page: Page, chat: Chat) -> None:
         renaming(kept.rename, [listed.title, *opened], [listed.title, *keeping], **QUICK)
 
     # Files: the browser saves what the server writes into file_text, and reads the file Load opens.
-    page.save.click(export_conversation, [page.state, page.system, page.notes], page.file_text, **PRIVATE).then(
+    saving = [page.state, page.system, page.notes, page.versions]
+    page.save.click(export_conversation, saving, page.file_text, **PRIVATE).then(
         None, page.file_text, None, js=call("saveJson")
     )
     page.save_markdown.click(as_markdown, [page.state, page.system, listed.opened], page.file_text, **PRIVATE).then(
@@ -149,6 +161,6 @@ def wire(page: Page, chat: Chat) -> None:
         Loading(chat, kept).load,
         [listed.past, page.file_text, *leaving],
         opening,
-        js=call("sendStored", 7),
+        js=call("sendStored", 8),
         **PRIVATE,
     )

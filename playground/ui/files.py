@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from playground.chat import Chat, import_conversation
+from playground.chat import Chat
+from playground.conversation_file import import_conversation
 from playground.display import conversation_markdown
 from playground.history import StoredConversation, new_id
 from playground.template import DialogueError
@@ -26,7 +27,15 @@ class Loading:
         self.chat, self.conversations = chat, conversations
 
     def load(
-        self, stored: str | None, sent: str, conversation: list, notes: dict, system: str, opened: tuple, busy: bool
+        self,
+        stored: str | None,
+        sent: str,
+        conversation: list,
+        notes: dict,
+        versions: dict,
+        system: str,
+        opened: tuple,
+        busy: bool,
     ) -> dict:
         text, refused = opened_file(sent)
         if text is None:
@@ -34,7 +43,7 @@ class Loading:
                 gr.Warning(refused)
             return gr.skip()
         try:
-            loaded, loaded_system, loaded_notes = import_conversation(text, self.conversations.limit)
+            loaded, loaded_system, loaded_notes, loaded_versions = import_conversation(text, self.conversations.limit)
         except DialogueError as exc:
             gr.Warning(f"Could not load that conversation: {exc}")
             return gr.skip()  # nothing replaced
@@ -46,5 +55,5 @@ class Loading:
             self.chat.check_conversation(asking, loaded_system)
         except DialogueError as exc:
             gr.Warning(f"Loaded, but this server cannot continue it: {exc}")
-        opening = StoredConversation(new_id(), "", loaded, loaded_system, loaded_notes)
-        return self.conversations.open_loaded(stored, opening, conversation, notes, system, opened)
+        opening = StoredConversation(new_id(), "", loaded, loaded_system, loaded_notes, loaded_versions)
+        return self.conversations.open_loaded(stored, opening, conversation, notes, versions, system, opened)

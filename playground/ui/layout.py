@@ -50,6 +50,9 @@ class Page:
     notice: gr.Markdown  # the demo model's: shown while it is picked
     chatbot: gr.Chatbot
     raw: gr.Textbox  # hidden: the exact conversation, for the page's copy buttons and edit box
+    marks: gr.Textbox  # hidden: {message index: [shown, of]} for the page's "‹ 2/3 ›" (playground.versions)
+    flip: gr.Button  # hidden: clicked by the page's ‹ and ›, with the version asked for
+    flip_to: gr.Textbox  # hidden: that version, {"at": message index, "position": from 0}
     context: gr.Markdown
     textbox: gr.Textbox
     send: gr.Button
@@ -66,6 +69,7 @@ class Page:
     file_text: gr.Textbox
     state: gr.State  # the raw conversation: what the model sees
     notes: gr.State  # message index -> how that reply went; shown, never sent to the model
+    versions: gr.State  # what Retry and Edit replaced (playground.versions)
     busy: gr.State  # a reply is being generated
     sent: gr.State  # the message taken from the box, on its way to `Chat.respond`
     refused: gr.State  # why the box's message was not taken: said by `submit`, a queued event that can warn
@@ -78,6 +82,8 @@ class Page:
             self.chatbot,
             self.state,
             self.notes,
+            self.versions,
+            self.marks,
             self.raw,
             self.context,
             self.continue_,
@@ -173,6 +179,9 @@ def layout(chat: Chat) -> Page:
             examples=[{"text": example} for example in EXAMPLES],
         )
         raw = gr.Textbox("[]", visible="hidden", elem_id="raw-conversation")
+        marks = gr.Textbox("{}", visible="hidden", elem_id="versions")
+        flip = gr.Button(visible="hidden", elem_id="flip")
+        flip_to = gr.Textbox(visible="hidden")
         first = chat.backend(names[0]).info.context_length
         reply = min(SamplingParams().max_new_tokens, chat.reply_limit())
         context = gr.Markdown(describe_budget(first, reply), elem_id="context")  # before the first send
@@ -202,6 +211,9 @@ def layout(chat: Chat) -> Page:
             notice=notice,
             chatbot=chatbot,
             raw=raw,
+            marks=marks,
+            flip=flip,
+            flip_to=flip_to,
             context=context,
             textbox=textbox,
             send=send,
@@ -218,6 +230,7 @@ def layout(chat: Chat) -> Page:
             file_text=file_text,
             state=gr.State([]),
             notes=gr.State({}),
+            versions=gr.State({}),
             busy=gr.State(False),
             sent=gr.State(""),
             refused=gr.State(""),

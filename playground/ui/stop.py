@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from playground.display import ENDINGS
 from playground.template import Message
+from playground.versions import Versions
 
 STOP_WAIT_S = 10  # at most, for a reply to end once stopped: a decode step in a thread ends first
 
@@ -27,6 +28,7 @@ class Stopped:
     conversation: list[Message]
     notes: dict[int, str]
     back: str | None  # the message that goes back into the box: its reply never showed
+    versions: Versions | None = None  # None: as the page has them
 
 
 def marked(conversation: list[Message], notes: dict[int, str]) -> dict[int, str]:
@@ -45,6 +47,7 @@ class Reply:
     notes: dict[int, str]
     back: str | None = None  # the message sent or edited, for the box if Stop comes before anything streamed
     started: bool = False  # a piece of the reply has streamed
+    versions: Versions | None = None  # once it has, those of its conversation (Retry and Edit keep a version)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     box: str = ""  # the message box when Stop was pressed
     shown: bool = False  # the reply's event has shown where it stopped
@@ -55,7 +58,7 @@ class Reply:
         """The reply as far as it got, marked as stopped; or, with nothing streamed, the conversation as it
         was and the message back in the box."""
         if self.started:
-            return Stopped(self.conversation, marked(self.conversation, self.notes), None)
+            return Stopped(self.conversation, marked(self.conversation, self.notes), None, self.versions)
         return Stopped(self.conversation, self.notes, self.back)
 
 

@@ -7,6 +7,7 @@ What a turn does with the model is playground.chat; what the chatbot draws is pl
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from playground.sampling import ParamError
 from playground.template import DialogueError, Message
 from playground.ui.layout import PARAM_NAMES, Page
 from playground.ui.stop import Replies, Reply, Stopped, until_stopped
+from playground.versions import Versions, before, branch, flip, marks
 
 KEEP_EVERY_S = 1.0  # how often a streaming reply is kept in the browser, for a reload to find
 
@@ -70,14 +72,16 @@ class Turn:
         }
         self.unlocked = {page.busy: False, page.send: gr.update(visible=True), page.stop: gr.update(visible=False)}
 
-    def show(self, conversation: list[Message], notes: dict[int, str]) -> dict:
+    def show(self, conversation: list[Message], notes: dict[int, str], versions: Versions | None = None) -> dict:
         """The conversation, with Continue under a last reply whose note says it was cut at max new tokens or
-        interrupted (also once reopened, reloaded or loaded from a file)."""
+        interrupted (also once reopened, reloaded or loaded from a file); `versions` when they change."""
         page = self.page
         last = len(conversation) - 1
         reply = last >= 0 and conversation[last]["role"] == "assistant"
         cut = reply and notes.get(last, "").endswith(CONTINUABLE)
+        changed = {} if versions is None else {page.versions: versions, page.marks: json.dumps(marks(versions))}
         return {
+            **changed,
             page.chatbot: display_messages(conversation, notes),
             page.state: conversation,
             page.notes: notes,
@@ -95,11 +99,13 @@ class Turn:
         continuing: bool = False,
         restore: dict | None = None,
         back: str | None = None,
+        parts_at: int | None = None,
         **overrides,
     ) -> AsyncIterator:
         """Streams one reply (or, `continuing`, more of the last one). Before it streams, an error leaves
         the conversation as it was, with the `restore` outputs (the message back in its box), and Stop
-        gives `back` (the message sent or edited) back to the box."""
+        gives `back` (the message sent or edited) back to the box. Once it streams, the conversation from
+        message `parts_at` on (Retry's reply, Edit's question) is kept as an earlier version."""
         page, unlocked, restore = self.page, self.unlocked, restore or {}
         session = session_of(request)
         if not self.replies.starts(session):  # stopped before it started
@@ -107,7 +113,9 @@ class Turn:
             return
         kept = len(history) - continuing  # a continued reply gets a new note
         opening = history[-1]["content"] if continuing else ""  # the reply's text before this run
-        before, notes = values[page.state], notes_before(values[page.notes], kept)
+        before, notes, versions = values[page.state], notes_before(values[page.notes], kept), values[page.versions]
+        if parts_at is not None:
+            versions = branch(before, values[page.notes], versions, parts_at)
         unchanged = {**self.show(before, values[page.notes]), **unlocked, **restore}
         try:
             raw = {name: values[c] for name, c in zip(PARAM_NAMES, page.samplers, strict=True)}
@@ -143,11 +151,12 @@ class Turn:
                     newest = update.conversation[-1] if update.conversation else {}
                     if update.finish or (newest.get("role") == "assistant" and newest["content"] != opening):
                         live.conversation, live.notes, live.started = update.conversation, notes, True
+                        live.versions = versions
                     if not update.finish:
-                        shown = {**self.show(update.conversation, notes), page.context: update.context}
+                        shown = {**self.show(update.conversation, notes, live.versions), page.context: update.context}
                         if live.started and time.monotonic() - kept_at >= KEEP_EVERY_S:
                             kept_at = time.monotonic()
-                            shown |= self.keep_interrupted(values, update.conversation, notes)
+                            shown |= self.keep_interrupted(values, update.conversation, notes, versions)
                         yield shown
             if live.dropped:  # cleared: Gradio ends an event by sending its last update again, a no-op here
                 yield gr.skip()
@@ -156,7 +165,8 @@ class Turn:
                 # Where the reply stopped comes in its own event, after its last piece: from Stop's event, it
                 # could reach the page first (two events' messages in one read), and the piece draw over it.
                 stopped = live.where_stopped()
-                yield {**self.stopped(stopped, live.box), **self.keep(values, stopped.conversation, stopped.notes)}
+                kept = self.keep(values, stopped.conversation, stopped.notes, stopped.versions or values[page.versions])
+                yield {**self.stopped(stopped, live.box), **kept}
                 live.shown = True
                 return
         finally:
@@ -169,21 +179,24 @@ class Turn:
         # The finished reply (its note) comes with the page given back, once the reply's generator has wound
         # down: a page that shows a reply as finished takes New conversation or the next message at once.
         # Gradio ends the event by sending this update again, right after it.
-        finished = self.keep(values, last.conversation, notes)
-        yield {**self.show(last.conversation, notes), page.context: last.context, **unlocked, **finished}
+        finished = self.keep(values, last.conversation, notes, versions)
+        yield {**self.show(last.conversation, notes, versions), page.context: last.context, **unlocked, **finished}
 
-    def keep(self, values: dict, conversation: list[Message], notes: dict[int, str]) -> dict:
+    def keep(self, values: dict, conversation: list[Message], notes: dict[int, str], versions: Versions) -> dict:
         """The open conversation kept in the browser with the update that shows it: a reload at any moment
         finds what was on screen. (The event's `keep` then writes it again, with the list.)"""
         listed = self.page.conversations
         opened = values[listed.opened]
-        kept = StoredConversation(opened[0], opened[1], conversation, values[self.page.system], notes).stored()
+        system = values[self.page.system]
+        kept = StoredConversation(opened[0], opened[1], conversation, system, notes, versions).stored()
         return {listed.current: kept} if opened[0] and sent_size(kept) <= STORE_BYTES else {}
 
-    def keep_interrupted(self, values: dict, conversation: list[Message], notes: dict[int, str]) -> dict:
+    def keep_interrupted(
+        self, values: dict, conversation: list[Message], notes: dict[int, str], versions: Versions
+    ) -> dict:
         """The reply so far, kept as if the page were left now: a reload finds it noted interrupted, with
         Continue."""
-        return self.keep(values, conversation, {**notes, len(conversation) - 1: ENDINGS["interrupted"]})
+        return self.keep(values, conversation, {**notes, len(conversation) - 1: ENDINGS["interrupted"]}, versions)
 
     def earlier_tokens(self, values: dict, opening: str) -> int:
         """The tokens of a reply before it was continued: its note's count, else (interrupted, or from a
@@ -233,9 +246,11 @@ class Turn:
         if not conversation:
             yield self.unlocked
             return
-        history = conversation[:-1] if conversation[-1]["role"] == "assistant" else conversation
+        answered = conversation[-1]["role"] == "assistant"  # else Answer it: a question waits
+        history = conversation[:-1] if answered else conversation
         yield self.lock(request)
-        async for out in self.run(values, history, request, seed=-1):  # a new seed
+        parts_at = len(history) if answered else None
+        async for out in self.run(values, history, request, parts_at=parts_at, seed=-1):  # a new seed
             yield out
 
     async def edit(self, values: dict, edit: gr.EditData, request: gr.Request):
@@ -253,7 +268,7 @@ class Turn:
             yield {**self.show(conversation, values[page.notes]), **self.unlocked}
             return
         yield self.lock(request)
-        async for out in self.run(values, history, request, restore=restore, back=text):
+        async for out in self.run(values, history, request, restore=restore, back=text, parts_at=len(history) - 1):
             yield out
 
     async def continue_reply(self, values: dict, request: gr.Request):
@@ -279,12 +294,14 @@ class Turn:
 
     def stopped(self, stopped: Stopped, box: str) -> dict:
         back = {} if stopped.back is None else {self.page.textbox: put_back(stopped.back, box)}
-        return {**self.show(stopped.conversation, stopped.notes), **self.unlocked, **back}
+        return {**self.show(stopped.conversation, stopped.notes, stopped.versions), **self.unlocked, **back}
 
     def forget(self, request: gr.Request) -> None:
         self.replies.forget(session_of(request))
 
-    def undo(self, conversation: list[Message], notes: dict[int, str], box: str, busy: bool) -> dict:
+    def undo(
+        self, conversation: list[Message], notes: dict[int, str], versions: Versions, box: str, busy: bool
+    ) -> dict:
         """The last question goes back into the box, before anything typed there, with its reply taken away
         (an unanswered one alone). Not while a reply streams (the page disables the button meanwhile)."""
         if not conversation or busy:
@@ -292,7 +309,7 @@ class Turn:
         cut = len(conversation) - (1 if waiting(conversation) else 2)
         if cut < 0:
             return gr.skip()
-        shown = self.show(conversation[:cut], notes_before(notes, cut))
+        shown = self.show(conversation[:cut], notes_before(notes, cut), before(versions, cut))
         return {**shown, self.page.textbox: put_back(conversation[cut]["content"], box)}
 
     def clear(self, name: str, max_new_tokens: int, request: gr.Request) -> dict:
@@ -300,7 +317,21 @@ class Turn:
         context line says the budget, as before the first message."""
         self.replies.drop(session_of(request))
         *_, context = self.budget(name, max_new_tokens)
-        return {**self.show([], {}), self.page.context: context, **self.unlocked}
+        return {**self.show([], {}, {}), self.page.context: context, **self.unlocked}
+
+    def flip(self, to: str, conversation: list[Message], notes: dict[int, str], versions: Versions, busy: bool) -> dict:
+        """Another version of a message, from the page's ‹ and ›: `to` is {"at": its index, "position": the
+        version, from 0}. Not while a reply streams; a forged or stale one changes nothing."""
+        try:
+            asked = json.loads(to)
+            at, position = asked["at"], asked["position"]
+            count = len(versions[at]["others"]) + 1
+        except (TypeError, ValueError, KeyError, RecursionError):
+            return gr.skip()
+        valid = type(at) is int and type(position) is int and 0 <= position < count
+        if busy or not valid or position == versions[at]["shown"]:
+            return gr.skip()
+        return self.show(*flip(conversation, notes, versions, at, position))
 
     def budget(self, name: str, max_new_tokens: int) -> tuple[int, int, str]:
         """The reply limit `name` allows, the slider's value within it, and the context line for them."""

@@ -1,13 +1,12 @@
 """One chat turn as the UI and API run it, and conversation files."""
 
 import asyncio
-import json
 
 import pytest
 
 from playground.backends import BackendError, SamplingParams
 from playground.backends.local import LocalBackend
-from playground.chat import Chat, export_conversation, import_conversation
+from playground.chat import Chat
 from playground.settings import Settings
 from playground.template import DialogueError
 
@@ -63,60 +62,6 @@ def test_message_limits(chat):
         chat.check_message("  \n")
     with pytest.raises(DialogueError, match="limit is 20000"):
         chat.check_message("x" * 20001)
-
-
-def test_conversation_files_round_trip():
-    conversation = [{"role": "user", "content": "q <b>"}, {"role": "assistant", "content": "a"}]
-    text = export_conversation(conversation, "be nice")
-    assert json.loads(text)["messages"][0] == {"role": "system", "content": "be nice"}
-    assert import_conversation(text) == (conversation, "be nice", {})
-    assert import_conversation(json.dumps(conversation)) == (conversation, "", {})
-    assert import_conversation("[]") == ([], "", {})
-    # A question kept before its reply came (a reload while it streamed) reads back, to be answered by Retry.
-    waiting = [*conversation, {"role": "user", "content": "and then?"}]
-    assert import_conversation(export_conversation(waiting, "")) == (waiting, "", {})
-
-
-def test_each_reply_keeps_its_note_in_the_file():
-    """How a reply went stays with it in a saved file: a "note" on its message, which chat templates ignore."""
-    conversation = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
-    notes = {1: "12 tokens · first token 0.20 s · 30.0 tokens/s · ended by the model", 5: "stale: no message 5"}
-    text = export_conversation(conversation, "be nice", notes)
-    assert json.loads(text)["messages"][2] == {"role": "assistant", "content": "a", "note": notes[1]}
-    assert import_conversation(text) == (conversation, "be nice", {1: notes[1]})
-    assert import_conversation(json.dumps(json.loads(text)["messages"][1:])) == (conversation, "", {1: notes[1]})
-
-
-@pytest.mark.parametrize(
-    ("messages", "reason"),
-    [
-        ([{"role": "user", "content": "q", "note": "x"}, {"role": "assistant", "content": "a"}], "only replies"),
-        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "note": 3}], "must be text"),
-        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "note": "\ud800"}], "surrogate"),
-        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "note": "x" * 201}], "limit is 200"),
-        ([{"role": "system", "content": "s", "note": "x"}], "only replies"),
-        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "note": "a\n\n# H"}], "one line"),
-    ],
-)
-def test_a_bad_note_is_refused_with_its_reason(messages, reason):
-    with pytest.raises(DialogueError, match=reason):
-        import_conversation(json.dumps(messages))
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "not json",
-        '{"messages": 3}',
-        '[{"role": "assistant", "content": "x"}]',
-        '[{"role": "user", "content": 1}]',
-        '[{"role": ["user"], "content": "x"}]',  # not a key: refused, not a TypeError
-        "[1, 2]",
-    ],
-)
-def test_bad_conversation_files_are_refused_with_a_reason(text):
-    with pytest.raises(DialogueError):
-        import_conversation(text)
 
 
 def test_continue_extends_the_same_reply(chat):

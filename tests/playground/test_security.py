@@ -138,7 +138,7 @@ def test_a_saved_conversation_goes_to_the_browser_not_to_a_file_on_the_server(op
     dependencies = httpx.get(url + "config").json()["dependencies"]
     [save] = [d for d in dependencies if d["api_name"] == "export_conversation"]
     secret = f"my secret {uuid.uuid4().hex}"
-    result = call_event(url, save["id"], [None, secret, None])
+    result = call_event(url, save["id"], [None, secret, None, None])
     assert secret in result["output"]["data"][0]  # the JSON text itself, for the page to download
     holders = [p for p in Path(gradio.utils.get_upload_folder()).rglob("*") if p.is_file() and secret in p.read_text()]
     assert not holders
@@ -158,12 +158,13 @@ def test_a_conversation_file_is_read_as_text_and_checked_before_it_replaces_anyt
             ]
         }
     )
-    # Inputs: the browser's kept conversations, the file's text, the open conversation, its notes, system prompt, ...
+    # Inputs: the browser's kept conversations, the file's text, the open conversation, its notes, versions,
+    # system prompt, ...
     sent = json.dumps({"text": good})  # as the page's openFile sends a file it has read
-    loaded = call_event(url, load["id"], [None, sent, None, None, "old system", None, False])["output"]["data"]
+    loaded = call_event(url, load["id"], [None, sent, None, None, None, "old system", None, False])["output"]["data"]
     assert loaded[load["outputs"].index(system)] == "sys" and [m["content"][0]["text"] for m in loaded[0]] == ["q", "a"]
     broken = json.dumps({"text": good.replace('"a"', '"\\ud800"')})
-    kept = call_event(url, load["id"], [None, broken, None, None, "old system", None, False])["output"]["data"]
+    kept = call_event(url, load["id"], [None, broken, None, None, None, "old system", None, False])["output"]["data"]
     assert "sys" not in json.dumps(kept) and '"q"' not in json.dumps(kept)  # nothing replaced
 
 
@@ -186,9 +187,20 @@ def test_what_load_sends_besides_a_file_is_a_warning_not_an_error(open_server, s
     url, _ = open_server
     [load] = [d for d in httpx.get(url + "config").json()["dependencies"] if d["api_name"] == "load"]
     seen: list[dict] = []
-    result = call_event(url, load["id"], [None, sent, None, None, "", None, False], seen=seen)
+    result = call_event(url, load["id"], [None, sent, None, None, None, "", None, False], seen=seen)
     assert result["msg"] == "process_completed" and result["success"], result
     assert any(m.get("msg") == "log" and said in m.get("log", "") for m in seen), seen
+
+
+@pytest.mark.parametrize(
+    "to",
+    ['{"at": true, "position": 0}', '{"at": 1, "position": 1e999}', "NaN", "[" * 100_000, "", '{"at": [1]}'],
+)
+def test_a_forged_version_flip_changes_nothing(open_server, to):
+    url, _ = open_server
+    [flip] = [d for d in httpx.get(url + "config").json()["dependencies"] if d["api_name"] == "flip"]
+    result = call_event(url, flip["id"], [to, None, None, None, False])
+    assert result["msg"] == "process_completed" and result["success"], result
 
 
 def test_a_huge_request_is_refused_and_the_server_stays_responsive(open_server, capsys):

@@ -1161,6 +1161,70 @@ RECORD_WRITES = """(key) => {
 }"""
 
 
+VERSIONS = "#chatbot .versions"
+
+
+def version_bar(page, index: int) -> str:
+    return page.locator("#chatbot .message-row").nth(index).locator(".versions span").inner_text()
+
+
+def test_retry_and_edit_keep_every_version_to_flip_back_to(app, page, monkeypatch, tmp_path):
+    """‹ 2/2 › under a retried reply and an edited question flips between the versions; they are kept
+    through a reload and in the saved file, and the Markdown file holds the version on screen."""
+    url, chat = app
+    slow_model(chat, monkeypatch, delay=0.0, endless=True)
+    page.goto(url)
+    set_max_new_tokens(page, 6)
+    page.locator("#temperature input[type=number]").fill("2")  # versions that differ
+    page.locator("#temperature input[type=number]").press("Enter")
+    ask(page, "First question")
+    wait_for_stable_reply(page, 1)
+    first = raw_conversation(page)
+    assert page.locator(VERSIONS).count() == 0  # nothing to flip yet
+
+    page.locator(RETRY).last.click()
+    page.wait_for_function(f"document.querySelector('{VERSIONS} span')?.innerText === '2/2'")
+    wait_for_stable_reply(page, 1)
+    second = raw_conversation(page)
+    page.locator('#chatbot button[aria-label="Previous version"]').click()
+    wait_for_conversation(page, json.dumps(first))
+    assert version_bar(page, 1) == "1/2"
+    page.locator('#chatbot button[aria-label="Next version"]').click()
+    wait_for_conversation(page, json.dumps(second))
+
+    # Edit the question: the whole turn it replaces is a version of the question, with the reply's own.
+    page.locator('#chatbot button[aria-label="Edit"]').first.click()
+    page.locator("#chatbot textarea").fill("Second question")
+    page.locator('#chatbot button[aria-label="Submit"]').click()
+    page.wait_for_function(f"document.querySelector('{VERSIONS} span')?.innerText === '2/2'")
+    wait_for_stable_reply(page, 1)
+    assert page.locator(VERSIONS).count() == 1 and version_bar(page, 0) == "2/2"
+    kept_after(page, lambda: page.locator('#chatbot button[aria-label="Previous version"]').click())
+    wait_for_conversation(page, json.dumps(second))
+    assert version_bar(page, 0) == "1/2" and version_bar(page, 1) == "2/2"
+
+    page.reload()  # kept in the browser, every version
+    wait_for_conversation(page, json.dumps(second))
+    page.wait_for_function(f"document.querySelectorAll('{VERSIONS}').length === 2")
+    page.locator('#chatbot button[aria-label="Previous version"]').last.click()
+    wait_for_conversation(page, json.dumps(first))
+
+    page.get_by_text("Conversation file").click()
+    with page.expect_download() as download:
+        page.locator("#save").click()
+    saved = json.loads(Path(download.value.path()).read_text())
+    assert saved["messages"][2]["versions"]["shown"] == 0
+    with page.expect_download() as download:
+        page.locator("#save-markdown").click()
+    markdown = Path(download.value.path()).read_text()
+    assert first[1]["content"] in markdown and second[1]["content"] not in markdown
+
+    # Undo takes the turn away with its versions.
+    page.locator(UNDO).last.click()
+    page.wait_for_function(f"document.querySelectorAll('{BOTS}').length === 0")
+    assert page.locator(VERSIONS).count() == 0
+
+
 def raw_conversation(page) -> list[dict]:
     return json.loads(page.locator("#raw-conversation textarea").input_value())
 

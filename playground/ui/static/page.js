@@ -240,6 +240,54 @@ window.starchat = (() => {
     label();
   };
 
+  // "‹ 2/3 ›" under each message that Retry or Edit gave versions (#versions holds {index: [shown, of]}).
+  // ‹ and › ask the server for the version before or after, through the hidden #flip button, whose event
+  // takes what `flipTo` gives it with its other four inputs.
+  let asked = '';
+  const flipTo = (to, ...rest) => {
+    const sent = asked;
+    asked = '';
+    return [sent, ...rest.slice(0, 4)];
+  };
+  const versions = () => {
+    const button = (label, text, index, position, enabled) => {
+      const flip = Object.assign(document.createElement('button'), {textContent: text, disabled: !enabled});
+      flip.setAttribute('aria-label', label);
+      flip.addEventListener('click', () => {
+        if ($('#stop')?.checkVisibility()) return;  // not while a reply streams
+        asked = JSON.stringify({at: index, position});
+        $('#flip')?.click();
+      });
+      return flip;
+    };
+    const draw = () => {
+      let marks;
+      try {
+        marks = JSON.parse($('#versions textarea')?.value || '{}');
+      } catch {
+        marks = {};
+      }
+      document.querySelectorAll('#chatbot .message-row').forEach((row, index) => {
+        const mark = marks[index], old = row.querySelector('.versions');
+        const text = mark ? `${mark[0]}/${mark[1]}` : '';
+        if (old?.dataset.text === text) return;
+        old?.remove();
+        if (!mark) return;
+        const bar = Object.assign(document.createElement('div'), {className: 'versions'});
+        bar.dataset.text = text;
+        bar.append(
+          button('Previous version', '‹', index, mark[0] - 2, mark[0] > 1),
+          Object.assign(document.createElement('span'), {textContent: text}),
+          button('Next version', '›', index, mark[0], mark[0] < mark[1]),
+        );
+        (row.querySelector('.message-buttons') ?? row).append(bar);
+      });
+    };
+    // The chatbot redraws its messages with every update; #versions changes without a DOM event.
+    new MutationObserver(draw).observe($('#chatbot'), {subtree: true, childList: true});
+    setInterval(draw, 250);
+  };
+
   // The demo notice closes for good in this browser.
   const dismissible = (notice) => {
     const key = `${config.storagePrefix}closed-${notice.id}`;
@@ -269,6 +317,7 @@ window.starchat = (() => {
     const notice = $('#demo-notice');
     if (notice) dismissible(notice);
     labelCode();
+    versions();
     // Clear empties the open conversation for good (the list keeps no copy): it asks first, as Delete does.
     document.addEventListener('click', (event) => {
       if (!event.target.closest('#chatbot button[aria-label="Clear"]') || !raw().length) return;
@@ -283,7 +332,7 @@ window.starchat = (() => {
   };
 
   return {
-    start, take, sendStored, deleting, openFile, apiSnippet,
+    start, take, sendStored, deleting, openFile, apiSnippet, flipTo,
     saveJson: download('application/json', 'json'), saveMarkdown: download('text/markdown', 'md'),
   };
 })();

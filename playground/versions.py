@@ -1,0 +1,78 @@
+"""Versions of a conversation: Retry and Edit keep what they replace, and "‹ 2/3 ›" flips between them.
+
+A version is a tail of the conversation: the messages from the retried reply or the edited question on,
+with their notes and the versions that part further down. The open conversation holds the tail on
+screen; `Versions` holds the others by the index where they part, in the order they were made, as records
+(`{"role", "content", "note"?, "versions"?}`): the form files and the browser keep them in, hung on the
+message where they part, so that a file without versions reads as before.
+"""
+
+from __future__ import annotations
+
+from playground.template import Message
+
+MAX_VERSIONS = 20  # of one message: a Retry past it forgets the oldest
+
+# index -> {"shown": position of the tail on screen among all, "others": [tail records, ...]}
+Versions = dict[int, dict]
+
+
+def record(message: Message, note: str | None = None, versions: dict | None = None) -> dict:
+    """A message as files keep it, with its note and the versions that part at it."""
+    return {
+        "role": message["role"],
+        "content": message["content"],
+        **({"note": note} if note else {}),
+        **({"versions": versions} if versions else {}),
+    }
+
+
+def tail(conversation: list[Message], notes: dict[int, str], versions: Versions, at: int) -> list[dict]:
+    """The conversation from `at` on, as records; the versions parting at `at` itself are not the tail's."""
+    return [record(m, notes.get(i), versions.get(i) if i > at else None) for i, m in enumerate(conversation) if i >= at]
+
+
+def untail(records: list[dict], at: int) -> tuple[list[Message], dict[int, str], Versions]:
+    """A tail's records as the messages, notes and versions of a conversation whose tail starts at `at`."""
+    messages = [{"role": r["role"], "content": r["content"]} for r in records]
+    notes = {at + i: r["note"] for i, r in enumerate(records) if r.get("note")}
+    versions = {at + i: r["versions"] for i, r in enumerate(records) if r.get("versions")}
+    return messages, notes, versions
+
+
+def before(versions: Versions, end: int) -> Versions:
+    """The versions that part before message `end` (Undo takes the rest away with its messages)."""
+    return {i: v for i, v in versions.items() if i < end}
+
+
+def every_version(conversation: list[Message], notes: dict[int, str], versions: Versions, at: int) -> list[list]:
+    """All the tails that part at `at`, the one on screen among them, in the order they were made."""
+    here = versions.get(at) or {"shown": 0, "others": []}
+    shown, others = here["shown"], here["others"]
+    return [*others[:shown], tail(conversation, notes, versions, at), *others[shown:]]
+
+
+def branch(conversation: list[Message], notes: dict[int, str], versions: Versions, at: int) -> Versions:
+    """The versions once a new tail replaces the one from `at` (Retry, Edit): the replaced one is kept and
+    the new one comes last."""
+    every = every_version(conversation, notes, versions, at)[-(MAX_VERSIONS - 1) :]
+    return {**before(versions, at), at: {"shown": len(every), "others": every}}
+
+
+def flip(
+    conversation: list[Message], notes: dict[int, str], versions: Versions, at: int, position: int
+) -> tuple[list[Message], dict[int, str], Versions]:
+    """The conversation with version `position` (0-based, in the order made) of the tail from `at` shown."""
+    every = every_version(conversation, notes, versions, at)
+    chosen = every.pop(position)
+    messages, chosen_notes, chosen_versions = untail(chosen, at)
+    return (
+        [*conversation[:at], *messages],
+        {**{i: n for i, n in notes.items() if i < at}, **chosen_notes},
+        {**before(versions, at), at: {"shown": position, "others": every}, **chosen_versions},
+    )
+
+
+def marks(versions: Versions) -> dict[int, tuple[int, int]]:
+    """What the page draws under a message that has versions: (the one shown, how many), from 1."""
+    return {i: (v["shown"] + 1, len(v["others"]) + 1) for i, v in sorted(versions.items())}

@@ -1,0 +1,136 @@
+"""Conversation files: what Save writes and Load reads, notes and versions included, and what is refused."""
+
+import json
+
+import pytest
+
+from playground.conversation_file import export_conversation, import_conversation
+from playground.template import DialogueError
+from playground.versions import branch, flip, marks
+
+
+def test_conversation_files_round_trip():
+    conversation = [{"role": "user", "content": "q <b>"}, {"role": "assistant", "content": "a"}]
+    text = export_conversation(conversation, "be nice")
+    assert json.loads(text)["messages"][0] == {"role": "system", "content": "be nice"}
+    assert import_conversation(text) == (conversation, "be nice", {}, {})
+    assert import_conversation(json.dumps(conversation)) == (conversation, "", {}, {})
+    assert import_conversation("[]") == ([], "", {}, {})
+    # A question kept before its reply came (a reload while it streamed) reads back, to be answered by Retry.
+    waiting = [*conversation, {"role": "user", "content": "and then?"}]
+    assert import_conversation(export_conversation(waiting, "")) == (waiting, "", {}, {})
+
+
+def test_each_reply_keeps_its_note_in_the_file():
+    """How a reply went stays with it in a saved file: a "note" on its message, which chat templates ignore."""
+    conversation = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    notes = {1: "12 tokens · first token 0.20 s · 30.0 tokens/s · ended by the model", 5: "stale: no message 5"}
+    text = export_conversation(conversation, "be nice", notes)
+    assert json.loads(text)["messages"][2] == {"role": "assistant", "content": "a", "note": notes[1]}
+    assert import_conversation(text) == (conversation, "be nice", {1: notes[1]}, {})
+    assert import_conversation(json.dumps(json.loads(text)["messages"][1:])) == (conversation, "", {1: notes[1]}, {})
+
+
+@pytest.mark.parametrize(
+    ("messages", "reason"),
+    [
+        ([{"role": "user", "content": "q", "note": "x"}, {"role": "assistant", "content": "a"}], "only replies"),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "note": 3}], "must be text"),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "note": "\ud800"}], "surrogate"),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "note": "x" * 201}], "limit is 200"),
+        ([{"role": "system", "content": "s", "note": "x"}], "only replies"),
+        ([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "note": "a\n\n# H"}], "one line"),
+    ],
+)
+def test_a_bad_note_is_refused_with_its_reason(messages, reason):
+    with pytest.raises(DialogueError, match=reason):
+        import_conversation(json.dumps(messages))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not json",
+        '{"messages": 3}',
+        '[{"role": "assistant", "content": "x"}]',
+        '[{"role": "user", "content": 1}]',
+        '[{"role": ["user"], "content": "x"}]',  # not a key: refused, not a TypeError
+        "[1, 2]",
+    ],
+)
+def test_bad_conversation_files_are_refused_with_a_reason(text):
+    with pytest.raises(DialogueError):
+        import_conversation(text)
+
+
+def turn(question: str, reply: str) -> list[dict]:
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
+
+
+def test_retry_keeps_each_version_and_flipping_shows_it_with_its_note():
+    first = turn("q", "first reply")
+    versions = branch(first, {1: "3 tokens · finished"}, {}, 1)  # Retry: the first reply is kept
+    second = turn("q", "second reply")
+    assert marks(versions) == {1: (2, 2)}
+    versions = branch(second, {1: "4 tokens · finished"}, versions, 1)
+    third = turn("q", "third reply")
+    assert marks(versions) == {1: (3, 3)}
+
+    shown, notes, flipped = flip(third, {1: "5 tokens · finished"}, versions, 1, 0)
+    assert shown == first and notes == {1: "3 tokens · finished"} and marks(flipped) == {1: (1, 3)}
+    back, notes, again = flip(shown, notes, flipped, 1, 2)
+    assert back == third and notes == {1: "5 tokens · finished"} and again == versions
+
+    # Saved and loaded, every version comes back; a file without versions reads as before.
+    text = export_conversation(shown, "be nice", {1: "3 tokens · finished"}, flipped)
+    assert import_conversation(text) == (shown, "be nice", {1: "3 tokens · finished"}, flipped)
+    assert json.loads(text)["messages"][2]["versions"]["shown"] == 0
+
+
+def test_an_edit_keeps_the_tail_it_replaces_with_the_versions_inside_it():
+    before = [*turn("q1", "a1"), *turn("q2", "a2")]
+    inner = branch(before, {}, {}, 3)  # a2 retried: its first version parts at message 3
+    after = [*turn("q1", "a1"), *turn("q2", "a2 again")]
+    versions = branch(after, {}, inner, 0)  # then the first question edited: the whole tail is kept
+    edited = turn("q1 edited", "b1")
+    assert marks(versions) == {0: (2, 2)}
+
+    shown, _, flipped = flip(edited, {}, versions, 0, 0)
+    assert shown == after and marks(flipped) == {0: (1, 2), 3: (2, 2)}
+    older, _, _ = flip(shown, {}, flipped, 3, 0)
+    assert older == before
+    assert import_conversation(export_conversation(shown, "", {}, flipped))[3] == flipped
+
+
+def versions_of(*others: list[dict], shown: int = 1) -> dict:
+    return {"shown": shown, "others": list(others)}
+
+
+@pytest.mark.parametrize(
+    ("versions", "reason"),
+    [
+        (versions_of([{"role": "assistant", "content": "x"}], shown=2), "which one is shown"),
+        (versions_of([{"role": "assistant", "content": "x"}], shown=True), "which one is shown"),
+        ({"shown": 0, "others": []}, "1 to 19 others"),
+        ({"shown": 0, "others": "x"}, "1 to 19 others"),
+        (versions_of(*[[{"role": "assistant", "content": "x"}]] * 20), "1 to 19 others"),
+        (versions_of([]), "a list of messages"),
+        (versions_of([{"role": "user", "content": "x"}]), "must start as the message does"),
+        (versions_of([{"role": "assistant", "content": "\ud800"}]), "surrogate"),
+        (versions_of([{"role": "assistant", "content": "x", "note": "a\nb"}]), "one line"),
+        (versions_of([{"role": "assistant", "content": "x"}, {"role": "assistant", "content": "y"}]), "from the user"),
+        (versions_of(*[[{"role": "assistant", "content": "x" * 60_000}]] * 2), "the limit is 40000"),
+    ],
+)
+def test_bad_versions_are_refused_with_their_reason(versions, reason):
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "versions": versions}]
+    with pytest.raises(DialogueError, match=reason):
+        import_conversation(json.dumps(messages))
+
+
+def test_versions_nested_past_any_page_are_refused():
+    reply = {"role": "assistant", "content": "a"}
+    for _ in range(40):
+        reply = {"role": "assistant", "content": "a", "versions": versions_of([reply])}
+    with pytest.raises(DialogueError, match="nested more than 32"):
+        import_conversation(json.dumps([{"role": "user", "content": "q"}, reply]))
