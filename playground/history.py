@@ -10,7 +10,9 @@ refused (or, in the list, left out) when anything is wrong.
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -39,6 +41,7 @@ class StoredConversation:
     system: str
     notes: dict[int, str] = field(default_factory=dict)  # under replies, by message index
     versions: Versions = field(default_factory=dict)  # those that Retry and Edit kept (playground.versions)
+    updated: float = 0.0  # when last changed, in seconds since 1970 (the list's Today / Earlier); 0: unknown
 
     def label(self) -> str:
         if self.title:
@@ -51,8 +54,17 @@ class StoredConversation:
         return {
             "id": self.id,
             "title": self.title,
+            **({"updated": self.updated} if self.updated else {}),
             **conversation_record(self.conversation, self.system, self.notes, self.versions),
         }
+
+
+def open_one(
+    opened: tuple, conversation: list[Message], system: str, notes: dict | None = None, versions: Versions | None = None
+) -> StoredConversation:
+    """The open conversation as it is kept; `opened` is the page's (id, title, updated)."""
+    id, title, *updated = opened
+    return StoredConversation(id, title, conversation, system, notes or {}, versions or {}, *updated[:1])
 
 
 def new_id() -> str:
@@ -76,7 +88,14 @@ def read_kept(value: object, limit: int) -> StoredConversation:
     if not isinstance(value, dict) or not isinstance(value.get("id"), str) or not _ID.fullmatch(value["id"]):
         raise DialogueError("a kept conversation needs an id")
     conversation, system, notes, versions = check_record(value, limit)
-    return StoredConversation(value["id"], check_title(value.get("title", "")), conversation, system, notes, versions)
+    title, updated = check_title(value.get("title", "")), read_time(value.get("updated"))
+    return StoredConversation(value["id"], title, conversation, system, notes, versions, updated)
+
+
+def read_time(value: object) -> float:
+    """A stored time, or 0 (unknown) for anything that is not a time from 1970 to now."""
+    valid = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if valid and 0 < value <= time.time() + 86_400 else 0.0
 
 
 def parse(text: str | None) -> object:
@@ -132,6 +151,18 @@ def shelve(past: list[StoredConversation], current: StoredConversation | None) -
     return kept, len(conversations) - len(kept)
 
 
-def choices(current: StoredConversation, past: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def entries(past: list[StoredConversation]) -> list[tuple[str, str, float]]:
+    """What the page's list needs of the past conversations: (label, id, updated)."""
+    return [(k.label(), k.id, k.updated) for k in past]
+
+
+def choices(current: StoredConversation, past: list[tuple[str, str, float]]) -> list[tuple[str, str]]:
     """The list as the page shows it: (label, id), the open conversation first unless it is empty."""
-    return [*([(current.label(), current.id)] if current.conversation else []), *past]
+    newest_first = sorted(past, key=lambda entry: -entry[2])  # unknown times (0) last, in their order
+    return [(label, id) for label, id, _ in [*entries([current] if current.conversation else []), *newest_first]]
+
+
+def dates(current: StoredConversation, past: list[tuple[str, str, float]]) -> str:
+    """When each listed conversation last changed, as JSON {id: seconds since 1970}, for the page to group
+    the list by (Today / Earlier, in the browser's time zone)."""
+    return json.dumps({id: updated for _, id, updated in [*entries([current]), *past]})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from playground.history import STORE_BYTES
+from playground.history import MAX_TITLE, STORE_BYTES
 
 STATIC = Path(__file__).with_name("static")
 # The app's own localStorage keys, so that another Gradio app on the same address keeps its values.
@@ -47,6 +47,7 @@ def config(model: str) -> dict:
         "storagePrefix": STORAGE_PREFIX,
         "storeBytes": STORE_BYTES,
         "loadBytes": LOAD_BYTES,
+        "maxTitle": MAX_TITLE,
         "apiSnippet": api_snippet(model),
         "clearQuestion": "Clear this conversation? Its messages are deleted from this browser and cannot be "
         "brought back: save it as a file first to keep it, or start a New conversation instead.",

@@ -3,7 +3,10 @@ kept after each change to the open one. Nothing of them is kept on the server (p
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import gradio as gr
 
@@ -14,7 +17,10 @@ from playground.history import (
     StoredConversation,
     check_title,
     choices,
+    dates,
+    entries,
     new_id,
+    open_one,
     read_current,
     read_past,
     sent_size,
@@ -33,10 +39,14 @@ class Conversations:
         self.page, self.chat, self.show = page, chat, show
         self.limit = chat.settings.max_conversation_chars
 
-    def listing(self, current: StoredConversation, labels: list[tuple[str, str]]) -> dict:
-        listed = self.page.conversations
+    def listing(self, current: StoredConversation, labels: list[tuple[str, str, float]]) -> dict:
+        shown = self.page.conversations
         value = current.id if current.conversation else None
-        return {listed.labels: labels, listed.listed: gr.update(choices=choices(current, labels), value=value)}
+        return {
+            shown.labels: labels,
+            shown.listed: gr.update(choices=choices(current, labels), value=value),
+            shown.dates: dates(current, labels),
+        }
 
     def opening(self, current: StoredConversation, past: list[StoredConversation], dropped: int = 0) -> dict:
         """`current` is now the open conversation and `past` the list; both are stored."""
@@ -50,11 +60,10 @@ class Conversations:
             **self.show(current.conversation, current.notes, current.versions),
             page.context: "",
             page.system: current.system,
-            listed.opened: (current.id, current.title),
-            listed.title: current.title,
+            listed.opened: opened_as(current),
             listed.current: current.stored(),
             listed.past: [k.stored() for k in past],
-            **self.listing(current, labeled(past)),
+            **self.listing(current, entries(past)),
         }
 
     def past(self, stored: str | None) -> list[StoredConversation]:
@@ -71,14 +80,14 @@ class Conversations:
         warn: bool = True,
     ) -> dict:
         listed = self.page.conversations
-        current = StoredConversation(opened[0] or new_id(), opened[1], conversation, system, notes, versions)
+        current = open_one((opened[0] or new_id(), opened[1], time.time()), conversation, system, notes, versions)
         if sent_size(current.stored()) > STORE_BYTES:
             if warn:
                 gr.Warning("This conversation is too long to keep in this browser: save it as a file.")
-            return {listed.opened: (current.id, current.title)}
+            return {listed.opened: opened_as(current)}
         return {
             listed.current: current.stored(),
-            listed.opened: (current.id, current.title),
+            listed.opened: opened_as(current),
             **self.listing(current, labels),
         }
 
@@ -135,8 +144,7 @@ class Conversations:
         return {
             **self.show(current.conversation, current.notes, current.versions),
             page.system: current.system,
-            listed.opened: (current.id, current.title),
-            listed.title: current.title,
+            listed.opened: opened_as(current),
         }
 
     def restore_list(
@@ -149,7 +157,7 @@ class Conversations:
                 f"{'were' if bad != 1 else 'was'} left out."
             )
         past = [k for k in past if k.id != opened[0]]
-        return self.listing(StoredConversation(*opened, conversation, system), labeled(past))
+        return self.listing(open_one(opened, conversation, system), entries(past))
 
     def reopen(
         self,
@@ -163,10 +171,10 @@ class Conversations:
         busy: bool,
     ) -> dict:
         past = self.past(stored)
-        leaving = StoredConversation(*opened, conversation, system, notes, versions)
+        leaving = open_one(opened, conversation, system, notes, versions)
         found = next((k for k in past if k.id == chosen), None)
         if streaming(busy) or not found or found.id == leaving.id:
-            return self.listing(leaving, labeled([k for k in past if k.id != leaving.id]))
+            return self.listing(leaving, entries([k for k in past if k.id != leaving.id]))
         return self.opening(found, *shelve([k for k in past if k.id != chosen], leaving))
 
     def new(
@@ -182,26 +190,52 @@ class Conversations:
         """An empty conversation (the system prompt stays: it is more a setting than a message)."""
         if streaming(busy):
             return gr.skip()
-        leaving = StoredConversation(*opened, conversation, system, notes, versions)
+        leaving = open_one(opened, conversation, system, notes, versions)
         return self.opening(StoredConversation(new_id(), "", [], system), *shelve(self.past(stored), leaving))
 
-    def delete(self, stored: str | None, system: str, busy: bool, sure: bool) -> dict:
-        if streaming(busy) or sure is not True:
-            return gr.skip()
-        return self.opening(StoredConversation(new_id(), "", [], system), self.past(stored))
-
-    def rename(
-        self, title: str, conversation: list, notes: dict, versions: Versions, system: str, opened: tuple, labels: list
+    def act(
+        self,
+        stored: str | None,
+        action: str,
+        conversation: list,
+        notes: dict,
+        versions: Versions,
+        system: str,
+        opened: tuple,
+        busy: bool,
+        labels: list,
     ) -> dict:
+        """An item's own Rename or Delete (page.js asks Delete's question): `action` is {"rename": id,
+        "title": text} or {"delete": id}. Deleting the open conversation opens an empty one, not while a
+        reply streams into it; an item no longer in the list changes nothing."""
         try:
-            title = check_title(title)
+            asked = json.loads(action)
+        except (TypeError, ValueError, RecursionError):
+            return gr.skip()
+        if not isinstance(asked, dict) or not ({"rename", "delete"} & asked.keys()):
+            return gr.skip()
+        target = asked.get("delete", asked.get("rename"))
+        past = self.past(stored)
+        current = open_one(opened, conversation, system, notes, versions)
+        others = [k for k in past if k.id != target]
+        if "delete" in asked:
+            if target == current.id and current.conversation:
+                empty = StoredConversation(new_id(), "", [], system)
+                return gr.skip() if streaming(busy) else self.opening(empty, past)
+            return gr.skip() if len(others) == len(past) else self.relisted(current, others)
+        try:
+            title = check_title(asked.get("title"))
         except DialogueError as exc:
             gr.Warning(str(exc))
             return gr.skip()
-        return {
-            self.page.conversations.title: title,
-            **self.keep(conversation, notes, versions, system, (opened[0], title), labels),
-        }
+        if target == current.id and current.conversation:
+            return self.keep(conversation, notes, versions, system, (current.id, title), labels)
+        renamed = [replace(k, title=title) if k.id == target else k for k in past]
+        return gr.skip() if renamed == past else self.relisted(current, renamed)
+
+    def relisted(self, current: StoredConversation, past: list[StoredConversation]) -> dict:
+        """The list changed, not the open conversation."""
+        return {self.page.conversations.past: [k.stored() for k in past], **self.listing(current, entries(past))}
 
     def open_loaded(
         self,
@@ -214,12 +248,8 @@ class Conversations:
         opened: tuple,
     ) -> dict:
         """A conversation from a file opens as a new one; the one that was open goes to the list."""
-        leaving = StoredConversation(*opened, conversation, system, notes, versions)
+        leaving = open_one(opened, conversation, system, notes, versions)
         return self.opening(loaded, *shelve(self.past(stored), leaving))
-
-
-def labeled(past: list[StoredConversation]) -> list[tuple[str, str]]:
-    return [(k.label(), k.id) for k in past]
 
 
 def streaming(busy: bool) -> bool:
@@ -227,3 +257,8 @@ def streaming(busy: bool) -> bool:
     if busy:
         gr.Warning("A reply is being written: stop it first.")
     return busy
+
+
+def opened_as(current: StoredConversation) -> tuple[str, str, float]:
+    """The page's `opened` for the open conversation (`open_one` reads it back)."""
+    return current.id, current.title, current.updated

@@ -28,7 +28,7 @@ def wire(page: Page, chat: Chat) -> None:
     # event as running, which page.js's `settled` waits on.
     replying = [*shown, *buttons, page.textbox, listed.current]
     opened = [page.state, page.notes, page.versions, page.system, listed.opened, listed.labels]
-    keeping = [listed.current, listed.opened, listed.labels, listed.listed]
+    keeping = [listed.current, listed.opened, listed.labels, listed.listed, listed.dates]
     keep = {"fn": kept.keep, "inputs": opened, "outputs": keeping, **QUICK}
     # Not queued, those kept as a reply starts: written at once, before a short reply's own keeping comes.
     at_once = {"outputs": keeping, **QUICK, "queue": False}
@@ -122,32 +122,31 @@ def wire(page: Page, chat: Chat) -> None:
         *shown,
         page.system,
         listed.opened,
-        listed.title,
         listed.current,
         listed.past,
         listed.labels,
         listed.listed,
+        listed.dates,
     ]
     page.blocks.load(
         kept.restore,
         listed.current,
-        [*shown, page.system, listed.opened, listed.title],
+        [*shown, page.system, listed.opened],
         js=call("sendStored", 1),
         **QUICK,
     ).then(
         kept.restore_list,
         [listed.past, page.state, page.system, listed.opened],
-        [listed.labels, listed.listed],
+        [listed.labels, listed.listed, listed.dates],
         js=call("sendStored", 4),
         **QUICK,
     )
     listed.listed.input(kept.reopen, [listed.past, listed.listed, *leaving], opening, js=call("sendStored", 8), **QUICK)
     listed.new.click(kept.new, [listed.past, *leaving], opening, js=call("sendStored", 7), **QUICK)
-    listed.delete.click(
-        kept.delete, [listed.past, page.system, page.busy, listed.sure], opening, js=call("deleting"), **QUICK
+    # An item's own Rename or Delete (page.js draws them and asks Delete's question).
+    listed.act.click(
+        kept.act, [listed.past, listed.action, *leaving, listed.labels], opening, js=call("listAction"), **QUICK
     )
-    for renaming in (listed.rename.click, listed.title.submit):
-        renaming(kept.rename, [listed.title, *opened], [listed.title, *keeping], **QUICK)
 
     # Files: the browser saves what the server writes into file_text, and reads the file Load opens.
     saving = [page.state, page.system, page.notes, page.versions]

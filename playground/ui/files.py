@@ -8,7 +8,7 @@ import gradio as gr
 from playground.chat import Chat
 from playground.conversation_file import import_conversation
 from playground.display import conversation_markdown
-from playground.history import StoredConversation, new_id
+from playground.history import StoredConversation, new_id, open_one
 from playground.template import DialogueError
 from playground.ui.browser import opened_file
 from playground.ui.conversations import Conversations, streaming
@@ -16,7 +16,7 @@ from playground.ui.turn import waiting
 
 
 def as_markdown(conversation: list, system: str, opened: tuple[str, str]) -> str:
-    title = StoredConversation(*opened, conversation, system).label()
+    title = open_one(opened, conversation, system).label()
     return conversation_markdown(title, conversation, system)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from playground.chat import Chat, describe_budget
-from playground.history import MAX_CONVERSATIONS, MAX_TITLE
+from playground.history import MAX_CONVERSATIONS
 from playground.sampling import PARAM_RANGES, SamplingParams
 from playground.ui.browser import STORAGE_KEYS, STORAGE_SECRET, api_snippet, call
 
@@ -31,14 +31,13 @@ class ConversationList:
 
     current: gr.BrowserState  # the open conversation (StoredConversation.stored()), written after each change
     past: gr.BrowserState  # the others, most recent first, written only when the list changes
-    opened: gr.State  # (id, title) of the open conversation
-    labels: gr.State  # the past ones' (label, id), so that redrawing the list after a turn sends none of them
+    opened: gr.State  # (id, title, updated) of the open conversation
+    labels: gr.State  # the past ones' (label, id, updated): redrawing the list after a turn sends none of them
     listed: gr.Radio
-    title: gr.Textbox
-    rename: gr.Button
+    dates: gr.Textbox  # hidden: when each listed one last changed, for the page's Today / Earlier
     new: gr.Button
-    delete: gr.Button
-    sure: gr.Checkbox  # hidden: the answer to Delete's question, set by the page
+    act: gr.Button  # hidden: clicked by an item's own Rename or Delete (page.js), with what to do
+    action: gr.Textbox  # hidden: that, as {"rename": id, "title": ...} or {"delete": id}
 
 
 @dataclass
@@ -100,26 +99,18 @@ def conversation_list() -> ConversationList:
     with gr.Sidebar(open=True, elem_id="history"):
         gr.Markdown("### StarChat Playground")
         new = gr.Button("New conversation", variant="primary", elem_id="new-conversation")
+        # page.js groups it (Today / Earlier) and gives each item its Rename and Delete.
         listed = gr.Radio(
             [],
             label="Kept in this browser",
-            info=f"The last {MAX_CONVERSATIONS}, in this browser only: never on the server. Pick one to reopen it.",
+            info=f"The last {MAX_CONVERSATIONS}, in this browser only: never on the server.",
             elem_id="conversations",
         )
-        with gr.Row(equal_height=True):
-            title = gr.Textbox(
-                show_label=False,
-                placeholder="Title of this conversation",
-                max_length=MAX_TITLE,
-                scale=3,
-                min_width=100,
-                elem_id="title",
-            )
-            rename = gr.Button("Rename", size="sm", scale=1, min_width=60, elem_id="rename")
-        delete = gr.Button("Delete this conversation", size="sm", variant="stop", elem_id="delete-conversation")
+        dates = gr.Textbox("{}", visible="hidden", elem_id="conversation-dates")
+        act = gr.Button(visible="hidden", elem_id="list-action")
+        action = gr.Textbox(visible="hidden")
     current, past = (gr.BrowserState(None, storage_key=key, secret=STORAGE_SECRET) for key in STORAGE_KEYS)
-    sure = gr.Checkbox(False, visible=False)
-    return ConversationList(current, past, gr.State(("", "")), gr.State([]), listed, title, rename, new, delete, sure)
+    return ConversationList(current, past, gr.State(("", "", 0.0)), gr.State([]), listed, dates, new, act, action)
 
 
 def settings(chat: Chat) -> tuple:

@@ -16,7 +16,7 @@ import gradio as gr
 
 from playground.chat import Chat, Update, describe_budget, sendable
 from playground.display import CONTINUABLE, ENDINGS, display_messages, raw_json, reply_note, tokens_in
-from playground.history import STORE_BYTES, StoredConversation, sent_size
+from playground.history import STORE_BYTES, open_one, sent_size
 from playground.sampling import ParamError
 from playground.template import DialogueError, Message
 from playground.ui.layout import PARAM_NAMES, Page
@@ -188,7 +188,7 @@ class Turn:
         listed = self.page.conversations
         opened = values[listed.opened]
         system = values[self.page.system]
-        kept = StoredConversation(opened[0], opened[1], conversation, system, notes, versions).stored()
+        kept = open_one((*opened[:2], time.time()), conversation, system, notes, versions).stored()
         return {listed.current: kept} if opened[0] and sent_size(kept) <= STORE_BYTES else {}
 
     def keep_interrupted(

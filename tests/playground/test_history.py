@@ -5,7 +5,19 @@ import json
 import pytest
 
 from playground import history
-from playground.history import MAX_CONVERSATIONS, StoredConversation, new_id, read_current, read_past, sent_size, shelve
+from playground.history import (
+    MAX_CONVERSATIONS,
+    StoredConversation,
+    choices,
+    dates,
+    entries,
+    new_id,
+    read_current,
+    read_kept,
+    read_past,
+    sent_size,
+    shelve,
+)
 from playground.template import DialogueError
 
 
@@ -52,3 +64,19 @@ def test_shelving_keeps_the_newest_within_the_count_and_the_bytes(monkeypatch):
     monkeypatch.setattr(history, "STORE_BYTES", 3 * sent_size([current.stored()]))
     shelved, dropped = shelve(past, current)
     assert sent_size([k.stored() for k in shelved]) <= history.STORE_BYTES and dropped == len(past) + 1 - len(shelved)
+
+
+@pytest.mark.parametrize("updated", [float("nan"), float("inf"), True, -5, 1e300, "yesterday", [1], None])
+def test_a_time_that_is_not_one_reads_as_unknown_and_keeps_the_conversation(updated):
+    value = {"id": "a" * 32, "updated": updated, "messages": [{"role": "user", "content": "q"}]}
+    assert read_kept(value, 1000).updated == 0.0
+
+
+def test_the_list_shows_the_open_one_first_then_the_newest():
+    def at(n: int, updated: float) -> StoredConversation:
+        return StoredConversation(f"{n}" * 32, f"c{n}", [{"role": "user", "content": "q"}], "", updated=updated)
+
+    current = at(1, 10.0)
+    past = entries([at(2, 0.0), at(3, 5.0), at(4, 50.0)])
+    assert [label for label, _ in choices(current, past)] == ["c1", "c4", "c3", "c2"]
+    assert json.loads(dates(current, past)) == {"1" * 32: 10.0, "2" * 32: 0.0, "3" * 32: 5.0, "4" * 32: 50.0}

@@ -319,7 +319,7 @@ def test_typing_while_a_reply_streams_loses_nothing(app, page, monkeypatch):
         dialog.dismiss()
 
     page.on("dialog", answer_no)
-    page.locator("#delete-conversation").click()
+    item_action(page, 0, "Delete")
     wait_for_notice(page, "A reply is being written")
     assert not asked and page.locator("#chatbot [data-testid=user]").count() == 1
     page.remove_listener("dialog", answer_no)
@@ -859,6 +859,17 @@ def kept_after(page, action) -> None:
     page.wait_for_function("([key, before]) => localStorage.getItem(key) !== before", arg=[STORAGE_KEYS[0], before])
 
 
+def item_action(page, index: int, action: str) -> None:
+    """An item of the conversations' list: its own Rename or Delete, shown on hover."""
+    item = page.locator("#conversations label").nth(index)
+    item.hover()
+    item.locator(f'button[aria-label="{action}"]').click()
+
+
+def groups(page) -> list[str]:
+    return page.locator("#conversations .list-group").all_inner_texts()
+
+
 def test_conversations_are_kept_in_the_browser_listed_reopened_renamed_and_deleted(app, page, monkeypatch):
     url, chat = app
     slow_model(chat, monkeypatch, delay=0.0, endless=False)
@@ -900,8 +911,9 @@ def test_conversations_are_kept_in_the_browser_listed_reopened_renamed_and_delet
     wait_for_conversation(page, first)
     wait_for_list(page, [SORT, REVERSE])
     assert page.locator(NOTES).all_inner_texts() == [note]
-    page.locator("#title textarea").fill("Sorting")
-    page.locator("#rename").click()
+    item_action(page, 0, "Rename")
+    page.locator("#conversations .rename-box").fill("Sorting")
+    page.locator("#conversations .rename-box").press("Enter")
     wait_for_list(page, ["Sorting", REVERSE])
     page.reload()
     wait_for_list(page, ["Sorting", REVERSE])
@@ -911,18 +923,55 @@ def test_conversations_are_kept_in_the_browser_listed_reopened_renamed_and_delet
     # from the browser, and an empty one is open.
     asked: list[str] = []
     page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
-    page.locator("#delete-conversation").click()
+    item_action(page, 0, "Delete")
     page.wait_for_timeout(1_000)
     assert asked and "cannot be undone" in asked[0]
     wait_for_list(page, ["Sorting", REVERSE])
     assert page.evaluate(RAW) == first
     page.once("dialog", lambda dialog: dialog.accept())
-    page.locator("#delete-conversation").click()
+    item_action(page, 0, "Delete")
     wait_for_list(page, [REVERSE])
     assert page.evaluate(RAW) == "[]"
     page.reload()
     wait_for_list(page, [REVERSE])
     assert page.evaluate(RAW) == "[]"
+
+
+def test_each_listed_conversation_renames_and_deletes_itself_grouped_today_and_earlier(app, page, monkeypatch):
+    url, chat = app
+    slow_model(chat, monkeypatch, delay=0.0, endless=False)
+    page.goto(url)
+    page.locator("#message textarea").wait_for()
+    last_week = time.time() - 7 * 86_400
+    old = [
+        {"id": f"{n}" * 32, "title": f"Old {n}", "updated": last_week, "messages": [{"role": "user", "content": "q"}]}
+        for n in (1, 2)
+    ]
+    keep_by_hand(page, STORAGE_KEYS[1], json.dumps(old))
+    page.reload()
+    wait_for_list(page, ["Old 1", "Old 2"])
+    assert groups(page) == ["Earlier"]
+    ask(page, SORT)
+    wait_for_stable_reply(page, 1)
+    wait_for_list(page, [SORT, "Old 1", "Old 2"])
+    page.wait_for_function("document.querySelectorAll('#conversations .list-group').length === 2")
+    assert groups(page) == ["Today", "Earlier"]
+
+    # Another item than the open one: renamed in place (Escape keeps the old title), deleted after asking.
+    item_action(page, 2, "Rename")
+    page.locator("#conversations .rename-box").fill("Not this")
+    page.locator("#conversations .rename-box").press("Escape")
+    item_action(page, 2, "Rename")
+    page.locator("#conversations .rename-box").fill("  Renamed\tby hand ")
+    page.locator("#conversations .rename-box").press("Enter")
+    wait_for_list(page, [SORT, "Old 1", "Renamed by hand"])
+    page.once("dialog", lambda dialog: dialog.accept())
+    item_action(page, 1, "Delete")
+    wait_for_list(page, [SORT, "Renamed by hand"])
+    assert raw_conversation(page)[0]["content"] == SORT  # the open one stays open
+    page.reload()
+    wait_for_list(page, [SORT, "Renamed by hand"])
+    assert groups(page) == ["Today", "Earlier"]
 
 
 def test_a_reply_shown_as_finished_takes_new_conversation_at_once(demo_model, page, tmp_path, monkeypatch):

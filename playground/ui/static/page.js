@@ -70,14 +70,103 @@ window.starchat = (() => {
     return [stored(value), ...rest.slice(0, inputs - 1)];
   };
 
-  // Delete asks first when the open conversation holds messages; the answer goes to the event as its last
-  // input. While a reply streams it does not ask: the server says to stop the reply first.
-  const deleting = async (value, system, busy) => {
+  // The kept conversations' list: grouped Today / Earlier (when each last changed, in this browser's time
+  // zone), each item with its own Rename and Delete. They reach the server through the hidden #list-action
+  // button, whose event takes what `listAction` gives it with its other seven inputs.
+  let action = '';
+  const listAction = async (value, asked, ...rest) => {
     await settled();
-    const raw = $('#raw-conversation textarea')?.value;
-    const streaming = !!$('#stop')?.checkVisibility();
-    const sure = !streaming && (!raw || raw === '[]' || window.confirm(config.deleteQuestion));
-    return [stored(value), system, busy, sure];
+    const sent = action;
+    action = '';
+    return [stored(value), sent, ...rest.slice(0, 7)];
+  };
+  const act = (message) => {
+    action = JSON.stringify(message);
+    $('#list-action')?.click();
+  };
+  // Rename in place: Enter or leaving the box saves, Escape keeps the old title.
+  const renameItem = (label, id) => {
+    const title = label.querySelector('span');
+    const box = Object.assign(document.createElement('input'),
+      {value: title.textContent, maxLength: config.maxTitle, className: 'rename-box'});
+    box.setAttribute('aria-label', 'New title');
+    title.hidden = true;
+    label.append(box);
+    box.focus();
+    box.select();
+    let done = false;
+    const finish = (save) => {
+      if (done) return;
+      done = true;
+      box.remove();
+      title.hidden = false;
+      if (save && box.value !== title.textContent) act({rename: id, title: box.value});
+    };
+    box.addEventListener('keydown', (event) => {
+      event.stopPropagation();
+      if (event.key !== 'Enter' && event.key !== 'Escape') return;
+      event.preventDefault();
+      finish(event.key === 'Enter');
+    });
+    box.addEventListener('blur', () => finish(true));
+    box.addEventListener('click', (event) => event.stopPropagation());
+  };
+  const conversationList = () => {
+    const draw = () => {
+      const times = hiddenJson('#conversation-dates'), today = new Date().toDateString();
+      const group = (seconds) => (seconds && new Date(seconds * 1000).toDateString() === today ? 'Today' : 'Earlier');
+      let last = null;
+      for (const label of document.querySelectorAll('#conversations label')) {
+        const name = group(times[label.querySelector('input')?.value]);
+        const before = label.previousElementSibling;
+        const header = before?.classList.contains('list-group') ? before : null;
+        if (name === last) header?.remove();
+        else if (!header) label.before(Object.assign(document.createElement('div'), {className: 'list-group', textContent: name}));
+        else if (header.textContent !== name) header.textContent = name;
+        last = name;
+        if (label.querySelector('.item-actions')) continue;
+        const actions = Object.assign(document.createElement('span'), {className: 'item-actions'});
+        for (const [kind, title] of [['rename', 'Rename'], ['delete', 'Delete']]) {
+          const button = Object.assign(document.createElement('button'), {type: 'button', className: kind, title});
+          button.setAttribute('aria-label', title);
+          actions.append(button);
+        }
+        label.append(actions);
+      }
+      for (const header of document.querySelectorAll('#conversations .list-group')) {
+        if (header.nextElementSibling?.tagName !== 'LABEL') header.remove();
+      }
+    };
+    document.addEventListener('click', (event) => {
+      const button = event.target.closest?.('#conversations .item-actions button');
+      if (!button) return;
+      event.preventDefault();
+      event.stopPropagation();
+      const label = button.closest('label'), id = label.querySelector('input')?.value;
+      // The open conversation, while a reply streams into it, is not asked about: the server says to stop
+      // the reply first.
+      const streaming = label.querySelector('input')?.checked && $('#stop')?.checkVisibility();
+      if (button.classList.contains('rename')) renameItem(label, id);
+      else if (streaming || window.confirm(config.deleteQuestion)) act({delete: id});
+    }, true);
+    watch('#conversations', draw);
+  };
+
+  // The JSON object a hidden box of the server's holds ({} until it holds one).
+  const hiddenJson = (selector) => {
+    try {
+      return JSON.parse($(`${selector} textarea`)?.value || '{}');
+    } catch {
+      return {};
+    }
+  };
+
+  // Draws again whenever Gradio redraws `selector`, and each quarter second for what changes without a DOM
+  // event (a hidden box's value).
+  const watch = (selector, draw) => {
+    new MutationObserver(draw).observe($(selector), {subtree: true, childList: true});
+    setInterval(draw, 250);
+    draw();
   };
 
   // The box is emptied the moment a message is sent, so that what is typed next stays; while a reply
@@ -261,12 +350,7 @@ window.starchat = (() => {
       return flip;
     };
     const draw = () => {
-      let marks;
-      try {
-        marks = JSON.parse($('#versions textarea')?.value || '{}');
-      } catch {
-        marks = {};
-      }
+      const marks = hiddenJson('#versions');
       document.querySelectorAll('#chatbot .message-row').forEach((row, index) => {
         const mark = marks[index], old = row.querySelector('.versions');
         const text = mark ? `${mark[0]}/${mark[1]}` : '';
@@ -283,9 +367,7 @@ window.starchat = (() => {
         (row.querySelector('.message-buttons') ?? row).append(bar);
       });
     };
-    // The chatbot redraws its messages with every update; #versions changes without a DOM event.
-    new MutationObserver(draw).observe($('#chatbot'), {subtree: true, childList: true});
-    setInterval(draw, 250);
+    watch('#chatbot', draw);
   };
 
   // The demo notice closes for good in this browser.
@@ -318,6 +400,7 @@ window.starchat = (() => {
     if (notice) dismissible(notice);
     labelCode();
     versions();
+    conversationList();
     // Clear empties the open conversation for good (the list keeps no copy): it asks first, as Delete does.
     document.addEventListener('click', (event) => {
       if (!event.target.closest('#chatbot button[aria-label="Clear"]') || !raw().length) return;
@@ -326,13 +409,12 @@ window.starchat = (() => {
       event.preventDefault();
     }, true);
     exactCopies();
-    const replacing = '#new-conversation, #delete-conversation, #conversations label,'
-      + ' #chatbot button[aria-label="Clear"]';
+    const replacing = '#new-conversation, #conversations label, #chatbot button[aria-label="Clear"]';
     document.addEventListener('click', (event) => event.target.closest(replacing) && closeEdit(), true);
   };
 
   return {
-    start, take, sendStored, deleting, openFile, apiSnippet, flipTo,
+    start, take, sendStored, listAction, openFile, apiSnippet, flipTo,
     saveJson: download('application/json', 'json'), saveMarkdown: download('text/markdown', 'md'),
   };
 })();
