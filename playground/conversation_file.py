@@ -12,10 +12,9 @@ import re
 
 from playground.chat import check_text
 from playground.template import DialogueError, Message, split_system, validate
-from playground.versions import MAX_VERSIONS, Versions, tail
+from playground.versions import MAX_DEPTH, MAX_VERSIONS, Versions, tail
 
 MAX_NOTE = 200  # characters of a reply's note (tokens, speed, why it ended) in a file or the browser
-MAX_DEPTH = 32  # versions within versions: deeper than any person makes by hand on the page
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
@@ -45,12 +44,12 @@ def import_conversation(text: str, limit: int = 100_000) -> tuple[list[Message],
 def check_record(data: object, limit: int = 100_000) -> tuple[list[Message], str, dict[int, str], Versions]:
     """A `conversation_record` (or a bare message list) from anyone, checked whole before anything is
     returned: roles, text, notes only on replies, versions that fit where they part; at most `limit`
-    characters in the conversation, and again in all its versions. Returns (conversation, system, notes,
-    versions)."""
+    characters in the conversation (and in each version, read with what comes before it), and again in
+    all its versions. Returns (conversation, system, notes, versions)."""
     conversation, system, notes = check_messages(data, limit)
     raw = data.get("messages") if isinstance(data, dict) else data
     shift = len(raw) - len(conversation)  # the system message, when there is one
-    return conversation, system, notes, check_versions(raw[shift:], conversation, 0, [limit], 0)
+    return conversation, system, notes, check_versions(raw[shift:], conversation, 0, limit, [limit], 0)
 
 
 def check_messages(data: object, limit: int) -> tuple[list[Message], str, dict[int, str]]:
@@ -79,12 +78,14 @@ def check_messages(data: object, limit: int) -> tuple[list[Message], str, dict[i
     return conversation, system, {i - shift: note for i, note in notes.items()}
 
 
-def check_versions(raw: list, conversation: list[Message], start: int, left: list[int], depth: int) -> Versions:
+def check_versions(
+    raw: list, conversation: list[Message], start: int, limit: int, left: list[int], depth: int
+) -> Versions:
     """The versions hung on `raw`, the records of `conversation` from message `start` on: each a tail that
     parts there (as the conversation would read with it), its characters counted against `left`."""
     versions: Versions = {}
     for i, message in enumerate(raw, start):
-        if not isinstance(message, dict) or "versions" not in message:
+        if not isinstance(message, dict) or not message.get("versions"):  # none, null or {}: no versions
             continue
         if depth >= MAX_DEPTH:
             raise DialogueError(f"The versions are nested more than {MAX_DEPTH} deep.")
@@ -100,14 +101,16 @@ def check_versions(raw: list, conversation: list[Message], start: int, left: lis
             if not isinstance(other, list) or not other or not isinstance(other[0], dict):
                 raise DialogueError(f"A version of message {i} must be a list of messages.")
             if other[0].get("role") != conversation[i]["role"]:
-                role = conversation[i]["role"]
-                raise DialogueError(f"A version of message {i} must start as the message does, with a {role}.")
+                first = "question" if conversation[i]["role"] == "user" else "reply"
+                raise DialogueError(f"A version of message {i} must start as the message does, with a {first}.")
             prefix = [{"role": m["role"], "content": m["content"]} for m in conversation[:i]]
             try:
-                whole, _, notes = check_messages([*prefix, *other], left[0])
+                whole, _, notes = check_messages([*prefix, *other], limit)
             except DialogueError as exc:
                 raise DialogueError(f"A version of message {i}: {exc}") from None
-            left[0] -= sum(len(m["content"]) for m in whole[i:])  # what the conversation may still hold
-            kept.append(tail(whole, notes, check_versions(other, whole, i, left, depth + 1), i))
+            left[0] -= sum(len(m["content"]) for m in whole[i:])
+            if left[0] < 0:
+                raise DialogueError(f"The versions hold more than {limit} characters in all.")
+            kept.append(tail(whole, notes, check_versions(other, whole, i, limit, left, depth + 1), i))
         versions[i] = {"shown": shown, "others": kept}
     return versions

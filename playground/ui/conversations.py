@@ -129,7 +129,7 @@ class Conversations:
         except DialogueError:  # refused by the reply's own event, which says why
             return gr.skip()
         at = len(history) - 1
-        versions = branch(conversation, notes, versions, at)
+        versions, _ = branch(conversation, notes, versions, at, self.limit)  # the reply's event says what went
         return self.keep(history, notes_before(notes, at), versions, system, opened, labels, warn=False)
 
     def restore(self, stored: str | None) -> dict:

@@ -21,7 +21,7 @@ from playground.sampling import ParamError
 from playground.template import DialogueError, Message
 from playground.ui.layout import PARAM_NAMES, Page
 from playground.ui.stop import Replies, Reply, Stopped, until_stopped
-from playground.versions import Versions, before, branch, flip, marks
+from playground.versions import MAX_DEPTH, MAX_VERSIONS, Versions, before, branch, flip, marks, take_back
 
 KEEP_EVERY_S = 1.0  # how often a streaming reply is kept in the browser, for a reload to find
 
@@ -115,7 +115,13 @@ class Turn:
         opening = history[-1]["content"] if continuing else ""  # the reply's text before this run
         before, notes, versions = values[page.state], notes_before(values[page.notes], kept), values[page.versions]
         if parts_at is not None:
-            versions = branch(before, values[page.notes], versions, parts_at)
+            limit = self.chat.settings.max_conversation_chars
+            versions, dropped = branch(before, values[page.notes], versions, parts_at, limit)
+            if dropped:
+                gr.Info(
+                    f"{dropped} older version{'s' * (dropped != 1)} let go: a conversation keeps {MAX_VERSIONS} "
+                    f"versions of a message, nested {MAX_DEPTH} deep, {limit:,} characters of them in all."
+                )
         unchanged = {**self.show(before, values[page.notes]), **unlocked, **restore}
         try:
             raw = {name: values[c] for name, c in zip(PARAM_NAMES, page.samplers, strict=True)}
@@ -302,15 +308,21 @@ class Turn:
     def undo(
         self, conversation: list[Message], notes: dict[int, str], versions: Versions, box: str, busy: bool
     ) -> dict:
-        """The last question goes back into the box, before anything typed there, with its reply taken away
-        (an unanswered one alone). Not while a reply streams (the page disables the button meanwhile)."""
+        """Takes back what was done last, and only that. A retried reply: the version on screen goes, the newest
+        other shows. Else the last question goes back into the box, before anything typed there, with its
+        reply (an unanswered one alone); an edited one's newest other version then shows. Not while a reply
+        streams (the page disables the button meanwhile)."""
         if not conversation or busy:
             return gr.skip()
         cut = len(conversation) - (1 if waiting(conversation) else 2)
         if cut < 0:
             return gr.skip()
-        shown = self.show(conversation[:cut], notes_before(notes, cut), before(versions, cut))
-        return {**shown, self.page.textbox: put_back(conversation[cut]["content"], box)}
+        if cut + 1 in versions:
+            return self.show(*take_back(conversation, notes, versions, cut + 1))
+        back = {self.page.textbox: put_back(conversation[cut]["content"], box)}
+        if cut in versions:
+            return {**self.show(*take_back(conversation, notes, versions, cut)), **back}
+        return {**self.show(conversation[:cut], notes_before(notes, cut), before(versions, cut)), **back}
 
     def clear(self, name: str, max_new_tokens: int, request: gr.Request) -> dict:
         """An empty conversation; a reply that was streaming is cancelled first, so it cannot write back. The

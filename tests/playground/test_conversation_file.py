@@ -6,7 +6,9 @@ import pytest
 
 from playground.conversation_file import export_conversation, import_conversation
 from playground.template import DialogueError
-from playground.versions import branch, flip, marks
+from playground.versions import MAX_DEPTH, MAX_VERSIONS, branch, flip, marks, take_back
+
+LIMIT = 100_000
 
 
 def test_conversation_files_round_trip():
@@ -69,10 +71,10 @@ def turn(question: str, reply: str) -> list[dict]:
 
 def test_retry_keeps_each_version_and_flipping_shows_it_with_its_note():
     first = turn("q", "first reply")
-    versions = branch(first, {1: "3 tokens · finished"}, {}, 1)  # Retry: the first reply is kept
+    versions = branch(first, {1: "3 tokens · finished"}, {}, 1, LIMIT)[0]  # Retry: the first reply is kept
     second = turn("q", "second reply")
     assert marks(versions) == {1: (2, 2)}
-    versions = branch(second, {1: "4 tokens · finished"}, versions, 1)
+    versions = branch(second, {1: "4 tokens · finished"}, versions, 1, LIMIT)[0]
     third = turn("q", "third reply")
     assert marks(versions) == {1: (3, 3)}
 
@@ -89,9 +91,9 @@ def test_retry_keeps_each_version_and_flipping_shows_it_with_its_note():
 
 def test_an_edit_keeps_the_tail_it_replaces_with_the_versions_inside_it():
     before = [*turn("q1", "a1"), *turn("q2", "a2")]
-    inner = branch(before, {}, {}, 3)  # a2 retried: its first version parts at message 3
+    inner = branch(before, {}, {}, 3, LIMIT)[0]  # a2 retried: its first version parts at message 3
     after = [*turn("q1", "a1"), *turn("q2", "a2 again")]
-    versions = branch(after, {}, inner, 0)  # then the first question edited: the whole tail is kept
+    versions = branch(after, {}, inner, 0, LIMIT)[0]  # then the first question edited: the whole tail is kept
     edited = turn("q1 edited", "b1")
     assert marks(versions) == {0: (2, 2)}
 
@@ -112,14 +114,15 @@ def versions_of(*others: list[dict], shown: int = 1) -> dict:
         (versions_of([{"role": "assistant", "content": "x"}], shown=2), "which one is shown"),
         (versions_of([{"role": "assistant", "content": "x"}], shown=True), "which one is shown"),
         ({"shown": 0, "others": []}, "1 to 19 others"),
+        ({"shown": 0}, "1 to 19 others"),
         ({"shown": 0, "others": "x"}, "1 to 19 others"),
         (versions_of(*[[{"role": "assistant", "content": "x"}]] * 20), "1 to 19 others"),
         (versions_of([]), "a list of messages"),
-        (versions_of([{"role": "user", "content": "x"}]), "must start as the message does"),
+        (versions_of([{"role": "user", "content": "x"}]), "must start as the message does, with a reply"),
         (versions_of([{"role": "assistant", "content": "\ud800"}]), "surrogate"),
         (versions_of([{"role": "assistant", "content": "x", "note": "a\nb"}]), "one line"),
         (versions_of([{"role": "assistant", "content": "x"}, {"role": "assistant", "content": "y"}]), "from the user"),
-        (versions_of(*[[{"role": "assistant", "content": "x" * 60_000}]] * 2), "the limit is 40000"),
+        (versions_of(*[[{"role": "assistant", "content": "x" * 60_000}]] * 2), "more than 100000 characters in all"),
     ],
 )
 def test_bad_versions_are_refused_with_their_reason(versions, reason):
@@ -134,3 +137,47 @@ def test_versions_nested_past_any_page_are_refused():
         reply = {"role": "assistant", "content": "a", "versions": versions_of([reply])}
     with pytest.raises(DialogueError, match="nested more than 32"):
         import_conversation(json.dumps([{"role": "user", "content": "q"}, reply]))
+
+
+@pytest.mark.parametrize("empty", [None, {}, []])
+def test_no_versions_written_as_null_or_empty_reads_as_none(empty):
+    messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "versions": empty}]
+    assert import_conversation(json.dumps(messages))[3] == {}
+
+
+def test_what_the_page_makes_stays_within_what_a_file_may_hold():
+    """Past the limits a reader holds a file to, the oldest versions go as they are made, and the page says
+    how many: a reload or a saved file never meets a conversation it cannot read."""
+    conversation, versions = turn("q", "reply 0"), {}
+    for n in range(1, MAX_VERSIONS + 3):
+        versions, dropped = branch(conversation, {}, versions, 1, LIMIT)
+        conversation = turn("q", f"reply {n}")
+        assert dropped == (n >= MAX_VERSIONS)
+    assert marks(versions) == {1: (MAX_VERSIONS, MAX_VERSIONS)}
+    assert versions[1]["others"][0][0]["content"] == "reply 3"  # 0, 1 and 2 went first
+
+    long = turn("q", "x" * 40_000)
+    versions, dropped = branch(long, {}, {}, 1, LIMIT)
+    versions, dropped = branch(long, {}, versions, 1, LIMIT)
+    assert dropped == 0 and marks(versions) == {1: (3, 3)}
+    versions, dropped = branch(long, {}, versions, 1, LIMIT)  # a third 40,000 would pass 100,000
+    assert dropped == 1 and marks(versions) == {1: (3, 3)}
+    assert import_conversation(export_conversation(long, "", {}, versions), LIMIT)[3] == versions
+
+    # Each edit of an earlier question nests what it replaces one deeper: past MAX_DEPTH the innermost go.
+    conversation = [m for n in range(MAX_DEPTH + 2) for m in turn(f"q{n}", f"a{n}")]
+    versions = {}
+    for n in reversed(range(MAX_DEPTH + 2)):
+        versions, dropped = branch(conversation, {}, versions, 2 * n, LIMIT)
+        conversation = [*conversation[: 2 * n], *turn(f"q{n} edited", f"b{n}")]
+        assert dropped == (n < 2)
+    assert import_conversation(export_conversation(conversation, "", {}, versions))[3] == versions
+
+
+def test_undo_takes_back_the_version_on_screen_and_the_newest_other_shows():
+    versions = branch(turn("q", "first"), {1: "one"}, {}, 1, LIMIT)[0]
+    versions = branch(turn("q", "second"), {1: "two"}, versions, 1, LIMIT)[0]
+    shown, notes, left = take_back(turn("q", "third"), {1: "three"}, versions, 1)
+    assert shown == turn("q", "second") and notes == {1: "two"} and marks(left) == {1: (2, 2)}
+    shown, notes, left = take_back(shown, notes, left, 1)
+    assert shown == turn("q", "first") and notes == {1: "one"} and left == {}

@@ -110,7 +110,12 @@ def test_ask_stream_stop_retry_undo(app, page, monkeypatch, tmp_path):
     assert len(calls) > 1
     assert page.locator('#chatbot [data-testid="user"]').count() == 2
 
-    # Undo: the last exchange goes and its question comes back to the message box.
+    # Undo takes back what was done last: the retried reply (the one before it shows again), then the
+    # exchange, its question back in the message box.
+    page.locator(UNDO).last.click()
+    page.wait_for_function(
+        "(text) => document.querySelectorAll('#chatbot [data-testid=bot]')[1]?.innerText === text", arg=stopped
+    )
     page.locator(UNDO).last.click()
     page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 1")
     assert page.locator("#message textarea").input_value() == FOLLOW_UP
@@ -1268,10 +1273,18 @@ def test_retry_and_edit_keep_every_version_to_flip_back_to(app, page, monkeypatc
     markdown = Path(download.value.path()).read_text()
     assert first[1]["content"] in markdown and second[1]["content"] not in markdown
 
-    # Undo takes the turn away with its versions.
+    # Undo takes back what was done last, and only that: the reply's version on screen, then the edited
+    # question (back into the box) with the other version of it shown, then that one's whole turn.
     page.locator(UNDO).last.click()
-    page.wait_for_function(f"document.querySelectorAll('{BOTS}').length === 0")
-    assert page.locator(VERSIONS).count() == 0
+    wait_for_conversation(page, json.dumps([first[0], second[1]]))
+    assert page.locator(VERSIONS).count() == 1 and version_bar(page, 0) == "1/2"
+    page.locator(UNDO).last.click()
+    page.wait_for_function("document.querySelector('#message textarea').value === 'First question'")
+    assert raw_conversation(page)[0]["content"] == "Second question" and page.locator(VERSIONS).count() == 0
+    page.locator("#message textarea").fill("")
+    page.locator(UNDO).last.click()
+    page.wait_for_function(f"{RAW} === '[]'")
+    assert page.locator("#message textarea").input_value() == "Second question"
 
 
 def raw_conversation(page) -> list[dict]:
