@@ -141,8 +141,13 @@ def wire(page: Page, chat: Chat) -> None:
         js=call("sendStored", 4),
         **QUICK,
     )
-    listed.listed.input(kept.reopen, [listed.past, listed.listed, *leaving], opening, js=call("sendStored", 8), **QUICK)
-    listed.new.click(kept.new, [listed.past, *leaving], opening, js=call("sendStored", 7), **QUICK)
+    # Not queued: an event queued the moment another ends can wait in Gradio's queue until the page's next
+    # event (its stream closed as it joined), with the old conversation on screen; the page stops a streaming
+    # reply before these (page.js `stopFirst`), so they have no warning to give.
+    switching = {**QUICK, "queue": False}
+    reopening = [listed.past, listed.listed, *leaving]
+    listed.listed.input(kept.reopen, reopening, opening, js=call("sendStored", 8), **switching)
+    listed.new.click(kept.new, [listed.past, *leaving], opening, js=call("sendStored", 7), **switching)
     # An item's own Rename or Delete (page.js draws them and asks Delete's question).
     listed.act.click(
         kept.act, [listed.past, listed.action, *leaving, listed.labels], opening, js=call("listAction"), **QUICK

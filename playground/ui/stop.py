@@ -138,8 +138,9 @@ class Replies:
         self.unsent.pop(session, None)
 
     async def stop(self, session: str, conversation: list[Message], notes: dict[int, str], box: str) -> Stopped | None:
-        """Ends the session's reply. None: the reply's event has shown where it stopped. Otherwise what the
-        page shows: `conversation` and `notes` are the page's, for a reply this server no longer holds."""
+        """Ends the session's reply. None: the reply's event has shown where it stopped, or there was none.
+        Otherwise what the page shows: `conversation` and `notes` are the page's, for a reply that has not
+        started: its message goes back to the box."""
         if live := self.live.get(session):
             live.box = box
             live.stop.set()
@@ -147,7 +148,11 @@ class Replies:
                 await asyncio.wait_for(live.done.wait(), STOP_WAIT_S)
             return None if live.shown else live.where_stopped()
         self.halted.add(session)  # its reply, if it still comes, does not run
-        return Stopped(conversation, marked(conversation, notes), self.unsent.pop(session, None))
+        if (back := self.unsent.pop(session, None)) is None:
+            # No reply on its way: it ended as Stop was pressed. Drawing the page's conversation again could
+            # draw over what replaced it since (New conversation, right after).
+            return None
+        return Stopped(conversation, marked(conversation, notes), back)
 
     def forget(self, session: str) -> None:
         """A session that has left (its tab closed or reloaded): its reply ends, and nothing of it is kept.

@@ -979,6 +979,34 @@ def test_each_listed_conversation_renames_and_deletes_itself_grouped_today_and_e
     assert groups(page) == ["Today", "Earlier"]
 
 
+def test_switching_conversation_while_a_reply_streams_stops_it_and_keeps_what_streamed(app, page, monkeypatch):
+    """New conversation, or another from the list, is not refused while a reply streams: the reply stops,
+    and its conversation goes to the list as far as it got."""
+    url, chat = app
+    slow_model(chat, monkeypatch, delay=0.02, endless=True)
+    page.goto(url)
+    ask(page, SORT)
+    page.wait_for_function(f"document.querySelector('{BOTS}')?.innerText.length > 20")
+    page.locator("#new-conversation").click()
+    page.wait_for_function(f"{RAW} === '[]'")
+    assert wait_until_idle(), "the reply went on in a conversation that was left"
+    wait_for_list(page, [SORT])
+
+    ask(page, REVERSE)
+    page.wait_for_function(f"document.querySelector('{BOTS}')?.innerText.length > 20")
+    page.locator("#conversations label", has_text=SORT).click()
+    page.wait_for_function(f"(text) => {RAW}.includes(text)", arg=SORT)
+    assert wait_until_idle()
+    wait_for_list(page, [SORT, REVERSE])
+    assert page.locator(NOTES).inner_text().endswith("stopped by you") and len(bot_texts(page)[0]) > 20
+    notices = page.locator("[data-testid=toast-body]").all_inner_texts()
+    assert not any("being written" in text for text in notices), notices
+
+    page.locator("#conversations label", has_text=REVERSE).click()
+    page.wait_for_function(f"(text) => {RAW}.includes(text)", arg=REVERSE)
+    assert page.locator(NOTES).inner_text().endswith("stopped by you") and len(bot_texts(page)[0]) > 20
+
+
 def test_a_reply_shown_as_finished_takes_new_conversation_at_once(demo_model, page, tmp_path, monkeypatch):
     """A reply's generator may wind down a while after its last piece (on a loaded server). The reply shows
     its note with the page given back, so New conversation right then is not refused as "being written",

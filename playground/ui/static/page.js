@@ -393,6 +393,21 @@ window.starchat = (() => {
     $(`#chatbot button[aria-label="${save ? 'Submit' : 'Cancel'}"]`)?.click();
   }, true);
 
+  // New conversation, or another from the list, while a reply streams: the reply stops first (it stays, as
+  // far as it got, in the conversation that goes to the list), then the click goes on. A click of the page's
+  // own (not trusted) is the one that goes on.
+  const stopFirst = () => document.addEventListener('click', async (event) => {
+    const switching = event.target.closest?.('#new-conversation, #conversations label');
+    if (!switching || !event.isTrusted || event.target.closest('.item-actions, .rename-box')) return;
+    if (!$('#stop')?.checkVisibility()) return;
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    $('#stop').click();
+    const replying = () => $('#stop')?.checkVisibility() || $('#message .generating');
+    for (let i = 0; i < 250 && replying(); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    (switching.tagName === 'LABEL' ? switching.querySelector('input') : switching).click();
+  }, true);
+
   const start = () => {
     fitSidebars();
     editKeys();
@@ -401,6 +416,7 @@ window.starchat = (() => {
     labelCode();
     versions();
     conversationList();
+    stopFirst();
     // Clear empties the open conversation for good (the list keeps no copy): it asks first, as Delete does.
     document.addEventListener('click', (event) => {
       if (!event.target.closest('#chatbot button[aria-label="Clear"]') || !raw().length) return;
