@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from playground.backends import DEMO_NAME
 from playground.ui.browser import STORAGE_KEYS, STORAGE_SECRET
 from playground.ui.layout import EXAMPLES
 from tests.conftest import generating, local_and_remote, serve, serve_model, slow_model, wait_until_idle
@@ -33,6 +34,13 @@ WATCH_REPLY = """() => {
 @pytest.fixture(scope="module")
 def app(demo_model, tmp_path_factory):
     with serve_model(demo_model, tmp_path_factory.mktemp("cache")) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def as_started(demo_model):
+    """The page as `python app.py` serves it with no flags: the demo model, by its name, with its notice."""
+    with serve("--cache-dir", str(demo_model.parent)) as served:
         yield served
 
 
@@ -769,8 +777,8 @@ def screenshot(page, name: str) -> None:
         page.screenshot(path=str(Path(folder) / f"{name}.png"))
 
 
-def test_the_layout_fills_the_window_and_only_the_conversation_scrolls(app, page, monkeypatch):
-    url, chat = app
+def test_the_layout_fills_the_window_and_only_the_conversation_scrolls(as_started, page, monkeypatch):
+    url, chat = as_started
     slow_model(chat, monkeypatch, delay=0.0, endless=False)
     page.set_viewport_size({"width": 1280, "height": 900})
     page.goto(url)
@@ -782,6 +790,7 @@ def test_the_layout_fills_the_window_and_only_the_conversation_scrolls(app, page
         if n == 0:
             screenshot(page, "desktop")  # the demo answers one question well: a conversation is beyond it
     assert page_size(page) == [1280, 900]  # the page is the window
+    assert page.locator("#model-info").inner_text().startswith(DEMO_NAME)  # by its name, not its folder's
     chat_box, message = page.locator("#chatbot").bounding_box(), box.bounding_box()
     assert chat_box["height"] > 900 * 0.55 and message["y"] + message["height"] > 900 - 140  # at the foot
     assert page.evaluate("(e => e.scrollHeight > e.clientHeight)(document.querySelector('#chatbot .bubble-wrap'))")
@@ -795,8 +804,8 @@ def test_the_layout_fills_the_window_and_only_the_conversation_scrolls(app, page
     assert page_size(page) == [390, 844] and box.bounding_box()["y"] + box.bounding_box()["height"] <= 844
 
 
-def test_the_layout_on_a_phone_opens_on_the_chat_with_the_sidebars_over_it(app):
-    url, _ = app
+def test_the_layout_on_a_phone_opens_on_the_chat_with_the_sidebars_over_it(as_started):
+    url, _ = as_started
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
