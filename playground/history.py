@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from playground.chat import check_text
+from playground.chat import check_text, sendable
 from playground.conversation_file import check_record, conversation_record
 from playground.template import DialogueError, Message
 from playground.versions import Versions
@@ -62,8 +62,10 @@ class StoredConversation:
 def open_one(
     opened: tuple, conversation: list[Message], system: str, notes: dict | None = None, versions: Versions | None = None
 ) -> StoredConversation:
-    """The open conversation as it is kept; `opened` is the page's (id, title, updated)."""
+    """The open conversation as it is kept; `opened` is the page's (id, title, updated). The system prompt is
+    the page's box as sent: a lone surrogate there could not go back to the browser."""
     id, title, *updated = opened
+    system = sendable(system) if isinstance(system, str) else ""
     return StoredConversation(id, title, conversation, system, notes or {}, versions or {}, *updated[:1])
 
 

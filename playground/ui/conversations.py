@@ -191,7 +191,7 @@ class Conversations:
         if streaming(busy):
             return gr.skip()
         leaving = open_one(opened, conversation, system, notes, versions)
-        return self.opening(StoredConversation(new_id(), "", [], system), *shelve(self.past(stored), leaving))
+        return self.opening(open_one((new_id(), ""), [], system), *shelve(self.past(stored), leaving))
 
     def act(
         self,
@@ -220,7 +220,7 @@ class Conversations:
         others = [k for k in past if k.id != target]
         if "delete" in asked:
             if target == current.id and current.conversation:
-                empty = StoredConversation(new_id(), "", [], system)
+                empty = open_one((new_id(), ""), [], system)
                 return gr.skip() if streaming(busy) else self.opening(empty, past)
             return gr.skip() if len(others) == len(past) else self.relisted(current, others)
         try:
