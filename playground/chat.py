@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import anyio
 
 from playground.backends import Backend, BackendError, ChatRequest, Refused, SamplingParams, astream
-from playground.guards import SlidingWindow
+from playground.rate_window import SlidingWindow
 from playground.settings import Settings
 from playground.template import DialogueError, Message, Prompt, reply_text, validate
 

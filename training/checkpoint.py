@@ -1,4 +1,4 @@
-"""Writes the served checkpoint (DESIGN.md's contract), so that a killed write never looks whole; checks
+"""Writes the served checkpoint (docs/design.md's contract), so that a killed write never looks whole; checks
 the folders a run or a merge reads before anything heavy is loaded.
 
 Everything is written to `<dir>/.incomplete/`, then moved into `<dir>` with config.json last:

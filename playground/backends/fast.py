@@ -18,9 +18,9 @@ when they stop, finish or are cancelled, and each has its own sampling parameter
 - The host reads the sampled ids once a step (one device-to-host copy) and hands them to each
   request's queue; detokenizing happens in the consumer's thread, not here.
 
-Why our own loop rather than transformers' continuous batching: on one H200 its `generate_batch`
-gave 333 tok/s at 32 streams (ANCHORS.md) where the memory bandwidth allows thousands, and its
-static-cache `generate` serves one stream at a time. This file reads the model's own modules,
+Why our own loop rather than transformers' continuous batching: its `generate_batch` reached a few
+hundred tok/s at 32 streams on one H200 where the memory bandwidth allows thousands, and its
+static-cache `generate` serves one stream at a time (docs/benchmarks.md: the peers beside ours). This file reads the model's own modules,
 so any GPTBigCode checkpoint (multi-query attention) works; anything else uses plain generate.
 """
 

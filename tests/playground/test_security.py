@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -429,27 +428,3 @@ def test_start_up_says_the_api_is_off_when_the_page_has_a_login(tiny_checkpoint,
         stop_app(proc)
     printed = proc.stdout.read()
     assert "OpenAI API at /v1 is off: the page has --auth; give --api-key KEY to turn it on" in printed
-
-
-def test_the_sliding_window_forgets_quiet_clients_once_many_are_known(monkeypatch):
-    import playground.guards as guards
-
-    clock = [0.0]
-    # guards' own clock only: patching time.monotonic itself would stop every event loop's timers, and the
-    # module's servers would then miss their shutdown (10 s each, once per run).
-    monkeypatch.setattr(guards, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    monkeypatch.setattr(guards, "MAX_CLIENTS", 3)
-    window = guards.SlidingWindow(limit=2, seconds=60)
-    assert [window.take("a"), window.take("a"), window.take("a")] == [0, 0, 60]  # full: wait the whole minute
-    clock[0] = 45
-    assert window.take("a") == 15
-    for client in "bcd":
-        window.take(client)
-    clock[0] = 100  # a's events are now a minute old; b, c and d's are 55 s old
-    window.take("e")
-    assert set(window.seen) == {"b", "c", "d", "e"}
-    clock[0] = 150
-    window.take("f")  # more than MAX_CLIENTS known again: the quiet ones go
-    assert set(window.seen) == {"e", "f"}
-    window.give_back("f")
-    assert not window.seen["f"]
