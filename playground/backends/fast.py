@@ -20,8 +20,9 @@ when they stop, finish or are cancelled, and each has its own sampling parameter
 
 Why our own loop rather than transformers' continuous batching: its `generate_batch` reached a few
 hundred tok/s at 32 streams on one H200 where the memory bandwidth allows thousands, and its
-static-cache `generate` serves one stream at a time (docs/benchmarks.md: the peers beside ours). This file reads the model's own modules,
-so any GPTBigCode checkpoint (multi-query attention) works; anything else uses plain generate.
+static-cache `generate` serves one stream at a time (docs/benchmarks.md: the peers beside ours). This
+file reads the model's own modules, so any GPTBigCode checkpoint (multi-query attention) works; anything
+else uses plain generate.
 """
 
 from __future__ import annotations
