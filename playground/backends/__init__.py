@@ -157,50 +157,17 @@ def load_backend(settings, default_model: Callable[[], str | Path] | None = None
     )
 
 
-MODEL_KEYS = {
-    "model",
-    "backend",
-    "quantize",
-    "endpoint_url",
-    "endpoint_protocol",
-    "endpoint_model",
-    "endpoint_token",
-    "endpoint_timeout",
-}
-
-
 def load_backends(settings, default_model: Callable[[], str | Path] | None = None) -> dict[str, Backend]:
     """Display name -> backend: the models file's entries in order, or the one model of the flags."""
     if not settings.models_file:
         backend = load_backend(settings, default_model)
         return {backend.info.model: backend}
-    import dataclasses
+    from playground.models_file import read_models_file
 
-    import yaml
-
-    path = settings.models_file
-    try:
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot be read as YAML ({' '.join(str(exc).split())})") from None
-    entries = document.get("models") if isinstance(document, dict) else None
-    if not entries or not isinstance(entries, list):
-        raise ValueError(f"{path}: no list of entries under 'models:'")
-    for i, entry in enumerate(entries):
-        named = isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"].strip()
-        if not named or set(entry) - MODEL_KEYS - {"name"}:
-            raise ValueError(f"{path}: entry {i} needs a name (text) and only the keys {sorted(MODEL_KEYS)}")
-    names = [entry["name"].strip() for entry in entries]
-    if again := next((name for name in names if names.count(name) > 1), None):
-        raise ValueError(f"{path}: two entries are named {again!r}")
     backends = {}
-    for i, entry in enumerate(entries):
+    for i, (name, chosen) in enumerate(read_models_file(settings.models_file, settings)):
         try:
-            chosen = dataclasses.replace(settings, **{k: v for k, v in entry.items() if k != "name"})
-        except ValueError as exc:
-            raise ValueError(f"{path}: entry {i}: {exc}") from None
-        try:
-            backends[names[i]] = load_backend(chosen, default_model)
+            backends[name] = load_backend(chosen, default_model)
         except (OSError, ValueError, BackendError) as exc:  # which of several models failed, and why
-            raise ValueError(f"{path}: entry {i} ({names[i]}): {exc}") from None
+            raise ValueError(f"{settings.models_file}: entry {i} ({name}): {exc}") from None
     return backends
