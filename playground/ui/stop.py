@@ -50,7 +50,7 @@ class Reply:
     versions: Versions | None = None  # once it has, those of its conversation (Retry and Edit keep a version)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     box: str = ""  # the message box when Stop was pressed
-    shown: bool = False  # the reply's event has shown where it stopped
+    shown: bool = False  # the reply's event has shown where it stopped, or how it ended by itself
     dropped: bool = False  # its conversation was cleared: it shows nothing more
     done: asyncio.Event = field(default_factory=asyncio.Event)
 

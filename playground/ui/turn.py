@@ -175,6 +175,7 @@ class Turn:
                 yield {**self.stopped(stopped, live.box), **kept}
                 live.shown = True
                 return
+            live.shown = True  # it ended by itself: a Stop that comes now has nothing to draw
         finally:
             self.replies.end(session, live)
         if not (last and last.finish):
