@@ -139,9 +139,10 @@ def read_past(text: str | None, limit: int) -> tuple[list[StoredConversation], i
 
 
 def shelve(past: list[StoredConversation], current: StoredConversation | None) -> tuple[list[StoredConversation], int]:
-    """The list with `current` (unless it is empty) first and the oldest beyond the caps dropped; and how
-    many were dropped."""
-    conversations = [*([current] if current and current.conversation else []), *past]
+    """The list with `current` (unless it is empty) first, in place of any older copy of it, and the oldest
+    beyond the caps dropped; and how many were dropped."""
+    kept_elsewhere = [k for k in past if not current or k.id != current.id]  # an older copy of it goes
+    conversations = [*([current] if current and current.conversation else []), *kept_elsewhere]
     kept: list[StoredConversation] = []
     size = sent_size([])
     for conversation in conversations[:MAX_CONVERSATIONS]:
@@ -159,8 +160,10 @@ def entries(past: list[StoredConversation]) -> list[tuple[str, str, float]]:
 
 
 def choices(current: StoredConversation, past: list[tuple[str, str, float]]) -> list[tuple[str, str]]:
-    """The list as the page shows it: (label, id), the open conversation first unless it is empty."""
-    newest_first = sorted(past, key=lambda entry: -entry[2])  # unknown times (0) last, in their order
+    """The list as the page shows it: (label, id), the open conversation first unless it is empty, then the
+    newest."""
+    # Unknown times (0) last, in their order; an older copy of the open one (another tab's) not twice.
+    newest_first = sorted((entry for entry in past if entry[1] != current.id), key=lambda entry: -entry[2])
     return [(label, id) for label, id, _ in [*entries([current] if current.conversation else []), *newest_first]]
 
 

@@ -45,6 +45,8 @@ def config(model: str) -> dict:
     """What page.js reads from the server."""
     return {
         "storagePrefix": STORAGE_PREFIX,
+        "storageKeys": STORAGE_KEYS,
+        "storageSecret": STORAGE_SECRET,
         "storeBytes": STORE_BYTES,
         "loadBytes": LOAD_BYTES,
         "maxTitle": MAX_TITLE,
@@ -53,8 +55,8 @@ def config(model: str) -> dict:
         "brought back: save it as a file first to keep it, or start a New conversation instead.",
         "deleteQuestion": "Delete this conversation from this browser? It cannot be undone: save it as a file "
         "first to keep it.",
-        "otherTab": "The playground was changed in another tab. This tab no longer keeps its conversations in "
-        "the browser: save this one as a file if you need it, then reload.",
+        "otherTab": "This conversation was changed in another tab. This tab no longer keeps its conversations "
+        "in the browser: save this one as a file if you need it, then reload.",
     }
 
 

@@ -233,6 +233,18 @@ class Conversations:
         renamed = [replace(k, title=title) if k.id == target else k for k in past]
         return gr.skip() if renamed == past else self.relisted(current, renamed)
 
+    def take_in(self, stored: str | None, theirs: str, conversation: list, system: str, opened: tuple) -> dict:
+        """Another tab's open conversation (`theirs`, as it stored it), into this tab's list: this tab's next
+        write of its own open conversation then loses neither."""
+        try:
+            other = read_current(theirs, self.limit)
+        except DialogueError:
+            return gr.skip()
+        if other is None or other.id == opened[0] or not other.conversation:
+            return gr.skip()
+        past, _ = shelve(self.past(stored), other)
+        return self.relisted(open_one(opened, conversation, system), past)
+
     def relisted(self, current: StoredConversation, past: list[StoredConversation]) -> dict:
         """The list changed, not the open conversation."""
         return {self.page.conversations.past: [k.stored() for k in past], **self.listing(current, entries(past))}

@@ -29,7 +29,8 @@ def wire(page: Page, chat: Chat) -> None:
     replying = [*shown, *buttons, page.textbox, listed.current]
     opened = [page.state, page.notes, page.versions, page.system, listed.opened, listed.labels]
     keeping = [listed.current, listed.opened, listed.labels, listed.listed, listed.dates]
-    keep = {"fn": kept.keep, "inputs": opened, "outputs": keeping, **QUICK}
+    # page.js runs it in turn with the list's events: each writes what the one before it has written.
+    keep = {"fn": kept.keep, "inputs": opened, "outputs": keeping, "js": call("inTurn"), **QUICK}
     # Not queued, those kept as a reply starts: written at once, before a short reply's own keeping comes.
     at_once = {"outputs": keeping, **QUICK, "queue": False}
 
@@ -138,7 +139,7 @@ def wire(page: Page, chat: Chat) -> None:
         kept.restore_list,
         [listed.past, page.state, page.system, listed.opened],
         [listed.labels, listed.listed, listed.dates],
-        js=call("sendStored", 4),
+        js=call("readStored", 4),
         **QUICK,
     )
     # Not queued: an event queued the moment another ends can wait in Gradio's queue until the page's next
@@ -148,6 +149,17 @@ def wire(page: Page, chat: Chat) -> None:
     reopening = [listed.past, listed.listed, *leaving]
     listed.listed.input(kept.reopen, reopening, opening, js=call("sendStored", 8), **switching)
     listed.new.click(kept.new, [listed.past, *leaving], opening, js=call("sendStored", 7), **switching)
+    # Another tab wrote the list, or its own open conversation (page.js).
+    relisting = [listed.past, page.state, page.system, listed.opened]
+    listed.relist.click(
+        kept.restore_list,
+        relisting,
+        [listed.labels, listed.listed, listed.dates],
+        js=call("readStored", 4),
+        **switching,
+    )
+    taking_in = [listed.past, listed.theirs, page.state, page.system, listed.opened]
+    listed.take_in.click(kept.take_in, taking_in, opening, js=call("takeIn"), **switching)
     # An item's own Rename or Delete (page.js draws them and asks Delete's question).
     listed.act.click(
         kept.act, [listed.past, listed.action, *leaving, listed.labels], opening, js=call("listAction"), **QUICK

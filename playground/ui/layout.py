@@ -38,6 +38,9 @@ class ConversationList:
     new: gr.Button
     act: gr.Button  # hidden: clicked by an item's own Rename or Delete (page.js), with what to do
     action: gr.Textbox  # hidden: that, as {"rename": id, "title": ...} or {"delete": id}
+    relist: gr.Button  # hidden: clicked when another tab has written the list
+    take_in: gr.Button  # hidden: clicked when another tab has written its open conversation, with it
+    theirs: gr.Textbox  # hidden: that conversation, as stored
 
 
 @dataclass
@@ -109,8 +112,13 @@ def conversation_list() -> ConversationList:
         dates = gr.Textbox("{}", visible="hidden", elem_id="conversation-dates")
         act = gr.Button(visible="hidden", elem_id="list-action")
         action = gr.Textbox(visible="hidden")
+        relist = gr.Button(visible="hidden", elem_id="relist")
+        take_in = gr.Button(visible="hidden", elem_id="take-in")
+        theirs = gr.Textbox(visible="hidden")
     current, past = (gr.BrowserState(None, storage_key=key, secret=STORAGE_SECRET) for key in STORAGE_KEYS)
-    return ConversationList(current, past, gr.State(("", "", 0.0)), gr.State([]), listed, dates, new, act, action)
+    return ConversationList(
+        current, past, gr.State(("", "", 0.0)), gr.State([]), listed, dates, new, act, action, relist, take_in, theirs
+    )
 
 
 def settings(chat: Chat) -> tuple:

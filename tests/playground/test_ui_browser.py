@@ -1093,10 +1093,10 @@ def test_new_conversation_as_a_reply_event_ends_is_not_drawn_over(demo_model, pa
         assert page.evaluate(RAW) == "[]" and page.locator(BOTS).count() == 0
 
 
-def test_a_tab_stops_keeping_once_another_tab_has_written_and_says_so(app):
-    """Each tab holds the kept conversations as it loaded them: a write from a second tab would replace
-    the first tab's conversation, so once the first has written, the second keeps nothing more. A tab that
-    only opens writes nothing, so the first goes on keeping."""
+def test_two_tabs_share_the_list_and_each_keeps_its_own_conversation(app):
+    """A tab draws the list anew when another writes it, and takes another tab's open conversation into its
+    list: neither tab's conversation is lost, whichever writes last. Only a tab whose open conversation
+    another tab opens too stops keeping, and says so."""
     url, _ = app
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
@@ -1107,18 +1107,28 @@ def test_a_tab_stops_keeping_once_another_tab_has_written_and_says_so(app):
         wait_for_stable_reply(first, 1)
         second.goto(url)
         wait_for_conversation(second, first.evaluate(RAW))
-        second.wait_for_timeout(1_000)
-        assert first.locator("#other-tab").count() == 0  # the second tab only opened
 
-        ask(first, "And a tuple?")
+        second.locator("#new-conversation").click()
+        second.wait_for_function(f"{RAW} === '[]'")
+        ask(second, SORT)
+        wait_for_stable_reply(second, 1)
+        sorting = second.evaluate(RAW)
+        wait_for_list(first, [REVERSE, SORT])  # the second tab's conversation, in the first's list
+        wait_for_list(second, [SORT, REVERSE])
+
+        ask(first, "And a tuple?")  # the first goes on keeping its own
         wait_for_stable_reply(first, 2)
         kept = first.evaluate(RAW)
+        first.reload()
+        wait_for_conversation(first, kept)
+        wait_for_list(first, [REVERSE, SORT])
+        assert first.locator("#other-tab").count() == 0 and second.locator("#other-tab").count() == 0
+
+        # Both tabs on one conversation: the one that had it open stops keeping, and says so.
+        first.locator("#conversations label", has_text=SORT).click()
+        wait_for_conversation(first, sorting)  # the second tab's, whole
         second.wait_for_selector("#other-tab")
         assert "another tab" in second.locator("#other-tab").inner_text() and first.locator("#other-tab").count() == 0
-        ask(second, SORT)
-        wait_for_stable_reply(second, 2)
-        first.reload()
-        wait_for_conversation(first, kept)  # the first tab's conversation is whole
         browser.close()
 
 

@@ -18,11 +18,84 @@ window.starchat = (() => {
     if (event.target.closest?.('#send')) pressedSend = $('#message textarea')?.value ?? '';
   }, true);
 
-  // Each tab holds the kept conversations as it loaded them, and a write replaces what another tab
-  // wrote since. Once another tab writes, this one stops writing (the other's stay whole) and says so.
-  let elsewhere = false;
-  window.addEventListener('storage', (event) => {
-    if (elsewhere || !event.key?.startsWith(config.storagePrefix)) return;
+  // MD5, which the browser's crypto lacks and Gradio's BrowserState uses to make its key (`unseal`).
+  const md5 = (bytes) => {
+    const K = new Int32Array(64).map((_, i) => Math.floor(Math.abs(Math.sin(i + 1)) * 2 ** 32));
+    const S = [7, 12, 17, 22, 5, 9, 14, 20, 4, 11, 16, 23, 6, 10, 15, 21];
+    const padded = new Uint8Array(((bytes.length + 8) >> 6) * 64 + 64);
+    padded.set(bytes);
+    padded[bytes.length] = 0x80;
+    const view = new DataView(padded.buffer);
+    view.setUint32(padded.length - 8, (bytes.length * 8) >>> 0, true);
+    view.setUint32(padded.length - 4, Math.floor(bytes.length / 2 ** 29), true);
+    const state = [0x67452301, 0xefcdab89 | 0, 0x98badcfe | 0, 0x10325476];
+    for (let offset = 0; offset < padded.length; offset += 64) {
+      let [a, b, c, d] = state;
+      for (let i = 0; i < 64; i++) {
+        const round = i >> 4;
+        const f = [(b & c) | (~b & d), (d & b) | (~d & c), b ^ c ^ d, c ^ (b | ~d)][round];
+        const g = [i, (5 * i + 1) % 16, (3 * i + 5) % 16, (7 * i) % 16][round];
+        const sum = (a + f + K[i] + view.getInt32(offset + 4 * g, true)) | 0, shift = S[round * 4 + (i % 4)];
+        [a, d, c] = [d, c, b];
+        b = (b + ((sum << shift) | (sum >>> (32 - shift)))) | 0;
+      }
+      [a, b, c, d].forEach((word, i) => { state[i] = (state[i] + word) | 0; });
+    }
+    const out = new DataView(new ArrayBuffer(16));
+    state.forEach((word, i) => out.setInt32(4 * i, word, true));
+    return new Uint8Array(out.buffer);
+  };
+  const joined = (...parts) => {
+    const all = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
+    parts.reduce((at, part) => (all.set(part, at), at + part.length), 0);
+    return all;
+  };
+  // A value as gr.BrowserState keeps it (CryptoJS AES with the app's secret, the OpenSSL way: an MD5 chain
+  // over the passphrase and a salt gives the key and iv), read back. undefined where it cannot be read (the
+  // browser's crypto needs https or localhost), null where nothing is kept.
+  const unseal = async (sealed) => {
+    if (!sealed) return null;
+    try {
+      const bytes = Uint8Array.from(atob(sealed.split(':')[1]), (c) => c.charCodeAt(0));
+      const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(config.storageSecret)));
+      const passphrase = new TextEncoder().encode([...digest].map((b) => b.toString(16).padStart(2, '0')).join(''));
+      const salt = bytes.slice(8, 16);
+      let derived = new Uint8Array(0), block = new Uint8Array(0);
+      while (derived.length < 48) derived = joined(derived, block = md5(joined(block, passphrase, salt)));
+      const key = await crypto.subtle.importKey('raw', derived.slice(0, 32), 'AES-CBC', false, ['decrypt']);
+      const plain = await crypto.subtle.decrypt({name: 'AES-CBC', iv: derived.slice(32, 48)}, key, bytes.slice(16));
+      return JSON.parse(new TextDecoder().decode(plain));
+    } catch {
+      return undefined;
+    }
+  };
+  // The kept list as it is now, whichever tab wrote it last; `value`, this tab's, where it cannot be read.
+  const freshList = async (value) => {
+    const kept = await unseal(localStorage.getItem(config.storageKeys[1]));
+    return kept === undefined ? value : kept;
+  };
+
+  // Tabs share what is kept. When another tab writes the list, this one draws it anew (#relist). When
+  // another writes its open conversation, this one puts that conversation in the list (#take-in), so that
+  // the next write of its own open one loses neither. Only when both have the same conversation open does
+  // this tab stop keeping (the other's writes stay whole) and say so.
+  let elsewhere = false, theirs = '';
+  const takeIn = async (value, sent, ...rest) => {
+    const conversation = theirs;
+    theirs = '';
+    return oneAtATime(async () => [stored(await freshList(value)), conversation, ...rest.slice(0, 3)]);
+  };
+  window.addEventListener('storage', async (event) => {
+    if (elsewhere || event.storageArea !== localStorage) return;
+    if (event.key === config.storageKeys[1]) $('#relist')?.click();
+    if (event.key !== config.storageKeys[0]) return;
+    const other = await unseal(event.newValue), mine = $('#conversations input:checked')?.value;
+    if (!other?.id || !mine) return;
+    if (other.id !== mine) {
+      theirs = JSON.stringify(other);
+      $('#take-in')?.click();
+      return;
+    }
     elsewhere = true;
     document.body.prepend(Object.assign(document.createElement('div'),
       {id: 'other-tab', role: 'alert', textContent: config.otherTab}));
@@ -36,9 +109,29 @@ window.starchat = (() => {
   const setItem = Storage.prototype.setItem;
   Storage.prototype.setItem = function (key, value) {
     const ours = this === window.localStorage && String(key).startsWith(config.storagePrefix);
+    if (ours && config.storageKeys.includes(key)) written.splice(0).forEach((resolve) => resolve());
     if (ours && (elsewhere || !used)) return;
     return setItem.call(this, key, value);
   };
+
+  // The events that write what is kept (the list's, and keeping the open conversation) run one at a time:
+  // each reads the kept list when the one before has written its answer (or after 2 s, for an answer that
+  // writes nothing). Two at once would each write the list as it was, and the last would undo the first.
+  const written = [];
+  let keeping = Promise.resolve();
+  const oneAtATime = async (read) => {
+    const before = keeping;
+    let done;
+    keeping = new Promise((resolve) => { done = resolve; });
+    await before;
+    try {
+      return await read();
+    } finally {
+      new Promise((resolve) => { written.push(resolve); setTimeout(resolve, 2000); }).then(done);
+    }
+  };
+  // The keeping after each change to the open conversation: its values as Gradio gives them, in turn.
+  const inTurn = (...values) => oneAtATime(() => values.slice(0, 6));
 
   // A stored value goes to the server as its JSON text: flat however deeply a hand-edited value nests, and
   // measured as sent; one too large for the request limit goes as '' (unreadable) instead of a 413.
@@ -67,8 +160,10 @@ window.starchat = (() => {
   const sendStored = async (inputs, value, ...rest) => {
     if (inputs === 1) return stored(value);
     await settled();
-    return [stored(value), ...rest.slice(0, inputs - 1)];
+    return oneAtATime(() => readStored(inputs, value, ...rest));
   };
+  // The same for an event that only reads the list (it writes nothing, so it need not wait its turn).
+  const readStored = async (inputs, value, ...rest) => [stored(await freshList(value)), ...rest.slice(0, inputs - 1)];
 
   // The kept conversations' list: grouped Today / Earlier (when each last changed, in this browser's time
   // zone), each item with its own Rename and Delete. They reach the server through the hidden #list-action
@@ -78,7 +173,7 @@ window.starchat = (() => {
     await settled();
     const sent = action;
     action = '';
-    return [stored(value), sent, ...rest.slice(0, 7)];
+    return oneAtATime(async () => [stored(await freshList(value)), sent, ...rest.slice(0, 7)]);
   };
   const act = (message) => {
     action = JSON.stringify(message);
@@ -430,7 +525,7 @@ window.starchat = (() => {
   };
 
   return {
-    start, take, sendStored, listAction, openFile, apiSnippet, flipTo,
+    start, take, sendStored, readStored, listAction, takeIn, inTurn, openFile, apiSnippet, flipTo,
     saveJson: download('application/json', 'json'), saveMarkdown: download('text/markdown', 'md'),
   };
 })();
