@@ -29,6 +29,7 @@ MAX_TITLE = 100  # a title given by Rename
 TITLE_CHARS = 60  # of the first question, when the conversation has no title of its own
 UNTITLED = "New conversation"
 _ID = re.compile(r"[0-9a-f]{32}")
+_HIDING = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class StoredConversation:
         if self.title:
             return self.title
         first = next((m["content"] for m in self.conversation if m["role"] == "user"), "")
-        words = " ".join(first.split())
+        words = one_line(first)
         return (words[: TITLE_CHARS - 1] + "…" if len(words) > TITLE_CHARS else words) or UNTITLED
 
     def stored(self) -> dict:
@@ -82,7 +83,13 @@ def sent_size(value: object) -> int:
 
 def check_title(title: object) -> str:
     """A title from Rename: one line of text, trimmed; '' gives back the first question."""
-    return " ".join(check_text(title, "title", MAX_TITLE).split())
+    return one_line(check_text(title, "title", MAX_TITLE))
+
+
+def one_line(text: str) -> str:
+    """Text as the list shows it: one line, without the controls that would show other text than is there
+    (right-to-left overrides, which turn "evil" into "live") or nothing where there is something."""
+    return " ".join(_HIDING.sub("", text).split())
 
 
 def read_kept(value: object, limit: int) -> StoredConversation:

@@ -8,6 +8,7 @@ from playground import history
 from playground.history import (
     MAX_CONVERSATIONS,
     StoredConversation,
+    check_title,
     choices,
     dates,
     entries,
@@ -80,3 +81,13 @@ def test_the_list_shows_the_open_one_first_then_the_newest():
     past = entries([at(2, 0.0), at(3, 5.0), at(4, 50.0)])
     assert [label for label, _ in choices(current, past)] == ["c1", "c4", "c3", "c2"]
     assert json.loads(dates(current, past)) == {"1" * 32: 10.0, "2" * 32: 0.0, "3" * 32: 5.0, "4" * 32: 50.0}
+
+
+@pytest.mark.parametrize(
+    ("title", "shown"),
+    [("\u202eevil\u202c after", "evil after"), ("\u200b", ""), ("  two\n lines\t", "two lines"), ("a\u2066b", "ab")],
+)
+def test_a_title_shows_what_it_holds_on_one_line(title, shown):
+    """No control shows other text than is there (a right-to-left override turns "evil" into "live") or
+    an empty-looking title: an empty one gives the first question back."""
+    assert check_title(title) == shown

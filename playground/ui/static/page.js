@@ -195,6 +195,7 @@ window.starchat = (() => {
       done = true;
       box.remove();
       title.hidden = false;
+      label.querySelector('.rename')?.focus();  // a keyboard goes on from where it was
       if (save && box.value !== title.textContent) act({rename: id, title: box.value});
     };
     box.addEventListener('keydown', (event) => {
@@ -244,6 +245,16 @@ window.starchat = (() => {
       if (button.classList.contains('rename')) renameItem(label, id);
       else if (streaming || window.confirm(config.deleteQuestion)) act({delete: id});
     }, true);
+    // On a phone the list covers the chat: choosing from it closes it, to show what was chosen.
+    let closing = 0;
+    document.addEventListener('click', (event) => {
+      if (innerWidth > 768 || !event.target.closest?.('#conversations label, #new-conversation')) return;
+      if (event.target.closest('.item-actions, .rename-box')) return;
+      closing ||= setTimeout(() => {
+        closing = 0;
+        $('#history.open > .toggle-button')?.click();
+      }, 0);
+    });
     watch('#conversations', draw);
   };
 
