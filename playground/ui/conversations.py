@@ -151,6 +151,17 @@ class Conversations:
         self, stored: str | None, conversation: list[Message], system: str, opened: tuple[str, str]
     ) -> dict:
         past, bad = read_past(stored, self.limit)
+        return self.relist(past, conversation, system, opened, bad)
+
+    def relist_written(
+        self, stored: str | None, conversation: list[Message], system: str, opened: tuple[str, str]
+    ) -> dict:
+        """The list another tab has written (what it left out, it said)."""
+        return self.relist(read_past(stored, self.limit)[0], conversation, system, opened)
+
+    def relist(
+        self, past: list[StoredConversation], conversation: list[Message], system: str, opened: tuple, bad: int = 0
+    ) -> dict:
         if bad:
             gr.Warning(
                 f"{bad} conversation{'s' * (bad != 1)} kept in this browser could not be read and "

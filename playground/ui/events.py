@@ -152,7 +152,7 @@ def wire(page: Page, chat: Chat) -> None:
     # Another tab wrote the list, or its own open conversation (page.js).
     relisting = [listed.past, page.state, page.system, listed.opened]
     listed.relist.click(
-        kept.restore_list,
+        kept.relist_written,
         relisting,
         [listed.labels, listed.listed, listed.dates],
         js=call("readStored", 4),
