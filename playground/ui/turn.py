@@ -242,7 +242,7 @@ class Turn:
         if waiting(values[page.state]):
             self.replies.drop(session_of(request))
             gr.Warning("The last message has no reply yet: Answer it, or Take it back to edit it.")
-            yield {**self.unlocked, **restore}
+            yield {**self.show(values[page.state], values[page.notes]), **self.unlocked, **restore}
             return
         history = [*values[page.state], {"role": "user", "content": message}]
         async for out in self.run(values, history, request, restore=restore, back=message):
