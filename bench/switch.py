@@ -1,12 +1,13 @@
 """How long New conversation takes to show, clicked as a reply streams or ends, with both cores busy.
 
-    python -m bench.switch --tries 30 [--model DIR] [--cache-dir DIR] [--busy 2]
+    python -m bench.switch --tries 30 [--streaming] [--model DIR] [--cache-dir DIR] [--busy 2]
 
 Starts the app (the demo model by default) on a free loopback port, keeps `--busy` processes spinning, and
 in headless Chromium asks for a reply, clicks New conversation once the reply has 40 characters (or has
 ended), and
-times the click to the empty chat. Prints one JSON line: the device, the tries, the median and the
-slowest, and how many never showed within `--give-up` seconds.
+times the click to the empty chat. `--streaming` asks for long replies (temperature 2, no top-k or top-p
+cut, 800 new tokens) so that the click comes while one streams. Prints one JSON line: the device, the
+tries, the median and the slowest, and how many never showed within `--give-up` seconds.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tries", type=int, default=30)
     parser.add_argument("--busy", type=int, default=2, help="processes that keep a core busy meanwhile")
     parser.add_argument("--give-up", type=float, default=20.0, help="seconds after which a switch counts as lost")
+    parser.add_argument("--streaming", action="store_true", help="click while a long reply streams")
     parser.add_argument("--model", default="", help="a model folder (default: the demo model)")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "starchat-playground"))
     args = parser.parse_args(argv)
@@ -76,11 +78,18 @@ def main(argv: list[str] | None = None) -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         page.locator("#message textarea").wait_for()
-        seconds, lost = [], 0
+        if args.streaming:
+            for slider, value in {"temperature": 2, "top_k": 0, "top_p": 1, "repetition_penalty": 1}.items():
+                page.locator(f"#{slider} input[type=number]").fill(str(value))
+                page.locator(f"#{slider} input[type=number]").press("Enter")
+            page.locator("#max_new_tokens input[type=number]").fill("800")
+            page.locator("#max_new_tokens input[type=number]").press("Enter")
+        seconds, lost, streaming = [], 0, 0
         for attempt in range(args.tries):
             page.locator("#message textarea").fill(f"Write a long explanation of Python lists ({attempt})")
             page.locator("#send").click()
             page.wait_for_function(REPLY, timeout=300_000)
+            streaming += page.locator("#stop").is_visible()
             start = time.monotonic()
             page.locator("#new-conversation").click()
             try:
@@ -94,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                 "bench": "switch",
                 "device": f"CPU, {os.cpu_count()} cores, {args.busy} kept busy",
                 "tries": args.tries,
+                "clicked_while_streaming": streaming,
                 "median_s": round(statistics.median(seconds), 3) if seconds else None,
                 "slowest_s": round(max(seconds), 3) if seconds else None,
                 "lost": lost,

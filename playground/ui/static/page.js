@@ -511,7 +511,11 @@ window.starchat = (() => {
     $('#stop').click();
     const replying = () => $('#stop')?.checkVisibility() || $('#message .generating');
     for (let i = 0; i < 250 && replying(); i++) await new Promise((resolve) => setTimeout(resolve, 20));
-    (switching.tagName === 'LABEL' ? switching.querySelector('input') : switching).click();
+    // Found again: the reply's end may have drawn the list anew.
+    const chosen = switching.tagName === 'LABEL' ? switching.querySelector('input')?.value : null;
+    const again = chosen ? [...document.querySelectorAll('#conversations input')].find((input) => input.value === chosen)
+      : $('#new-conversation');
+    again?.click();
   }, true);
 
   const start = () => {
