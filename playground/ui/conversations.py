@@ -75,18 +75,19 @@ class Conversations:
         notes: dict,
         versions: Versions,
         system: str,
-        opened: tuple[str, str],
+        opened: tuple,
         labels: list,
         warn: bool = True,
     ) -> dict:
         listed = self.page.conversations
         current = open_one((opened[0] or new_id(), opened[1], time.time()), conversation, system, notes, versions)
-        if sent_size(current.stored()) > STORE_BYTES:
+        stored = current.stored()
+        if sent_size(stored) > STORE_BYTES:
             if warn:
                 gr.Warning("This conversation is too long to keep in this browser: save it as a file.")
             return {listed.opened: opened_as(current)}
         return {
-            listed.current: current.stored(),
+            listed.current: stored,
             listed.opened: opened_as(current),
             **self.listing(current, labels),
         }
@@ -98,7 +99,7 @@ class Conversations:
         notes: dict,
         versions: Versions,
         system: str,
-        opened: tuple[str, str],
+        opened: tuple,
         labels: list,
     ) -> dict:
         """The conversation with the message just sent, kept as its reply starts: a reload while the reply
@@ -116,7 +117,7 @@ class Conversations:
         notes: dict,
         versions: Versions,
         system: str,
-        opened: tuple[str, str],
+        opened: tuple,
         labels: list,
         edit: gr.EditData,
     ) -> dict:
@@ -147,15 +148,11 @@ class Conversations:
             listed.opened: opened_as(current),
         }
 
-    def restore_list(
-        self, stored: str | None, conversation: list[Message], system: str, opened: tuple[str, str]
-    ) -> dict:
+    def restore_list(self, stored: str | None, conversation: list[Message], system: str, opened: tuple) -> dict:
         past, bad = read_past(stored, self.limit)
         return self.relist(past, conversation, system, opened, bad)
 
-    def relist_written(
-        self, stored: str | None, conversation: list[Message], system: str, opened: tuple[str, str]
-    ) -> dict:
+    def relist_written(self, stored: str | None, conversation: list[Message], system: str, opened: tuple) -> dict:
         """The list another tab has written (what it left out, it said)."""
         return self.relist(read_past(stored, self.limit)[0], conversation, system, opened)
 
@@ -167,7 +164,6 @@ class Conversations:
                 f"{bad} conversation{'s' * (bad != 1)} kept in this browser could not be read and "
                 f"{'were' if bad != 1 else 'was'} left out."
             )
-        past = [k for k in past if k.id != opened[0]]
         return self.listing(open_one(opened, conversation, system), entries(past))
 
     def reopen(

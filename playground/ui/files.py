@@ -15,7 +15,7 @@ from playground.ui.conversations import Conversations, streaming
 from playground.ui.turn import waiting
 
 
-def as_markdown(conversation: list, system: str, opened: tuple[str, str]) -> str:
+def as_markdown(conversation: list, system: str, opened: tuple) -> str:
     title = open_one(opened, conversation, system).label()
     return conversation_markdown(title, conversation, system)
 
