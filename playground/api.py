@@ -18,9 +18,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from playground.chat import Chat, Update, check_text
+from playground.chat import Chat, Update, check_text, in_words
 from playground.sampling import ParamError, SamplingParams
-from playground.template import REPLY_LIMIT, ROLE_TOKENS, DialogueError, split_system
+from playground.template import ROLE_TOKENS, DialogueError, split_system
 
 SAMPLING = {"temperature", "top_p", "seed", "top_k", "repetition_penalty"}  # the last two are ours
 ACCEPTED = {"model", "messages", "stream", "stream_options", "n", "stop", "user", "max_tokens", "max_completion_tokens"}
@@ -116,8 +116,8 @@ def parse(chat: Chat, body: object) -> Parsed:
         raise DialogueError("stream_options takes only include_usage (true or false), and only with stream true")
     try:
         params = chat.params(**raw)
-    except ParamError as exc:  # named as the caller named it
-        raise ParamError(str(exc).replace("max_new_tokens", limit, 1)) from None
+    except ParamError as exc:
+        raise DialogueError(in_words(exc, limit)) from None
     return Parsed(
         turns, system or "", params, model, bool(stream), stop, limit, bool((options or {}).get("include_usage"))
     )
@@ -212,7 +212,7 @@ def openai_routes(chat: Chat) -> APIRouter:
         if first.error:
             await updates.aclose()
             kind = "rate_limit_exceeded" if first.status == 429 else "invalid_request_error"
-            return error(first.status, first.error.replace(REPLY_LIMIT, asked.limit), kind, first.retry_after)
+            return error(first.status, in_words(first.error, asked.limit), kind, first.retry_after)
         meta = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "created": int(time.time()),
@@ -226,7 +226,7 @@ def openai_routes(chat: Chat) -> APIRouter:
                 return error(499, "the client closed the request")
             if last.error:
                 kind = "rate_limit_exceeded" if last.status == 429 else "server_error"
-                return error(last.status, last.error, kind, last.retry_after)
+                return error(last.status, in_words(last.error, asked.limit), kind, last.retry_after)
             message = {"role": "assistant", "content": last.conversation[-1]["content"]}
             choice = {"index": 0, "message": message, "finish_reason": finish_reason(last)}
             return {"object": "chat.completion", **meta, "choices": [choice], "usage": usage(first, last)}
@@ -244,7 +244,8 @@ def openai_routes(chat: Chat) -> APIRouter:
             sent, last = "", first
             async for last in updates:
                 if last.error:
-                    yield sse({"error": {"message": last.error, "type": "server_error", "code": last.status}})
+                    message = in_words(last.error, asked.limit)
+                    yield sse({"error": {"message": message, "type": "server_error", "code": last.status}})
                     return
                 reply = last.conversation[-1]["content"]
                 if len(reply) > len(sent):

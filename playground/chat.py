@@ -17,8 +17,9 @@ import anyio
 
 from playground.backends import Backend, BackendError, ChatRequest, Refused, SamplingParams, astream
 from playground.rate_window import SlidingWindow
+from playground.sampling import ParamError
 from playground.settings import Settings
-from playground.template import DialogueError, Message, Prompt, reply_text, validate
+from playground.template import ContextError, DialogueError, Message, Prompt, reply_text, validate
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -33,7 +34,7 @@ class Update:
 
     conversation: list[Message]
     context: str = ""
-    error: str | None = None
+    error: Exception | None = None  # each door words it: `in_words`
     status: int = 200  # for HTTP callers: 400 a bad request, 429 too many or the model's server full, 502 failed
     retry_after: int = 0  # seconds, with a 429
     prompt_tokens: int = 0
@@ -95,6 +96,26 @@ class Admission:
                 self.in_flight -= 1
 
         return release
+
+
+def in_words(error: Exception, limit: str = "max_new_tokens") -> str:
+    """An error as a door says it; `limit` is that door's name for the reply's token limit."""
+    if isinstance(error, ParamError):
+        return error.named(limit if error.name == "max_new_tokens" else error.name)
+    if not isinstance(error, ContextError):
+        return str(error)
+    if error.reply > error.message + error.system and error.room > 0:  # the reply's allowance is what to lower
+        return (
+            f"The message and the system prompt are too long for a reply of up to {error.reply} tokens: they take "
+            f"{error.message} and {error.system} tokens, and the model's context ({error.context}) leaves room for "
+            f"a reply of {error.room}. Lower {limit} to {error.room} or less, or shorten the message."
+        )
+    longer = "system prompt" if error.system > error.message else "message"  # the one to shorten first
+    return (
+        f"The {longer} is too long: the message takes {error.message} tokens, the system prompt {error.system}, "
+        f"and the reply may take {error.reply}, but the model's context holds {error.context}. "
+        f"Shorten the {longer} or lower {limit}."
+    )
 
 
 def check_text(text: object, what: str, limit: int) -> str:
@@ -205,10 +226,10 @@ class Chat:
                 raise Refused(f"Too many requests: the limit is {limit} a minute. Try again in {wait} s.", wait)
             release = self.admission.enter()
         except Refused as exc:
-            yield Update(history, error=str(exc), status=429, retry_after=exc.retry_after)
+            yield Update(history, error=exc, status=429, retry_after=exc.retry_after)
             return
         except DialogueError as exc:
-            yield Update(history, error=str(exc), status=400)
+            yield Update(history, error=exc, status=400)
             return
         try:
             async for update in self._generate(backend, history, system, params, stop, start):
@@ -224,7 +245,7 @@ class Chat:
         try:  # tokenizing takes a while for long conversations: not on the event loop
             prompt = await anyio.to_thread.run_sync(backend.prepare, messages, params.max_new_tokens)
         except DialogueError as exc:
-            yield Update(history, error=str(exc), status=400)
+            yield Update(history, error=exc, status=400)
             return
         context, size = describe_context(prompt), len(prompt.input_ids)
         request = ChatRequest(messages, params)
@@ -262,7 +283,7 @@ class Chat:
                 kept = [*history, {"role": "assistant", "content": reply}] if reply else history
                 status, wait = (429, exc.retry_after) if isinstance(exc, Refused) else (502, 0)
                 yield Update(
-                    kept, context, error=str(exc), status=status, retry_after=wait, prompt_tokens=size, finish="error"
+                    kept, context, error=exc, status=status, retry_after=wait, prompt_tokens=size, finish="error"
                 )
                 return
         if reply and first_token_s is None:

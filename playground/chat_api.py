@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import gradio as gr
 
-from playground.chat import Chat
+from playground.chat import Chat, in_words
 from playground.sampling import ParamError, SamplingParams
 from playground.template import DialogueError
 
@@ -44,12 +44,12 @@ def chat_api(chat: Chat):
             if not isinstance(history, list) or not isinstance(system_prompt, str):
                 raise DialogueError("history must be a list of {role, content} and system_prompt a string")
         except (ParamError, DialogueError) as exc:
-            raise gr.Error(str(exc)) from exc
+            raise gr.Error(in_words(exc)) from exc
         history = [*history, {"role": "user", "content": message}]
         client = request.client.host if request and request.client else ""
         async for update in chat.respond(history, system_prompt, params, model, client):
             if update.error:
-                raise gr.Error(update.error)
+                raise gr.Error(in_words(update.error))
             yield update.conversation[-1]["content"]
 
     return chat_endpoint

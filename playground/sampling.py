@@ -11,7 +11,15 @@ from dataclasses import dataclass, fields
 
 
 class ParamError(ValueError):
-    """A sampling parameter that the server will not take; the message says which and why."""
+    """A sampling parameter the server will not take: its name, the value given and what it must be."""
+
+    def __init__(self, name: str, value: object, must: str):
+        self.name, self.value, self.must = name, value, must
+        super().__init__(self.named(name))
+
+    def named(self, name: str) -> str:
+        """The message with the parameter called as the caller calls it (the API's max_tokens)."""
+        return f"{name} must be {self.must}, got {shown(self.value)}"
 
 
 # name -> (type, low, high); the sliders use the same ranges, API callers meet them here.
@@ -33,6 +41,14 @@ def number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e16 else repr(float(value))
 
 
+def shown(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, int) and abs(value) > 2**53:  # beyond every range, and too long to quote
+        return f"a {value.bit_length()}-bit number"
+    return number(value)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """The card's defaults. temperature 0 means greedy; top_k 0 means no top-k; seed -1 is random."""
@@ -47,9 +63,8 @@ class SamplingParams:
     @classmethod
     def parse(cls, max_new_tokens_limit: int | None = None, **raw: object) -> SamplingParams:
         """Checks values that may come from anyone (API callers bypass the sliders)."""
-        unknown = set(raw) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ParamError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+        if unknown := set(raw) - {f.name for f in fields(cls)}:  # no door passes names of its own choosing
+            raise TypeError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
         values = {}
         for name, value in raw.items():
             if value is None:
@@ -57,21 +72,20 @@ class SamplingParams:
             kind, low, high = PARAM_RANGES[name]
             if name == "max_new_tokens" and max_new_tokens_limit is not None:
                 high = min(high, max_new_tokens_limit)
+            between = f"between {number(low)} and {number(high)}"
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ParamError(f"{name} must be a number, got {value!r}")
+                raise ParamError(name, value, "a number")
             if isinstance(value, int) and abs(value) > 2**53:  # beyond every range, and beyond a float
-                raise ParamError(
-                    f"{name} must be between {number(low)} and {number(high)}, got a {value.bit_length()}-bit number"
-                )
+                raise ParamError(name, value, between)
             if not math.isfinite(value):
-                raise ParamError(f"{name} must be a finite number, got {value!r}")
+                raise ParamError(name, value, "a finite number")
             if kind is int:
                 if value != int(value):
-                    raise ParamError(f"{name} must be a whole number, got {value!r}")
+                    raise ParamError(name, value, "a whole number")
                 value = int(value)
             if not low <= value <= high:
-                raise ParamError(f"{name} must be between {number(low)} and {number(high)}, got {number(value)}")
+                raise ParamError(name, value, between)
             if name == "temperature" and 0 < value < MIN_TEMPERATURE:  # dividing by it overflows the logits
-                raise ParamError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {number(value)}")
+                raise ParamError(name, value, f"0 (greedy) or at least {MIN_TEMPERATURE}")
             values[name] = kind(value)
         return cls(**values)

@@ -18,7 +18,6 @@ END = "<|end|>"
 CONTROL_TOKENS = (SYSTEM, USER, ASSISTANT, END)
 EOS = "<|endoftext|>"
 ROLE_TOKENS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
-REPLY_LIMIT = "'max new tokens'"  # the reply's limit as the page names it; the API puts its own name in
 
 Message = dict[str, str]
 
@@ -50,7 +49,19 @@ class DialogueError(ValueError):
 
 
 class ContextError(DialogueError):
-    """The newest message (with the system prompt and the reply budget) exceeds the context."""
+    """The newest message, the system prompt and the reply's allowance (in tokens) exceed the context."""
+
+    def __init__(self, message: int, system: int, reply: int, context: int):
+        self.message, self.system, self.reply, self.context = message, system, reply, context
+        super().__init__(
+            f"a message of {message} tokens, a system prompt of {system} and a reply of up to {reply} "
+            f"exceed the context of {context}"
+        )
+
+    @property
+    def room(self) -> int:
+        """The longest reply this message and system prompt leave room for (0 or less: none)."""
+        return self.context - self.message - self.system
 
 
 @dataclass(frozen=True)
@@ -200,7 +211,7 @@ def fit_to_context(tokenizer, messages: Sequence[Message], max_new_tokens: int, 
     A conversation that ends with an assistant message asks for more of that reply: the prompt
     ends with it, open (as `render_prompt`), and it stays with the user message before it.
     The system prompt and the newest message always stay; if they alone leave no room for
-    `max_new_tokens`, a ContextError says by how much.
+    `max_new_tokens`, a ContextError holds the figures.
     """
     continuing = bool(messages) and messages[-1]["role"] == "assistant"
     validate(messages, last="assistant" if continuing else "user")
@@ -214,20 +225,7 @@ def fit_to_context(tokenizer, messages: Sequence[Message], max_new_tokens: int, 
     budget = context_length - max_new_tokens - len(tail)
     fixed = len(head) + len(blocks[-1])
     if fixed > budget:
-        room = context_length - fixed - len(tail)  # what a reply could have with this message and system prompt
-        if max_new_tokens > fixed and room > 0:  # the reply's allowance is the larger share: it is what to lower
-            raise ContextError(
-                f"The message and the system prompt are too long for a reply of up to {max_new_tokens} tokens: they "
-                f"take {len(blocks[-1]) + len(tail)} and {len(head)} tokens, and the model's context "
-                f"({context_length}) leaves room for a reply of {room}. Lower {REPLY_LIMIT} to {room} or less, or "
-                "shorten the message."
-            )
-        longer = "system prompt" if len(head) > len(blocks[-1]) else "message"  # the one to shorten first
-        raise ContextError(
-            f"The {longer} is too long: the message takes {len(blocks[-1]) + len(tail)} tokens, the system prompt "
-            f"{len(head)}, and the reply may take {max_new_tokens}, but the model's context holds {context_length}. "
-            f"Shorten the {longer} or lower {REPLY_LIMIT}."
-        )
+        raise ContextError(len(blocks[-1]) + len(tail), len(head), max_new_tokens, context_length)
     start = 0
     total = len(head) + sum(len(b) for b in blocks)
     while total > budget:

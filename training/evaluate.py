@@ -31,7 +31,7 @@ from huggingface_hub import EvalResult, ModelCard
 from tqdm import tqdm
 
 from playground.backends import BackendError, load_backends
-from playground.chat import Chat, Update
+from playground.chat import Chat, Update, in_words
 from playground.console import libraries_quiet
 from playground.sampling import SamplingParams
 from playground.settings import Settings
@@ -119,7 +119,7 @@ async def answer(chat: Chat, model: str, problem: Problem, index: int, params) -
     if last is None or (last.error and not last.finish and last.status != 400):
         raise SystemExit(f"{problem.task_id}: {last.error if last else 'no reply'}")  # the model's server failed
     if last.error and not last.finish:  # this problem's prompt does not fit the model's context: it fails
-        return Sample(problem, index, "", 0, "error", result=Result("failed", last.error))
+        return Sample(problem, index, "", 0, "error", result=Result("failed", in_words(last.error, "--max-new-tokens")))
     reply = last.conversation[-1]["content"] if last.conversation[-1]["role"] == "assistant" else ""
     return Sample(problem, index, reply, last.tokens, last.finish)
 

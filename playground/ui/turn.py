@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import gradio as gr
 
-from playground.chat import Chat, Update, describe_budget, sendable
+from playground.chat import Chat, Update, describe_budget, in_words, sendable
 from playground.display import CONTINUABLE, ENDINGS, display_messages, raw_json, reply_note, tokens_in
 from playground.history import STORE_BYTES, open_one, sent_size
 from playground.sampling import ParamError
@@ -23,6 +23,7 @@ from playground.ui.layout import PARAM_NAMES, Page
 from playground.ui.stop import Replies, Reply, Stopped, until_stopped
 from playground.versions import MAX_DEPTH, MAX_VERSIONS, Versions, before, branch, flip, marks, take_back
 
+REPLY_LIMIT = "'max new tokens'"  # the reply's token limit as the page's slider names it
 KEEP_EVERY_S = 1.0  # how often a streaming reply is kept in the browser, for a reload to find
 
 
@@ -127,7 +128,7 @@ class Turn:
             raw = {name: values[c] for name, c in zip(PARAM_NAMES, page.samplers, strict=True)}
             params = self.chat.params(**{**raw, **overrides})
         except ParamError as exc:
-            gr.Warning(str(exc))
+            gr.Warning(in_words(exc, REPLY_LIMIT))
             yield unchanged
             return
         last: Update | None = None
@@ -143,7 +144,7 @@ class Turn:
                 async for update in stream:
                     last = update
                     if update.error and not update.finish:
-                        gr.Warning(update.error)
+                        gr.Warning(in_words(update.error, REPLY_LIMIT))
                         yield {**unchanged, page.context: update.context or gr.skip()}
                         return
                     if update.finish:
@@ -182,7 +183,7 @@ class Turn:
             yield unlocked
             return
         if last.error:
-            gr.Warning(last.error)
+            gr.Warning(in_words(last.error, REPLY_LIMIT))
         # The finished reply (its note) comes with the page given back, once the reply's generator has wound
         # down: a page that shows a reply as finished takes New conversation or the next message at once.
         # Gradio ends the event by sending this update again, right after it.

@@ -201,7 +201,7 @@ def test_a_full_server_is_a_busy_answer_with_its_wait_not_a_failure(tiny_checkpo
             return [u async for u in updates][-1]
 
         last = asyncio.run(reply())
-    assert (last.status, last.retry_after) == (429, 30) and "is busy: try again in 30 s" in last.error
+    assert (last.status, last.retry_after) == (429, 30) and "is busy: try again in 30 s" in str(last.error)
 
 
 def test_a_lone_surrogate_from_the_server_reaches_the_person_as_a_replacement_character(tiny_checkpoint):

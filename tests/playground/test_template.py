@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+from playground.chat import in_words
 from playground.template import (
     CHAT_TEMPLATE,
     CONTROL_TOKENS,
@@ -161,21 +162,25 @@ def test_oldest_whole_turns_go_first_and_system_and_newest_stay(tokenizer):
     assert prompt.dropped_turns == 4 and prompt.input_ids == encode(tokenizer, [SYSTEM, messages[-1]])
 
 
-def test_a_newest_message_too_long_alone_is_a_clear_error(tokenizer):
+def test_a_newest_message_too_long_alone_says_by_how_much(tokenizer):
     messages = [SYSTEM, {"role": "user", "content": "word " * 400}]
-    with pytest.raises(ContextError, match=r"^The message is too long: .*context holds 256. Shorten the message"):
+    with pytest.raises(ContextError) as refused:
         fit_to_context(tokenizer, messages, max_new_tokens=64, context_length=256)
+    assert refused.value.message > 256 and (refused.value.reply, refused.value.context) == (64, 256)
+    assert re.match(r"The message is too long: .*context holds 256. Shorten the message", in_words(refused.value))
     # A long system prompt is named as the one to shorten, not the short question beside it.
     messages = [{"role": "system", "content": "Be careful. " * 200}, {"role": "user", "content": "Hi?"}]
-    with pytest.raises(ContextError, match=r"^The system prompt is too long: .*Shorten the system prompt"):
+    with pytest.raises(ContextError) as refused:
         fit_to_context(tokenizer, messages, max_new_tokens=64, context_length=256)
-    # A short message with a reply limit that alone nearly fills the context: the limit is what to lower.
+    assert re.match(r"The system prompt is too long: .*Shorten the system prompt", in_words(refused.value))
+    # A short message with a reply limit that alone nearly fills the context: the limit is what to lower, by the
+    # name each door gives it.
     messages = [SYSTEM, {"role": "user", "content": "Hi?"}]
-    with pytest.raises(
-        ContextError, match=r"too long for a reply of up to 250 tokens: .* Lower 'max new tokens' to"
-    ) as e:
+    with pytest.raises(ContextError) as refused:
         fit_to_context(tokenizer, messages, max_new_tokens=250, context_length=256)
-    room = int(re.search(r"to (\d+) or less", str(e.value))[1])
+    room = refused.value.room
+    worded = in_words(refused.value, "max_tokens")
+    assert re.search(rf"too long for a reply of up to 250 tokens: .* Lower max_tokens to {room} or less", worded)
     prompt = fit_to_context(tokenizer, messages, max_new_tokens=room, context_length=256)  # the most that fits
     assert len(prompt.input_ids) + room == 256
 
