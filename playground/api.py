@@ -13,27 +13,39 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, suppress
 from dataclasses import dataclass
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 from starlette.requests import ClientDisconnect
 
 from playground.chat import Chat, Update, check_text, in_words
 from playground.sampling import ParamError, SamplingParams
-from playground.template import ROLE_TOKENS, DialogueError, split_system
+from playground.settings import Settings
+from playground.template import DialogueError, split_system, validate
 
-SAMPLING = {"temperature", "top_p", "seed", "top_k", "repetition_penalty"}  # the last two are ours
-ACCEPTED = {"model", "messages", "stream", "stream_options", "n", "stop", "user", "max_tokens", "max_completion_tokens"}
-# Fields we accept only at the value that changes nothing.
-NEUTRAL = {
-    "frequency_penalty": (0, 0.0),
-    "presence_penalty": (0, 0.0),
-    "logit_bias": ({},),
-    "logprobs": (False,),
-    "response_format": ({"type": "text"},),
-}
+SAMPLING = ("temperature", "top_p", "seed", "top_k", "repetition_penalty")  # the last two are ours
 MAX_STOPS = 4
 MAX_STOP_CHARS = 200  # each is looked for at the end of the reply after every streamed piece
+
+
+class APIError(Exception):
+    """A refusal, answered in OpenAI's error format."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", retry_after: int = 0):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.retry_after = status, message, kind, retry_after
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error", retry_after: int = 0) -> JSONResponse:
@@ -48,79 +60,150 @@ def content_text(content: object) -> object:
     if not isinstance(content, list):
         return content
     if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-        raise DialogueError("only text content parts ({'type': 'text', 'text': ...}) are supported")
+        raise ValueError("only text content parts ({'type': 'text', 'text': ...}) are supported")
     return "".join(p["text"] for p in content)
 
 
 def parse_stop(stop: object) -> list[str]:
     stops = [stop] if isinstance(stop, str) else stop if stop is not None else []
     if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(s, str) and s for s in stops):
-        raise DialogueError(f"stop must be a string or a list of at most {MAX_STOPS} non-empty strings")
+        raise ValueError(f"a string or a list of at most {MAX_STOPS} non-empty strings")
     return [check_text(s, "stop string", MAX_STOP_CHARS) for s in stops]
 
 
+def only(*neutral: object) -> AfterValidator:
+    """A field we accept only at the value that changes nothing."""
+
+    def check(value: object) -> object:
+        if value is not None and value not in neutral:
+            raise ValueError(f"not supported (only {neutral[0]!r})")
+        return value
+
+    return AfterValidator(check)
+
+
+class WireMessage(BaseModel):
+    role: StrictStr  # which roles, and in which order: `template.validate`, as for every door
+    content: Annotated[StrictStr, BeforeValidator(content_text)]
+
+
+class StreamOptions(BaseModel, extra="forbid"):
+    include_usage: StrictBool = False
+
+
+class ChatBody(BaseModel):
+    """The fields of OpenAI's chat request this server takes; any other is refused by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: Annotated[list[WireMessage], Field(min_length=1)]
+    model: StrictStr | None = None
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    stop: Annotated[list[str], BeforeValidator(parse_stop)] = []
+    user: Any = None
+    n: Annotated[Any, only(1)] = None
+    # Numbers are checked by SamplingParams, as for every door.
+    max_tokens: Any = None
+    max_completion_tokens: Any = None
+    temperature: Any = None
+    top_p: Any = None
+    seed: Any = None
+    top_k: Any = None
+    repetition_penalty: Any = None
+    frequency_penalty: Annotated[Any, only(0, 0.0)] = None
+    presence_penalty: Annotated[Any, only(0, 0.0)] = None
+    logit_bias: Annotated[Any, only({})] = None
+    logprobs: Annotated[Any, only(False)] = None
+    response_format: Annotated[Any, only({"type": "text"})] = None
+
+    @model_validator(mode="after")
+    def options_only_when_streaming(self) -> ChatBody:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only for stream true")
+        return self
+
+    @property
+    def limit(self) -> str:
+        """How the request names its reply's limit."""
+        return "max_completion_tokens" if "max_completion_tokens" in self.model_fields_set else "max_tokens"
+
+
+def described(exc: ValidationError) -> str:
+    """Pydantic's findings, each naming the field as the caller wrote it: `messages[0].content`."""
+    unknown, problems = [], []
+    for found in exc.errors(include_url=False):
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in found["loc"]).lstrip(".")
+        if found["type"] == "extra_forbidden":
+            unknown.append(where)
+            continue
+        text = str(found["ctx"]["error"]) if found["type"] == "value_error" else found["msg"]
+        if found["type"] == "string_unicode" and not where:  # pydantic reads no key with a lone surrogate
+            text = "a field's name holds a lone surrogate (text that is not Unicode)"
+        problems.append(f"{where or 'the body'}: {text}")
+    return "; ".join(([f"unsupported field(s): {', '.join(unknown)}"] if unknown else []) + problems)
+
+
+def authorized(settings: Settings) -> Callable[[Request], None]:
+    def check(request: Request) -> None:
+        if settings.auth and not settings.api_key:
+            message = "the OpenAI-compatible API is off: this server's page has a login; start it with --api-key KEY"
+            raise APIError(403, message, "api_off")
+        if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
+            raise APIError(401, "a valid API key is needed: Authorization: Bearer KEY", "invalid_api_key")
+
+    return check
+
+
+def json_only(request: Request) -> None:
+    """A cross-site form or text/plain POST (no CORS preflight) is refused."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise APIError(415, "the body must be JSON, with Content-Type: application/json")
+
+
+async def chat_body(request: Request) -> ChatBody:
+    try:
+        text = (await request.body()).decode("utf-8")  # as OpenAI: json.loads alone would take UTF-16 or -32
+    except UnicodeDecodeError:
+        raise APIError(400, "the body must be JSON in UTF-8") from None
+    except ClientDisconnect:  # gone before its body was whole: nobody to answer, nothing to log
+        raise APIError(400, "the body did not arrive whole") from None
+    try:
+        raw = json.loads(text)
+    except (ValueError, RecursionError):  # not JSON, or nested beyond reason
+        raise APIError(400, "the body is not valid JSON") from None
+    try:
+        return ChatBody.model_validate(raw)
+    except ValidationError as exc:
+        raise APIError(400, described(exc)) from None
+
+
 @dataclass(frozen=True)
-class Parsed:
+class Asked:
     history: list
     system: str
     params: SamplingParams
     model: str
-    stream: bool
-    stop: list[str]
-    limit: str  # how the request named its reply's limit: max_tokens or max_completion_tokens
-    include_usage: bool
+    body: ChatBody
 
 
-def parse(chat: Chat, body: object) -> Parsed:
-    """An OpenAI chat request, read and checked; raises with a clear reason."""
-    if not isinstance(body, dict):
-        raise DialogueError("the body must be a JSON object")
-    if unknown := set(body) - ACCEPTED - SAMPLING - set(NEUTRAL):
-        raise DialogueError(f"unsupported field(s): {', '.join(sorted(unknown))}")
-    for name, neutral in NEUTRAL.items():
-        if name in body and body[name] is not None and body[name] not in neutral:
-            raise DialogueError(f"{name} is not supported (only {neutral[0]!r})")
-    if body.get("n", 1) not in (1, None):
-        raise DialogueError("n must be 1")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise DialogueError("messages must be a non-empty list of {role, content}")
-    for i, m in enumerate(messages):
-        if not isinstance(role := m.get("role"), str) or role not in ROLE_TOKENS:
-            raise DialogueError(f"messages[{i}].role must be one of {', '.join(ROLE_TOKENS)}, not {role!r}")
-    if again := next((i for i, m in enumerate(messages) if i and m["role"] == "system"), None):
-        raise DialogueError(f"messages[{again}] is a system message: only the first message may be one")
-    messages = [{"role": m.get("role"), "content": content_text(m.get("content"))} for m in messages]
-    system, turns = split_system(messages)
-    if not turns or turns[-1]["role"] != "user":
-        raise DialogueError("the last message must be from the user")
-    chat.check_message(turns[-1]["content"])
-    raw = {k: body[k] for k in SAMPLING if k in body}
-    limit = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    if (tokens := body.get(limit)) is not None:
-        raw["max_new_tokens"] = tokens
-    model = body.get("model") or ""
-    if not isinstance(model, str):
-        raise DialogueError("model must be a string")
-    model = "" if model not in chat.backends and len(chat.backends) == 1 else model
-    stop = parse_stop(body.get("stop"))
-    if (stream := body.get("stream")) is not None and not isinstance(stream, bool):
-        raise DialogueError(f"stream must be true or false, not {stream!r}")
-    options = body.get("stream_options")
-    if options is not None and not (
-        stream
-        and isinstance(options, dict)
-        and set(options) <= {"include_usage"}
-        and isinstance(options.get("include_usage", False), bool)
-    ):
-        raise DialogueError("stream_options takes only include_usage (true or false), and only with stream true")
+def ask(chat: Chat, body: ChatBody) -> Asked:
+    """What the request asks of this server: the checks that need its models and limits."""
+    messages = [{"role": m.role, "content": m.content} for m in body.messages]
     try:
-        params = chat.params(**raw)
-    except ParamError as exc:
-        raise DialogueError(in_words(exc, limit)) from None
-    return Parsed(
-        turns, system or "", params, model, bool(stream), stop, limit, bool((options or {}).get("include_usage"))
-    )
+        validate(messages, last="user")
+        system, turns = split_system(messages)
+        chat.check_message(turns[-1]["content"])
+        params = chat.params(max_new_tokens=getattr(body, body.limit), **{k: getattr(body, k) for k in SAMPLING})
+    except (ParamError, DialogueError) as exc:
+        raise APIError(400, in_words(exc, body.limit)) from None
+    model = "" if body.model not in chat.backends and len(chat.backends) == 1 else body.model or ""
+    return Asked(turns, system, params, model, body)
+
+
+def refusal(update: Update, limit: str, kind: str = "invalid_request_error") -> APIError:
+    kind = "rate_limit_exceeded" if update.status == 429 else kind
+    return APIError(update.status, in_words(update.error, limit), kind, update.retry_after)
 
 
 def finish_reason(update: Update) -> str:
@@ -163,102 +246,83 @@ async def until_done_or_gone(request: Request, work: Awaitable[Update]) -> Updat
     return task.result()
 
 
+def add_openai_api(app: FastAPI, chat: Chat) -> None:
+    app.include_router(openai_routes(chat))
+    app.add_exception_handler(APIError, answer_refusal)
+
+
+async def answer_refusal(request: Request, exc: APIError) -> JSONResponse:
+    return error(exc.status, exc.message, exc.kind, exc.retry_after)
+
+
 def openai_routes(chat: Chat) -> APIRouter:
-    settings = chat.settings
-
-    def denied(request: Request) -> JSONResponse | None:
-        if settings.auth and not settings.api_key:
-            message = "the OpenAI-compatible API is off: this server's page has a login; start it with --api-key KEY"
-            return error(403, message, "api_off")
-        if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
-            return error(401, "a valid API key is needed: Authorization: Bearer KEY", "invalid_api_key")
-        return None
-
-    router = APIRouter(prefix="/v1")
+    router = APIRouter(prefix="/v1", dependencies=[Depends(authorized(chat.settings))])
 
     @router.get("/models")
-    def models(request: Request):
-        if refusal := denied(request):
-            return refusal
+    def models():
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "starchat-playground"} for name in chat.backends
         ]
         return {"object": "list", "data": data}
 
-    @router.post("/chat/completions")
-    async def completions(request: Request):
-        if refusal := denied(request):
-            return refusal
-        # JSON only: a cross-site form or text/plain POST (no CORS preflight) is refused.
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            return error(415, "the body must be JSON, with Content-Type: application/json")
-        try:
-            text = (await request.body()).decode("utf-8")  # as OpenAI: json.loads alone would take UTF-16 or -32
-        except UnicodeDecodeError:
-            return error(400, "the body must be JSON in UTF-8")
-        except ClientDisconnect:  # gone before its body was whole: nobody to answer, nothing to log
-            return error(400, "the body did not arrive whole")
-        try:
-            body = json.loads(text)
-        except (ValueError, RecursionError):  # not JSON, or nested beyond reason
-            return error(400, "the body is not valid JSON")
-        try:
-            asked = parse(chat, body)
-        except (ParamError, DialogueError) as exc:
-            return error(400, str(exc))
+    @router.post("/chat/completions", dependencies=[Depends(json_only)])
+    async def completions(request: Request, body: Annotated[ChatBody, Depends(chat_body)]):
+        asked = ask(chat, body)
         client = request.client.host if request.client else ""
-        updates = chat.respond(asked.history, asked.system, asked.params, asked.model, client, asked.stop)
+        updates = chat.respond(asked.history, asked.system, asked.params, asked.model, client, body.stop)
         first = await anext(updates)
         if first.error:
             await updates.aclose()
-            kind = "rate_limit_exceeded" if first.status == 429 else "invalid_request_error"
-            return error(first.status, in_words(first.error, asked.limit), kind, first.retry_after)
+            raise refusal(first, body.limit)
         meta = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "created": int(time.time()),
             "model": asked.model or next(iter(chat.backends)),
         }
-
-        if not asked.stream:
-            async with aclosing(updates):
-                last = await until_done_or_gone(request, last_of(updates, first))
-            if last is None:
-                return error(499, "the client closed the request")
-            if last.error:
-                kind = "rate_limit_exceeded" if last.status == 429 else "server_error"
-                return error(last.status, in_words(last.error, asked.limit), kind, last.retry_after)
-            message = {"role": "assistant", "content": last.conversation[-1]["content"]}
-            choice = {"index": 0, "message": message, "finish_reason": finish_reason(last)}
-            return {"object": "chat.completion", **meta, "choices": [choice], "usage": usage(first, last)}
-
-        # As OpenAI sends it: with include_usage every chunk has "usage" (null), and one more chunk, with no
-        # choices, holds it.
-        counted = {"usage": None} if asked.include_usage else {}
-
-        def chunk(delta: dict, reason: str | None = None) -> str:
-            choice = {"index": 0, "delta": delta, "finish_reason": reason}
-            return sse({**meta, "object": "chat.completion.chunk", "choices": [choice], **counted})
-
-        async def events() -> AsyncIterator[str]:
-            yield chunk({"role": "assistant", "content": ""})
-            sent, last = "", first
-            async for last in updates:
-                if last.error:
-                    message = in_words(last.error, asked.limit)
-                    yield sse({"error": {"message": message, "type": "server_error", "code": last.status}})
-                    return
-                reply = last.conversation[-1]["content"]
-                if len(reply) > len(sent):
-                    yield chunk({"content": reply[len(sent) :]})
-                    sent = reply
-            yield chunk({}, finish_reason(last))
-            if asked.include_usage:
-                yield sse({**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage(first, last)})
-            yield "data: [DONE]\n\n"
-
-        return ClosingStream(events(), updates.aclose)  # closing cancels the generation
+        if not body.stream:
+            return await completion(request, updates, first, meta, body.limit)
+        return ClosingStream(chunks(updates, first, meta, body), updates.aclose)  # closing cancels the generation
 
     return router
+
+
+async def completion(request: Request, updates: AsyncIterator[Update], first: Update, meta: dict, limit: str):
+    async with aclosing(updates):
+        last = await until_done_or_gone(request, last_of(updates, first))
+    if last is None:
+        return error(499, "the client closed the request")
+    if last.error:
+        raise refusal(last, limit, "server_error")
+    message = {"role": "assistant", "content": last.conversation[-1]["content"]}
+    choice = {"index": 0, "message": message, "finish_reason": finish_reason(last)}
+    return {"object": "chat.completion", **meta, "choices": [choice], "usage": usage(first, last)}
+
+
+async def chunks(updates: AsyncIterator[Update], first: Update, meta: dict, body: ChatBody) -> AsyncIterator[str]:
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    # As OpenAI sends it: with include_usage every chunk has "usage" (null), and one more chunk, with no
+    # choices, holds it.
+    counted = {"usage": None} if include_usage else {}
+
+    def chunk(delta: dict, reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": reason}
+        return sse({**meta, "object": "chat.completion.chunk", "choices": [choice], **counted})
+
+    yield chunk({"role": "assistant", "content": ""})
+    sent, last = "", first
+    async for last in updates:
+        if last.error:
+            message = in_words(last.error, body.limit)
+            yield sse({"error": {"message": message, "type": "server_error", "code": last.status}})
+            return
+        reply = last.conversation[-1]["content"]
+        if len(reply) > len(sent):
+            yield chunk({"content": reply[len(sent) :]})
+            sent = reply
+    yield chunk({}, finish_reason(last))
+    if include_usage:
+        yield sse({**meta, "object": "chat.completion.chunk", "choices": [], "usage": usage(first, last)})
+    yield "data: [DONE]\n\n"
 
 
 async def last_of(updates: AsyncIterator[Update], first: Update) -> Update:

@@ -193,7 +193,7 @@ class Chat:
             )
         for i, m in enumerate(history):
             check_text(m.get("content"), f"message {i}" if i < len(history) - 1 else "message", limit)
-        validate([{"role": "system", "content": system}, *history], last=last)
+        validate(history, last=last, system_first=False)
         total = len(system) + sum(len(m["content"]) for m in history)
         if total > self.settings.max_conversation_chars:
             raise DialogueError(

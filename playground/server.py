@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 
-from playground.api import openai_routes
+from playground.api import add_openai_api
 from playground.backends import load_backends
 from playground.chat import Chat
 from playground.connections import protocol
@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> tuple[FastAPI, Chat]:
     demo.queue(max_size=QUEUE_BACKSTOP, default_concurrency_limit=None, api_open=False)
     # Schema pages (ours and Gradio's app's) would list the API to anyone, login or not.
     app = FastAPI(title="StarChat Playground", docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(openai_routes(chat))
+    add_openai_api(app, chat)
     auth = tuple(settings.auth.split(":", 1)) if settings.auth else None
     app = gr.mount_gradio_app(
         app,

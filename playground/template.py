@@ -78,24 +78,28 @@ def split_system(messages: Sequence[Message]) -> tuple[str, list[Message]]:
     return "", list(messages)
 
 
-def validate(messages: Sequence[Message], *, last: str | None) -> None:
-    """Roles alternate user/assistant after an optional system message; the last role is `last` (None:
-    either)."""
+def validate(messages: Sequence[Message], *, last: str | None, system_first: bool = True) -> None:
+    """Roles alternate user/assistant after an optional system message (`system_first`: else the system
+    prompt comes apart); the last role is `last` (None: either). Messages are named by their index."""
     for i, m in enumerate(messages):
         role = m.get("role") if isinstance(m, dict) else None  # a JSON list or object is no key: no lookup
-        if not isinstance(role, str) or role not in ROLE_TOKENS or not isinstance(m.get("content"), str):
+        if not isinstance(role, str) or not isinstance(m.get("content"), str):
             raise DialogueError(f"message {i} must be {{'role': 'system'|'user'|'assistant', 'content': str}}")
-    _, turns = split_system(messages)
+        if role not in ROLE_TOKENS:
+            raise DialogueError(f"message {i}'s role must be one of {', '.join(ROLE_TOKENS)}, not {role!r}")
+    _, turns = split_system(messages) if system_first else ("", list(messages))
     if not turns:
         raise DialogueError("the conversation has no user message")
+    first = len(messages) - len(turns)
     for i, m in enumerate(turns):
         expected = "user" if i % 2 == 0 else "assistant"
         if m["role"] == "system":
-            raise DialogueError(f"turn {i} is a system message: only the first message may be the system prompt")
+            where = "only the first message may be one" if system_first else "the system prompt is given apart"
+            raise DialogueError(f"message {first + i} is a system message: {where}")
         if m["role"] != expected:
-            raise DialogueError(f"turn {i} should be from the {expected}, not the {m['role']}")
+            raise DialogueError(f"message {first + i} should be from the {expected}, not the {m['role']}")
     if last is not None and turns[-1]["role"] != last:
-        raise DialogueError(f"the conversation must end with {'an' if last[0] in 'aeiou' else 'a'} {last} message")
+        raise DialogueError(f"the last message must be from the {last}")
 
 
 def turn_pieces(role: str, content: str) -> list[Piece]:

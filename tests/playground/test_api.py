@@ -60,21 +60,28 @@ def test_our_extra_sampling_fields_and_multi_turn(client):
         ({"temperature": 9}, "temperature must be between"),
         ({"max_tokens": 10**6}, "max_tokens must be between"),
         ({"max_completion_tokens": 0}, "max_completion_tokens must be between"),
-        ({"messages": [{"role": "assistant", "content": "x"}]}, "last message must be from the user"),
+        ({"messages": [MESSAGES[1], {"role": "assistant", "content": "x"}]}, "the last message must be from the user"),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, "message 0 should be from the user, not the assistant"),
         ({"messages": [{"role": "user", "content": "x" * 30000}]}, "limit is 20000"),
         ({"messages": [{"role": "user", "content": "word " * 400}]}, "too long"),
-        ({"n": 2}, "n must be 1"),
-        ({"extra_body": {"beam": 3}}, "unsupported field"),
-        ({"messages": [{"role": "bogus", "content": "hi"}]}, r"messages\[0\]\.role must be one of system, user"),
-        ({"extra_body": {"stream": "false"}}, "stream must be true or false, not 'false'"),
+        ({"n": 2}, r"n: not supported \(only 1\)"),
+        ({"extra_body": {"beam": 3, "tools": []}}, r"unsupported field\(s\): beam, tools"),
+        (
+            {"messages": [{"role": "bogus", "content": "hi"}]},
+            "message 0's role must be one of system, user, assistant, not 'bogus'",
+        ),
+        ({"extra_body": {"stream": "false"}}, "stream: Input should be a valid boolean"),
         ({"max_tokens": 250}, "too long for a reply of up to 250 tokens: .* Lower max_tokens to"),  # context 256
         ({"max_completion_tokens": 250}, "Lower max_completion_tokens to"),
         (
             {"messages": [MESSAGES[1], MESSAGES[0], MESSAGES[1]]},
-            r"messages\[1\] is a system message: only the first message may be one",
+            "message 1 is a system message: only the first message may be one",
         ),
-        ({"extra_body": {"stream_options": {"include_usage": True}}}, "stream_options .* only with stream true"),
-        ({"stream": True, "stream_options": {"include_usage": 1}}, "stream_options takes only include_usage"),
+        ({"extra_body": {"stream_options": {"include_usage": True}}}, "stream_options is only for stream true"),
+        (
+            {"stream": True, "stream_options": {"include_usage": 1}},
+            r"stream_options\.include_usage: Input should be a valid boolean",
+        ),
     ],
 )
 def test_bad_requests_get_400_with_a_reason(client, kwargs, message):
@@ -163,7 +170,9 @@ def test_failing_requests_of_every_kind_never_use_up_the_server(served):
     ("body", "message"),
     [
         (BAD_BODIES[0], "lone surrogate, U.D800. at position 3"),
-        (BAD_BODIES[3], "model must be a string"),
+        (BAD_BODIES[3], "model: Input should be a valid string"),
+        (BAD_BODIES[2], "message 1 should be from the assistant, not the user"),
+        (BAD_BODIES[9], "the body: a field's name holds a lone surrogate"),
         (BAD_BODIES[5], "temperature must be 0 .greedy. or at least 0.01, got 1e-300"),
         (BAD_BODIES[6], "the body must be JSON in UTF-8"),
         (BAD_BODIES[7], "not valid JSON"),

@@ -59,7 +59,7 @@ def test_same_seed_same_reply_with_history_and_system_prompt(client):
         ({"top_k": "many"}, "top_k must be a number"),
         ({"max_new_tokens": 10**7}, "max_new_tokens must be between"),
         ({"repetition_penalty": None, "seed": 1.5}, "seed must be a whole number"),
-        ({"history": [{"role": "assistant", "content": "x"}]}, "turn 0 should be from the user"),
+        ({"history": [{"role": "assistant", "content": "x"}]}, "message 0 should be from the user"),
         ({"history": "not a list"}, "history must be a list"),
         ({"history": [{"role": "user"}]}, "must be"),
         ({"message": "   "}, "empty"),

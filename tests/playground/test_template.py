@@ -185,10 +185,14 @@ def test_a_newest_message_too_long_alone_says_by_how_much(tokenizer):
     assert len(prompt.input_ids) + room == 256
 
 
-def test_a_system_message_after_the_first_is_named_by_its_turn():
+def test_messages_are_named_by_their_index_as_the_caller_numbers_them():
     messages = [SYSTEM, {"role": "user", "content": "Hi?"}, SYSTEM, {"role": "user", "content": "Hi?"}]
-    with pytest.raises(DialogueError, match=r"^turn 1 is a system message: only the first message may be the system"):
+    with pytest.raises(DialogueError, match=r"^message 2 is a system message: only the first message may be one"):
         validate(messages, last="user")
+    with pytest.raises(DialogueError, match=r"^message 0 is a system message: the system prompt is given apart"):
+        validate(messages, last="user", system_first=False)
+    with pytest.raises(DialogueError, match=r"^message 1's role must be one of system, user, assistant, not 'tool'"):
+        validate([SYSTEM, {"role": "tool", "content": "x"}], last="user")
 
 
 def test_the_checkpoint_chat_template_keeps_typed_control_strings_inert(tokenizer):
