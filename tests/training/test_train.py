@@ -383,7 +383,8 @@ def test_an_interrupted_demo_build_is_resumed_not_refused(tmp_path, monkeypatch)
     """The playground builds its demo through training.train; a build killed midway left checkpoints."""
     import training.train
     from playground.demo import demo_checkpoint
-    from training.train import claim_output, parse
+    from training.preflight import claim_output
+    from training.train import parse
 
     found = []
 
