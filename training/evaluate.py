@@ -280,12 +280,32 @@ def score(chat: Chat, problems: list[Problem], args: argparse.Namespace, params,
         bar.close()
         if rows:
             rows.close()
-    seconds = time.monotonic() - start
+    summary = summarize(chat, len(problems), args, passed, tokens, time.monotonic() - start, sandboxed)
+    if output:
+        (output / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def summarize(
+    chat: Chat,
+    n_problems: int,
+    args: argparse.Namespace,
+    passed: dict[str, int],
+    tokens: int,
+    seconds: float,
+    sandboxed: bool,
+) -> dict:
+    """The run's result: pass@k for each k the samples allow, the speed, and the model that was scored."""
+
+    def mean_pass_at(k: int) -> float:
+        return round(sum(pass_at_k(args.samples, c, k) for c in passed.values()) / n_problems, 4)
+
     backend = chat.backend()
     summary = {
         "task": "humaneval",
-        "pass@1": round(sum(pass_at_k(args.samples, c, 1) for c in passed.values()) / len(problems), 4),
-        "problems": len(problems),
+        "pass@1": mean_pass_at(1),
+        "problems": n_problems,
         "samples": args.samples,
         "temperature": args.temperature,
         "seconds": round(seconds, 1),
@@ -296,10 +316,7 @@ def score(chat: Chat, problems: list[Problem], args: argparse.Namespace, params,
     }
     for k in (10, 100):
         if args.samples >= k:
-            summary[f"pass@{k}"] = round(sum(pass_at_k(args.samples, c, k) for c in passed.values()) / len(problems), 4)
-    if output:
-        (output / "result.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary), flush=True)
+            summary[f"pass@{k}"] = mean_pass_at(k)
     return summary
 
 
