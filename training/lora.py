@@ -32,8 +32,8 @@ def add_adapters(
 
 def adapters_take_bf16_inputs(model) -> None:
     """For training under bf16 autocast: PEFT casts each adapter's input to its fp32 weights, but autocast
-    runs the adapter's matmuls in bf16 anyway, so the cast only adds copies and an fp32 dropout (about a
-    sixth of a LoRA step on an H100, profiled by bench.train)."""
+    runs the adapter's matmuls in bf16 anyway, so the cast only adds copies and an fp32 dropout (its cost:
+    docs/benchmarks.md)."""
     for module in model.modules():
         if hasattr(module, "cast_input_dtype_enabled"):
             module.cast_input_dtype_enabled = False
