@@ -86,10 +86,8 @@ def quantize_weights(model, quantize: str, device: torch.device):
         raise BackendError("--quantize int4 needs a CUDA GPU (torchao's int4 kernels); on the CPU use --quantize int8")
     from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, quantize_
 
-    # tile_packed_to_4d is the format of PyTorch's own int4 kernel (tinygemm): no extra package needed.
-    # set_inductor_config would turn on exhaustive coordinate-descent tuning for every compilation in the
-    # process: every bucket of every engine would be tuned at start-up (the int8 engine took 91 s on an
-    # H100). The fast engine tunes what pays for it, the one-row step, itself.
+    # tile_packed_to_4d is the format of PyTorch's own int4 kernel (tinygemm): no extra package needed. No
+    # set_inductor_config: it would tune every bucket of every engine; the engine tunes its one-row step itself.
     config = (
         Int8WeightOnlyConfig(set_inductor_config=False)
         if quantize == "int8"
@@ -117,6 +115,12 @@ def say_slow_bucket(batch: int, length: int, seconds: float) -> None:
     """A first start on a GPU compiles every bucket (minutes for int8): the log shows that it moves."""
     if seconds >= SLOW_BUCKET_S:
         print(f"Fast engine: batch {batch}, context {length} ready after {seconds:.1f} s", flush=True)
+
+
+def say_warm_up(fast: FastEngine) -> None:
+    buckets = len(fast.batch_buckets) * len(fast.context_buckets)
+    what = "captured as CUDA graphs" if fast.graphs else "compiled"
+    print(f"Fast engine: {buckets} (batch, context) buckets {what} in {fast.warm_up_s:.1f} s.", flush=True)
 
 
 def describe_device(model) -> str:
@@ -208,9 +212,7 @@ class LocalBackend:
                 # auto: a compile or capture failure must not keep the playground from serving.
                 print(f"The fast engine could not start ({exc!r}); serving with plain generate.", flush=True)
         if fast and fast.warm_up_s:  # the start-up's longest wait on a GPU: say what it was
-            buckets = len(fast.batch_buckets) * len(fast.context_buckets)
-            what = "captured as CUDA graphs" if fast.graphs else "compiled"
-            print(f"Fast engine: {buckets} (batch, context) buckets {what} in {fast.warm_up_s:.1f} s.", flush=True)
+            say_warm_up(fast)
         device = describe_device(model) + (f", batched decoding of {slots}" if fast else "")
         info = BackendInfo(name, device, quantize, context_length(model.config), demo, slots if fast else 1)
         return cls(model, tokenizer, info, engine=fast)
