@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from playground.backends import Backend, BackendError, ChatRequest, Refused, SamplingParams, astream
+from playground.backends import Backend, BackendError, ChatRequest, Outcome, Refused, SamplingParams, astream, ended
 from playground.rate_window import SlidingWindow
 from playground.sampling import ParamError
 from playground.settings import Settings
@@ -138,6 +138,13 @@ def sendable(text: str) -> str:
     return _SURROGATE.sub("\ufffd", text)
 
 
+def failed(exc: BackendError | DialogueError, history: list[Message], reply: str, context: str, size: int) -> Update:
+    """The last update of a reply whose backend failed: the reply so far is kept."""
+    kept = [*history, {"role": "assistant", "content": reply}] if reply else history
+    status, wait = (429, exc.retry_after) if isinstance(exc, Refused) else (502, 0)
+    return Update(kept, context, error=exc, status=status, retry_after=wait, prompt_tokens=size, finish="error")
+
+
 def held_back(text: str, stops: Sequence[str]) -> int:
     """How many characters at the end of `text` could be the start of a stop string."""
     return max((n for stop in stops for n in range(len(stop) - 1, 0, -1) if text.endswith(stop[:n])), default=0)
@@ -250,7 +257,7 @@ class Chat:
         context, size = describe_context(prompt), len(prompt.input_ids)
         request = ChatRequest(messages, params)
         generated, reply = "", partial or ""
-        first_token_s, finish = None, ""
+        first_token_s, finish, outcome = None, "", Outcome(finish="cancelled")
         waiting = self.admission.slots.locked()
         yield Update(
             [*history, {"role": "assistant", "content": reply}],
@@ -263,12 +270,16 @@ class Chat:
             try:
                 async with aclosing(astream(backend, request)) as pieces:
                     async for piece in pieces:
+                        if isinstance(piece, Outcome):
+                            outcome = piece
+                            continue
                         generated += sendable(piece)  # a server's JSON may hold lone surrogates
                         # A continued reply goes on from its last character: no newline to drop.
                         text = partial + generated if partial is not None else reply_text(generated)
                         cut = min((i for s in stop if (i := text.find(s, len(partial or ""))) >= 0), default=-1)
                         if cut >= 0:
                             reply, finish = text[:cut], "stop"
+                            outcome = await ended(pieces, request.cancel)  # counts what the backend generated
                             break
                         shown = text[: len(text) - held_back(text, stop)]
                         if shown != reply:
@@ -280,11 +291,7 @@ class Chat:
                     else:
                         reply = partial + generated if partial is not None else reply_text(generated)
             except (BackendError, DialogueError) as exc:
-                kept = [*history, {"role": "assistant", "content": reply}] if reply else history
-                status, wait = (429, exc.retry_after) if isinstance(exc, Refused) else (502, 0)
-                yield Update(
-                    kept, context, error=exc, status=status, retry_after=wait, prompt_tokens=size, finish="error"
-                )
+                yield failed(exc, history, reply, context, size)
                 return
         if reply and first_token_s is None:
             first_token_s = time.monotonic() - start
@@ -292,8 +299,8 @@ class Chat:
             [*history, {"role": "assistant", "content": reply}],
             context,
             prompt_tokens=size,
-            finish=finish or request.outcome.finish,
-            tokens=request.outcome.tokens,
+            finish=finish or outcome.finish,
+            tokens=outcome.tokens,
             first_token_s=first_token_s,
             seconds=time.monotonic() - start,
         )

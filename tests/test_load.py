@@ -17,7 +17,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from playground.backends import ChatRequest, SamplingParams
+from playground.backends import ChatRequest, SamplingParams, collect
 from tests.conftest import generating, serve_model, slow_model, wait_until_idle
 from tests.fakes import FakeServer, Script
 
@@ -83,14 +83,14 @@ def test_32_clients_at_once_each_get_their_own_reply(local_server, way, capsys):
     url, chat = local_server
     backend = chat.backend()
     expected = {
-        seed: "".join(
+        seed: collect(
             backend.stream(
                 ChatRequest(
                     [{"role": "system", "content": ""}, *QUESTION],
                     SamplingParams(seed=seed, temperature=1.0, max_new_tokens=24),
                 )
             )
-        )
+        )[0]
         for seed in range(CLIENTS)
     }
     with ThreadPoolExecutor(CLIENTS) as pool:

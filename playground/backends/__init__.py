@@ -1,9 +1,9 @@
-"""The one interface every backend serves: `stream(ChatRequest) -> iterator of text pieces`."""
+"""The one interface every backend serves: `stream(ChatRequest)`, text pieces and then how the reply ended."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -28,7 +28,7 @@ class Refused(BackendError):
 
 @dataclass
 class Outcome:
-    """How a reply ended; the backend fills it in before its stream ends."""
+    """How a reply ended: the last item of a backend's stream."""
 
     tokens: int = 0  # tokens the model generated, its closing stop token included
     finish: str = ""  # "stop": the model ended its turn; "length": max_new_tokens or the context ran out;
@@ -40,7 +40,6 @@ class ChatRequest:
     messages: list[Message]  # an optional system message, then user/assistant turns ending with the user
     params: SamplingParams = field(default_factory=SamplingParams)
     cancel: threading.Event = field(default_factory=threading.Event)
-    outcome: Outcome = field(default_factory=Outcome)
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,9 @@ class Backend(Protocol):
     def prepare(self, messages: list[Message], max_new_tokens: int) -> Prompt:
         """The prompt the request would send (after trimming old turns); raises ContextError."""
 
-    def stream(self, request: ChatRequest) -> Iterator[str]:
-        """Text pieces of the reply, without control tokens, until <|end|> or request.cancel."""
+    def stream(self, request: ChatRequest) -> Iterator[str | Outcome]:
+        """Text pieces of the reply, without control tokens, until <|end|> or request.cancel; then, last, one
+        Outcome. A stream closed before its end gives none."""
 
 
 def context_length(config) -> int:
@@ -84,7 +84,7 @@ _DONE = object()
 DEMO_NAME = "StarChat demo (tiny, trained here)"
 
 
-async def astream(backend: Backend, request: ChatRequest) -> AsyncIterator[str]:
+async def astream(backend: Backend, request: ChatRequest) -> AsyncIterator[str | Outcome]:
     """Runs `backend.stream` off the event loop; a cancelled or closed consumer cancels the request."""
     pieces = backend.stream(request)
     # A cancelled consumer leaves its `next` running in the worker thread; closing the generator then
@@ -107,6 +107,27 @@ async def astream(backend: Backend, request: ChatRequest) -> AsyncIterator[str]:
         # Shielded: a cancelled consumer still waits the one decode step it takes to stop.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(close)
+
+
+def collect(stream: Iterable[str | Outcome]) -> tuple[str, Outcome]:
+    """A whole stream's text and its final Outcome ("cancelled" where it gave none)."""
+    text, outcome = [], Outcome(finish="cancelled")
+    for piece in stream:
+        if isinstance(piece, Outcome):
+            outcome = piece
+        else:
+            text.append(piece)
+    return "".join(text), outcome
+
+
+async def ended(pieces: AsyncIterator[str | Outcome], cancel: threading.Event) -> Outcome:
+    """Cancels a stream's request and drops the rest of its text: its Outcome then counts the tokens
+    generated before the backend stopped ("cancelled" where none comes)."""
+    cancel.set()
+    async for piece in pieces:
+        if isinstance(piece, Outcome):
+            return piece
+    return Outcome(finish="cancelled")
 
 
 def check_model_path(model: str) -> None:

@@ -102,17 +102,18 @@ class EndpointBackend:
         key = self.token or "none"
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, timeout=self.timeout, max_retries=0)
 
-    def stream(self, request: ChatRequest) -> Iterator[str]:
+    def stream(self, request: ChatRequest) -> Iterator[str | Outcome]:
         prompt = self.prepare(request.messages, request.params.max_new_tokens)
         system, turns = split_system(request.messages)
         kept = [{"role": "system", "content": system}, *turns[2 * prompt.dropped_turns :]]
-        p, outcome, cancel = request.params, request.outcome, request.cancel
+        p, outcome, cancel = request.params, Outcome(), request.cancel
         if self.protocol == "tgi":
             pieces = self.tgi(render_prompt(inert_messages(kept)), p, outcome, cancel)
         elif self.protocol == "openai":
             pieces = self.completions(prompt.input_ids, p, outcome, cancel)
         else:
             pieces = self.completions(render_prompt(inert_messages(kept)), p, outcome, cancel)
+        limited = False
         try:
             # A server that ignores the limit is held to it: each event is a token (special or empty ones
             # too), and no token is longer than TOKEN_CHARS.
@@ -124,15 +125,17 @@ class EndpointBackend:
                     if piece:
                         yield piece[:chars]
                     chars -= len(piece)
-                    if given >= p.max_new_tokens or chars <= 0:
-                        outcome.finish = outcome.finish or "length"
-                        return
+                    if limited := given >= p.max_new_tokens or chars <= 0:
+                        break
         except Exception as exc:  # the client libraries' errors, as one a person can act on
             if not cancel.is_set():  # else the watchdog closed the connection: nobody is waiting
                 failure = self.failure(exc)
                 raise failure from None if failure is exc else exc
-        if cancel.is_set():
+        if limited:
+            outcome.finish = outcome.finish or "length"
+        elif cancel.is_set():
             outcome.finish = "cancelled"  # the connection is closed: the server stops generating
+        yield outcome
 
     def failure(self, exc: Exception) -> BackendError:
         failure = describe_failure(self.where, exc)

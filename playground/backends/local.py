@@ -21,7 +21,7 @@ from transformers import (
     TextStreamer,
 )
 
-from playground.backends import BackendError, BackendInfo, ChatRequest, context_length
+from playground.backends import BackendError, BackendInfo, ChatRequest, Outcome, context_length
 from playground.backends.fast import FastEngine, Job, supports
 from playground.console import import_bitsandbytes_offline, libraries_quiet
 from playground.template import EOS, Message, Prompt, control_ids, fit_to_context, stop_ids
@@ -238,7 +238,7 @@ class LocalBackend:
         )
 
     @on_gpu
-    def stream(self, request: ChatRequest) -> Iterator[str]:
+    def stream(self, request: ChatRequest) -> Iterator[str | Outcome]:
         prompt = self.prepare(request.messages, request.params.max_new_tokens)
         if self.engine:
             yield from self.stream_batched(request, prompt.input_ids)
@@ -248,6 +248,7 @@ class LocalBackend:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         seed = request.params.seed if request.params.seed >= 0 else secrets.randbelow(2**31)
         failure: list[BaseException] = []
+        outcome = Outcome(finish="cancelled")  # what `work` found, read once its thread has ended
 
         def work() -> None:
             try:
@@ -263,12 +264,12 @@ class LocalBackend:
                         streamer=streamer,
                     )
                 new = out[0, len(prompt.input_ids) :].tolist()
-                request.outcome.tokens = len(new)
+                outcome.tokens = len(new)
                 if new and new[-1] in self.stop_ids:
-                    request.outcome.finish = "stop"
+                    outcome.finish = "stop"
                 else:  # generate() ends the streamer before it returns, so a consumer may cancel after a full reply
                     cut = request.cancel.is_set() and len(new) < request.params.max_new_tokens
-                    request.outcome.finish = "cancelled" if cut else "length"
+                    outcome.finish = "cancelled" if cut else "length"
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 failure.append(
@@ -291,8 +292,9 @@ class LocalBackend:
             thread.join()
         if failure:
             raise failure[0]
+        yield outcome
 
-    def stream_batched(self, request: ChatRequest, prompt: list[int]) -> Iterator[str]:
+    def stream_batched(self, request: ChatRequest, prompt: list[int]) -> Iterator[str | Outcome]:
         """The engine hands over token ids; they are turned into text here, in the caller's thread."""
         job, text = Job(request, prompt), Pieces(self.tokenizer)
         self.engine.submit(job)
@@ -306,3 +308,4 @@ class LocalBackend:
             request.cancel.set()  # the engine frees the slot at its next step
         if job.error:
             raise job.error
+        yield Outcome(job.generated, job.finish)

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from playground.backends import BackendError, SamplingParams
+from playground.backends import BackendError, Outcome, SamplingParams
 from playground.backends.local import LocalBackend
 from playground.chat import Chat, in_words
 from playground.settings import Settings
@@ -16,10 +16,10 @@ def chat(tiny_checkpoint) -> Chat:
     return Chat({"tiny": LocalBackend.from_pretrained(str(tiny_checkpoint))}, Settings.from_args([], env={}))
 
 
-def run(chat, history, continuing=False, **params):
+def run(chat, history, continuing=False, stop=(), **params):
     async def collect():
         params.setdefault("max_new_tokens", 16)
-        updates = chat.respond(history, "system", SamplingParams(**params), continuing=continuing)
+        updates = chat.respond(history, "system", SamplingParams(**params), stop=stop, continuing=continuing)
         return [u async for u in updates]
 
     return asyncio.run(collect())
@@ -55,6 +55,20 @@ def test_a_backend_failure_mid_reply_keeps_what_was_said(chat, monkeypatch):
     updates = run(chat, [{"role": "user", "content": "hi"}])
     assert str(updates[-1].error) == "The GPU ran out of memory"
     assert updates[-1].conversation[-1] == {"role": "assistant", "content": "partial"}
+
+
+def test_the_last_update_reports_the_streams_outcome_also_past_a_stop_string(chat, monkeypatch):
+    def stream(request):
+        yield from ("\nab", "cSTOP", "more")
+        assert request.cancel.is_set()  # cut at the stop string: the backend is asked to stop
+        yield Outcome(7, "cancelled")
+
+    monkeypatch.setattr(chat.backend(), "stream", stream)
+    cut = run(chat, [{"role": "user", "content": "hi"}], stop=["STOP"])[-1]
+    assert (cut.conversation[-1]["content"], cut.finish, cut.tokens) == ("abc", "stop", 7)
+    monkeypatch.setattr(chat.backend(), "stream", lambda request: (piece for piece in ("\nab", Outcome(2, "length"))))
+    whole = run(chat, [{"role": "user", "content": "hi"}])[-1]
+    assert (whole.conversation[-1]["content"], whole.finish, whole.tokens) == ("ab", "length", 2)
 
 
 def test_message_limits(chat):

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from datetime import date
 
-from playground.backends import ChatRequest
+from playground.backends import ChatRequest, collect
 from playground.backends.local import LocalBackend
 from playground.demo import demo_checkpoint
 from playground.sampling import SamplingParams
@@ -60,8 +60,8 @@ def test_the_demo_answers_each_example_with_code_that_runs_and_is_right(demo_mod
     for example, (language, after, expected) in CHECKS.items():
         for seed in SEEDS:  # the page's defaults: temperature 0.2, top-k 50, top-p 0.95, repetition penalty 1.2
             request = ChatRequest([{"role": "user", "content": example}], SamplingParams(seed=seed))
-            reply = "".join(backend.stream(request))
-            assert request.outcome.finish == "stop", reply
+            reply, outcome = collect(backend.stream(request))
+            assert outcome.finish == "stop", reply
             days = {date.today().isoformat()}
             printed = run_code_block(reply, language, after)
             days.add(date.today().isoformat())  # a run across midnight may print either day

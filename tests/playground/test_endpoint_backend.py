@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from playground.backends import BackendError, ChatRequest, SamplingParams
+from playground.backends import BackendError, ChatRequest, Outcome, SamplingParams, collect
 from playground.backends.endpoint import TOKEN_CHARS, EndpointBackend
 from playground.template import control_ids, render, render_prompt
 from tests.fakes import FakeServer, Script
@@ -25,10 +25,10 @@ def test_streams_the_servers_reply_and_stops_at_end(tiny_checkpoint, protocol):
     with FakeServer() as server:
         backend = EndpointBackend.connect(str(tiny_checkpoint), server.url, protocol, token="secret")
         request = ask(seed=5, top_k=0)
-        pieces = list(backend.stream(request))
+        *pieces, outcome = backend.stream(request)
         assert len(pieces) > 3 and "".join(pieces) == server.script.reply  # no <|end|> shown
         # The server's own count (its words and the stop token) and reason.
-        assert (request.outcome.tokens, request.outcome.finish) == (len(server.script.tokens()) + 1, "stop")
+        assert (outcome.tokens, outcome.finish) == (len(server.script.tokens()) + 1, "stop")
         sent = server.script.requests[-1]
         assert sent["auth"] == "Bearer secret"
     if protocol == "tgi":
@@ -105,8 +105,8 @@ def test_stop_closes_the_stream_and_the_server_sees_it(tiny_checkpoint):
         stream = EndpointBackend.connect(str(tiny_checkpoint), server.url).stream(request)
         received = [next(stream), next(stream)]
         request.cancel.set()
-        received += list(stream)
-        assert len(received) <= 3
+        *rest, outcome = stream
+        assert len(received + rest) <= 3 and outcome.finish == "cancelled"
         deadline = time.monotonic() + 10
         while not script.disconnects and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -136,7 +136,7 @@ def test_an_error_answer_and_a_death_mid_stream_are_clear_and_the_next_request_w
                 received.append(piece)
         assert len(received) == 3
         script.die_after = None
-        assert "".join(backend.stream(ask())) == script.reply
+        assert collect(backend.stream(ask()))[0] == script.reply
 
 
 def test_a_slow_server_times_out_with_a_clear_message(tiny_checkpoint):
@@ -168,8 +168,10 @@ def test_a_cancel_closes_a_stream_that_sends_no_token(tiny_checkpoint):
         request = ask()
         threading.Timer(0.5, request.cancel.set).start()
         start = time.monotonic()
-        assert list(EndpointBackend.connect(str(tiny_checkpoint), server.url).stream(request)) == []
-        assert time.monotonic() - start < 3 and request.outcome.finish == "cancelled"
+        assert list(EndpointBackend.connect(str(tiny_checkpoint), server.url).stream(request)) == [
+            Outcome(finish="cancelled")
+        ]
+        assert time.monotonic() - start < 3
         deadline = time.monotonic() + 10
         while not script.disconnects and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -236,8 +238,8 @@ def test_a_lone_surrogate_from_the_server_reaches_the_person_as_a_replacement_ch
 def test_a_server_that_ignores_max_new_tokens_is_held_to_it(tiny_checkpoint, protocol, script, text):
     with FakeServer(script) as server:
         request = ask(max_new_tokens=20)
-        pieces = list(EndpointBackend.connect(str(tiny_checkpoint), server.url, protocol).stream(request))
-    assert "".join(pieces) == text and request.outcome.finish == "length"
+        got, outcome = collect(EndpointBackend.connect(str(tiny_checkpoint), server.url, protocol).stream(request))
+    assert got == text and outcome.finish == "length"
 
 
 def test_a_page_instead_of_a_stream_is_named_as_such(tiny_checkpoint):
@@ -262,7 +264,7 @@ def test_an_explicit_tgi_url_is_reached_in_hub_offline_mode(tiny_checkpoint, mon
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with FakeServer() as server:
         backend = EndpointBackend.connect(str(tiny_checkpoint), server.url, "tgi")
-        assert "".join(backend.stream(ask())) == server.script.reply
+        assert collect(backend.stream(ask()))[0] == server.script.reply
 
 
 @pytest.mark.parametrize("protocol", ["tgi", "openai-text"])
@@ -282,5 +284,5 @@ def test_a_servers_claimed_length_passes_no_further_than_what_was_relayed(tiny_c
     """A server whose usage (OpenAI) or details (TGI) claims 10^9 tokens for a reply of at most 8."""
     with FakeServer(Script(claimed_tokens=claimed)) as server:
         request = ask(max_new_tokens=8)
-        list(EndpointBackend.connect(str(tiny_checkpoint), server.url, protocol).stream(request))
-    assert 0 < request.outcome.tokens <= 8
+        _, outcome = collect(EndpointBackend.connect(str(tiny_checkpoint), server.url, protocol).stream(request))
+    assert 0 < outcome.tokens <= 8

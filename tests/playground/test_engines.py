@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from playground.backends import ChatRequest, SamplingParams, load_backend
+from playground.backends import ChatRequest, SamplingParams, collect, load_backend
 from playground.engines import check_checkpoint, main, plan
 from playground.settings import Settings
 from tests.conftest import ROOT
@@ -61,7 +61,7 @@ def test_the_printed_playground_command_works_against_a_server_of_that_protocol(
     with FakeServer() as server:  # stands in for vLLM's OpenAI-compatible server
         flags[flags.index("--endpoint-url") + 1] = server.url
         backend = load_backend(Settings.from_args(flags, env={}))
-        reply = "".join(
+        reply, _ = collect(
             backend.stream(ChatRequest([{"role": "user", "content": "hi"}], SamplingParams(max_new_tokens=16)))
         )
         assert reply == server.script.reply and isinstance(server.script.requests[-1]["body"]["prompt"], list)

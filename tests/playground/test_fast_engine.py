@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from playground.backends import ChatRequest, SamplingParams
+from playground.backends import ChatRequest, Outcome, SamplingParams, collect
 from playground.backends.local import LocalBackend
 
 PROMPTS = ["How do I reverse a list in Python?", "What does `len` do?", "hi", "Explain `sorted` " * 5]
@@ -27,7 +27,7 @@ def ask(text: str, **params) -> ChatRequest:
 
 
 def reply(backend, request: ChatRequest) -> str:
-    return "".join(backend.stream(request))
+    return collect(backend.stream(request))[0]
 
 
 def together(backend, requests: list[ChatRequest]) -> list[str]:
@@ -284,7 +284,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(plain, roomy,
         events = watch_runs(roomy.engine, monkeypatch)
         running, long_text = ask("hi", max_new_tokens=150), "Explain `sorted` in detail " * 6
         first = threading.Event()
-        pieces: list[str] = []
+        pieces: list[str | Outcome] = []
 
         def consume():
             for piece in roomy.stream(running):
@@ -298,7 +298,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(plain, roomy,
         answer = reply(roomy, long)
         thread.join(timeout=120)
         assert answer == reply(plain, ask(long_text, max_new_tokens=5))
-        assert "".join(pieces) == reply(plain, ask("hi", max_new_tokens=150))
+        assert collect(pieces)[0] == reply(plain, ask("hi", max_new_tokens=150))
     finally:
         for hook in hooks:
             hook.remove()
@@ -353,8 +353,8 @@ def test_people_using_the_playground_at_once_share_the_batch(tiny_checkpoint, tm
 @pytest.mark.parametrize("engine", ["plain", "fast"])
 def test_each_reply_reports_its_token_count_and_why_it_ended(plain, fast, engine):
     backend = {"plain": plain, "fast": fast}[engine]
-    cut = ask("Explain `sorted` in detail", max_new_tokens=1)
-    assert reply(backend, cut) is not None and (cut.outcome.tokens, cut.outcome.finish) == (1, "length")
+    _, cut = collect(backend.stream(ask("Explain `sorted` in detail", max_new_tokens=1)))
+    assert (cut.tokens, cut.finish) == (1, "length")
 
     end = backend.tokenizer.convert_tokens_to_ids("<|end|>")
     calls = []
@@ -367,11 +367,10 @@ def test_each_reply_reports_its_token_count_and_why_it_ended(plain, fast, engine
 
     hook = backend.model.lm_head.register_forward_hook(third_token_ends_the_turn)
     try:
-        ended = ask("hi", max_new_tokens=200)
-        reply(backend, ended)
+        _, ended = collect(backend.stream(ask("hi", max_new_tokens=200)))
     finally:
         hook.remove()
-    assert (ended.outcome.tokens, ended.outcome.finish) == (3, "stop")  # two tokens of text and <|end|>
+    assert (ended.tokens, ended.finish) == (3, "stop")  # two tokens of text and <|end|>
 
 
 def test_closing_lets_the_requests_in_flight_finish_then_ends_the_thread_and_refuses_more(plain, tiny_checkpoint):
@@ -386,6 +385,6 @@ def test_closing_lets_the_requests_in_flight_finish_then_ends_the_thread_and_ref
     engine.close()
     expected = reply(plain, ask(PROMPTS[0], max_new_tokens=20))
     assert backend.tokenizer.decode(list(job), skip_special_tokens=True) == expected
-    assert request.outcome.finish in ("stop", "length") and not engine.thread.is_alive()
+    assert job.finish in ("stop", "length") and not engine.thread.is_alive()
     with pytest.raises(BackendError, match="closed"):
         engine.submit(Job(ask("hi"), job.prompt))

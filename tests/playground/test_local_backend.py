@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from playground.backends import BackendError, ChatRequest, SamplingParams
+from playground.backends import BackendError, ChatRequest, SamplingParams, collect
 from playground.backends.local import LocalBackend, quantization_config
 from playground.sampling import ParamError
 from playground.template import CONTROL_TOKENS, ContextError
@@ -32,9 +32,9 @@ def test_loads_a_local_folder_in_fp32_on_cpu_and_reads_the_context(backend):
 
 
 def test_same_seed_same_reply_and_no_control_tokens(backend):
-    first = "".join(backend.stream(ask("hello", seed=7, max_new_tokens=24, temperature=1.0)))
-    again = "".join(backend.stream(ask("hello", seed=7, max_new_tokens=24, temperature=1.0)))
-    other = "".join(backend.stream(ask("hello", seed=8, max_new_tokens=24, temperature=1.0)))
+    first = collect(backend.stream(ask("hello", seed=7, max_new_tokens=24, temperature=1.0)))[0]
+    again = collect(backend.stream(ask("hello", seed=7, max_new_tokens=24, temperature=1.0)))[0]
+    other = collect(backend.stream(ask("hello", seed=8, max_new_tokens=24, temperature=1.0)))[0]
     assert first == again and first != other
     assert not any(token in first for token in CONTROL_TOKENS)
 
@@ -53,7 +53,7 @@ def test_generation_stops_at_end_of_turn(backend, monkeypatch):
         return out
 
     monkeypatch.setattr(backend.model, "forward", forward)
-    reply = "".join(backend.stream(ask("hi", temperature=0, max_new_tokens=50)))
+    reply, _ = collect(backend.stream(ask("hi", temperature=0, max_new_tokens=50)))
     assert len(calls) == 3  # nothing decoded after <|end|>
     assert reply and "<|end|>" not in reply
 
@@ -64,7 +64,7 @@ def test_cancel_ends_the_generate_thread_within_a_step(backend):
     next(stream)
     assert generate_threads()
     request.cancel.set()
-    rest = list(stream)
+    *rest, _ = stream  # the last item says how it ended
     assert len(rest) < 10  # what was already decoded, not the 200 asked for
     assert not generate_threads()
 
@@ -78,8 +78,8 @@ def test_closing_the_stream_cancels_and_joins(backend):
 
 
 def test_greedy_when_temperature_is_zero(backend):
-    one = "".join(backend.stream(ask("x", temperature=0, seed=1, max_new_tokens=16)))
-    two = "".join(backend.stream(ask("x", temperature=0, seed=2, max_new_tokens=16)))
+    one, _ = collect(backend.stream(ask("x", temperature=0, seed=1, max_new_tokens=16)))
+    two, _ = collect(backend.stream(ask("x", temperature=0, seed=2, max_new_tokens=16)))
     assert one == two
 
 
@@ -100,8 +100,8 @@ def test_out_of_memory_frees_and_says_so(backend, monkeypatch):
         list(backend.stream(ask("hi")))
     monkeypatch.undo()
     after = ask("hi", max_new_tokens=4)
-    "".join(backend.stream(after))  # still serving (an untrained model may well say nothing at all)
-    assert after.outcome.tokens >= 1 and after.outcome.finish in ("stop", "length")
+    _, outcome = collect(backend.stream(after))  # still serving (an untrained model may well say nothing at all)
+    assert outcome.tokens >= 1 and outcome.finish in ("stop", "length")
 
 
 def test_quantization_needs_cuda_and_says_so():
@@ -147,7 +147,7 @@ def test_a_waiting_request_cancelled_before_its_turn_never_runs(backend):
     request = ask("hi", max_new_tokens=50)
     replies = []
     with backend._lock:  # another request is generating
-        consumer = threading.Thread(target=lambda: replies.append("".join(backend.stream(request))))
+        consumer = threading.Thread(target=lambda: replies.append(collect(backend.stream(request))[0]))
         consumer.start()
         time.sleep(0.2)
         request.cancel.set()

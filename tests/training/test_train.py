@@ -16,7 +16,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from playground.backends import ChatRequest, SamplingParams
+from playground.backends import ChatRequest, SamplingParams, collect
 from playground.backends.local import LocalBackend
 from playground.template import render
 from tests.conftest import ROOT, free_port
@@ -81,7 +81,7 @@ def test_the_tiny_run_learns_eval_loss_falls_and_the_card_has_the_table(demo_mod
 def test_the_playground_serves_the_trained_folder_and_stops_at_end(demo_model):
     backend = LocalBackend.from_pretrained(str(demo_model))
     question = "How do I reverse a list in Python?"
-    reply = "".join(
+    reply, _ = collect(
         backend.stream(
             ChatRequest([{"role": "user", "content": question}], SamplingParams(temperature=0, max_new_tokens=300))
         )
@@ -256,10 +256,12 @@ def test_two_process_accelerate_launch_trains_and_writes_a_loadable_checkpoint(t
     assert len(changed) > len(scratch.state_dict()) // 2  # the four steps trained the weights
     backend = LocalBackend.from_pretrained(str(out))
     # A 4-step model may well answer with its stop token at once: it must load and run, not talk.
-    reply = backend.stream(
-        ChatRequest([{"role": "user", "content": "hi"}], SamplingParams(temperature=0, max_new_tokens=8))
+    reply, _ = collect(
+        backend.stream(
+            ChatRequest([{"role": "user", "content": "hi"}], SamplingParams(temperature=0, max_new_tokens=8))
+        )
     )
-    assert isinstance("".join(reply), str)
+    assert isinstance(reply, str)
 
 
 def test_push_to_hub_uploads_the_served_checkpoint_only(tmp_path):

@@ -27,6 +27,7 @@ class Job:
     prompt: list[int]
     ids: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # token ids as sampled, then None
     error: BaseException | None = None
+    finish: str = ""  # why it left the engine, as Outcome.finish says
     generated: int = 0
     prefilled: int = 0  # prompt tokens already in the cache
     logits: list[torch.Tensor] | None = None  # a list: each sampled position's logits are kept (checks)
@@ -105,8 +106,7 @@ class FastEngine(Graphs):
         if job in self.order:
             self.order.remove(job)
         self.positions[row] = self.park
-        job.error = error
-        job.request.outcome.tokens, job.request.outcome.finish = job.generated, reason
+        job.error, job.finish = error, reason
         job.put(None)
 
     def admit(self, block: bool) -> None:
@@ -119,7 +119,7 @@ class FastEngine(Graphs):
             if job is None:  # close(): what came before it is in
                 return
             if job.request.cancel.is_set():
-                job.request.outcome.finish = "cancelled"
+                job.finish = "cancelled"
                 job.put(None)
                 continue
             self.jobs[self.jobs.index(None)] = job
