@@ -47,64 +47,37 @@ def plan(engine: str, checkpoint: str, gpus: int, port: int) -> Plan:
     context = check_checkpoint(checkpoint)
     if Path(checkpoint).exists():  # absolute: never read as an option (a folder named -d), nor from another folder
         checkpoint = str(Path(checkpoint).absolute())
-    url = f"http://127.0.0.1:{port}"
     if engine == "vllm":
-        # vLLM reads the chat template and generation_config.json (the stop ids) from the folder itself.
-        server = [
-            "vllm",
-            "serve",
-            checkpoint,
-            "--tensor-parallel-size",
-            str(gpus),
-            "--port",
-            str(port),
-            "--max-model-len",
-            str(context),
-            "--generation-config",
-            "auto",
-        ]
-        protocol = "openai"  # token ids: people's text never becomes control tokens
+        # openai: token ids, so people's text never becomes control tokens
+        server, protocol = vllm_command(checkpoint, gpus, port, context), "openai"
     elif engine == "tgi":
-        folder = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else None
-        if folder and ":" in folder:
-            raise ValueError(f"{folder}: docker -v cannot mount a path with ':' in it; move or link the folder")
-        volume = ["-v", f"{folder}:/model"] if folder else []
-        server = [
-            "docker",
-            "run",
-            "--gpus",
-            "all",
-            "--shm-size",
-            "1g",
-            "-p",
-            f"{port}:80",
-            *volume,
-            "ghcr.io/huggingface/text-generation-inference:latest",
-            "--model-id",
-            "/model" if folder else checkpoint,
-            "--num-shard",
-            str(gpus),
-            "--max-total-tokens",
-            str(context),
-            "--max-input-tokens",
-            str(context - min(512, context // 2)),  # the rest is the reply's
-        ]
-        protocol = "tgi"
+        server, protocol = tgi_command(checkpoint, gpus, port, context), "tgi"
     else:
         raise ValueError(f"engine must be vllm or tgi, got {engine!r}")
-    playground = [
-        "python",
-        "app.py",
-        "--backend",
-        "endpoint",
-        "--endpoint-protocol",
-        protocol,
-        "--endpoint-url",
-        url,
-        "--model",
-        checkpoint,
+    url = f"http://127.0.0.1:{port}"
+    playground = ["python", "app.py", "--backend", "endpoint", "--endpoint-protocol", protocol]
+    return Plan(server, [*playground, "--endpoint-url", url, "--model", checkpoint])
+
+
+def vllm_command(checkpoint: str, gpus: int, port: int, context: int) -> list[str]:
+    # vLLM reads the chat template and generation_config.json (the stop ids) from the folder itself.
+    return [
+        *("vllm", "serve", checkpoint, "--tensor-parallel-size", str(gpus), "--port", str(port)),
+        *("--max-model-len", str(context), "--generation-config", "auto"),
     ]
-    return Plan(server, playground)
+
+
+def tgi_command(checkpoint: str, gpus: int, port: int, context: int) -> list[str]:
+    folder = str(Path(checkpoint).resolve()) if Path(checkpoint).exists() else None
+    if folder and ":" in folder:
+        raise ValueError(f"{folder}: docker -v cannot mount a path with ':' in it; move or link the folder")
+    volume = ["-v", f"{folder}:/model"] if folder else []
+    return [
+        *("docker", "run", "--gpus", "all", "--shm-size", "1g", "-p", f"{port}:80", *volume),
+        *("ghcr.io/huggingface/text-generation-inference:latest", "--model-id", "/model" if folder else checkpoint),
+        *("--num-shard", str(gpus), "--max-total-tokens", str(context)),
+        *("--max-input-tokens", str(context - min(512, context // 2))),  # the rest is the reply's
+    ]
 
 
 def gpu_count() -> int:
