@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# The GPU figures as JSON lines, in two calls of under 9 minutes each on one H100 (each part has its
+# The GPU figures as JSON lines, in calls of under 9 minutes each on one H100 (each part has its
 # own time limit; a part that fails is reported and does not stop the others; the exit code says so):
 #
 #   bash bench/gpu.sh [OUTDIR]          # decoding (seed's way, ours, transformers' static cache), a restart's
 #                                       # warm-up, int8 / int4 at 1 stream, LoRA and QLoRA training
 #   bash bench/gpu.sh --rest [OUTDIR]   # bitsandbytes 8bit / 4bit under plain generate, int4 at 32 streams,
 #                                       # the MLP products each way, one row and batched (bench.rows)
+#   bash bench/gpu.sh --eval [OUTDIR]   # HumanEval's 164 prompts as training.evaluate runs them (bench.humaneval)
 #   bash bench/gpu.sh --tiny [OUTDIR]   # every part on a tiny model on the CPU (a minute or two), as the tests do
 #
-# Why two: bitsandbytes loads a saved checkpoint (a minute to write it) and an engine for 32 streams
-# compiles 24 graphs; with the rest that is more than 9 minutes. int8 at 32 streams is in neither: its
-# engine had not finished its start-up when its part's 371 s (the load included) ran out on an H100
-# (2026-11-27); it runs alone with
+# Why several: bitsandbytes loads a saved checkpoint (a minute to write it) and an engine for 32 streams
+# compiles 24 graphs; with the rest that is more than 9 minutes. int8 at 32 streams is in none: its engine
+# did not finish its start-up within its part's limit on an H100 (docs/benchmarks.md); it runs alone with
 #   python3 -m bench.quantized --paths torchao --torchao int8 --streams 32
 # OUTDIR (default: $OUT, else a new temporary folder) gets gpu.jsonl and gpu.log.
 # Inductor's caches go to OUTDIR/inductor-cache unless TORCHINDUCTOR_CACHE_DIR is set, so the
@@ -19,7 +19,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 which=main
-if [[ "${1:-}" == --tiny || "${1:-}" == --rest ]]; then which=${1#--}; shift; fi
+if [[ "${1:-}" == --tiny || "${1:-}" == --rest || "${1:-}" == --eval ]]; then which=${1#--}; shift; fi
 out="${1:-${OUT:-$(mktemp -d)}}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$out/inductor-cache}"
@@ -54,7 +54,10 @@ if [[ $which == tiny ]]; then
     part 120 quantized bench.quantized --tiny --streams 1,4 --paths torchao
     part 240 train bench.train --tiny --steps 2
     part 120 bitsandbytes bench.quantized --tiny --paths bitsandbytes
+    part 120 humaneval bench.humaneval --tiny
     part 120 rows bench.rows --tiny --limit 90
+elif [[ $which == eval ]]; then
+    part 400 humaneval bench.humaneval
 elif [[ $which == rest ]]; then
     part 170 bitsandbytes bench.quantized --paths bitsandbytes --streams 1
     part 250 quantized bench.quantized --paths torchao --torchao int4 --streams 32

@@ -124,6 +124,22 @@ async def answer(chat: Chat, model: str, problem: Problem, index: int, params) -
     return Sample(problem, index, reply, last.tokens, last.finish)
 
 
+async def answer_all(
+    chat: Chat, jobs: list[tuple[Problem, int, int]], params_of: Callable[[int], object], then: Callable
+) -> None:
+    """Answers each (problem, index, seed), as many at a time as the backend decodes together, and awaits
+    `then(sample)` on each as soon as it is answered."""
+    model = next(iter(chat.backends))
+    slots = asyncio.Semaphore(max(1, chat.backend(model).info.parallel))
+
+    async def one(problem: Problem, index: int, seed: int) -> None:
+        async with slots:
+            sample = await answer(chat, model, problem, index, params_of(seed))
+        await then(sample)
+
+    await asyncio.gather(*(one(*job) for job in jobs))
+
+
 async def evaluate(
     chat: Chat,
     problems: list[Problem],
@@ -133,24 +149,20 @@ async def evaluate(
     sandboxed: bool,
     done: Callable[[Sample], None],
 ) -> None:
-    """Every sample of every problem, answered as many at a time as the backend decodes together, each scored
-    (in a thread: its process) as soon as it is answered."""
-    model = next(iter(chat.backends))
-    slots = asyncio.Semaphore(max(1, chat.backend(model).info.parallel))
+    """Every sample of every problem, each scored (in a thread: its process) as soon as it is answered."""
     loop = asyncio.get_running_loop()
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as runners:
 
-        async def one(problem: Problem, index: int, seed: int) -> None:
-            async with slots:
-                sample = await answer(chat, model, problem, index, params_of(seed))
+        async def scored(sample: Sample) -> None:
             if sample.result is None:
-                sample.code = extract_code(sample.reply, problem)
+                sample.code = extract_code(sample.reply, sample.problem)
                 sample.result = await loop.run_in_executor(
-                    runners, run_program, program(sample.code, problem), seconds, sandboxed
+                    runners, run_program, program(sample.code, sample.problem), seconds, sandboxed
                 )
             done(sample)
 
-        await asyncio.gather(*(one(p, j, i * samples + j) for i, p in enumerate(problems) for j in range(samples)))
+        jobs = [(p, j, i * samples + j) for i, p in enumerate(problems) for j in range(samples)]
+        await answer_all(chat, jobs, params_of, scored)
 
 
 def revision_of(backend) -> str | None:

@@ -30,6 +30,8 @@ def test_gpu_script_runs_every_part_and_writes_json_lines(tmp_path, inductor_cac
     assert ("generate", "ours: fast engine, int8") in paths and ("generate", "ours: fast engine, int4") in paths
     assert ("generate", "ours: one decode step, profiled, int8") in paths  # where int8's step time goes
     assert any(bench == "train" for bench, _ in paths)
+    humaneval = {r["path"]: r for r in records if r["bench"] == "humaneval"}  # evaluate's path, both ways
+    assert humaneval["ours: fast engine"]["problems"] == 8 and humaneval["seed: generate, one problem at a time"]
     rows = [r for r in records if r["bench"] == "rows"]  # each way of the MLP products, timed
     assert {r["shape"] for r in rows} == {"c_fc", "c_proj"} and all(r.get("us", 0) > 0 for r in rows), rows
     assert {r["rows"] for r in rows} == {1, 8}  # one stream's step and a batched one
