@@ -83,9 +83,8 @@ async def unencodable(request: Request, exc: UnicodeEncodeError) -> JSONResponse
 def uvicorn_options(settings: Settings) -> dict:
     """What uvicorn.Config takes besides the app, host and port."""
     return {
-        # asyncio accepts up to `backlog` connections in one go before it closes any it refuses: at uvicorn's
-        # 2,048, a server that fell behind a flood took ~900 at once, ran out of open files and logged a
-        # traceback per retry (1,046 in 13 s). 128 keeps a burst small and leaves the rest waiting in the kernel.
+        # asyncio takes up to `backlog` connections at once: uvicorn's 2,048 let a flood exhaust the open files
+        # (docs/benchmarks.md); 128 keeps a burst small and leaves the rest waiting in the kernel.
         "backlog": 128,
         "proxy_headers": False,  # guards.ForwardedClient reads X-Forwarded-For (from trusted proxies only)
         "http": protocol(settings.max_connections_per_client, settings.trusted_proxies),
