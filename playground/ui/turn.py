@@ -11,6 +11,7 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -55,6 +56,20 @@ def session_of(request: gr.Request | None) -> str:
 
 def client_of(request: gr.Request | None) -> str:
     return request.client.host if request and request.client else ""
+
+
+@dataclass
+class Streaming:
+    """One run of `Turn.run`: where it started and what it has seen."""
+
+    values: dict
+    notes: dict[int, str]  # the conversation's before the reply; with the reply's own once it ends
+    versions: Versions
+    unchanged: dict  # the page as it was, for an error before the reply streams
+    opening: str  # a continued reply's text before this run
+    continuing: bool
+    last: Update | None = None
+    failed: bool = False
 
 
 class Turn:
@@ -107,88 +122,117 @@ class Turn:
         the conversation as it was, with the `restore` outputs (the message back in its box), and Stop
         gives `back` (the message sent or edited) back to the box. Once it streams, the conversation from
         message `parts_at` on (Retry's reply, Edit's question) is kept as an earlier version."""
-        page, unlocked, restore = self.page, self.unlocked, restore or {}
         session = session_of(request)
         if not self.replies.starts(session):  # stopped before it started
-            yield unlocked
+            yield self.unlocked
             return
-        kept = len(history) - continuing  # a continued reply gets a new note
-        opening = history[-1]["content"] if continuing else ""  # the reply's text before this run
-        before, notes, versions = values[page.state], notes_before(values[page.notes], kept), values[page.versions]
-        if parts_at is not None:
-            limit = self.chat.settings.max_conversation_chars
-            versions, dropped = branch(before, values[page.notes], versions, parts_at, limit)
-            if dropped:
-                gr.Info(
-                    f"{dropped} older version{'s' * (dropped != 1)} let go: a conversation keeps {MAX_VERSIONS} "
-                    f"versions of a message, nested {MAX_DEPTH} deep, {limit:,} characters of them in all."
-                )
-        unchanged = {**self.show(before, values[page.notes]), **unlocked, **restore}
+        before, notes = values[self.page.state], values[self.page.notes]
+        versions = self.branched(values, parts_at)
+        unchanged = {**self.show(before, notes), **self.unlocked, **(restore or {})}
         try:
-            raw = {name: values[c] for name, c in zip(PARAM_NAMES, page.samplers, strict=True)}
+            raw = {name: values[c] for name, c in zip(PARAM_NAMES, self.page.samplers, strict=True)}
             params = self.chat.params(**{**raw, **overrides})
         except ParamError as exc:
             gr.Warning(in_words(exc, REPLY_LIMIT))
             yield unchanged
             return
-        last: Update | None = None
-        kept_at = -math.inf
-        live = Reply(before, values[page.notes], back)  # as it was, until the reply starts
+        opening = history[-1]["content"] if continuing else ""  # the reply's text before this run
+        kept = notes_before(notes, len(history) - continuing)  # a continued reply gets a new note
+        run = Streaming(values, kept, versions, unchanged, opening, continuing)
+        live = Reply(before, notes, back)  # as it was, until the reply starts
         self.replies.begin(session, live)
         try:
-            updates = self.chat.respond(
-                history, values[page.system], params, values[page.model], client_of(request), continuing=continuing
-            )
-            # Closed early (also by Stop), the generation ends with it.
-            async with contextlib.aclosing(until_stopped(updates, live)) as stream:
-                async for update in stream:
-                    last = update
-                    if update.error and not update.finish:
-                        gr.Warning(in_words(update.error, REPLY_LIMIT))
-                        yield {**unchanged, page.context: update.context or gr.skip()}
-                        return
-                    if update.finish:
-                        index = len(update.conversation) - 1
-                        earlier = self.earlier_tokens(values, opening) if continuing else 0
-                        named = values[page.model] if len(self.chat.backends) > 1 else ""
-                        note = reply_note(
-                            update.finish, update.tokens, update.first_token_s, update.seconds, earlier, named
-                        )
-                        notes = {**notes, index: note}
-                    newest = update.conversation[-1] if update.conversation else {}
-                    if update.finish or (newest.get("role") == "assistant" and newest["content"] != opening):
-                        live.conversation, live.notes, live.started = update.conversation, notes, True
-                        live.versions = versions
-                    if not update.finish:
-                        shown = {**self.show(update.conversation, notes, live.versions), page.context: update.context}
-                        if live.started and time.monotonic() - kept_at >= KEEP_EVERY_S:
-                            kept_at = time.monotonic()
-                            shown |= self.keep_interrupted(values, update.conversation, notes, versions)
-                        yield shown
+            async with contextlib.aclosing(self.streamed(run, history, params, live, request)) as shown:
+                async for out in shown:
+                    yield out
+            if run.failed:
+                return
             if live.dropped:  # cleared: Gradio ends an event by sending its last update again, a no-op here
                 yield gr.skip()
                 return
             if live.stop.is_set():
-                # Where the reply stopped comes in its own event, after its last piece: from Stop's event, it
-                # could reach the page first (two events' messages in one read), and the piece draw over it.
-                stopped = live.where_stopped()
-                kept = self.keep(values, stopped.conversation, stopped.notes, stopped.versions or values[page.versions])
-                yield {**self.stopped(stopped, live.box), **kept}
+                yield self.where_stopped(run, live)
                 live.shown = True
                 return
             live.shown = True  # it ended by itself: a Stop that comes now has nothing to draw
         finally:
             self.replies.end(session, live)
+        yield self.finished(run)
+
+    async def streamed(
+        self, run: Streaming, history: list[Message], params, live: Reply, request: gr.Request | None
+    ) -> AsyncIterator[dict]:
+        """The reply's updates as the page shows them, kept in the browser every KEEP_EVERY_S for a reload;
+        an error before it streams ends it with the page as it was (`run.failed`)."""
+        page, values = self.page, run.values
+        kept_at = -math.inf
+        updates = self.chat.respond(
+            history, values[page.system], params, values[page.model], client_of(request), continuing=run.continuing
+        )
+        # Closed early (also by Stop), the generation ends with it.
+        async with contextlib.aclosing(until_stopped(updates, live)) as stream:
+            async for update in stream:
+                run.last = update
+                if update.error and not update.finish:
+                    gr.Warning(in_words(update.error, REPLY_LIMIT))
+                    run.failed = True
+                    yield {**run.unchanged, page.context: update.context or gr.skip()}
+                    return
+                if update.finish:
+                    run.notes = {**run.notes, len(update.conversation) - 1: self.note(run, update)}
+                newest = update.conversation[-1] if update.conversation else {}
+                if update.finish or (newest.get("role") == "assistant" and newest["content"] != run.opening):
+                    live.conversation, live.notes, live.started = update.conversation, run.notes, True
+                    live.versions = run.versions
+                if not update.finish:
+                    shown = {**self.show(update.conversation, run.notes, live.versions), page.context: update.context}
+                    if live.started and time.monotonic() - kept_at >= KEEP_EVERY_S:
+                        kept_at = time.monotonic()
+                        shown |= self.keep_interrupted(values, update.conversation, run.notes, run.versions)
+                    yield shown
+
+    def branched(self, values: dict, parts_at: int | None) -> Versions:
+        """The conversation's versions, with the part from message `parts_at` on kept as one of them."""
+        if parts_at is None:
+            return values[self.page.versions]
+        limit = self.chat.settings.max_conversation_chars
+        page = self.page
+        versions, dropped = branch(values[page.state], values[page.notes], values[page.versions], parts_at, limit)
+        if dropped:
+            gr.Info(
+                f"{dropped} older version{'s' * (dropped != 1)} let go: a conversation keeps {MAX_VERSIONS} "
+                f"versions of a message, nested {MAX_DEPTH} deep, {limit:,} characters of them in all."
+            )
+        return versions
+
+    def note(self, run: Streaming, update: Update) -> str:
+        """The finished reply's note; a continued reply counts its tokens from before too."""
+        earlier = self.earlier_tokens(run.values, run.opening) if run.continuing else 0
+        named = run.values[self.page.model] if len(self.chat.backends) > 1 else ""
+        return reply_note(update.finish, update.tokens, update.first_token_s, update.seconds, earlier, named)
+
+    def where_stopped(self, run: Streaming, live: Reply) -> dict:
+        """Where the reply stopped comes in its own event, after its last piece: from Stop's event, it could
+        reach the page first (two events' messages in one read), and the piece draw over it."""
+        stopped = live.where_stopped()
+        versions = stopped.versions or run.values[self.page.versions]
+        return {
+            **self.stopped(stopped, live.box),
+            **self.keep(run.values, stopped.conversation, stopped.notes, versions),
+        }
+
+    def finished(self, run: Streaming) -> dict:
+        """The finished reply (its note) with the page given back, once the reply's generator has wound down:
+        a page that shows a reply as finished takes New conversation or the next message at once. Gradio
+        ends the event by sending this update again, right after it."""
+        last = run.last
         if not (last and last.finish):
-            yield unlocked
-            return
+            return self.unlocked
         if last.error:
             gr.Warning(in_words(last.error, REPLY_LIMIT))
-        # The finished reply (its note) comes with the page given back, once the reply's generator has wound
-        # down: a page that shows a reply as finished takes New conversation or the next message at once.
-        # Gradio ends the event by sending this update again, right after it.
-        finished = self.keep(values, last.conversation, notes, versions)
-        yield {**self.show(last.conversation, notes, versions), page.context: last.context, **unlocked, **finished}
+        kept = self.keep(run.values, last.conversation, run.notes, run.versions)
+        shown = self.show(last.conversation, run.notes, run.versions)
+        return {**shown, self.page.context: last.context, **self.unlocked, **kept}
 
     def keep(self, values: dict, conversation: list[Message], notes: dict[int, str], versions: Versions) -> dict:
         """The open conversation kept in the browser with the update that shows it: a reload at any moment
