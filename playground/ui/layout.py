@@ -155,6 +155,44 @@ def settings(chat: Chat) -> tuple:
     return model, system, samplers, save, save_markdown, load, file_text, snippet
 
 
+def conversation_view() -> gr.Chatbot:
+    return gr.Chatbot(
+        show_label=False,
+        elem_id="chatbot",
+        scale=1,
+        height="100%",
+        editable="user",
+        buttons=["copy", "copy_all"],
+        placeholder="Ask a coding question, or click an example to send it. Edit a message to answer it again.",
+        examples=[{"text": example} for example in EXAMPLES],
+    )
+
+
+def composer() -> tuple[gr.Textbox, gr.Button, gr.Button, gr.Button, gr.Button, gr.Button]:
+    """The message box with Send and Stop, and the buttons shown only where they apply."""
+    with gr.Row(equal_height=True):
+        # One line that grows: Enter sends, Shift+Enter adds a line (Gradio's rule for lines=1).
+        textbox = gr.Textbox(
+            show_label=False,
+            placeholder="Ask a coding question… (Enter sends, Shift+Enter adds a line)",
+            lines=1,
+            max_lines=12,
+            scale=6,
+            min_width=120,
+            elem_id="message",
+        )
+        send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="send", interactive=False)
+        stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="stop", visible=False)
+    # Retry, Undo, Edit, the copies and Clear are the chatbot's own, on the messages they apply to.
+    with gr.Row():  # each shown only where it applies
+        continue_ = gr.Button("Continue the reply", size="sm", elem_id="continue", visible=False)
+        # A question kept without its reply (a reload while it was answered): the chatbot's Retry and
+        # Undo go with a reply.
+        answer = gr.Button("Answer it", size="sm", elem_id="answer", visible=False)
+        take_back = gr.Button("Take it back", size="sm", elem_id="take-back", visible=False)
+    return textbox, send, stop, continue_, answer, take_back
+
+
 def layout(chat: Chat) -> Page:
     names = list(chat.backends)
     # No usage reports to Gradio's servers: a playground may run offline or hold private conversations.
@@ -167,16 +205,7 @@ def layout(chat: Chat) -> Page:
         info = gr.Markdown(chat.backend(names[0]).info.describe(), elem_id="model-info")
         # page.js gives it a close button; closed, it stays closed in this browser.
         notice = gr.Markdown(DEMO_NOTICE, elem_id="demo-notice", visible=chat.backend(names[0]).info.demo)
-        chatbot = gr.Chatbot(
-            show_label=False,
-            elem_id="chatbot",
-            scale=1,
-            height="100%",
-            editable="user",
-            buttons=["copy", "copy_all"],
-            placeholder="Ask a coding question, or click an example to send it. Edit a message to answer it again.",
-            examples=[{"text": example} for example in EXAMPLES],
-        )
+        chatbot = conversation_view()
         raw = gr.Textbox("[]", visible="hidden", elem_id="raw-conversation")
         marks = gr.Textbox("{}", visible="hidden", elem_id="versions")
         flip = gr.Button(visible="hidden", elem_id="flip")
@@ -184,26 +213,7 @@ def layout(chat: Chat) -> Page:
         first = chat.backend(names[0]).info.context_length
         reply = min(SamplingParams().max_new_tokens, chat.reply_limit())
         context = gr.Markdown(describe_budget(first, reply), elem_id="context")  # before the first send
-        with gr.Row(equal_height=True):
-            # One line that grows: Enter sends, Shift+Enter adds a line (Gradio's rule for lines=1).
-            textbox = gr.Textbox(
-                show_label=False,
-                placeholder="Ask a coding question… (Enter sends, Shift+Enter adds a line)",
-                lines=1,
-                max_lines=12,
-                scale=6,
-                min_width=120,
-                elem_id="message",
-            )
-            send = gr.Button("Send", variant="primary", scale=1, min_width=70, elem_id="send", interactive=False)
-            stop = gr.Button("Stop", variant="stop", scale=1, min_width=70, elem_id="stop", visible=False)
-        # Retry, Undo, Edit, the copies and Clear are the chatbot's own, on the messages they apply to.
-        with gr.Row():  # each shown only where it applies
-            continue_ = gr.Button("Continue the reply", size="sm", elem_id="continue", visible=False)
-            # A question kept without its reply (a reload while it was answered): the chatbot's Retry and
-            # Undo go with a reply.
-            answer = gr.Button("Answer it", size="sm", elem_id="answer", visible=False)
-            take_back = gr.Button("Take it back", size="sm", elem_id="take-back", visible=False)
+        textbox, send, stop, continue_, answer, take_back = composer()
         return Page(
             blocks=blocks,
             info=info,
