@@ -3,6 +3,8 @@ conversation is then kept in the browser."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import gradio as gr
 
 from playground.chat import Chat
@@ -17,23 +19,36 @@ PRIVATE = {"api_visibility": "private"}  # the page's own events: not in the API
 QUICK = {"show_progress": "hidden", **PRIVATE}  # queued: a warning reaches the page only from the queue
 
 
-def wire(page: Page, chat: Chat) -> None:
-    turn = Turn(page, chat)
+@dataclass(frozen=True)
+class Wires:
+    """The component lists the page's events read and write."""
+
+    values: set  # a set: handlers get one dict
+    replying: list
+    opened: list  # the open conversation, as it is kept
+    keeping: list
+    leaving: list  # what an event that replaces the open conversation keeps first
+    opening: list
+
+
+def wires(page: Page) -> Wires:
     listed = page.conversations
-    kept = Conversations(page, chat, turn.show)
-    shown, buttons = page.shown, [page.busy, page.send, page.stop]
-    # A set: handlers get one dict. The open conversation's id: a streaming reply is kept under it.
+    # The open conversation's id is among the values: a streaming reply is kept under it.
     values = {page.state, page.notes, page.versions, page.system, page.model, listed.opened, *page.samplers}
     # The message box is among every reply's outputs (written to give a refused message back): it marks the
     # event as running, which page.js's `settled` waits on.
-    replying = [*shown, *buttons, page.textbox, listed.current]
+    replying = [*page.shown, page.busy, page.send, page.stop, page.textbox, listed.current]
     opened = [page.state, page.notes, page.versions, page.system, listed.opened, listed.labels]
     keeping = [listed.current, listed.opened, listed.labels, listed.listed, listed.dates]
-    # page.js runs it in turn with the list's events: each writes what the one before it has written.
-    keep = {"fn": kept.keep, "inputs": opened, "outputs": keeping, "js": call("inTurn"), **QUICK}
-    # Not queued, those kept as a reply starts: written at once, before a short reply's own keeping comes.
-    at_once = {"outputs": keeping, **QUICK, "queue": False}
+    leaving = [page.state, page.notes, page.versions, page.system, listed.opened, page.busy]
+    opening = [*page.shown, page.system, listed.opened, listed.current, listed.past, *keeping[2:]]
+    return Wires(values, replying, opened, keeping, leaving, opening)
 
+
+def wire(page: Page, chat: Chat) -> None:
+    turn = Turn(page, chat)
+    kept = Conversations(page, chat, turn.show)
+    w = wires(page)
     page.model.change(
         turn.pick_model,
         [page.model, page.max_new_tokens],
@@ -41,6 +56,26 @@ def wire(page: Page, chat: Chat) -> None:
         queue=False,
         **PRIVATE,
     )
+    # Send is for a message: disabled on an empty box.
+    page.textbox.change(
+        lambda text: gr.update(interactive=bool(text.strip())), page.textbox, page.send, queue=False, **QUICK
+    )
+    page.blocks.unload(turn.forget)
+    generating = wire_sending(page, turn, kept, w)
+    # page.js runs it in turn with the list's events: each writes what the one before it has written.
+    keep = {"fn": kept.keep, "inputs": w.opened, "outputs": w.keeping, "js": call("inTurn"), **QUICK}
+    for change in wire_changes(page, turn, w, generating):
+        change.then(**keep)
+    page.system.blur(**keep)
+    wire_list(page, kept, w)
+    wire_files(page, chat, kept, w)
+
+
+def wire_sending(page: Page, turn: Turn, kept: Conversations, w: Wires) -> list:
+    """Send, an example, Retry, Edit, Continue and Answer it: the events that start a reply."""
+    buttons = [page.busy, page.send, page.stop]
+    # Not queued, those kept as a reply starts: written at once, before a short reply's own keeping comes.
+    at_once = {"outputs": w.keeping, **QUICK, "queue": False}
     # An example in the empty chat is sent as it is clicked: it goes through the box, as a typed message.
     picked = page.chatbot.example_select(turn.pick_example, None, page.textbox, queue=False, **PRIVATE)
     generating = []
@@ -55,90 +90,47 @@ def wire(page: Page, chat: Chat) -> None:
         )
         # "multiple": the page would drop a send made just after a reply ends, while the reply's own event
         # is still finishing ("once", the default, skips it); `take` already refuses a send while one streams.
-        generating.append(
-            taking.then(
-                turn.submit,
-                {page.sent, page.refused, page.textbox, *values},
-                replying,
-                trigger_mode="multiple",
-                **PRIVATE,
-            )
-        )
-        taking.then(kept.keep_sent, [page.sent, *opened], **at_once)  # a reload while it streams keeps it
-    page.chatbot.edit(kept.keep_edited, opened, **at_once)
-    generating += [
-        page.chatbot.retry(turn.retry, values, replying, **PRIVATE),
-        page.chatbot.edit(turn.edit, {*values, page.textbox}, replying, **PRIVATE),
-        page.continue_.click(turn.continue_reply, values, replying, **PRIVATE),
-        page.answer.click(turn.retry, values, replying, **PRIVATE),
-    ]
-    # Stop does not cancel the reply's event: the reply ends and shows where it stopped itself (ui/stop.py).
-    stopping = page.stop.click(turn.stop, [page.state, page.notes, page.textbox], replying, **PRIVATE)
-    page.blocks.unload(turn.forget)
-    # Send is for a message: disabled on an empty box.
-    page.textbox.change(
-        lambda text: gr.update(interactive=bool(text.strip())),
-        page.textbox,
-        page.send,
-        queue=False,
-        show_progress="hidden",
-        **PRIVATE,
-    )
-    changing = [
+        sending = {page.sent, page.refused, page.textbox, *w.values}
+        generating.append(taking.then(turn.submit, sending, w.replying, trigger_mode="multiple", **PRIVATE))
+        taking.then(kept.keep_sent, [page.sent, *w.opened], **at_once)  # a reload while it streams keeps it
+    page.chatbot.edit(kept.keep_edited, w.opened, **at_once)
+    return [
         *generating,
-        stopping,
+        page.chatbot.retry(turn.retry, w.values, w.replying, **PRIVATE),
+        page.chatbot.edit(turn.edit, {*w.values, page.textbox}, w.replying, **PRIVATE),
+        page.continue_.click(turn.continue_reply, w.values, w.replying, **PRIVATE),
+        page.answer.click(turn.retry, w.values, w.replying, **PRIVATE),
     ]
-    for undoing in (page.chatbot.undo, page.take_back.click):
-        changing.append(
-            undoing(
-                turn.undo,
-                [page.state, page.notes, page.versions, page.textbox, page.busy],
-                [*shown, page.textbox],
-                queue=False,
-                **PRIVATE,
-            )
-        )
-    changing.append(  # the page's ‹ and › under a message with versions
-        page.flip.click(
-            turn.flip,
-            [page.flip_to, page.state, page.notes, page.versions, page.busy],
-            shown,
-            js=call("flipTo"),
-            queue=False,
-            **PRIVATE,
-        )
-    )
+
+
+def wire_changes(page: Page, turn: Turn, w: Wires, generating: list) -> list:
+    """Every event that changes the open conversation: those that start a reply, Stop, Undo, the versions'
+    ‹ and ›, Clear."""
+    shown = page.shown
+    # Stop does not cancel the reply's event: the reply ends and shows where it stopped itself (ui/stop.py).
+    changing = [*generating, page.stop.click(turn.stop, [page.state, page.notes, page.textbox], w.replying, **PRIVATE)]
+    undoing = [page.state, page.notes, page.versions, page.textbox, page.busy]
+    for undo in (page.chatbot.undo, page.take_back.click):
+        changing.append(undo(turn.undo, undoing, [*shown, page.textbox], queue=False, **PRIVATE))
+    flipping = [page.flip_to, page.state, page.notes, page.versions, page.busy]
+    changing.append(page.flip.click(turn.flip, flipping, shown, js=call("flipTo"), queue=False, **PRIVATE))
     changing.append(  # the chatbot's trash icon (page.js asks first)
         page.chatbot.clear(None, cancels=generating, **PRIVATE).then(
-            turn.clear, [page.model, page.max_new_tokens], [*shown, *buttons], **PRIVATE
+            turn.clear, [page.model, page.max_new_tokens], [*shown, page.busy, page.send, page.stop], **PRIVATE
         )
     )
-    for change in changing:
-        change.then(**keep)
-    page.system.blur(**keep)
+    return changing
 
-    # The conversations' list. Events that replace the open conversation first send the stored list.
-    leaving = [page.state, page.notes, page.versions, page.system, listed.opened, page.busy]
-    opening = [
-        *shown,
-        page.system,
-        listed.opened,
-        listed.current,
-        listed.past,
-        listed.labels,
-        listed.listed,
-        listed.dates,
-    ]
-    page.blocks.load(
-        kept.restore,
-        listed.current,
-        [*shown, page.system, listed.opened],
-        js=call("sendStored", 1),
-        **QUICK,
-    ).then(
+
+def wire_list(page: Page, kept: Conversations, w: Wires) -> None:
+    """The conversations' list. Events that replace the open conversation first send the stored list."""
+    listed = page.conversations
+    reading = [listed.labels, listed.listed, listed.dates]
+    restoring = [*page.shown, page.system, listed.opened]
+    page.blocks.load(kept.restore, listed.current, restoring, js=call("sendStored", 1), **QUICK).then(
         kept.restore_list,
         [listed.past, page.state, page.system, listed.opened],
-        [listed.labels, listed.listed, listed.dates],
+        reading,
         js=call("readStored", 4),
         **QUICK,
     )
@@ -146,37 +138,32 @@ def wire(page: Page, chat: Chat) -> None:
     # event (its stream closed as it joined), with the old conversation on screen; the page stops a streaming
     # reply before these (page.js `stopFirst`), so they have no warning to give.
     switching = {**QUICK, "queue": False}
-    reopening = [listed.past, listed.listed, *leaving]
-    listed.listed.input(kept.reopen, reopening, opening, js=call("sendStored", 8), **switching)
-    listed.new.click(kept.new, [listed.past, *leaving], opening, js=call("sendStored", 7), **switching)
+    reopening = [listed.past, listed.listed, *w.leaving]
+    listed.listed.input(kept.reopen, reopening, w.opening, js=call("sendStored", 8), **switching)
+    listed.new.click(kept.new, [listed.past, *w.leaving], w.opening, js=call("sendStored", 7), **switching)
     # Another tab wrote the list, or its own open conversation (page.js).
     relisting = [listed.past, page.state, page.system, listed.opened]
-    listed.relist.click(
-        kept.relist_written,
-        relisting,
-        [listed.labels, listed.listed, listed.dates],
-        js=call("readStored", 4),
-        **switching,
-    )
+    listed.relist.click(kept.relist_written, relisting, reading, js=call("readStored", 4), **switching)
     taking_in = [listed.past, listed.theirs, page.state, page.system, listed.opened]
-    listed.take_in.click(kept.take_in, taking_in, opening, js=call("takeIn"), **switching)
+    listed.take_in.click(kept.take_in, taking_in, w.opening, js=call("takeIn"), **switching)
     # An item's own Rename or Delete (page.js draws them and asks Delete's question).
-    listed.act.click(
-        kept.act, [listed.past, listed.action, *leaving, listed.labels], opening, js=call("listAction"), **QUICK
-    )
+    acting = [listed.past, listed.action, *w.leaving, listed.labels]
+    listed.act.click(kept.act, acting, w.opening, js=call("listAction"), **QUICK)
 
-    # Files: the browser saves what the server writes into file_text, and reads the file Load opens.
+
+def wire_files(page: Page, chat: Chat, kept: Conversations, w: Wires) -> None:
+    """The browser saves what the server writes into file_text, and reads the file Load opens."""
     saving = [page.state, page.system, page.notes, page.versions]
     page.save.click(export_conversation, saving, page.file_text, **PRIVATE).then(
         None, page.file_text, None, js=call("saveJson")
     )
-    page.save_markdown.click(as_markdown, [page.state, page.system, listed.opened], page.file_text, **PRIVATE).then(
-        None, page.file_text, None, js=call("saveMarkdown")
-    )
+    page.save_markdown.click(
+        as_markdown, [page.state, page.system, page.conversations.opened], page.file_text, **PRIVATE
+    ).then(None, page.file_text, None, js=call("saveMarkdown"))
     page.load.click(None, None, page.file_text, js=call("openFile"), trigger_mode="multiple", **PRIVATE).then(
         Loading(chat, kept).load,
-        [listed.past, page.file_text, *leaving],
-        opening,
+        [page.conversations.past, page.file_text, *w.leaving],
+        w.opening,
         js=call("sendStored", 8),
         **PRIVATE,
     )
