@@ -43,10 +43,34 @@ USAGE = "python -m training.train RECIPE.yaml [--key value ...]   (RECIPE.yaml -
 NOT_LORA_TARGETS = {"wte", "wpe", "lm_head"}
 
 
+# What a DPO card shows besides CARD_ARGUMENTS.
+DPO_CARD_ARGUMENTS = ("beta", "loss_type", "max_length")
+
+
 @dataclass
 class ScriptArguments:
+    stage: Literal["sft", "dpo"] = field(
+        default="sft",
+        metadata={"help": "sft: dialogues; dpo: preference pairs (the recipe may then hold trl.DPOConfig's keys)"},
+    )
     model_name_or_path: str = field(default="", metadata={"help": "base model: Hub id, folder, or 'scratch'"})
     datasets: list[str] = field(default_factory=list, metadata={"help": "files, Hub ids or builtin:NAME"})
+    dataset_mixer: dict[str, float] | None = field(
+        default=None,
+        metadata={
+            "help": "instead of datasets: {source: weight}, a weight below 1 the share of its rows kept, "
+            "1 or more how many times they are repeated (the alignment-handbook's mixer)"
+        },
+    )
+    dataset_splits: list[str] = field(
+        default_factory=lambda: ["train"], metadata={"help": "the splits read from each Hub dataset"}
+    )
+    dataset_columns: list[str] = field(
+        default_factory=list, metadata={"help": "the only columns each row keeps (default: all)"}
+    )
+    max_prompt_length: int = field(
+        default=512, metadata={"help": "dpo: pairs whose prompt is longer (tokens) are dropped"}
+    )
     train_on: Literal["assistant", "all"] = field(
         default="assistant", metadata={"help": "'assistant' (mask system/user) or 'all'"}
     )
@@ -87,13 +111,15 @@ class ScriptArguments:
 
 
 def parse(argv: list[str]) -> tuple[ScriptArguments, TrainingArguments, dict]:
-    """The recipe with the flags' overrides, and the effective arguments for the model card."""
+    """The recipe with the flags' overrides, and the effective arguments for the model card. For `stage: dpo`
+    the training arguments are trl's DPOConfig (TrainingArguments and DPO's keys: beta, max_length, ...)."""
     if argv and argv[0] in ("-h", "--help"):  # argparse prints every key and exits
         HfArgumentParser((ScriptArguments, TrainingArguments), usage=USAGE).parse_args(argv[:1])
     if not argv or argv[0].startswith("-"):
         raise SystemExit(f"usage: {USAGE}")
     recipe = read_recipe(argv[0])
-    known = {f.name for kind in (ScriptArguments, TrainingArguments) for f in fields(kind)}
+    kinds = (ScriptArguments, arguments_class(stage_of(recipe, argv[1:])))
+    known = {f.name for kind in kinds for f in fields(kind)}
     if unknown := sorted(set(recipe) - known):
         raise SystemExit(f"{argv[0]}: unknown recipe key(s) {', '.join(unknown)}")
     lists = {f.name for f in fields(ScriptArguments) if str(f.type).startswith("list")}
@@ -102,24 +128,49 @@ def parse(argv: list[str]) -> tuple[ScriptArguments, TrainingArguments, dict]:
             recipe[name] = [recipe[name]]
     if again := repeated_flag(known, argv[1:]):
         raise SystemExit(f"--{again} is given twice: give each flag once (a flag overrides the recipe's value)")
-    parser = HfArgumentParser((ScriptArguments, TrainingArguments), usage=USAGE)
+    # DPOConfig also has padding_free (TRL ignores it for now): one flag sets both.
+    parser = HfArgumentParser(kinds, usage=USAGE, conflict_handler="resolve")
     parser.set_defaults(**recipe)
+    namespace, unused = parser.parse_known_args(argv[1:])
+    values = vars(namespace)
     try:
-        script, args, unused = parser.parse_args_into_dataclasses(argv[1:], return_remaining_strings=True)
+        script, args = (kind(**{f.name: values[f.name] for f in fields(kind) if f.init}) for kind in kinds)
     except ValueError as exc:  # TrainingArguments checks some values itself (warmup_steps, bf16 on a CPU)
         raise SystemExit(str(exc)) from None
     if unused:
         parser.error(f"unknown flag(s): {' '.join(unused)}")
+    if script.dataset_mixer and not script.datasets:
+        script.datasets = list(script.dataset_mixer)
     if not script.model_name_or_path or not script.datasets:
-        raise SystemExit("the recipe must name model_name_or_path and datasets")
-    if "output_dir" not in set(recipe) | given_flags(known, argv[1:]) or not args.output_dir.strip():
+        raise SystemExit("the recipe must name model_name_or_path and datasets (or dataset_mixer)")
+    named = set(recipe) | given_flags(kinds, argv[1:])
+    if "output_dir" not in named or not args.output_dir.strip():
         raise SystemExit("name the folder of the served checkpoint: --output_dir DIR (or output_dir: in the recipe)")
     check_script(script, args)
     # Nan/inf losses must reach StopOnNonFiniteLoss, not be filtered out of the logged mean.
     args.logging_nan_inf_filter = False
     # PackedCollator needs each block's seq_lengths, a column the model's forward does not name.
     args.remove_unused_columns = False
-    return script, args, effective_arguments(script, args, set(recipe) | given_flags(known, argv[1:]))
+    return script, args, effective_arguments(script, args, named)
+
+
+def stage_of(recipe: dict, flags: list[str]) -> str:
+    """The recipe's `stage`, or the `--stage` flag's: it decides which arguments the rest may name."""
+    stage = recipe.get("stage", "sft")
+    for i, flag in enumerate(flags):
+        if flag == "--stage" and i + 1 < len(flags):
+            stage = flags[i + 1]
+        elif flag.startswith("--stage="):
+            stage = flag.split("=", 1)[1]
+    return stage
+
+
+def arguments_class(stage: str) -> type[TrainingArguments]:
+    if stage != "dpo":  # an unknown stage is refused by the parser, naming the choices
+        return TrainingArguments
+    from trl import DPOConfig  # imported only for DPO: trl takes seconds to import
+
+    return DPOConfig
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -147,11 +198,11 @@ def read_recipe(path: str) -> dict:
     return recipe
 
 
-def given_flags(known: set[str], flags: list[str]) -> set[str]:
+def given_flags(kinds: tuple[type, ...], flags: list[str]) -> set[str]:
     """The fields the flags set, however they were spelled (`--a-b`, an unambiguous prefix, `--no_x`)."""
     unset = object()
-    probe = HfArgumentParser((ScriptArguments, TrainingArguments))
-    probe.set_defaults(**dict.fromkeys(known, unset))
+    probe = HfArgumentParser(kinds, conflict_handler="resolve")
+    probe.set_defaults(**dict.fromkeys({f.name for kind in kinds for f in fields(kind)}, unset))
     values = vars(probe.parse_known_args(flags)[0])
     return {name for name, value in values.items() if value is not unset}
 
@@ -229,7 +280,8 @@ def check_script(script: ScriptArguments, args: TrainingArguments) -> None:
 
 def effective_arguments(script: ScriptArguments, args: TrainingArguments, named: set[str]) -> dict:
     """Every ScriptArguments field, the TrainingArguments that decide the result and any other one set."""
-    chosen = (set(CARD_ARGUMENTS) | (named & {f.name for f in fields(TrainingArguments)})) - NOT_ON_THE_CARD
+    shown = set(CARD_ARGUMENTS) | (set(DPO_CARD_ARGUMENTS) if script.stage == "dpo" else set())
+    chosen = (shown | (named & {f.name for f in fields(type(args))})) - NOT_ON_THE_CARD
     values = {name: getattr(args, name) for name in chosen}
     settings = asdict(script) | {k: v.value if isinstance(v, enum.Enum) else v for k, v in values.items()}
     settings["num_processes"] = args.world_size

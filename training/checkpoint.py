@@ -92,9 +92,11 @@ def model_card(
     *,
     datasets: Sequence[str] = (),
     hardware: str = "",
+    preference: dict | None = None,
 ) -> str:
     """The served checkpoint's README.md: what ran (`settings`: the effective arguments), on what data
-    and hardware, with which libraries, and the losses."""
+    and hardware, with which libraries, and the losses; for DPO (`preference`) beta, the reference and the
+    rewards."""
     front: dict = {}
     if hub_ids([base]):
         front["base_model"] = base
@@ -107,6 +109,8 @@ def model_card(
         base_text = "None: trained from scratch, a GPTBigCode built by `training/scratch.py` (sizes below)."
     else:
         base_text = f"`{base}`" + (f" ([on the Hub](https://huggingface.co/{base}))" if "base_model" in front else "")
+    dpo = f"## Preference training (DPO)\n\n```yaml\n{yaml.safe_dump(preference, sort_keys=False)}```\n\n"
+    dpo = dpo if preference else ""
     data = "\n".join(f"- `{d}`" for d in datasets) + (f"\n\n{data_summary}" if data_summary else "")
     return (
         f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n# {name}\n\n"
@@ -117,7 +121,7 @@ def model_card(
         f"## Base model\n\n{base_text}\n\n"
         f"## Data\n\n{data or 'not recorded'}\n\n"
         "## Training arguments\n\n```yaml\n# what ran: the recipe with the command line's overrides\n"
-        f"{yaml.safe_dump(settings, sort_keys=True)}```\n\n"
+        f"{yaml.safe_dump(settings, sort_keys=True)}```\n\n{dpo}"
         f"## Hardware\n\n{hardware or 'not recorded'}\n\n"
         f"## Training results\n\n{results_table(log_history)}\n\n"
         f"## Framework versions\n\n{versions()}\n"

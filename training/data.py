@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import codecs
 import json
+import random
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -37,6 +38,20 @@ class DataError(ValueError):
 
 
 @dataclass
+class Counts:
+    """One source's rows: read, taken into the mixture (its weight applied), and kept after filtering."""
+
+    read: int = 0
+    mixed: int = 0
+    kept: int = 0
+    weight: float = 1.0
+
+    def __str__(self) -> str:
+        weighed = f", {self.mixed} mixed in (weight {self.weight:g})" if self.weight != 1 else ""
+        return f"{self.read} read{weighed}, {self.kept} kept"
+
+
+@dataclass
 class DataReport:
     rows: int = 0
     kept: int = 0
@@ -44,6 +59,8 @@ class DataReport:
     places: dict[str, list[str]] = field(default_factory=dict)  # reason -> where, e.g. "data.jsonl line 3"
     cut: int = 0  # dialogues whose later turns were left out to fit block_size (training.format.fit_dialogue)
     repeats: int = 0  # dialogues kept that are the same as one before them
+    what: str = "dialogues"  # what a kept row is: "dialogues", "pairs"
+    sources: dict[str, Counts] = field(default_factory=dict)  # each source's rows, with several sources
 
     def drop(self, reason: str, place: str | None = None) -> None:
         self.dropped[reason] += 1
@@ -54,7 +71,8 @@ class DataReport:
         reasons = ", ".join(self._reason(reason, n) for reason, n in self.dropped.most_common()) or "none"
         cut = f"; {self.cut} cut after their last whole turn that fits block_size" if self.cut else ""
         repeats = f" ({self.repeats} of them repeats of another)" if self.repeats else ""
-        return f"{self.rows} rows read, {self.kept} dialogues kept{repeats}{cut}; dropped: {reasons}"
+        each = "".join(f"; {source}: {counts}" for source, counts in self.sources.items())
+        return f"{self.rows} rows read, {self.kept} {self.what} kept{repeats}{cut}; dropped: {reasons}{each}"
 
     def listing(self) -> str:
         """Every dropped row's place, a line each: the summary names only the first few per reason."""
@@ -81,6 +99,10 @@ def placed(rows: Iterable[dict], name: str) -> Iterator[tuple[str, dict]]:
 def load_rows(source: str, report: DataReport, split: str = "train") -> Iterable[tuple[str, dict]]:
     """A local JSON/JSONL/Parquet/CSV file, `builtin:NAME` (made offline), or a Hub dataset id: its rows,
     each with its place."""
+    if source == "builtin:python-docs-pairs":
+        from training.preferences import builtin_pairs  # preferences reads its sources through this module
+
+        return placed(builtin_pairs(), source)
     if source.startswith("builtin:"):
         try:
             return placed(builtin_rows(source.removeprefix("builtin:")), source)
@@ -103,7 +125,7 @@ def load_rows(source: str, report: DataReport, split: str = "train") -> Iterable
     if path.suffix in _FORMATS or source.startswith(("/", ".", "~")):
         raise DataError(f"{source}: no such file")
     try:
-        return placed(datasets.load_dataset(source, split=split), source)
+        return placed(datasets.load_dataset(source, split=split), source if split == "train" else f"{source}[{split}]")
     except Exception as exc:  # the Hub's many failures (offline, no such id, gated) all mean the same here
         raise DataError(f"{source}: not a local file, and not a dataset the Hub gave: {exc}") from exc
 
@@ -212,10 +234,7 @@ def row_to_messages(row: dict, max_chars: int) -> list[Message]:
         messages = parse_guanaco(row["text"])
     else:
         raise RowError("no messages or text field")
-    try:
-        validate(messages, last="assistant")
-    except DialogueError as exc:
-        raise RowError("roles do not alternate or do not end with the assistant") from exc
+    validated(messages, "assistant")
     if any(not m["content"].strip() for m in messages if m["role"] != "system"):
         raise RowError("empty turn")
     try:
@@ -226,6 +245,14 @@ def row_to_messages(row: dict, max_chars: int) -> list[Message]:
     if sum(len(m["content"]) for m in messages) > max_chars:
         raise RowError("too long")
     return messages
+
+
+def validated(messages: list[Message], last: str) -> None:
+    """RowError unless the roles alternate (after an optional system message) and end with `last`'s."""
+    try:
+        validate(messages, last=last)
+    except DialogueError as exc:
+        raise RowError(f"roles do not alternate or do not end with the {last}") from exc
 
 
 def is_refusal(messages: list[Message], phrases: list[str]) -> bool:
@@ -239,15 +266,19 @@ def dialogues(
     for place, row in rows:
         report.rows += 1
         try:
-            messages = row_to_messages(row, max_chars)
+            messages = dialogue_of(row, max_chars, phrases)
         except RowError as exc:
             report.drop(str(exc), place)
             continue
-        if phrases is not None and is_refusal(messages, phrases):
-            report.drop("refusal/alignment phrase (uncensored filter)", place)
-            continue
         report.kept += 1
         yield place, messages
+
+
+def dialogue_of(row: dict, max_chars: int, phrases: list[str] | None) -> list[Message]:
+    messages = row_to_messages(row, max_chars)
+    if phrases is not None and is_refusal(messages, phrases):
+        raise RowError("refusal/alignment phrase (uncensored filter)")
+    return messages
 
 
 def build_dataset(
@@ -257,46 +288,100 @@ def build_dataset(
     uncensored: bool = True,
     test_size: float = 0.05,
     seed: int = 42,
+    mixture: Mixture | None = None,
 ) -> tuple[datasets.DatasetDict, DataReport]:
     """All sources as one {"messages": [...]} dataset, split deterministically into train and test."""
+    report = DataReport()
+    phrases = load_phrases() if uncensored else None
+    to_dialogue = lambda row: {"messages": dialogue_of(row, max_chars, phrases)}  # noqa: E731
+    kept = read_sources(sources, to_dialogue, report, mixture or Mixture(seed=seed))
+    return split_off(kept, test_size, seed, report, lambda row: key(row["messages"])), report
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """How sources are read and mixed (the alignment-handbook's dataset_mixer): `weights` by source, below 1
+    the share of its rows taken, 1 or more how many times they are repeated (a fraction of a time: that share
+    more); `splits` read from each Hub dataset; `columns`, if any, the only ones a row keeps."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+    splits: tuple[str, ...] = ("train",)
+    columns: tuple[str, ...] = ()
+    seed: int = 42
+
+    def rows(self, source: str, report: DataReport) -> list[tuple[str, dict]]:
+        """The source's rows in the mixture, each with its place; its counts go to report.sources."""
+        before = report.rows
+        hub = not Path(source).is_file() and not source.startswith("builtin:")
+        rows = [row for split in (self.splits if hub else ("train",)) for row in load_rows(source, report, split)]
+        if self.columns:
+            rows = [(place, {k: row[k] for k in self.columns if k in row}) for place, row in rows]
+        report.rows += len(rows)  # and json_rows has counted its unreadable lines
+        weight = self.weights.get(source, 1.0)
+        counts = report.sources.setdefault(source, Counts(weight=weight))
+        counts.read = report.rows - before
+        if weight != 1:
+            shuffled = [rows[i] for i in random.Random(self.seed).sample(range(len(rows)), len(rows))]
+            whole, share = divmod(weight, 1)
+            rows = rows * int(whole) + shuffled[: round(share * len(rows))]
+        counts.mixed = len(rows)
+        return rows
+
+
+def read_sources(
+    sources: list[str], convert: Callable[[dict], dict], report: DataReport, mixture: Mixture
+) -> list[dict]:
+    """Each source's rows through `convert` (a RowError drops the row, counted with its place), with their places."""
     files = [Path(source).resolve() for source in sources if Path(source).is_file()]
     if len(set(files)) < len(files):
         again = next(path for path in files if files.count(path) > 1)
-        raise DataError(f"{again} is named twice in --datasets; its dialogues would count twice")
-    report = DataReport()
-    phrases = load_phrases() if uncensored else None
+        raise DataError(f"{again} is named twice in --datasets; its {report.what} would count twice")
     kept = []
     for source in sources:
-        before, rows = len(kept), report.rows
-        found = dialogues(load_rows(source, report), report, max_chars=max_chars, phrases=phrases)
-        kept += [{"messages": messages, "place": place} for place, messages in found]
+        rows = mixture.rows(source, report)
+        before = len(kept)
+        for place, row in rows:
+            try:
+                kept.append(convert(row) | {"place": place})
+            except RowError as exc:
+                report.drop(str(exc), place)
+        report.sources[source].kept = len(kept) - before
+        report.kept += len(kept) - before
         if len(sources) > 1 and len(kept) == before:  # named to be trained on, it would add nothing
             raise DataError(
-                f"{source}: none of its {report.rows - rows} rows is a usable dialogue "
+                f"{source}: none of its {len(rows)} rows is a usable {report.what[:-1]} "
                 f"(all sources so far: {report.summary()})"
             )
+    if len(sources) == 1:
+        report.sources.clear()  # the summary's totals say it all
     if len(kept) < 2:
-        raise DataError(f"fewer than two usable dialogues in {', '.join(sources)}: {report.summary()}")
+        raise DataError(f"fewer than two usable {report.what} in {', '.join(sources)}: {report.summary()}")
+    return kept
+
+
+def split_off(
+    kept: list[dict], test_size: float, seed: int, report: DataReport, key_of: Callable[[dict], str]
+) -> datasets.DatasetDict:
+    """Train and test splits; a test row repeating a training one (`key_of`) is dropped, as it is not unseen."""
     dataset = datasets.Dataset.from_list(kept)
     if test_size == 0:
         splits = datasets.DatasetDict(train=dataset, test=dataset.select([]))
     else:
         try:
             splits = dataset.train_test_split(test_size=test_size, seed=seed)
-        except ValueError as exc:  # a share that leaves no dialogue to train on
-            raise DataError(f"--test_size {test_size} of {len(kept)} dialogues: {exc}") from None
-    # A repeated dialogue (a source may repeat one to weigh it more) must not be scored on as unseen.
-    trained = {key(messages) for messages in splits["train"]["messages"]}
+        except ValueError as exc:  # a share that leaves nothing to train on
+            raise DataError(f"--test_size {test_size} of {len(kept)} {report.what}: {exc}") from None
+    trained = {key_of(row) for row in splits["train"]}
     fresh = []
-    for i, (messages, place) in enumerate(zip(splits["test"]["messages"], splits["test"]["place"], strict=True)):
-        if key(messages) not in trained:
+    for i, row in enumerate(splits["test"]):
+        if key_of(row) not in trained:
             fresh.append(i)
             continue
-        report.drop("test dialogue repeating a training one", place)
+        report.drop(f"test {report.what[:-1]} repeating a training one", row["place"])
         report.kept -= 1
     splits["test"] = splits["test"].select(fresh)
-    report.repeats = report.kept - len({key(row["messages"]) for row in kept})
-    return splits, report
+    report.repeats = report.kept - len({key_of(row) for row in kept})
+    return splits
 
 
 def key(messages: list[Message]) -> str:

@@ -21,7 +21,7 @@ def add_adapters(
         lora_dropout=dropout,
         target_modules=targets,
         # The chat tokens are new: their embedding rows must learn too, and only theirs.
-        trainable_token_indices=list(chat_token_ids),
+        trainable_token_indices=list(chat_token_ids) or None,
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, config)

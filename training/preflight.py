@@ -48,6 +48,11 @@ SHAPING = (
     "adam_epsilon",
     "max_grad_norm",
     "seed",
+    "stage",
+    "dataset_mixer",
+    "dataset_splits",
+    "beta",
+    "max_prompt_length",
 )
 RUN_RECORD = "run.json"  # in DIR/checkpoints: the SHAPING values the run started with (checkpoint.is_run reads it)
 
@@ -79,7 +84,10 @@ def preflight(script: ScriptArguments, args: TrainingArguments, settings: dict) 
     # A scratch base has GPTBigCode's layers and SCRATCH_POSITIONS positions, whatever its size.
     scratch = script.model_name_or_path == "scratch"
     config = GPTBigCodeConfig(n_positions=SCRATCH_POSITIONS) if scratch else base_config(script.model_name_or_path)
-    check_positions(script.model_name_or_path, config.max_position_embeddings, script.block_size)
+    if script.stage == "dpo":  # prompt and reply within DPOConfig's max_length
+        check_positions(script.model_name_or_path, config.max_position_embeddings, args.max_length or 0, "max_length")
+    else:
+        check_positions(script.model_name_or_path, config.max_position_embeddings, script.block_size)
     if script.lora and not is_deepspeed_zero3_enabled():  # ZeRO-3 would build even the meta model sharded
         check_lora_targets(script, config)
     check_writable(output, "--output_dir")
@@ -217,9 +225,9 @@ def check_lora_targets(script: ScriptArguments, config) -> None:
         )
 
 
-def check_positions(base: str, positions: int, block_size: int) -> None:
+def check_positions(base: str, positions: int, block_size: int, name: str = "block_size") -> None:
     if block_size > positions:
         raise SystemExit(
-            f"--block_size {block_size} is longer than the model's {positions} positions "
-            f"(max_position_embeddings of {base}): use --block_size {positions} or less"
+            f"--{name} {block_size} is longer than the model's {positions} positions "
+            f"(max_position_embeddings of {base}): use --{name} {positions} or less"
         )

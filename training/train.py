@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ from playground.console import libraries_quiet
 from playground.template import CONTROL_TOKENS
 from training.arguments import ScriptArguments, parse
 from training.checkpoint import model_card, save_checkpoint
-from training.data import DataError, DataReport, build_dataset
+from training.data import DataError, DataReport, Mixture, build_dataset
 from training.format import Collator, PackedCollator, add_chat_tokens, fit_dialogue, pack, pack_blocks
 from training.preflight import Plan, preflight, record_run
 from training.scratch import build_base
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None, *, quiet: bool = False) -> Path:
 
 def run(argv: list[str], quiet: bool) -> Path:
     script, args, settings = parse(argv)
+    if script.model_name_or_path == "demo":
+        script.model_name_or_path = settings["model_name_or_path"] = str(demo_model())
     plan = preflight(script, args, settings)
     args.output_dir = str(plan.checkpoints)  # the Trainer's; the served checkpoint goes to plan.output
     # The Trainer would push DIR/checkpoints at every save; the served folder is pushed at the end instead.
@@ -108,11 +111,15 @@ def run(argv: list[str], quiet: bool) -> Path:
         args.disable_tqdm = True
     talk = args.process_index == 0 and not quiet
     set_seed(args.seed)
-    splits, report = read_dialogues(script, args)
-    base, tokenizer = load_base(script, args, plan.output, splits)
-    train_set, eval_set = tokenize_splits(splits, tokenizer, script, args, report, talk)
-    trainer = build_trainer(script, args, base, tokenizer, train_set, eval_set, quiet)
+    if script.stage == "dpo":
+        from training.dpo import dpo_trainer, drop_reference_adapter
+
+        trainer, base, tokenizer, report = dpo_trainer(script, args, quiet)
+    else:
+        trainer, base, tokenizer, report = sft_trainer(script, args, plan.output, quiet)
     train_model(trainer, plan, settings, script.resume and talk)
+    if script.stage == "dpo":
+        drop_reference_adapter(trainer)
     card = card_of(trainer, script, settings, report, plan.output)
     save_served(trainer, script, base, tokenizer, plan.output, card)
     publish(trainer, script, plan.output, push_to_hub, quiet)
@@ -123,15 +130,34 @@ def run(argv: list[str], quiet: bool) -> Path:
     return plan.output
 
 
-def read_dialogues(script: ScriptArguments, args: TrainingArguments) -> tuple[datasets.DatasetDict, DataReport]:
+def sft_trainer(script: ScriptArguments, args: TrainingArguments, output: Path, quiet: bool):
+    """The trainer, the base it starts from, its tokenizer and the data's report."""
+    splits, report = read_data(script, args)
+    base, tokenizer = load_base(script, args, output, splits)
+    talk = args.process_index == 0 and not quiet
+    train_set, eval_set = tokenize_splits(splits, tokenizer, script, args, report, talk)
+    return build_trainer(script, args, base, tokenizer, train_set, eval_set, quiet), base, tokenizer, report
+
+
+def demo_model() -> Path:
+    """`model_name_or_path: demo`: the playground's offline demo checkpoint, built first if not cached."""
+    from playground.demo import demo_checkpoint
+    from playground.settings import Settings
+
+    return demo_checkpoint(os.environ.get("STARCHAT_CACHE_DIR") or Settings().cache_dir)
+
+
+def read_data(script: ScriptArguments, args: TrainingArguments) -> tuple[datasets.DatasetDict, DataReport]:
+    """The dialogues (SFT) or the preference pairs (DPO), split into train and test, and their report."""
+    splits, columns = tuple(script.dataset_splits), tuple(script.dataset_columns)
+    mixture = Mixture(script.dataset_mixer or {}, splits, columns, seed=args.seed)
+    common = {"max_chars": script.max_chars, "test_size": script.test_size, "seed": args.seed, "mixture": mixture}
     try:
-        return build_dataset(
-            script.datasets,
-            max_chars=script.max_chars,
-            uncensored=script.uncensored,
-            test_size=script.test_size,
-            seed=args.seed,
-        )
+        if script.stage == "dpo":
+            from training.preferences import build_preferences
+
+            return build_preferences(script.datasets, **common)
+        return build_dataset(script.datasets, uncensored=script.uncensored, **common)
     except DataError as exc:
         raise SystemExit(str(exc)) from None
 
@@ -176,15 +202,21 @@ def tokenize_splits(
         raise SystemExit(
             f"no dialogue is left to evaluate on ({report.summary()}): add --eval_strategy no, or more data"
         )
-    if talk:
-        print(f"data: {report.summary()}; {len(train_set)} train / {len(eval_set)} test examples", flush=True)
-        if report.places:
-            listing = Path(args.output_dir) / "dropped.txt"
-            listing.parent.mkdir(parents=True, exist_ok=True)
-            listing.write_text(report.listing(), encoding="utf-8")
-            print(f"every dropped row's place: {listing}", flush=True)
-        print(f"processes: {args.world_size} ({args.parallel_mode.value}) on {args.device.type}", flush=True)
+    say_data(report, len(train_set), len(eval_set), args, talk)
     return train_set, eval_set
+
+
+def say_data(report: DataReport, train: int, test: int, args: TrainingArguments, talk: bool) -> None:
+    """Prints the data's report and the processes; lists every dropped row's place in the run's folder."""
+    if not talk:
+        return
+    print(f"data: {report.summary()}; {train} train / {test} test examples", flush=True)
+    if report.places:
+        listing = Path(args.output_dir) / "dropped.txt"
+        listing.parent.mkdir(parents=True, exist_ok=True)
+        listing.write_text(report.listing(), encoding="utf-8")
+        print(f"every dropped row's place: {listing}", flush=True)
+    print(f"processes: {args.world_size} ({args.parallel_mode.value}) on {args.device.type}", flush=True)
 
 
 def build_trainer(
@@ -230,6 +262,11 @@ def train_model(trainer: Trainer, plan: Plan, settings: dict, say_fresh_start: b
 
 
 def card_of(trainer: Trainer, script: ScriptArguments, settings: dict, report: DataReport, output: Path) -> str:
+    preference = None
+    if script.stage == "dpo":
+        from training.dpo import preference_summary
+
+        preference = preference_summary(trainer, script.model_name_or_path)
     return model_card(
         output.absolute().name,
         script.model_name_or_path,
@@ -238,6 +275,7 @@ def card_of(trainer: Trainer, script: ScriptArguments, settings: dict, report: D
         report.summary(),
         datasets=script.datasets,
         hardware=hardware(trainer.args),
+        preference=preference,
     )
 
 
@@ -319,7 +357,9 @@ def load_model(script: ScriptArguments, args: TrainingArguments, base: str, toke
         alpha=script.lora_alpha,
         dropout=script.lora_dropout,
         targets=script.lora_target_modules,
-        chat_token_ids=tokenizer.convert_tokens_to_ids(list(CONTROL_TOKENS)),
+        # DPO starts from an SFT checkpoint whose chat-token rows are trained already (TRL's fused head would also
+        # fail on PEFT's wrapper of them: it has no bias).
+        chat_token_ids=[] if script.stage == "dpo" else tokenizer.convert_tokens_to_ids(list(CONTROL_TOKENS)),
         bf16=args.bf16,
     )
 

@@ -239,3 +239,16 @@ def test_every_dropped_row_is_listed_with_its_place_and_kept_rows_keep_theirs(tm
         "messages that are not a JSON list: data.jsonl line 9",
     ]
     assert splits["train"]["place"] == ["data.jsonl line 1", "data.jsonl line 2", "data.jsonl line 3"]
+
+
+def test_a_mixture_of_dialogue_sources_weighs_each_and_counts_it(tmp_path):
+    from training.data import Mixture
+
+    for name, count in (("a.jsonl", 8), ("b.jsonl", 3)):
+        (tmp_path / name).write_text("\n".join(json.dumps(exchange(n + len(name) * count)) for n in range(count)))
+    a, b = str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
+    splits, report = build_dataset([a, b], test_size=0, mixture=Mixture({a: 0.25, b: 3.0}))
+    assert len(splits["train"]) == 2 + 9 == report.kept and report.repeats == 6
+    assert (
+        f"{a}: 8 read, 2 mixed in (weight 0.25), 2 kept; {b}: 3 read, 9 mixed in (weight 3), 9 kept" in report.summary()
+    )

@@ -23,6 +23,18 @@ def test_starchat_beta_recipe_is_the_cards_hyperparameters():
     assert args.per_device_train_batch_size * args.gradient_accumulation_steps * processes == 256
 
 
+def test_starchat_dpo_recipe_is_the_handbooks_starchat2_dpo_values():
+    script, args, _ = parse([str(RECIPES / "starchat-dpo.yaml"), "--output_dir", "/tmp/unused", "--use_cpu", "true"])
+    assert script.stage == "dpo" and type(args).__name__ == "DPOConfig"
+    mixer = {"HuggingFaceH4/ultrafeedback_binarized": 1.0, "HuggingFaceH4/orca_dpo_pairs": 1.0}
+    assert script.dataset_mixer == mixer and script.datasets == list(mixer)
+    assert (script.dataset_splits, script.dataset_columns) == (["train_prefs", "test_prefs"], ["chosen", "rejected"])
+    assert (args.beta, args.learning_rate, args.num_train_epochs, args.warmup_steps) == (0.05, 5e-7, 2, 0.1)
+    assert (args.max_length, script.max_prompt_length, args.loss_type) == (1024, 512, ["sigmoid"])
+    processes = yaml.safe_load((CONFIGS / "deepspeed-zero3.yaml").read_text())["num_processes"]
+    assert args.per_device_train_batch_size * args.gradient_accumulation_steps * processes == 128
+
+
 def test_deepspeed_configs_leave_the_schedule_to_the_recipe():
     for name in ["deepspeed-zero3.yaml", "deepspeed-zero3-multinode.yaml"]:
         config = yaml.safe_load((CONFIGS / name).read_text())
