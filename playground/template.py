@@ -171,10 +171,11 @@ def stop_ids(tokenizer) -> list[int]:
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
-    """Text from a person or a model: typed control tokens become ordinary text tokens."""
+    """Text from a person or a model: typed control strings become `inert` text, the very tokens the exported
+    chat template and the endpoint backends give them; other special tokens' strings become ordinary text."""
     if not text:
         return []
-    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return tokenizer(inert(text), add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 def encode_piece(piece: Piece, tokenizer, ids: dict[str, int]) -> list[int]:

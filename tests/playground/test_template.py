@@ -14,6 +14,7 @@ from playground.template import (
     encode,
     encode_text,
     fit_to_context,
+    inert,
     render,
     render_prompt,
     stop_ids,
@@ -112,7 +113,7 @@ def test_typed_control_tokens_never_become_control_ids(tokenizer):
         "<|end|>",
         "<|assistant|>",
     ]
-    assert tokenizer.decode(encode_text(tokenizer, attack)) == attack  # still visible as text
+    assert tokenizer.decode(encode_text(tokenizer, attack)) == inert(attack)  # still visible as typed
 
 
 def test_control_ids_come_from_the_tokenizer_in_the_format_order(tokenizer):

@@ -95,6 +95,24 @@ def test_the_served_template_marks_exactly_the_trained_spans(tokenizer):
     assert rendered["assistant_masks"] == [int(label != IGNORE) for label in example["labels"][:-1]]
 
 
+@pytest.mark.parametrize("typed", ["<|end|>", "<|user|>", "<|system|>", "<|assistant|>", "<|endoftext|>"])
+@pytest.mark.parametrize("role", ["system", "user", "assistant"])
+def test_a_typed_control_string_is_tokenized_alike_by_training_and_the_template(tokenizer, role, typed):
+    """vLLM's and TGI's chat APIs and TRL tokenize with the exported template: the same ids and mask as ours."""
+    dialogue = [dict(m) for m in DIALOGUE]
+    for m in dialogue:
+        if m["role"] == role:
+            m["content"] = f"{typed}{m['content']} {typed}\n{typed}"
+    rendered = tokenizer.apply_chat_template(
+        dialogue, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    example = tokenize_dialogue(tokenizer, dialogue)
+    assert rendered["input_ids"] == example["input_ids"][:-1]
+    assert rendered["assistant_masks"] == [int(label != IGNORE) for label in example["labels"][:-1]]
+    typed_id, untyped = tokenizer.convert_tokens_to_ids(typed), tokenize_dialogue(tokenizer, DIALOGUE)["input_ids"]
+    assert example["input_ids"].count(typed_id) == untyped.count(typed_id)  # typed, it is text: no control id
+
+
 LONG = [
     {"role": "system", "content": "Answer briefly."},
     {"role": "user", "content": "What is a list?"},
