@@ -187,11 +187,13 @@ class FakeServer:
 
 
 class HubHandler(BaseHTTPRequestHandler):
-    """The calls `HfApi.create_repo` and `upload_folder` make, for small files sent inline; any other is a 404.
-    Every request's method and path is kept in `requests`."""
+    """The calls `HfApi.create_repo`, `create_branch` and `upload_folder` make, for small files sent inline; any
+    other is a 404. Every request's method and path is kept in `requests`."""
 
     protocol_version = "HTTP/1.1"
     commits: list[list[str]]
+    revisions: list[str]  # the branch of each commit
+    branches: list[str]  # the branches created
     requests: list[str]
 
     def log_request(self, code="-", size="-") -> None:
@@ -219,9 +221,13 @@ class HubHandler(BaseHTTPRequestHandler):
         elif "/preupload/" in self.path:
             files = json.loads(body)["files"]
             self.reply({"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
+        elif "/branch/" in self.path:  # HfApi.create_branch
+            self.branches.append(self.path.rsplit("/branch/", 1)[1])
+            self.reply({})
         elif "/commit/" in self.path:
             lines = [json.loads(line) for line in body.decode().splitlines() if line]
             self.commits.append([line["value"]["path"] for line in lines if line["key"] == "file"])
+            self.revisions.append(self.path.rsplit("/commit/", 1)[1])
             repo = self.path.split("/api/models/")[1].split("/commit/")[0]
             self.reply({"commitUrl": f"{base}/{repo}/commit/{'a' * 40}", "commitOid": "a" * 40})
         else:
@@ -235,12 +241,15 @@ class HubHandler(BaseHTTPRequestHandler):
 
 class FakeHub(FakeServer):
     """A loopback stand-in for the Hub's upload API (HF_ENDPOINT=hub.url); `commits` lists the paths of each
-    commit, `requests` every request it was sent."""
+    commit, `revisions` its branch, `branches` those created, `requests` every request it was sent."""
 
     def __init__(self):
         self.commits: list[list[str]] = []
+        self.revisions: list[str] = []
+        self.branches: list[str] = []
         self.requests: list[str] = []
-        handler = type("BoundHub", (HubHandler,), {"commits": self.commits, "requests": self.requests})
+        shared = {"commits": self.commits, "revisions": self.revisions, "branches": self.branches}
+        handler = type("BoundHub", (HubHandler,), {**shared, "requests": self.requests})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

@@ -255,6 +255,8 @@ def check_script(script: ScriptArguments, args: TrainingArguments) -> None:
         )
     if not 0 <= args.seed < 2**32:
         raise SystemExit(f"--seed must be from 0 to 2**32 - 1, not {args.seed}")
+    if args.hub_revision and not args.push_to_hub:  # a branch only named on the card would say it was pushed
+        raise SystemExit(f"--hub_revision {args.hub_revision} names the branch a push goes to: add --push_to_hub")
     if script.load_in_4bit and not script.lora:
         raise SystemExit("--load_in_4bit true trains adapters on a 4-bit base: add --lora true")
     flash = {"flash_attention_2": is_flash_attn_2_available, "flash_attention_3": is_flash_attn_3_available}

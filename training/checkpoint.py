@@ -93,10 +93,11 @@ def model_card(
     datasets: Sequence[str] = (),
     hardware: str = "",
     preference: dict | None = None,
+    ran: dict | None = None,
 ) -> str:
     """The served checkpoint's README.md: what ran (`settings`: the effective arguments), on what data
-    and hardware, with which libraries, and the losses; for DPO (`preference`) beta, the reference and the
-    rewards."""
+    and hardware (`ran`: precision and distributed setup as they were), with which libraries, and the losses;
+    for DPO (`preference`) beta, the reference and the rewards."""
     front: dict = {}
     if hub_ids([base]):
         front["base_model"] = base
@@ -111,6 +112,7 @@ def model_card(
         base_text = f"`{base}`" + (f" ([on the Hub](https://huggingface.co/{base}))" if "base_model" in front else "")
     dpo = f"## Preference training (DPO)\n\n```yaml\n{yaml.safe_dump(preference, sort_keys=False)}```\n\n"
     dpo = dpo if preference else ""
+    setup = f"\n\n```yaml\n{yaml.safe_dump(ran, sort_keys=False)}```" if ran else ""
     data = "\n".join(f"- `{d}`" for d in datasets) + (f"\n\n{data_summary}" if data_summary else "")
     return (
         f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n# {name}\n\n"
@@ -122,7 +124,7 @@ def model_card(
         f"## Data\n\n{data or 'not recorded'}\n\n"
         "## Training arguments\n\n```yaml\n# what ran: the recipe with the command line's overrides\n"
         f"{yaml.safe_dump(settings, sort_keys=True)}```\n\n{dpo}"
-        f"## Hardware\n\n{hardware or 'not recorded'}\n\n"
+        f"## Hardware\n\n{hardware or 'not recorded'}{setup}\n\n"
         f"## Training results\n\n{results_table(log_history)}\n\n"
         f"## Framework versions\n\n{versions()}\n"
     )

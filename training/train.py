@@ -39,6 +39,7 @@ from training.arguments import ScriptArguments, parse
 from training.checkpoint import model_card, save_checkpoint
 from training.data import DataError, DataReport, Mixture, build_dataset
 from training.format import Collator, PackedCollator, add_chat_tokens, fit_dialogue, pack, pack_blocks
+from training.launch import how_it_ran
 from training.preflight import Plan, preflight, record_run
 from training.scratch import build_base
 
@@ -267,6 +268,9 @@ def card_of(trainer: Trainer, script: ScriptArguments, settings: dict, report: D
         from training.dpo import preference_summary
 
         preference = preference_summary(trainer, script.model_name_or_path)
+    ran = how_it_ran(trainer.accelerator)
+    # What autocast used, whatever set it (accelerate launch's environment may override the recipe's bf16: false).
+    settings = settings | {"bf16": ran["mixed_precision"] == "bf16", "fp16": ran["mixed_precision"] == "fp16"}
     return model_card(
         output.absolute().name,
         script.model_name_or_path,
@@ -276,14 +280,15 @@ def card_of(trainer: Trainer, script: ScriptArguments, settings: dict, report: D
         datasets=script.datasets,
         hardware=hardware(trainer.args),
         preference=preference,
+        ran=ran,
     )
 
 
 def save_served(trainer: Trainer, script: ScriptArguments, base: str, tokenizer, output: Path, card: str) -> None:
     """The served checkpoint in `output`: the adapter merged into its base, or the trained weights, in bf16
     or fp16 as the flags say (else fp32). Every process takes part (gathering shards); the main one writes."""
-    args = trainer.args
-    served = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    precision = trainer.accelerator.mixed_precision  # what the run used, whatever set it
+    served = torch.bfloat16 if precision == "bf16" else torch.float16 if precision == "fp16" else torch.float32
     if script.lora:
         from training.merge import merge
 
@@ -317,7 +322,7 @@ def publish(trainer: Trainer, script: ScriptArguments, output: Path, push_to_hub
         evaluate([script.evaluate, "--model", str(output), "--write-card", *(["--quiet"] if quiet else [])])
     if push_to_hub:
         args = trainer.args
-        url = push(output, args.hub_model_id, args.hub_token, args.hub_private_repo)
+        url = push(output, args.hub_model_id, args.hub_token, args.hub_private_repo, args.hub_revision)
         print(f"pushed to {url}", flush=True)
 
 
@@ -389,15 +394,28 @@ def hardware(args: TrainingArguments) -> str:
     return f"{args.world_size} process(es) on {args.device.type} ({platform.machine()}, {threads} threads each)"
 
 
-def push(folder: Path, repo: str | None, token: str | None, private: bool | None) -> str:
+def push(folder: Path, repo: str | None, token: str | None, private: bool | None, revision: str | None = None) -> str:
     """Uploads the served checkpoint where transformers' Trainer would: `repo` (hub_model_id), else a repo
-    named after the output folder in the token's namespace. Returns the commit's URL."""
+    named after the output folder in the token's namespace; on branch `revision` (made if missing), else
+    main. Returns the commit's URL."""
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
 
     api = HfApi(token=token)
     repo_id = api.create_repo(repo or folder.absolute().name, private=private, exist_ok=True).repo_id
+    if revision:
+        try:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        except HfHubHTTPError as exc:
+            raise SystemExit(
+                f"--hub_revision {revision}: the Hub refused the branch ({exc}); {folder} is saved"
+            ) from None
     commit = api.upload_folder(
-        repo_id=repo_id, folder_path=folder, ignore_patterns=NOT_PUSHED, commit_message="Upload the served checkpoint"
+        repo_id=repo_id,
+        folder_path=folder,
+        ignore_patterns=NOT_PUSHED,
+        commit_message="Upload the served checkpoint",
+        revision=revision,
     )
     return commit.commit_url
 

@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import torch
@@ -98,6 +99,21 @@ def test_dpo_loss_falls_and_the_margin_rises_and_the_app_serves_the_result(tiny_
     request = ChatRequest([{"role": "user", "content": "What does len do?"}], SamplingParams(max_new_tokens=8))
     reply, _ = collect(backend.stream(request))
     assert isinstance(reply, str)
+
+
+def test_the_card_records_the_precision_that_ran_whatever_set_it(tiny_checkpoint, tmp_path, monkeypatch):
+    """`accelerate launch` sets ACCELERATE_MIXED_PRECISION from its config: it wins over the recipe's bf16: false."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    out = dpo_run(tiny_checkpoint, tmp_path / "bf16", "--bf16", "false")
+    card = (out / "README.md").read_text()
+    ran = yaml.safe_load(card.split("## Hardware\n\n")[1].split("```yaml\n")[1].split("```")[0])
+    assert ran == {"mixed_precision": "bf16", "processes": 1, "distributed": "NO", "accelerate_config": ANY}
+    assert card_section(out, "Training arguments")["bf16"] is True
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.bfloat16  # served as it trained
+    dpo = card_section(out, "Preference training (DPO)")
+    assert set(dpo) == {"beta", "loss_type", "reference_model", "first_rewards_margins"} | {
+        f"final_rewards_{name}" for name in ("chosen", "rejected", "margins", "accuracies")
+    }
 
 
 def test_a_lora_dpo_run_merges_into_the_served_checkpoint(tiny_checkpoint, tmp_path):

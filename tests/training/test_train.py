@@ -246,6 +246,9 @@ def test_two_process_accelerate_launch_trains_and_writes_a_loadable_checkpoint(t
     # A rank's own error comes first; the launcher's account of it fills the tail.
     assert run.returncode == 0, run.stderr[:4000] + "\n...\n" + run.stderr[-1500:]
     assert "processes: 2 (distributed) on cpu" in run.stdout
+    card = (out / "README.md").read_text()
+    ran = yaml.safe_load(card.split("## Hardware\n\n")[1].split("```yaml\n")[1].split("```")[0])
+    assert ran == {"mixed_precision": "no", "processes": 2, "distributed": "MULTI_CPU", "accelerate_config": config}
     trained = AutoModelForCausalLM.from_pretrained(out)
     scratch = AutoModelForCausalLM.from_pretrained(out / "scratch-base")
     changed = [
@@ -288,7 +291,9 @@ def test_push_to_hub_uploads_the_served_checkpoint_only(tmp_path):
     assert not [p for p in paths if p.startswith(("checkpoints/", "scratch-base/", "adapter/"))]
 
 
-def test_without_a_hub_model_id_the_repo_is_named_after_the_output_folder(tmp_path, monkeypatch):
+def test_without_a_hub_model_id_the_repo_is_named_after_the_output_folder_and_a_revision_is_its_branch(
+    tmp_path, monkeypatch
+):
     from huggingface_hub import constants
 
     folder = tmp_path / "my-starchat"
@@ -297,7 +302,11 @@ def test_without_a_hub_model_id_the_repo_is_named_after_the_output_folder(tmp_pa
     with FakeHub() as hub:
         monkeypatch.setattr(constants, "ENDPOINT", hub.url)
         url = push(folder, repo=None, token="hf_test", private=False)
-    assert "/my-starchat/commit/" in url and hub.commits == [["README.md"]]
+        push(folder, repo="someone/x", token="hf_test", private=False, revision="dev")  # made if missing
+    assert "/my-starchat/commit/" in url and hub.commits == [["README.md"]] * 2
+    assert hub.branches == ["dev"] and hub.revisions == ["main", "dev"]
+    with pytest.raises(SystemExit, match="--hub_revision dev names the branch a push goes to: add --push_to_hub"):
+        main([TINY, "--output_dir", str(tmp_path / "out"), "--hub_revision", "dev", *SMALL])
 
 
 def changed_share(before: dict, after: dict) -> float:
