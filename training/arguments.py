@@ -236,7 +236,8 @@ def check_script(script: ScriptArguments, args: TrainingArguments) -> None:
     if script.test_size == 0 and args.eval_strategy != "no":
         strategy = args.eval_strategy.value
         raise SystemExit(f"--test_size 0 leaves nothing to evaluate (eval_strategy {strategy}): add --eval_strategy no")
-    for name in ("block_size", "max_chars"):
+    check_mixture(script)
+    for name in ("block_size", "max_chars", "max_prompt_length"):
         if getattr(script, name) < 1:
             raise SystemExit(f"--{name} must be 1 or more, not {getattr(script, name)}")
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
@@ -278,6 +279,15 @@ def check_script(script: ScriptArguments, args: TrainingArguments) -> None:
             f"--lora_target_modules {' '.join(taken)}: the embedding and the head it shares cannot take adapters "
             "here (the chat tokens' embedding rows are trained on their own); use c_attn, c_proj, c_fc"
         )
+
+
+def check_mixture(script: ScriptArguments) -> None:
+    """dataset_mixer's weights: numbers above 0 (below 1 a share of a source's rows, 1 or more a repeat)."""
+    if script.dataset_mixer is not None and not isinstance(script.dataset_mixer, dict):
+        raise SystemExit("dataset_mixer maps each source to its weight (source: weight lines)")
+    for source, weight in (script.dataset_mixer or {}).items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 < weight < math.inf:
+            raise SystemExit(f"dataset_mixer: the weight of {source} must be a number above 0, not {weight!r}")
 
 
 def effective_arguments(script: ScriptArguments, args: TrainingArguments, named: set[str]) -> dict:

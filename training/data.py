@@ -60,6 +60,7 @@ class DataReport:
     cut: int = 0  # dialogues whose later turns were left out to fit block_size (training.format.fit_dialogue)
     repeats: int = 0  # dialogues kept that are the same as one before them
     what: str = "dialogues"  # what a kept row is: "dialogues", "pairs"
+    cut_rule: str = "after their last whole turn that fits block_size"  # how the `cut` ones were cut
     sources: dict[str, Counts] = field(default_factory=dict)  # each source's rows, with several sources
 
     def drop(self, reason: str, place: str | None = None) -> None:
@@ -69,7 +70,7 @@ class DataReport:
 
     def summary(self) -> str:
         reasons = ", ".join(self._reason(reason, n) for reason, n in self.dropped.most_common()) or "none"
-        cut = f"; {self.cut} cut after their last whole turn that fits block_size" if self.cut else ""
+        cut = f"; {self.cut} cut {self.cut_rule}" if self.cut else ""
         repeats = f" ({self.repeats} of them repeats of another)" if self.repeats else ""
         each = "".join(f"; {source}: {counts}" for source, counts in self.sources.items())
         return f"{self.rows} rows read, {self.kept} {self.what} kept{repeats}{cut}; dropped: {reasons}{each}"

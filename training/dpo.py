@@ -65,7 +65,9 @@ def tokenized(split: datasets.Dataset, tokenizer, script: ScriptArguments, args:
     return datasets.Dataset.from_list(examples)
 
 
-def dpo_trainer(script: ScriptArguments, args: DPOConfig, quiet: bool) -> tuple[DPOTrainer, str, object, DataReport]:
+def dpo_trainer(
+    script: ScriptArguments, args: DPOConfig, quiet: bool
+) -> tuple[DPOTrainer, str, PreTrainedTokenizerBase, DataReport]:
     """The trainer, the base it starts from (the reference), its tokenizer and the data's report."""
     from training.train import StepsBar, StopOnNonFiniteLoss, load_model, read_data, say_data
 

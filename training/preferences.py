@@ -92,7 +92,7 @@ def build_preferences(
     sources: list[str], *, max_chars: int = 32_000, test_size: float = 0.05, seed: int = 42, mixture: Mixture
 ) -> tuple[datasets.DatasetDict, DataReport]:
     """All sources' pairs, with their places, split deterministically into train and test."""
-    report = DataReport(what="pairs")
+    report = DataReport(what="pairs", cut_rule="with a reply cut to fit max_length")
     kept = read_sources(sources, lambda row: pair_of(row, max_chars), report, mixture)
     return split_off(kept, test_size, seed, report, pair_key), report
 

@@ -131,7 +131,9 @@ def run(argv: list[str], quiet: bool) -> Path:
     return plan.output
 
 
-def sft_trainer(script: ScriptArguments, args: TrainingArguments, output: Path, quiet: bool):
+def sft_trainer(
+    script: ScriptArguments, args: TrainingArguments, output: Path, quiet: bool
+) -> tuple[Trainer, str, PreTrainedTokenizerBase, DataReport]:
     """The trainer, the base it starts from, its tokenizer and the data's report."""
     splits, report = read_data(script, args)
     base, tokenizer = load_base(script, args, output, splits)

@@ -65,6 +65,19 @@ def test_overrides_win_and_typos_are_refused(tmp_path):
         parse([str(bad)])
 
 
+def test_the_stage_is_named_so_a_dpo_key_in_an_sft_recipe_is_refused_not_ignored(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model_name_or_path: x\ndatasets: [y]\nbeta: 0.1\n")
+    with pytest.raises(SystemExit, match=f"^{recipe}: unknown recipe key\\(s\\) beta$"):
+        parse([str(recipe), "--output_dir", "out"])
+    script, args, card = parse([str(recipe), "--output_dir", "out", "--stage", "dpo", "--use_cpu", "true"])
+    assert script.stage == card["stage"] == "dpo" and args.beta == card["beta"] == 0.1
+    for weight in (0, -1, "half", float("nan")):
+        recipe.write_text(f"model_name_or_path: x\ndataset_mixer: {{y: {weight}}}\n")
+        with pytest.raises(SystemExit, match="dataset_mixer: the weight of y must be a number above 0"):
+            parse([str(recipe), "--output_dir", "out"])
+
+
 def test_no_recipe_key_is_deprecated():
     for recipe in sorted(RECIPES.glob("*.yaml")):
         keys = yaml.safe_load(recipe.read_text())
