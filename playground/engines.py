@@ -17,7 +17,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-from playground.backends import check_model_path, context_length
+from playground.backends import context_length
+from playground.backends.loading import check_model_path
 from playground.template import render, stop_ids
 
 

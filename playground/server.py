@@ -9,10 +9,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 
 from playground.api import add_openai_api
-from playground.backends import load_backends
+from playground.backends.loading import load_backends
 from playground.chat import Chat
 from playground.connections import protocol
-from playground.demo import demo_checkpoint
 from playground.guards import (
     BodyLimit,
     ClosedRoutes,
@@ -24,6 +23,7 @@ from playground.guards import (
 )
 from playground.settings import Settings
 from playground.ui import build_ui
+from training.demo import demo_checkpoint
 
 QUEUE_BACKSTOP = 1024  # events waiting to start at one instant, each within the request size limit
 

@@ -143,7 +143,7 @@ class FirstStart:
 
 
 def demo_built(cache: Path) -> bool:
-    from playground.demo import demo_folder
+    from training.demo import demo_folder
 
     return (demo_folder(cache) / "config.json").exists()
 
@@ -157,8 +157,8 @@ def first_start(cache_dir, tmp_path_factory) -> FirstStart:
     import httpx
     from gradio_client import Client
 
-    from playground.demo import demo_checkpoint
     from tests.fakes import FakeHub
+    from training.demo import demo_checkpoint
 
     cache = tmp_path_factory.mktemp("first-start") if demo_built(cache_dir) else cache_dir
     with FakeHub() as hub:
@@ -182,7 +182,7 @@ def first_start(cache_dir, tmp_path_factory) -> FirstStart:
 def demo_model(cache_dir, request) -> Path:
     """The offline demo checkpoint, built by the real first-run path (`python app.py`, the tiny recipe)."""
     if demo_built(cache_dir):
-        from playground.demo import demo_checkpoint
+        from training.demo import demo_checkpoint
 
         return demo_checkpoint(cache_dir)
     return request.getfixturevalue("first_start").demo

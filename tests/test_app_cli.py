@@ -10,7 +10,7 @@ import pytest
 
 from app import main as app_main
 from app import page_url
-from playground.backends import DEMO_NAME
+from playground.backends.loading import DEMO_NAME
 from playground.settings import Settings
 from tests.conftest import ROOT, free_port
 

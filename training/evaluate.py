@@ -30,7 +30,8 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard
 from tqdm import tqdm
 
-from playground.backends import BackendError, load_backends
+from playground.backends import BackendError
+from playground.backends.loading import load_backends
 from playground.chat import Chat, Update, in_words
 from playground.console import libraries_quiet
 from playground.sampling import SamplingParams

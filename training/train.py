@@ -144,8 +144,8 @@ def sft_trainer(
 
 def demo_model() -> Path:
     """`model_name_or_path: demo`: the playground's offline demo checkpoint, built first if not cached."""
-    from playground.demo import demo_checkpoint
     from playground.settings import Settings
+    from training.demo import demo_checkpoint
 
     return demo_checkpoint(os.environ.get("STARCHAT_CACHE_DIR") or Settings().cache_dir)
 

@@ -7,9 +7,9 @@ from datetime import date
 
 from playground.backends import ChatRequest, collect
 from playground.backends.local import LocalBackend
-from playground.demo import demo_checkpoint
 from playground.sampling import SamplingParams
 from playground.ui.layout import EXAMPLES
+from training.demo import demo_checkpoint
 from training.scratch import TAUGHT
 
 

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from playground.backends import ChatRequest, SamplingParams, collect, load_backend
+from playground.backends import ChatRequest, SamplingParams, collect
+from playground.backends.loading import load_backend
 from playground.engines import check_checkpoint, main, plan
 from playground.settings import Settings
 from tests.conftest import ROOT

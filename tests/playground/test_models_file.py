@@ -4,7 +4,7 @@ import pytest
 import yaml
 from gradio_client import Client
 
-from playground.backends import load_backends
+from playground.backends.loading import load_backends
 from playground.models_file import MODEL_KEYS
 from playground.settings import Settings
 from tests.conftest import ROOT, local_and_remote, serve

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from playground.backends import DEMO_NAME
+from playground.backends.loading import DEMO_NAME
 from playground.ui.browser import STORAGE_KEYS, STORAGE_SECRET
 from playground.ui.layout import EXAMPLES
 from tests.conftest import generating, local_and_remote, serve, serve_model, slow_model, wait_until_idle

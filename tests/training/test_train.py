@@ -393,7 +393,7 @@ def test_without_packing_an_over_long_dialogue_is_cut_and_counted(tmp_path, caps
 def test_an_interrupted_demo_build_is_resumed_not_refused(tmp_path, monkeypatch):
     """The playground builds its demo through training.train; a build killed midway left checkpoints."""
     import training.train
-    from playground.demo import demo_checkpoint
+    from training.demo import demo_checkpoint
     from training.preflight import claim_output
     from training.train import parse
 

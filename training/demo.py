@@ -7,7 +7,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parent.parent / "training" / "recipes" / "tiny.yaml"
+RECIPE = Path(__file__).resolve().parent / "recipes" / "tiny.yaml"
 SOURCES = [RECIPE, RECIPE.parent.parent / "scratch.py"]
 BUILD_SECONDS = 85  # measured on 2 CPU cores (docs/benchmarks.md)
 
