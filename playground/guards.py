@@ -7,8 +7,10 @@ Plain ASGI middleware rather than Starlette's BaseHTTPMiddleware, so that stream
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
@@ -46,13 +48,22 @@ def reaches(scope: Scope, patterns: tuple[re.Pattern, ...]) -> re.Match | None:
     return next(filter(None, (pattern.fullmatch(path) for pattern in patterns)), None)
 
 
+BODY_SECONDS = 30.0  # from a request's first read of its body to its last byte: 2 MB at 70 KB/s
+
+
+class BodySlow(Exception):
+    pass
+
+
 class BodyTooLarge(Exception):
     pass
 
 
 @dataclass
 class BodyLimit:
-    """Refuses (413) a request whose body exceeds `max_bytes`, by its Content-Length or as it arrives."""
+    """Refuses (413) a request whose body exceeds `max_bytes`, by its Content-Length or as it arrives, and
+    (408) one whose body does not arrive whole within BODY_SECONDS: a client that stops sending holds no
+    connection and no handler."""
 
     app: ASGIApp
     max_bytes: int
@@ -68,12 +79,19 @@ class BodyLimit:
         length = headers.get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.max_bytes:
             return await respond(send, 413, self.message())
-        received, started = 0, False
+        received, started, whole = 0, False, False
+        deadline = time.monotonic() + BODY_SECONDS
 
         async def limited_receive():
-            nonlocal received
-            event = await receive()
+            nonlocal received, whole
+            if whole:  # what comes after the body (a disconnect) has no deadline
+                return await receive()
+            try:
+                event = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise BodySlow from None
             received += len(event.get("body", b""))
+            whole = event["type"] != "http.request" or not event.get("more_body", False)
             if received > self.max_bytes:
                 raise BodyTooLarge
             return event
@@ -88,6 +106,9 @@ class BodyLimit:
         except BodyTooLarge:
             if not started:
                 await respond(send, 413, self.message())
+        except BodySlow:
+            if not started:
+                await respond(send, 408, f"The request's body did not arrive whole within {BODY_SECONDS:.0f} s.")
 
     def message(self) -> str:
         return f"The request is larger than this server takes ({self.max_bytes} bytes)."

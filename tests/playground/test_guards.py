@@ -3,6 +3,8 @@ not use, every spelling of the login, cross-site reads of a logged-in session, p
 
 import contextlib
 import json
+import re
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from playground import guards
 from tests.conftest import serve_model
 
 LOGIN = {"username": "ada", "password": "wrong"}
@@ -148,3 +151,25 @@ def test_through_run_only_the_unqueued_events_run_as_the_page_runs_them(open_ser
                 if dependency["queue"] is not False:
                     assert answer.status_code == 404, (dependency, answer.text)  # replies go through the queue only
         assert http.get("v1/models").status_code == 200  # and the server goes on
+
+
+def test_a_body_that_stops_arriving_gets_408_and_frees_its_connection(open_server, monkeypatch):
+    monkeypatch.setattr(guards, "BODY_SECONDS", 1.0)
+    port = int(open_server[0].rstrip("/").rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"{head}Content-Length: 500\r\n\r\n{{".encode())  # one byte of 500, then nothing
+        answer = whole_response(sock)
+    assert answer.startswith("HTTP/1.1 408") and "did not arrive whole within 1 s" in answer
+
+
+def whole_response(sock: socket.socket) -> str:
+    """One HTTP response as it comes, its headers and then as many bytes as they announce."""
+    data = b""
+    while (chunk := sock.recv(4096)) and b"\r\n\r\n" not in data + chunk:
+        data += chunk
+    head, _, body = (data + chunk).partition(b"\r\n\r\n")
+    length = int(re.search(rb"content-length: (\d+)", head, re.IGNORECASE)[1])
+    while len(body) < length and (chunk := sock.recv(4096)):
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode()
