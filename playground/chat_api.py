@@ -11,6 +11,11 @@ from playground.sampling import ParamError, SamplingParams
 from playground.template import DialogueError
 
 
+def refused(message: str) -> gr.Error:
+    """The caller's error, told to the caller: not a traceback in the server's log (anyone could fill it)."""
+    return gr.Error(message, print_exception=False)
+
+
 def chat_api(chat: Chat):
     defaults = SamplingParams()
 
@@ -41,15 +46,17 @@ def chat_api(chat: Chat):
                 seed=seed,
             )
             message = chat.check_message(message)
-            if not isinstance(history, list) or not isinstance(system_prompt, str):
-                raise DialogueError("history must be a list of {role, content} and system_prompt a string")
+            if not isinstance(history, list):
+                raise DialogueError("history must be a list of {role, content} messages")
+            if not isinstance(system_prompt, str):
+                raise DialogueError("system_prompt must be a string")
         except (ParamError, DialogueError) as exc:
-            raise gr.Error(in_words(exc)) from exc
+            raise refused(in_words(exc)) from None
         history = [*history, {"role": "user", "content": message}]
         client = request.client.host if request and request.client else ""
         async for update in chat.respond(history, system_prompt, params, model, client):
             if update.error:
-                raise gr.Error(in_words(update.error))
+                raise refused(in_words(update.error))
             yield update.conversation[-1]["content"]
 
     return chat_endpoint

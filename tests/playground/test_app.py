@@ -61,17 +61,19 @@ def test_same_seed_same_reply_with_history_and_system_prompt(client):
         ({"repetition_penalty": None, "seed": 1.5}, "seed must be a whole number"),
         ({"history": [{"role": "assistant", "content": "x"}]}, "message 0 should be from the user"),
         ({"history": "not a list"}, "history must be a list"),
+        ({"system_prompt": 3}, "system_prompt must be a string"),
         ({"history": [{"role": "user"}]}, "must be"),
         ({"message": "   "}, "empty"),
         ({"message": "word " * 5000}, "characters; the limit is|too long"),
         ({"message": "word " * 1500, "max_new_tokens": 64}, "too long"),
     ],
 )
-def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(client, kwargs, message):
+def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(client, kwargs, message, capfd):
     call = {"message": "hi", "history": [], "max_new_tokens": 8, **kwargs}
     with pytest.raises(AppError, match=message):
         client.predict(**call, api_name="/chat")
     assert client.predict(message="hi", history=[], max_new_tokens=4, api_name="/chat") is not None
+    assert "Traceback" not in capfd.readouterr().err  # a caller's mistake is the caller's: anyone could fill the log
 
 
 def test_cancel_ends_generation_on_the_server(client, endless):
