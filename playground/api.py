@@ -40,19 +40,24 @@ MAX_STOPS = 4
 MAX_STOP_CHARS = 200  # each is looked for at the end of the reply after every streamed piece
 
 
+@dataclass
 class APIError(Exception):
-    """A refusal, answered in OpenAI's error format."""
+    """A refusal, answered in OpenAI's error format: `param` the field as the request wrote it, `code` a
+    machine-readable reason where there is one."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", retry_after: int = 0):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.retry_after = status, message, kind, retry_after
+    status: int
+    message: str
+    kind: str = "invalid_request_error"
+    retry_after: int = 0
+    param: str | None = None
+    code: str | None = None
 
 
-def error(status: int, message: str, kind: str = "invalid_request_error", retry_after: int = 0) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
-    message = message.encode("utf-8", "backslashreplace").decode()  # it may quote a client's lone surrogate
-    body = {"error": {"message": message, "type": kind, "param": None, "code": status}}
-    return JSONResponse(body, status, headers=headers)
+def error(refusal: APIError) -> JSONResponse:
+    headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
+    message = refusal.message.encode("utf-8", "backslashreplace").decode()  # it may quote a lone surrogate
+    body = {"error": {"message": message, "type": refusal.kind, "param": refusal.param, "code": refusal.code}}
+    return JSONResponse(body, refusal.status, headers=headers)
 
 
 def content_text(content: object) -> object:
@@ -76,13 +81,13 @@ def only(*neutral: object) -> AfterValidator:
 
     def check(value: object) -> object:
         if value is not None and value not in neutral:
-            raise ValueError(f"not supported (only {neutral[0]!r})")
+            raise ValueError(f"not supported (only {json.dumps(neutral[0])})")
         return value
 
     return AfterValidator(check)
 
 
-class WireMessage(BaseModel):
+class WireMessage(BaseModel, extra="forbid"):
     role: StrictStr  # which roles, and in which order: `template.validate`, as for every door
     content: Annotated[StrictStr, BeforeValidator(content_text)]
 
@@ -123,42 +128,76 @@ class ChatBody(BaseModel):
             raise ValueError("stream_options is only for stream true")
         return self
 
+    @model_validator(mode="after")
+    def one_limit(self) -> ChatBody:
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise ValueError("give max_tokens or max_completion_tokens, not both")
+        return self
+
     @property
     def limit(self) -> str:
         """How the request names its reply's limit."""
         return "max_completion_tokens" if "max_completion_tokens" in self.model_fields_set else "max_tokens"
 
 
-def described(exc: ValidationError) -> str:
-    """Pydantic's findings, each naming the field as the caller wrote it: `messages[0].content`."""
+# Pydantic's findings in the words of a JSON API.
+WORDS = {
+    "model_type": "must be a JSON object",
+    "dict_type": "must be a JSON object",
+    "too_short": "must not be empty",
+    "missing": "is required",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "list_type": "must be a list",
+}
+LISTED = 5  # unknown fields named in a refusal; the rest are counted
+
+
+def quoted(name: str) -> str:
+    return name if len(name) <= 60 else name[:57] + "..."
+
+
+def described(exc: ValidationError) -> APIError:
+    """Pydantic's findings as one 400, each naming the field as the caller wrote it: `messages[0].content`."""
     unknown, problems = [], []
     for found in exc.errors(include_url=False):
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in found["loc"]).lstrip(".")
         if found["type"] == "extra_forbidden":
-            unknown.append(where)
+            unknown.append(quoted(where))
             continue
-        text = str(found["ctx"]["error"]) if found["type"] == "value_error" else found["msg"]
+        text = str(found["ctx"]["error"]) if found["type"] == "value_error" else WORDS.get(found["type"], found["msg"])
         if found["type"] == "string_unicode" and not where:  # pydantic reads no key with a lone surrogate
             text = "a field's name holds a lone surrogate (text that is not Unicode)"
-        problems.append(f"{where or 'the body'}: {text}")
-    return "; ".join(([f"unsupported field(s): {', '.join(unknown)}"] if unknown else []) + problems)
+        if where.endswith(".content") and found["type"] == "string_type":
+            text = "must be a string or a list of text parts"
+        problems.append((where, f"{where or 'the body'}: {text}"))
+    if unknown:
+        more = f" and {len(unknown) - LISTED} more" if len(unknown) > LISTED else ""
+        problems.insert(0, (unknown[0], f"unsupported field(s): {', '.join(unknown[:LISTED])}{more}"))
+    return APIError(400, "; ".join(text for _, text in problems), param=problems[0][0] or None)
 
 
 def authorized(settings: Settings) -> Callable[[Request], None]:
     def check(request: Request) -> None:
         if settings.auth and not settings.api_key:
             message = "the OpenAI-compatible API is off: this server's page has a login; start it with --api-key KEY"
-            raise APIError(403, message, "api_off")
-        if settings.api_key and request.headers.get("authorization") != f"Bearer {settings.api_key}":
-            raise APIError(401, "a valid API key is needed: Authorization: Bearer KEY", "invalid_api_key")
+            raise APIError(403, message, code="api_off")
+        # One header, exactly: with two, a proxy reading the other one would disagree with this check.
+        if settings.api_key and request.headers.getlist("authorization") != [f"Bearer {settings.api_key}"]:
+            raise APIError(401, "a valid API key is needed: Authorization: Bearer KEY", code="invalid_api_key")
 
     return check
 
 
 def json_only(request: Request) -> None:
-    """A cross-site form or text/plain POST (no CORS preflight) is refused."""
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-        raise APIError(415, "the body must be JSON, with Content-Type: application/json")
+    """A cross-site form or text/plain POST (no CORS preflight) is refused; so is a body this server would
+    read otherwise than it was written (another charset, compressed)."""
+    kind, *options = [part.strip().lower() for part in request.headers.get("content-type", "").split(";")]
+    charset = next((o.split("=", 1)[1].strip('"') for o in options if o.startswith("charset=")), "utf-8")
+    if kind != "application/json" or charset not in ("utf-8", "utf8"):
+        raise APIError(415, "the body must be JSON in UTF-8, with Content-Type: application/json")
+    if request.headers.get("content-encoding", "identity").strip().lower() != "identity":
+        raise APIError(415, "the body must not be compressed (no Content-Encoding)")
 
 
 async def chat_body(request: Request) -> ChatBody:
@@ -169,13 +208,30 @@ async def chat_body(request: Request) -> ChatBody:
     except ClientDisconnect:  # gone before its body was whole: nobody to answer, nothing to log
         raise APIError(400, "the body did not arrive whole") from None
     try:
-        raw = json.loads(text)
-    except (ValueError, RecursionError):  # not JSON, or nested beyond reason
-        raise APIError(400, "the body is not valid JSON") from None
+        raw = json.loads(text, object_pairs_hook=unique_keys)
+    except RecursionError:
+        raise APIError(400, "the body's JSON is nested too deeply") from None
+    except ValueError as exc:  # not JSON, a key given twice, or a number of more digits than Python reads
+        raise APIError(400, str(exc) if isinstance(exc, DuplicateKey) else "the body is not valid JSON") from None
+    if isinstance(raw, dict):  # null is absent, as OpenAI's clients send it for what they leave unset
+        raw = {key: value for key, value in raw.items() if value is not None}
     try:
         return ChatBody.model_validate(raw)
     except ValidationError as exc:
-        raise APIError(400, described(exc)) from None
+        raise described(exc) from None
+
+
+class DuplicateKey(ValueError):
+    pass
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object whose keys are each given once: with two, the app and a proxy could read different ones."""
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) < len(keys):
+        again = next(key for i, key in enumerate(keys) if key in keys[:i])
+        raise DuplicateKey(f"the key {quoted(again)!r} is given twice in one object")
+    return dict(pairs)
 
 
 @dataclass(frozen=True)
@@ -195,15 +251,18 @@ def ask(chat: Chat, body: ChatBody) -> Asked:
         system, turns = split_system(messages)
         chat.check_message(turns[-1]["content"])
         params = chat.params(max_new_tokens=getattr(body, body.limit), **{k: getattr(body, k) for k in SAMPLING})
-    except (ParamError, DialogueError) as exc:
-        raise APIError(400, in_words(exc, body.limit)) from None
+    except ParamError as exc:
+        named = body.limit if exc.name == "max_new_tokens" else exc.name
+        raise APIError(400, in_words(exc, body.limit), param=named) from None
+    except DialogueError as exc:
+        raise APIError(400, in_words(exc, body.limit), param="messages") from None
     model = "" if body.model not in chat.backends and len(chat.backends) == 1 else body.model or ""
     return Asked(turns, system, params, model, body)
 
 
 def refusal(update: Update, limit: str, kind: str = "invalid_request_error") -> APIError:
-    kind = "rate_limit_exceeded" if update.status == 429 else kind
-    return APIError(update.status, in_words(update.error, limit), kind, update.retry_after)
+    code = "rate_limit_exceeded" if update.status == 429 else None
+    return APIError(update.status, in_words(update.error, limit), kind, update.retry_after, code=code)
 
 
 def finish_reason(update: Update) -> str:
@@ -252,7 +311,7 @@ def add_openai_api(app: FastAPI, chat: Chat) -> None:
 
 
 async def answer_refusal(request: Request, exc: APIError) -> JSONResponse:
-    return error(exc.status, exc.message, exc.kind, exc.retry_after)
+    return error(exc)
 
 
 def openai_routes(chat: Chat) -> APIRouter:
@@ -290,7 +349,7 @@ async def completion(request: Request, updates: AsyncIterator[Update], first: Up
     async with aclosing(updates):
         last = await until_done_or_gone(request, last_of(updates, first))
     if last is None:
-        return error(499, "the client closed the request")
+        return error(APIError(499, "the client closed the request"))
     if last.error:
         raise refusal(last, limit, "server_error")
     message = {"role": "assistant", "content": last.conversation[-1]["content"]}

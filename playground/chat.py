@@ -106,9 +106,9 @@ def in_words(error: Exception, limit: str = "max_new_tokens") -> str:
         return str(error)
     if error.reply > error.message + error.system and error.room > 0:  # the reply's allowance is what to lower
         return (
-            f"The message and the system prompt are too long for a reply of up to {error.reply} tokens: they take "
-            f"{error.message} and {error.system} tokens, and the model's context ({error.context}) leaves room for "
-            f"a reply of {error.room}. Lower {limit} to {error.room} or less, or shorten the message."
+            f"A reply of up to {error.reply} tokens does not fit: the model's context ({error.context}) leaves room "
+            f"for {error.room} after the message ({error.message} tokens) and the system prompt ({error.system}). "
+            f"Lower {limit} to {error.room} or less, or shorten the message."
         )
     longer = "system prompt" if error.system > error.message else "message"  # the one to shorten first
     return (

@@ -86,7 +86,8 @@ def validate(messages: Sequence[Message], *, last: str | None, system_first: boo
         if not isinstance(role, str) or not isinstance(m.get("content"), str):
             raise DialogueError(f"message {i} must be {{'role': 'system'|'user'|'assistant', 'content': str}}")
         if role not in ROLE_TOKENS:
-            raise DialogueError(f"message {i}'s role must be one of {', '.join(ROLE_TOKENS)}, not {role!r}")
+            shown = repr(role) if len(role) <= 40 else repr(role[:37] + "...")
+            raise DialogueError(f"message {i}'s role must be one of {', '.join(ROLE_TOKENS)}, not {shown}")
     _, turns = split_system(messages) if system_first else ("", list(messages))
     if not turns:
         raise DialogueError("the conversation has no user message")

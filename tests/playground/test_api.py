@@ -1,5 +1,6 @@
 """The OpenAI-compatible API on the playground's server, used with the official `openai` client."""
 
+import gzip
 import json
 import re
 import time
@@ -70,8 +71,8 @@ def test_our_extra_sampling_fields_and_multi_turn(client):
             {"messages": [{"role": "bogus", "content": "hi"}]},
             "message 0's role must be one of system, user, assistant, not 'bogus'",
         ),
-        ({"extra_body": {"stream": "false"}}, "stream: Input should be a valid boolean"),
-        ({"max_tokens": 250}, "too long for a reply of up to 250 tokens: .* Lower max_tokens to"),  # context 256
+        ({"extra_body": {"stream": "false"}}, "stream: must be true or false"),
+        ({"max_tokens": 250}, "A reply of up to 250 tokens does not fit: .* Lower max_tokens to"),  # context 256
         ({"max_completion_tokens": 250}, "Lower max_completion_tokens to"),
         (
             {"messages": [MESSAGES[1], MESSAGES[0], MESSAGES[1]]},
@@ -80,14 +81,14 @@ def test_our_extra_sampling_fields_and_multi_turn(client):
         ({"extra_body": {"stream_options": {"include_usage": True}}}, "stream_options is only for stream true"),
         (
             {"stream": True, "stream_options": {"include_usage": 1}},
-            r"stream_options\.include_usage: Input should be a valid boolean",
+            r"stream_options\.include_usage: must be true or false",
         ),
     ],
 )
 def test_bad_requests_get_400_with_a_reason(client, kwargs, message):
-    call = {"model": "tiny", "messages": MESSAGES, "max_tokens": 8, **kwargs}
+    limit = {} if "max_completion_tokens" in kwargs else {"max_tokens": 8}  # one of the two, not both
     with pytest.raises(openai.BadRequestError, match=message):
-        client.chat.completions.create(**call)
+        client.chat.completions.create(**{"model": "tiny", "messages": MESSAGES, **limit, **kwargs})
 
 
 def test_the_api_key_is_required(served):
@@ -95,7 +96,17 @@ def test_the_api_key_is_required(served):
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
     refused = httpx.post(served[0] + "v1/chat/completions", json={})
-    assert refused.status_code == 401 and refused.json()["error"]["type"] == "invalid_api_key"  # OpenAI's shape
+    assert refused.status_code == 401  # in OpenAI's shape:
+    assert refused.json()["error"] == {
+        "message": "a valid API key is needed: Authorization: Bearer KEY",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_api_key",
+    }
+    # Given twice, the key is refused whichever comes first: a proxy might read the other one.
+    for keys in (["Bearer sk-test", "Bearer nope"], ["Bearer nope", "Bearer sk-test"]):
+        headers = [("authorization", key) for key in keys]
+        assert httpx.get(served[0] + "v1/models", headers=headers).status_code == 401
 
 
 def test_a_client_that_goes_away_stops_generation(served, client, monkeypatch):
@@ -170,12 +181,18 @@ def test_failing_requests_of_every_kind_never_use_up_the_server(served):
     ("body", "message"),
     [
         (BAD_BODIES[0], "lone surrogate, U.D800. at position 3"),
-        (BAD_BODIES[3], "model: Input should be a valid string"),
+        (BAD_BODIES[3], "model: must be a string"),
         (BAD_BODIES[2], "message 1 should be from the assistant, not the user"),
         (BAD_BODIES[9], "the body: a field's name holds a lone surrogate"),
         (BAD_BODIES[5], "temperature must be 0 .greedy. or at least 0.01, got 1e-300"),
         (BAD_BODIES[6], "the body must be JSON in UTF-8"),
-        (BAD_BODIES[7], "not valid JSON"),
+        (BAD_BODIES[7], "nested too deeply"),
+        ('{"messages": [], "max_tokens": 3, "max_tokens": 999999}', "the key 'max_tokens' is given twice"),
+        (
+            '{"messages": [{"role": "user", "content": "hi", "name": "bob"}]}',
+            r"unsupported field\(s\): messages\[0\]\.name",
+        ),
+        ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "max_completion_tokens": 4}', "not both"),
         # json.loads alone reads UTF-16 and UTF-32 bytes; OpenAI takes UTF-8 only, and so does this server.
         (GOOD.encode("utf-16"), "the body must be JSON in UTF-8"),
         (GOOD.encode("utf-32"), "the body must be JSON in UTF-8"),
@@ -185,6 +202,25 @@ def test_failing_requests_of_every_kind_never_use_up_the_server(served):
 )
 def test_odd_bodies_say_what_is_wrong(served, body, message):
     assert re.search(message, raw(served[0], body).json()["error"]["message"])
+
+
+def test_a_refusal_names_its_field_in_param(served):
+    error = raw(served[0], json.dumps({"messages": MESSAGES, "max_completion_tokens": 0})).json()["error"]
+    assert (error["param"], error["code"]) == ("max_completion_tokens", None)
+    error = raw(served[0], json.dumps({"messages": [{"role": "user", "content": 5}]})).json()["error"]
+    assert error["param"] == "messages[0].content" and "a string or a list of text parts" in error["message"]
+
+
+def test_null_is_absent_and_a_body_read_otherwise_is_refused(served):
+    # OpenAI's clients send null for what they leave unset.
+    assert raw(served[0], json.dumps({"messages": MESSAGES, "max_tokens": 2, "tools": None})).status_code == 200
+    assert raw(served[0], GOOD, "application/json; charset=latin-1").status_code == 415
+    compressed = httpx.post(
+        served[0] + "v1/chat/completions",
+        content=gzip.compress(GOOD.encode()),
+        headers={"authorization": "Bearer sk-test", "content-type": "application/json", "content-encoding": "gzip"},
+    )
+    assert compressed.status_code == 415 and "compressed" in compressed.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("max_tokens", [1, 16])

@@ -181,7 +181,7 @@ def test_a_newest_message_too_long_alone_says_by_how_much(tokenizer):
         fit_to_context(tokenizer, messages, max_new_tokens=250, context_length=256)
     room = refused.value.room
     worded = in_words(refused.value, "max_tokens")
-    assert re.search(rf"too long for a reply of up to 250 tokens: .* Lower max_tokens to {room} or less", worded)
+    assert re.search(rf"A reply of up to 250 tokens does not fit: .* Lower max_tokens to {room} or less", worded)
     prompt = fit_to_context(tokenizer, messages, max_new_tokens=room, context_length=256)  # the most that fits
     assert len(prompt.input_ids) + room == 256
 

@@ -687,7 +687,8 @@ def test_every_reply_says_how_it_went(app, page, monkeypatch):
     set_max_new_tokens(page, int(page.locator("#max_new_tokens input[type=range]").get_attribute("max")))
     ask(page, "A question that leaves no room for the reply, " + "really " * 300)
     page.wait_for_selector('[data-testid="toast-body"]')
-    assert "too long" in page.locator('[data-testid="toast-body"]').first.inner_text()
+    warned = page.locator('[data-testid="toast-body"]').first.inner_text()
+    assert "does not fit" in warned and "Lower 'max new tokens' to" in warned  # the limit as the page names it
     page.wait_for_function("document.querySelector('#message textarea').value.startsWith('A question')")
     assert page.locator(BOTS).count() == 3 and page.locator("#chatbot [data-testid=user]").count() == 3
     assert page.locator("#send").is_visible()

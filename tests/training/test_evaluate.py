@@ -175,7 +175,7 @@ def test_the_demo_checkpoint_scores_a_number_on_the_cpu(demo_model: Path, capsys
     flags = ["--max-new-tokens", str(demo_model_context(demo_model)), "--output-dir", str(tmp_path), "--quiet"]
     assert main(["humaneval", "--model", str(demo_model), "--limit", "1", *flags])["pass@1"] == 0.0
     row = json.loads((tmp_path / "samples.jsonl").read_text())
-    assert row["status"] == "failed" and "too long" in row["why"]
+    assert row["status"] == "failed" and "does not fit" in row["why"] and "Lower --max-new-tokens" in row["why"]
 
 
 def demo_model_context(model: Path) -> int:
