@@ -1,5 +1,6 @@
 """The server as a hostile client meets it: login, file paths, private events, sizes, proxies, limits."""
 
+import contextlib
 import json
 import re
 import subprocess
@@ -371,7 +372,11 @@ def test_the_page_loads_no_outside_image_whatever_the_markdown(open_server):
         page.locator("#message textarea").fill("\n\n".join(tricks))
         page.locator("#send").click()
         page.wait_for_function("document.querySelectorAll('#chatbot [data-testid=user]').length == 1")
-        page.wait_for_timeout(500)  # give a stray image the time to be asked for
+        page.wait_for_function("document.querySelector('#chatbot .reply-note')")  # the reply drawn too
+        # Each of the four images is asked for as it is drawn (and fails: no server listens there).
+        with contextlib.suppress(playwright.TimeoutError):
+            while len([url for url, _ in outside if "127.0.0.2" in url]) < 4:
+                page.wait_for_event("requestfailed", timeout=10_000)
         browser.close()
     asked = [(url, why) for url, why in outside if "127.0.0.2" in url]
     assert len(asked) == 4 and all(why == "csp" for _, why in asked), asked  # blocked by the page's policy
