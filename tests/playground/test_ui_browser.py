@@ -1,5 +1,6 @@
 """The playground in headless Debian Chromium, driven by Playwright as a person would use it."""
 
+import base64
 import hashlib
 import json
 import os
@@ -63,17 +64,41 @@ def bot_texts(page) -> list[str]:
     return page.locator(BOTS).all_inner_texts()
 
 
+# A reply's events all have the message box among their outputs, which Gradio marks while they run.
+EVENT_ENDED = "!document.querySelector('#message .generating')"
+
+
 def wait_for_stable_reply(page, count: int) -> str:
-    """Waits until there are `count` replies and the newest one stops changing."""
-    page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == {count}")
-    previous = None
-    for _ in range(100):
-        page.wait_for_timeout(300)
-        current = bot_texts(page)[-1]
-        if current and current == previous and wait_until_idle(0):
-            return current
-        previous = current
-    raise AssertionError(f"the reply never settled: {bot_texts(page)}; generating: {generating()}")
+    """Waits until there are `count` replies, the newest finished (its note, Send back, its event ended),
+    the server idle and the conversation kept in the browser; returns the newest reply with its note."""
+    try:
+        page.wait_for_function(
+            f"document.querySelectorAll('{BOTS}').length == {count}"
+            f" && document.querySelectorAll('{BOTS}')[{count - 1}]?.querySelector('.reply-note')"
+            f" && document.querySelector('#send')?.checkVisibility() && {EVENT_ENDED}"
+        )
+    except Exception:
+        raise AssertionError(f"the reply never finished: {bot_texts(page)}; generating: {generating()}") from None
+    assert wait_until_idle(), "the server still generates after the reply's event ended"
+    wait_until_kept(page)  # the reply's keeping comes a moment after it: nothing of it comes later
+    return bot_texts(page)[-1]
+
+
+# Sets window.replyRan once a reply's event has been seen running.
+WATCH_REPLY_EVENT = """() => {
+  window.replyRan = false;
+  new MutationObserver((changes, observer) => {
+    if (document.querySelector('#message .generating')) { window.replyRan = true; observer.disconnect(); }
+  }).observe(document.querySelector('#message'), {subtree: true, childList: true, attributes: true});
+}"""
+
+
+def rerun(page, action) -> None:
+    """Does `action`, which answers again (Retry, an edit): the replies stay as many, so this waits until
+    its reply's event has run before `wait_for_stable_reply` can tell the new reply from the old."""
+    page.evaluate(WATCH_REPLY_EVENT)
+    action()
+    page.wait_for_function("window.replyRan")
 
 
 def test_ask_stream_stop_retry_undo(app, page, monkeypatch, tmp_path):
@@ -112,8 +137,7 @@ def test_ask_stream_stop_retry_undo(app, page, monkeypatch, tmp_path):
     calls = slow_model(chat, monkeypatch, delay=0.02, endless=True)
     page.locator("#max_new_tokens input[type=number]").fill("40")
     page.locator("#max_new_tokens input[type=number]").press("Enter")
-    page.locator(RETRY).last.click()
-    page.wait_for_timeout(500)
+    rerun(page, lambda: page.locator(RETRY).last.click())
     wait_for_stable_reply(page, 2)
     assert len(calls) > 1
     assert page.locator('#chatbot [data-testid="user"]').count() == 2
@@ -140,28 +164,38 @@ def open_first_edit(page, text: str) -> None:
     page.wait_for_function("(text) => document.querySelector('#chatbot textarea')?.value.startsWith(text)", arg=text)
 
 
-def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp_path):
-    url, chat = app
-    calls = slow_model(chat, monkeypatch, delay=0.0, endless=False)
+DATE = "How do I get the current date using shell commands? Explain how it works."
+
+
+def answered(page, url: str, chat, monkeypatch, *questions: str) -> str:
+    """The page with `questions` asked and answered (the demo model ends its replies); returns the last reply."""
+    slow_model(chat, monkeypatch, delay=0.0, endless=False)
     page.goto(url)
     page.wait_for_selector("#model-info")
-    for question in ["How do I sort a list in Python?", "How do I reverse a list in Python?"]:
-        page.locator("#message textarea").fill(question)
-        page.locator("#send").click()
-        wait_for_stable_reply(page, 1 if "sort" in question else 2)
+    for n, question in enumerate(questions, 1):
+        ask(page, question)
+        reply = wait_for_stable_reply(page, n)
+    return reply
 
-    # Editing the first question regenerates from there: the later exchange is gone.
+
+def test_editing_an_earlier_message_regenerates_from_there(app, page, monkeypatch):
+    url, chat = app
+    answered(page, url, chat, monkeypatch, SORT, REVERSE)
+    calls = slow_model(chat, monkeypatch, delay=0.0, endless=False)
     open_first_edit(page, "How do I sort")
-    page.locator("#chatbot textarea").fill("How do I get the current date using shell commands? Explain how it works.")
-    before = len(calls)
-    page.locator('#chatbot button[aria-label="Submit"]').click()
-    page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == 1")
+    page.locator("#chatbot textarea").fill(DATE)
+    rerun(page, lambda: page.locator('#chatbot button[aria-label="Submit"]').click())
     reply = wait_for_stable_reply(page, 1)
-    assert len(calls) > before and "date" in reply.lower()
+    assert calls and "date" in reply.lower()  # the later exchange is gone
     users = page.locator("#chatbot [data-testid=user]").all_inner_texts()
     assert len(users) == 1 and "current date" in users[0]
 
-    # An edit the server refuses (over the message limit) is not lost: it waits in the message box.
+
+def test_an_edit_the_server_refuses_is_not_lost(app, page, monkeypatch):
+    """Over the message limit, it waits in the message box; nothing but spaces is refused as an empty
+    message from the box is."""
+    url, chat = app
+    reply = answered(page, url, chat, monkeypatch, DATE)
     open_first_edit(page, "How do I get the current date")
     page.locator("#chatbot textarea").fill("y" * 25_000)
     page.locator('#chatbot button[aria-label="Submit"]').click()
@@ -170,14 +204,17 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
     assert bot_texts(page) == [reply] and "current date" in page.locator("#chatbot [data-testid=user]").inner_text()
     page.locator("#message textarea").fill("")
 
-    # An edit to nothing but spaces is refused as an empty message from the box is.
     open_first_edit(page, "How do I get the current date")
     page.locator("#chatbot textarea").fill("   \n  ")
     page.locator('#chatbot button[aria-label="Submit"]').click()
     wait_for_notice(page, "The message is empty")
     assert bot_texts(page) == [reply] and "current date" in page.locator("#chatbot [data-testid=user]").inner_text()
 
-    # Save as JSON, clear with the chatbot's own trash icon, load the file back.
+
+def test_save_clear_and_load_a_conversation_that_the_model_continues(app, page, monkeypatch, tmp_path):
+    """Saved as JSON, cleared with the chatbot's own trash icon (it asks first), loaded back."""
+    url, chat = app
+    reply = answered(page, url, chat, monkeypatch, DATE)
     page.get_by_text("Conversation file").click()
     with page.expect_download() as download:  # made in the browser: no file on the server
         page.locator("#save").click()
@@ -187,7 +224,7 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
     asked = []
     page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
     page.locator('#chatbot button[aria-label="Clear"]').click()  # Clear asks first: No keeps the conversation
-    page.wait_for_timeout(500)
+    page.evaluate("0")  # answers once the page's click handler, which asked, has returned
     assert "cannot be brought back" in asked[0] and bot_texts(page) == [reply]
     page.once("dialog", lambda dialog: dialog.accept())
     page.locator('#chatbot button[aria-label="Clear"]').click()
@@ -199,28 +236,35 @@ def test_edit_an_earlier_message_save_clear_and_load(app, page, monkeypatch, tmp
     assert uploaded() == before  # read in the browser: no copy of it on the server
     assert bot_texts(page)[0] == reply  # with the note of how it went
 
-    # The loaded conversation is the one the model continues.
-    page.locator("#message textarea").fill("Thanks!")
-    page.locator("#send").click()
+    ask(page, "Thanks!")  # the loaded conversation is the one the model continues
     wait_for_stable_reply(page, 2)
     assert len(page.locator("#chatbot [data-testid=user]").all_inner_texts()) == 2
 
-    # A file too large to send is not read: a notice says so, and the conversation stays.
+
+def test_a_file_too_large_or_empty_is_not_read_and_the_conversation_stays(app, page, monkeypatch, tmp_path):
+    url, chat = app
+    answered(page, url, chat, monkeypatch, DATE)
+    page.get_by_text("Conversation file").click()
     huge = tmp_path / "huge.json"
     huge.write_text(json.dumps({"messages": [{"role": "user", "content": "x" * 1_200_000}]}))
     load_file(page, huge)
     page.locator('[data-testid="toast-body"]', has_text="can be loaded").wait_for()
-    assert len(page.locator("#chatbot [data-testid=user]").all_inner_texts()) == 2
+    assert len(page.locator("#chatbot [data-testid=user]").all_inner_texts()) == 1
     empty = tmp_path / "empty.json"
     empty.write_text("")
     load_file(page, empty)
     wait_for_notice(page, "That file is empty")
-    assert len(page.locator("#chatbot [data-testid=user]").all_inner_texts()) == 2
+    assert len(page.locator("#chatbot [data-testid=user]").all_inner_texts()) == 1
 
-    # A conversation longer than this server continues opens, to be read and saved, and says so.
+
+def test_a_conversation_longer_than_this_server_continues_opens_and_says_so(app, page, tmp_path):
+    """It opens to be read and saved."""
+    url, chat = app
     turns = chat.settings.max_history_messages // 2 + 1
     long = [{"role": role, "content": f"{role} {n}"} for n in range(turns) for role in ("user", "assistant")]
     (tmp_path / "long.json").write_text(json.dumps({"messages": long}))
+    page.goto(url)
+    page.get_by_text("Conversation file").click()
     load_file(page, tmp_path / "long.json")
     wait_for_notice(page, "Loaded, but this server cannot continue it")
     page.wait_for_function(f"document.querySelectorAll('{BOTS}').length == {turns}")
@@ -354,7 +398,8 @@ def test_typing_while_a_reply_streams_loses_nothing(app, page, monkeypatch):
     page.locator(CLEAR).click()
     assert wait_until_idle()
     page.locator("#send").wait_for(state="visible")
-    page.wait_for_timeout(500)  # a reply still streaming would show within a few of its 20 ms tokens
+    # Cleared, and the stopped reply's event over: nothing of it can be drawn after this.
+    page.wait_for_function(f"{USERS} == 0 && {EVENT_ENDED}")
     assert page.locator("#chatbot [data-testid=user]").count() == 0 and bot_texts(page) == []
     page.reload()
     page.locator("#message textarea").wait_for()
@@ -400,10 +445,15 @@ def test_stop_before_the_reply_starts_gives_the_message_back(demo_model, page, t
 
     submit = Turn.submit
 
+    ended = threading.Event()
+
     async def queued(self, values: dict, request: gr.Request):
-        await asyncio.sleep(2)  # the reply's event starts late
-        async for out in submit(self, values, request):
-            yield out
+        try:
+            await asyncio.sleep(2)  # the reply's event starts late
+            async for out in submit(self, values, request):
+                yield out
+        finally:
+            ended.set()  # run to its end, or cancelled
 
     monkeypatch.setattr(Turn, "submit", queued)
     with serve_model(demo_model, tmp_path) as (url, _):
@@ -412,12 +462,16 @@ def test_stop_before_the_reply_starts_gives_the_message_back(demo_model, page, t
         ask(page, SORT)
         page.locator("#stop").click()
         page.wait_for_function("(text) => document.querySelector('#message textarea').value === text", arg=SORT)
-        page.wait_for_timeout(3_000)  # the reply's event would have started by now
+        assert ended.wait(10), "the stopped reply's event never ended"
+        page.wait_for_function(EVENT_ENDED)
         assert page.locator("#chatbot [data-testid=user]").count() == 0 and page.locator(BOTS).count() == 0
         assert box.input_value() == SORT and page.locator("#send").is_visible() and wait_until_idle()
-        page.locator("#send").click()  # sent again, it is answered
+        ended.clear()
+        page.locator("#send").click()  # sent again, it is answered, once
         page.wait_for_function(f"document.querySelectorAll('{NOTES}').length == 1")
-        assert page.locator("#chatbot [data-testid=user]").all_inner_texts()[0].strip() == SORT
+        assert ended.wait(10)
+        page.wait_for_function(EVENT_ENDED)
+        assert [text.strip() for text in page.locator("#chatbot [data-testid=user]").all_inner_texts()] == [SORT]
 
 
 def test_keys_typed_right_after_enter_stay_for_the_next_message(app, page, monkeypatch):
@@ -471,12 +525,13 @@ def test_stop_while_the_prompt_is_read_gives_the_message_back(app, page, monkeyp
 def test_stop_while_the_backend_is_slow_to_its_first_word_gives_the_message_back_at_once(app, page, monkeypatch):
     """A server may take seconds to its first word (its own queue): Stop does not wait for that word."""
     url, chat = app
-    backend, asked = chat.backend(), threading.Event()
+    backend, asked, woke = chat.backend(), threading.Event(), threading.Event()
     stream = backend.stream
 
     def late(request):
         asked.set()
         time.sleep(3)
+        woke.set()
         yield from stream(request)
 
     monkeypatch.setattr(backend, "stream", late)
@@ -487,7 +542,8 @@ def test_stop_while_the_backend_is_slow_to_its_first_word_gives_the_message_back
     began = time.monotonic()
     page.wait_for_function("(text) => document.querySelector('#message textarea').value === text", arg=SORT)
     waited = time.monotonic() - began
-    page.wait_for_timeout(3_500)  # the first word has come by now, and found its reply stopped
+    assert woke.wait(10) and wait_until_idle()  # the first word has come, and found its reply stopped
+    page.wait_for_function(EVENT_ENDED)
     assert page.locator("#chatbot [data-testid=user]").count() == 0 and page.locator(BOTS).count() == 0
     assert page.locator("#send").is_visible() and wait_until_idle()
     assert waited < 2.5, f"Stop waited {waited:.1f} s for the first word"
@@ -543,7 +599,7 @@ def test_stop_at_any_moment_ends_the_reply_and_the_page_shows_what_is_kept(app, 
     page.locator("#stop").click()
     page.wait_for_function(f"document.querySelector('{NOTES}')?.innerText.includes('stopped by you')")
     assert wait_until_idle(5)
-    page.wait_for_timeout(1_000)
+    page.wait_for_function(EVENT_ENDED)  # its last update drawn: nothing comes after it
     reply = json.loads(page.evaluate(RAW))[-1]["content"]
     shown = bot_texts(page)[-1]
     assert shown.startswith(reply.strip()[:40]) and shown.endswith("stopped by you")
@@ -885,15 +941,28 @@ def groups(page) -> list[str]:
     return page.locator("#conversations .list-group").all_inner_texts()
 
 
-def test_conversations_are_kept_in_the_browser_listed_reopened_renamed_and_deleted(app, page, monkeypatch):
-    url, chat = app
+def kept_conversations(page, url: str, chat, monkeypatch, *questions: str) -> list[tuple[str, str]]:
+    """The page with one conversation per question, each answered (8 tokens) and listed, the last open;
+    returns each one's raw conversation and its reply's note."""
     slow_model(chat, monkeypatch, delay=0.0, endless=False)
     page.goto(url)
     set_max_new_tokens(page, 8)
-    ask(page, SORT)
-    wait_for_stable_reply(page, 1)
-    note = page.locator(NOTES).inner_text()
-    wait_for_list(page, [SORT])
+    raws = []
+    for n, question in enumerate(questions):
+        if n:
+            page.locator("#new-conversation").click()
+            page.wait_for_function(f"{RAW} === '[]'")
+        ask(page, question)
+        wait_for_stable_reply(page, 1)
+        wait_for_list(page, list(reversed(questions[: n + 1])))
+        raws.append((page.evaluate(RAW), page.locator(NOTES).inner_text()))
+    return raws
+
+
+def test_a_reload_keeps_the_conversation_its_system_prompt_and_how_each_reply_went(app, page, monkeypatch):
+    """A theme switch reloads the page too."""
+    url, chat = app
+    [(_, note)] = kept_conversations(page, url, chat, monkeypatch, SORT)
     kept_after(
         page,
         lambda: (
@@ -902,30 +971,28 @@ def test_conversations_are_kept_in_the_browser_listed_reopened_renamed_and_delet
         ),
     )
     first = page.evaluate(RAW)
-
-    # A reload (or a theme switch, which reloads) keeps the conversation and its system prompt.
     page.reload()
     wait_for_conversation(page, first)
     wait_for_list(page, [SORT])
     assert page.locator("#system textarea").input_value() == "Answer in one line."
-    assert page.locator(NOTES).all_inner_texts() == [note]  # how the reply went comes back with it
+    assert page.locator(NOTES).all_inner_texts() == [note]
 
-    # A new conversation; the first stays in the list, and both survive a reload.
-    page.locator("#new-conversation").click()
-    page.wait_for_function(f"{RAW} === '[]'")
-    ask(page, REVERSE)
-    wait_for_stable_reply(page, 1)
-    wait_for_list(page, [REVERSE, SORT])
-    second = page.evaluate(RAW)
+
+def test_a_new_conversation_leaves_the_first_in_the_list_and_both_survive_a_reload(app, page, monkeypatch):
+    url, chat = app
+    _, (second, _) = kept_conversations(page, url, chat, monkeypatch, SORT, REVERSE)
     page.reload()
     wait_for_conversation(page, second)
     wait_for_list(page, [REVERSE, SORT])
 
-    # Reopened by picking it, renamed, and the name is kept.
+
+def test_a_listed_conversation_reopens_and_keeps_the_name_it_is_given(app, page, monkeypatch):
+    url, chat = app
+    (first, note), _ = kept_conversations(page, url, chat, monkeypatch, SORT, REVERSE)
     page.locator("#conversations label", has_text=SORT).click()
     wait_for_conversation(page, first)
     wait_for_list(page, [SORT, REVERSE])
-    assert page.locator(NOTES).all_inner_texts() == [note]
+    assert page.locator(NOTES).all_inner_texts() == [note]  # how its reply went comes back with it
     item_action(page, 0, "Rename")
     page.locator("#conversations .rename-box").fill("Sorting")
     page.locator("#conversations .rename-box").press("Enter")
@@ -934,21 +1001,25 @@ def test_conversations_are_kept_in_the_browser_listed_reopened_renamed_and_delet
     wait_for_list(page, ["Sorting", REVERSE])
     wait_for_conversation(page, first)
 
-    # Delete asks first: declined, nothing changes; accepted, the conversation is gone from the list and
-    # from the browser, and an empty one is open.
+
+def test_delete_asks_first_and_takes_the_open_conversation_out_of_the_browser(app, page, monkeypatch):
+    """Declined, nothing changes; accepted, the conversation is gone from the list and from the browser,
+    and an empty one is open."""
+    url, chat = app
+    _, (second, _) = kept_conversations(page, url, chat, monkeypatch, SORT, REVERSE)
     asked: list[str] = []
     page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
     item_action(page, 0, "Delete")
-    page.wait_for_timeout(1_000)
+    page.evaluate("0")  # answers once the page's click handler, which asked, has returned
     assert asked and "cannot be undone" in asked[0]
-    wait_for_list(page, ["Sorting", REVERSE])
-    assert page.evaluate(RAW) == first
+    wait_for_list(page, [REVERSE, SORT])
+    assert page.evaluate(RAW) == second
     page.once("dialog", lambda dialog: dialog.accept())
     item_action(page, 0, "Delete")
-    wait_for_list(page, [REVERSE])
+    wait_for_list(page, [SORT])
     assert page.evaluate(RAW) == "[]"
     page.reload()
-    wait_for_list(page, [REVERSE])
+    wait_for_list(page, [SORT])
     assert page.evaluate(RAW) == "[]"
 
 
@@ -1022,7 +1093,6 @@ def test_a_reply_shown_as_finished_takes_new_conversation_at_once(demo_model, pa
     its note with the page given back, so New conversation right then is not refused as "being written",
     and the reply's event, ending right after, does not bring the old conversation back."""
     import asyncio
-    import threading
 
     from playground.chat import Chat
 
@@ -1047,7 +1117,7 @@ def test_a_reply_shown_as_finished_takes_new_conversation_at_once(demo_model, pa
         wait_for_list(page, [SORT])
         notices = page.locator("[data-testid=toast-body]").all_inner_texts()
         assert not any("being written" in text for text in notices), notices
-        page.wait_for_timeout(1_000)
+        page.wait_for_function(EVENT_ENDED)  # the reply's event has ended, and sent its last update again
         assert page.evaluate(RAW) == "[]" and page.locator(BOTS).count() == 0
         assert wait_until_idle()
 
@@ -1057,7 +1127,6 @@ def test_new_conversation_as_a_reply_event_ends_is_not_drawn_over(demo_model, pa
     """Gradio ends a reply's event by sending its last update again, a moment after it: New conversation
     clicked in that moment waits for it, so the old conversation is not drawn back over the new one."""
     import asyncio
-    import threading
 
     import gradio as gr
 
@@ -1066,11 +1135,14 @@ def test_new_conversation_as_a_reply_event_ends_is_not_drawn_over(demo_model, pa
     name, slow = ("submit" if how == "send" else "retry"), threading.Event()
     handler = getattr(Turn, name)
 
+    ended = threading.Event()
+
     async def ending_slowly(self, values: dict, request: gr.Request):
         async for out in handler(self, values, request):
             yield out
         if slow.is_set():
             await asyncio.sleep(1.5)  # the event ends well after its last update
+            ended.set()
 
     monkeypatch.setattr(Turn, name, ending_slowly)
     with serve_model(demo_model, tmp_path) as (url, _):
@@ -1078,7 +1150,7 @@ def test_new_conversation_as_a_reply_event_ends_is_not_drawn_over(demo_model, pa
         ask(page, SORT)
         page.wait_for_function(f"document.querySelectorAll('{NOTES}').length == 1")
         assert wait_until_idle()
-        page.wait_for_timeout(500)
+        page.wait_for_function(EVENT_ENDED)  # this first reply's event ends as it would
         slow.set()
         if how == "send":
             ask(page, REVERSE)
@@ -1090,7 +1162,8 @@ def test_new_conversation_as_a_reply_event_ends_is_not_drawn_over(demo_model, pa
         )
         page.locator("#new-conversation").click()
         page.wait_for_function(f"{RAW} === '[]'", timeout=10_000)
-        page.wait_for_timeout(2_500)  # past the event's end
+        assert ended.wait(10)
+        page.wait_for_function(EVENT_ENDED)  # past the event's end, its last update drawn
         assert page.evaluate(RAW) == "[]" and page.locator(BOTS).count() == 0
 
 
@@ -1204,16 +1277,49 @@ FORGE_JS = """async ([key, rawKey, iv, salt, text]) => {
 }"""
 
 
-def keep_by_hand(page, key: str, text: str) -> None:
-    """Writes the JSON `text` as gr.BrowserState would (CryptoJS AES, key and iv from the app's secret the OpenSSL
-    way), as anyone can by hand: the secret is in the page's config."""
-    passphrase, salt = hashlib.sha256(STORAGE_SECRET.encode()).hexdigest().encode(), os.urandom(8)
-    derived, block = b"", b""
+def sealing(salt: bytes) -> tuple[bytes, bytes]:
+    """gr.BrowserState's AES key and iv for `salt`: from the app's secret, the OpenSSL way."""
+    passphrase, derived, block = hashlib.sha256(STORAGE_SECRET.encode()).hexdigest().encode(), b"", b""
     while len(derived) < 48:
         block = hashlib.md5(block + passphrase + salt).digest()
         derived += block
+    return derived[:32], derived[32:48]
+
+
+def keep_by_hand(page, key: str, text: str) -> None:
+    """Writes the JSON `text` as gr.BrowserState would (CryptoJS AES, key and iv from the app's secret the OpenSSL
+    way), as anyone can by hand: the secret is in the page's config."""
+    salt = os.urandom(8)
+    derived = b"".join(sealing(salt))
     page.mouse.click(5, 5)  # a tab writes nothing it keeps before its first click or keystroke
     page.evaluate(FORGE_JS, [key, list(derived[:32]), list(derived[32:48]), list(salt), text])
+
+
+UNSEAL_JS = """async ([sealed, key, iv]) => {
+  const bytes = Uint8Array.from(atob(sealed.split(':')[1]), (c) => c.charCodeAt(0)).slice(16);
+  const aes = await crypto.subtle.importKey('raw', new Uint8Array(key), 'AES-CBC', false, ['decrypt']);
+  return new TextDecoder().decode(await crypto.subtle.decrypt({name: 'AES-CBC', iv: new Uint8Array(iv)}, aes, bytes));
+}"""
+
+
+def kept_by_the_browser(page, key: str):
+    """The JSON value that gr.BrowserState keeps under `key`, read back as the page does."""
+    sealed = page.evaluate("(key) => localStorage.getItem(key)", key)
+    if not sealed:
+        return None
+    key_bytes, iv = sealing(base64.b64decode(sealed.split(":")[1])[8:16])
+    return json.loads(page.evaluate(UNSEAL_JS, [sealed, list(key_bytes), list(iv)]))
+
+
+def wait_until_kept(page) -> None:
+    """Waits, write by write, until the conversation kept in the browser is the one on screen."""
+    while True:
+        sealed = page.evaluate("(key) => localStorage.getItem(key)", STORAGE_KEYS[0])
+        kept = (kept_by_the_browser(page, STORAGE_KEYS[0]) or {}).get("messages")
+        shown = [{"role": m["role"], "content": m["content"]} for m in kept or [] if m["role"] != "system"]
+        if shown == raw_conversation(page):
+            return
+        page.wait_for_function("([key, before]) => localStorage.getItem(key) !== before", arg=[STORAGE_KEYS[0], sealed])
 
 
 def test_forged_stored_values_are_left_out_and_the_page_goes_on(app, page, monkeypatch, tmp_path):
@@ -1270,39 +1376,57 @@ def version_bar(page, index: int) -> str:
     return page.locator("#chatbot .message-row").nth(index).locator(".versions span").inner_text()
 
 
-def test_retry_and_edit_keep_every_version_to_flip_back_to(app, page, monkeypatch, tmp_path):
-    """‹ 2/2 › under a retried reply and an edited question flips between the versions; they are kept
-    through a reload and in the saved file, and the Markdown file holds the version on screen."""
-    url, chat = app
+def versioned(page, url: str, chat, monkeypatch, *, edited: bool = False) -> tuple[list[dict], list[dict]]:
+    """The page with a reply retried once (six tokens at temperature 2: versions that differ), and, if
+    `edited`, its question then edited to "Second question". Returns the conversation as first answered and
+    as retried."""
     slow_model(chat, monkeypatch, delay=0.0, endless=True)
     page.goto(url)
     set_max_new_tokens(page, 6)
-    page.locator("#temperature input[type=number]").fill("2")  # versions that differ
+    page.locator("#temperature input[type=number]").fill("2")
     page.locator("#temperature input[type=number]").press("Enter")
     ask(page, "First question")
     wait_for_stable_reply(page, 1)
     first = raw_conversation(page)
     assert page.locator(VERSIONS).count() == 0  # nothing to flip yet
-
-    page.locator(RETRY).last.click()
-    page.wait_for_function(f"document.querySelector('{VERSIONS} span')?.innerText === '2/2'")
+    rerun(page, lambda: page.locator(RETRY).last.click())
     wait_for_stable_reply(page, 1)
+    page.wait_for_function(f"document.querySelector('{VERSIONS} span')?.innerText === '2/2'")
+    assert version_bar(page, 1) == "2/2"
     second = raw_conversation(page)
+    if edited:  # the whole turn it replaces is a version of the question, with the reply's own
+        open_first_edit(page, "First question")
+        page.locator("#chatbot textarea").fill("Second question")
+        rerun(page, lambda: page.locator('#chatbot button[aria-label="Submit"]').click())
+        wait_for_stable_reply(page, 1)
+        # Its versions are drawn: the question's, and none under the new reply.
+        page.wait_for_function(
+            f"document.querySelectorAll('{VERSIONS}').length === 1"
+            " && document.querySelector('#chatbot .message-row .versions span')?.innerText === '2/2'"
+        )
+    return first, second
+
+
+def test_a_retried_reply_flips_back_to_the_earlier_version(app, page, monkeypatch):
+    """‹ 2/2 › under a retried reply flips between its versions."""
+    url, chat = app
+    first, second = versioned(page, url, chat, monkeypatch)
     page.locator('#chatbot button[aria-label="Previous version"]').click()
     wait_for_conversation(page, json.dumps(first))
     assert version_bar(page, 1) == "1/2"
     page.locator('#chatbot button[aria-label="Next version"]').click()
     wait_for_conversation(page, json.dumps(second))
 
-    # Edit the question: the whole turn it replaces is a version of the question, with the reply's own.
-    page.locator('#chatbot button[aria-label="Edit"]').first.click()
-    page.locator("#chatbot textarea").fill("Second question")
-    page.locator('#chatbot button[aria-label="Submit"]').click()
-    page.wait_for_function(f"document.querySelector('{VERSIONS} span')?.innerText === '2/2'")
-    wait_for_stable_reply(page, 1)
+
+def test_an_edited_questions_versions_are_kept_through_a_reload_and_in_the_files(app, page, monkeypatch):
+    """Every version is kept in the browser and in the saved file; the Markdown file holds the version on
+    screen."""
+    url, chat = app
+    first, second = versioned(page, url, chat, monkeypatch, edited=True)
     assert page.locator(VERSIONS).count() == 1 and version_bar(page, 0) == "2/2"
-    kept_after(page, lambda: page.locator('#chatbot button[aria-label="Previous version"]').click())
+    page.locator('#chatbot button[aria-label="Previous version"]').click()
     wait_for_conversation(page, json.dumps(second))
+    wait_until_kept(page)
     assert version_bar(page, 0) == "1/2" and version_bar(page, 1) == "2/2"
 
     page.reload()  # kept in the browser, every version
@@ -1321,8 +1445,18 @@ def test_retry_and_edit_keep_every_version_to_flip_back_to(app, page, monkeypatc
     markdown = Path(download.value.path()).read_text()
     assert first[1]["content"] in markdown and second[1]["content"] not in markdown
 
-    # Undo takes back what was done last, and only that: the reply's version on screen, then the edited
-    # question (back into the box) with the other version of it shown, then that one's whole turn.
+
+def test_undo_takes_back_the_reply_version_then_the_edited_question_then_its_turn(app, page, monkeypatch):
+    """Undo takes back what was done last, and only that: the reply's version on screen, then the edited
+    question (back into the box) with the other version of it shown, then that one's whole turn."""
+    url, chat = app
+    first, second = versioned(page, url, chat, monkeypatch, edited=True)
+    page.locator('#chatbot button[aria-label="Previous version"]').click()
+    wait_for_conversation(page, json.dumps(second))
+    page.wait_for_function(f"document.querySelectorAll('{VERSIONS}').length === 2")
+    page.locator('#chatbot button[aria-label="Previous version"]').last.click()
+    wait_for_conversation(page, json.dumps(first))
+
     page.locator(UNDO).last.click()
     wait_for_conversation(page, json.dumps([first[0], second[1]]))
     assert page.locator(VERSIONS).count() == 1 and version_bar(page, 0) == "1/2"
@@ -1363,26 +1497,42 @@ def test_a_reload_while_a_reply_streams_keeps_what_streamed_and_continue_goes_on
     assert f"{earlier + 12} tokens ({earlier} + 12 continued)" in page.locator(NOTES).inner_text()
 
 
-def test_a_reload_before_the_reply_starts_keeps_the_message_sent(app, page, monkeypatch):
-    """The reply ends with the page, its message does not: it comes back after the reload, and Answer it
-    answers it."""
-    url, chat = app
+def reloaded_before_the_reply_starts(page, url: str, chat, monkeypatch, *, turn_before: bool = False):
+    """The page with a question that has no reply: sent, then the page reloaded before its reply's first
+    step (held by a gate). `turn_before`: a finished turn before it. Returns the locator of the user messages."""
     gate = threading.Event()
+    gate.set()
     slow_model(chat, monkeypatch, delay=0.02, endless=True, gate=gate)
     page.goto(url)
     page.locator("#message textarea").wait_for()
-    kept_after(page, lambda: ask(page, "A question worth keeping"))
+    if turn_before:
+        set_max_new_tokens(page, 8)
+        ask(page, "A question worth keeping")
+        wait_for_stable_reply(page, 1)
+    gate.clear()
+    question = "A second question" if turn_before else "A question worth keeping"
+    kept_after(page, lambda: ask(page, question))
     page.reload()
     users = page.locator("#chatbot [data-testid=user]")
-    users.first.wait_for()
+    page.wait_for_function(f"{USERS} == {2 if turn_before else 1}")
     gate.set()
-    assert users.all_inner_texts() == ["A question worth keeping"] and bot_texts(page) == []
     assert wait_until_idle(), "the reply went on after the page that asked for it reloaded"
+    return users
+
+
+def test_a_reload_before_the_reply_starts_keeps_the_message_sent(app, page, monkeypatch):
+    """The reply ends with the page, its message does not: it comes back after the reload."""
+    url, chat = app
+    users = reloaded_before_the_reply_starts(page, url, chat, monkeypatch)
+    assert users.all_inner_texts() == ["A question worth keeping"] and bot_texts(page) == []
     wait_for_list(page, ["A question worth keeping"])
 
-    # Another message first: the page says how to have the waiting one answered, and the new one stays.
-    # Whatever the page stores meanwhile reads back as the waiting conversation, at whatever moment a
-    # reload would come.
+
+def test_another_message_while_one_has_no_reply_says_how_to_have_it_answered(app, page, monkeypatch):
+    """The new message stays in the box; whatever the page stores meanwhile reads back as the waiting
+    conversation, at whatever moment a reload would come."""
+    url, chat = app
+    users = reloaded_before_the_reply_starts(page, url, chat, monkeypatch)
     page.evaluate(RECORD_WRITES, STORAGE_KEYS[0])
     ask(page, "Something else")
     wait_for_notice(page, "The last message has no reply yet")
@@ -1390,13 +1540,17 @@ def test_a_reload_before_the_reply_starts_keeps_the_message_sent(app, page, monk
     assert page.locator("#message textarea").input_value() == "Something else"
     assert users.all_inner_texts() == ["A question worth keeping"]
     assert wait_until_idle()
-    page.wait_for_timeout(500)
+    page.wait_for_function("window.written.length > 0")  # the keeping after the refused send has written
     for written in page.evaluate("window.written"):
         page.evaluate("([key, value]) => localStorage.setItem(key, value)", [STORAGE_KEYS[0], written])
         page.reload()
         users.first.wait_for()
         assert users.all_inner_texts() == ["A question worth keeping"] and bot_texts(page) == []
 
+
+def test_answer_it_answers_the_message_that_has_no_reply(app, page, monkeypatch):
+    url, chat = app
+    users = reloaded_before_the_reply_starts(page, url, chat, monkeypatch)
     assert page.locator(RETRY).count() == 0  # the chatbot's Retry goes with a reply: this one says Answer it
     page.locator("#answer").click()
     page.wait_for_function(f"document.querySelector('{BOTS}')?.innerText.length > 20")
@@ -1406,13 +1560,12 @@ def test_a_reload_before_the_reply_starts_keeps_the_message_sent(app, page, monk
     page.wait_for_function(f"document.querySelector('{NOTES}')?.innerText.includes('stopped by you')")
     assert users.all_inner_texts() == ["A question worth keeping"] and len(bot_texts(page)) == 1
 
-    # Undo takes a waiting question back into the box, and leaves the answered turn before it.
-    gate.clear()
-    kept_after(page, lambda: ask(page, "A second question"))
-    page.reload()
-    page.wait_for_function("document.querySelectorAll('#chatbot [data-testid=user]').length == 2")
-    gate.set()
-    assert wait_until_idle() and len(bot_texts(page)) == 1
+
+def test_undo_takes_a_question_with_no_reply_back_into_the_box(app, page, monkeypatch):
+    """It leaves the answered turn before it, and goes before what was typed since."""
+    url, chat = app
+    users = reloaded_before_the_reply_starts(page, url, chat, monkeypatch, turn_before=True)
+    assert len(bot_texts(page)) == 1
     page.locator("#message textarea").fill("typed meanwhile")
     page.locator("#take-back").click()
     page.wait_for_function(
@@ -1420,15 +1573,25 @@ def test_a_reload_before_the_reply_starts_keeps_the_message_sent(app, page, monk
     )
     assert users.all_inner_texts() == ["A question worth keeping"] and len(bot_texts(page)) == 1
 
-    # An edited question is kept as its reply starts, as a sent one is.
+
+def test_an_edited_question_is_kept_as_its_reply_starts(app, page, monkeypatch):
+    """As a sent one is: a reload before its reply's first word keeps the edit."""
+    url, chat = app
+    gate = threading.Event()
+    gate.set()
+    slow_model(chat, monkeypatch, delay=0.02, endless=True, gate=gate)
+    page.goto(url)
+    set_max_new_tokens(page, 8)
+    ask(page, "A question worth keeping")
+    wait_for_stable_reply(page, 1)
     gate.clear()
-    page.locator('#chatbot button[aria-label="Edit"]').first.click()
+    open_first_edit(page, "A question worth keeping")
     page.locator("#chatbot textarea").fill("An edited question")
     kept_after(page, lambda: page.locator('#chatbot button[aria-label="Submit"]').click())
     page.reload()
     page.wait_for_function("document.querySelector('#chatbot [data-testid=user]')?.innerText === 'An edited question'")
     gate.set()
-    assert wait_until_idle() and users.count() == 1 and bot_texts(page) == []
+    assert wait_until_idle() and page.locator("#chatbot [data-testid=user]").count() == 1 and bot_texts(page) == []
 
 
 def far_away(page) -> None:
@@ -1474,13 +1637,22 @@ def test_a_reload_on_a_slow_connection_ends_the_reply_the_page_left(app, page, m
     later replies wait for the slot. Whenever the reload comes, the reply ends or never starts."""
     url, chat = app
     calls = slow_model(chat, monkeypatch, delay=0.1, endless=True)  # 512 tokens would take 50 s
+    backend, generates = chat.backend(), threading.Event()
+    slowed = backend.model.forward
+
+    def forward(*args, **kwargs):
+        generates.set()
+        return slowed(*args, **kwargs)
+
+    monkeypatch.setattr(backend.model, "forward", forward)
     page.goto(url)
     far_away(page)
-    for wait_ms in (0, 600):
-        page.locator("#message textarea").wait_for()
-        page.wait_for_timeout(1_000)  # the page settled
-        ask(page, f"A question, then a reload after {wait_ms} ms")
-        page.wait_for_timeout(wait_ms)
+    for moment in ("once it generates", "at once"):
+        # The page settled: its load events have filled in the context line.
+        page.wait_for_function("document.querySelector('#context')?.innerText.includes('reserved')")
+        ask(page, f"A question, then a reload {moment}")
+        if moment == "once it generates":  # a fresh page: its question is answered
+            assert generates.wait(10), "the reply never started"
         page.reload()
-        assert wait_until_idle(5), f"the reply went on after its page left ({wait_ms} ms)"
+        assert wait_until_idle(5), f"the reply went on after its page left ({moment})"
     assert len(calls) < 100
