@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -139,12 +140,21 @@ def card_arguments(folder: Path) -> dict:
     return yaml.safe_load(card.split("## Training arguments\n\n```yaml\n")[1].split("```")[0])
 
 
-def test_lora_run_merges_into_a_checkpoint_with_the_adapter_models_logits(tmp_path):
+@dataclass(frozen=True)
+class LoraRun:
+    base: Path
+    out: Path
+    ids: torch.Tensor  # a prompt, encoded
+    expected: torch.Tensor  # the adapter model's logits for it
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory) -> LoraRun:
+    """A LoRA run on a base without chat tokens (like StarCoderPlus): training adds them, resizes the
+    embedding and merges the adapter into the served checkpoint."""
     from peft import PeftModel
 
-    from training.merge import main as merge
-
-    # Like StarCoderPlus, the base has no chat tokens: training adds them and resizes the embedding.
+    tmp_path = tmp_path_factory.mktemp("lora")
     base = build_base(
         python_doc_dialogues(limit=200), tmp_path / "base", vocab_size=512, n_layer=1, n_embd=64, chat_tokens=False
     )
@@ -152,7 +162,19 @@ def test_lora_run_merges_into_a_checkpoint_with_the_adapter_models_logits(tmp_pa
     lora = ["--lora", "true", "--lora_r", "4", "--learning_rate", "1e-2", "--max_steps", "6", "--save_strategy", "no"]
     main([TINY, "--output_dir", str(out), "--model_name_or_path", str(base), *lora, *SMALL])
     tokenizer = AutoTokenizer.from_pretrained(out)
-    assert len(tokenizer) == AutoConfig.from_pretrained(base).vocab_size + 4
+    base_model = AutoModelForCausalLM.from_pretrained(base).eval()
+    base_model.resize_token_embeddings(len(tokenizer))
+    ids = torch.tensor([tokenizer(render([{"role": "user", "content": "What does `len` do?"}]))["input_ids"]])
+    with torch.no_grad():
+        untrained = base_model(ids).logits
+        expected = PeftModel.from_pretrained(base_model, str(out / "adapter")).eval()(ids).logits
+    assert not torch.allclose(expected, untrained, atol=1e-3)  # the adapter changed the model
+    return LoraRun(base, out, ids, expected)
+
+
+def test_lora_run_merges_into_a_checkpoint_with_the_adapter_models_logits(lora_run):
+    base, out = lora_run.base, lora_run.out
+    assert len(AutoTokenizer.from_pretrained(out)) == AutoConfig.from_pretrained(base).vocab_size + 4
     # The card tells what ran: the flags, not the recipe's values.
     ran = card_arguments(out)
     assert (ran["lora"], ran["lora_r"], ran["learning_rate"], ran["max_steps"]) == (True, 4, 1e-2, 6)
@@ -160,41 +182,29 @@ def test_lora_run_merges_into_a_checkpoint_with_the_adapter_models_logits(tmp_pa
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     embedding_rows = {name: t.shape[0] for name, t in adapter.items() if "lora_" not in name}
     assert embedding_rows and set(embedding_rows.values()) == {4}, embedding_rows
-    base_model = AutoModelForCausalLM.from_pretrained(base).eval()
-    base_model.resize_token_embeddings(len(tokenizer))
-    ids = torch.tensor([tokenizer(render([{"role": "user", "content": "What does `len` do?"}]))["input_ids"]])
     with torch.no_grad():
-        untrained = base_model(ids).logits
-    adapter_model = PeftModel.from_pretrained(base_model, str(out / "adapter")).eval()
-    merged = AutoModelForCausalLM.from_pretrained(out).eval()
-    with torch.no_grad():
-        expected, got = adapter_model(ids).logits, merged(ids).logits
-    assert not torch.allclose(expected, untrained, atol=1e-3)  # the adapter changed the model
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)  # fp32 merge: equal up to rounding
+        got = AutoModelForCausalLM.from_pretrained(out).eval()(lora_run.ids).logits
+    torch.testing.assert_close(got, lora_run.expected, atol=1e-4, rtol=1e-4)  # fp32 merge: equal up to rounding
 
-    again = subprocess.run(  # the command itself, once
-        [
-            sys.executable,
-            "-m",
-            "training.merge",
-            "--base",
-            str(base),
-            "--adapter",
-            str(out / "adapter"),
-            "--output",
-            str(tmp_path / "merged"),
-            "--dtype",
-            "float32",
-        ],
+
+def test_the_merge_command_gives_the_same_checkpoint(lora_run, tmp_path):
+    command = ["--base", str(lora_run.base), "--adapter", str(lora_run.out / "adapter")]
+    again = subprocess.run(
+        [sys.executable, "-m", "training.merge", *command, "--output", str(tmp_path / "merged"), "--dtype", "float32"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=200,
     )
     assert again.returncode == 0, again.stderr[-3000:]
-    torch.testing.assert_close(
-        AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(ids).logits, expected, atol=1e-4, rtol=1e-4
-    )
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(merged(lora_run.ids).logits, lora_run.expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_merge_that_would_apply_an_adapter_twice_or_overwrite_it_is_refused(lora_run, tmp_path):
+    from training.merge import main as merge
+
+    base, out = lora_run.base, lora_run.out
     # The served folder already holds the adapter: merging into it again would apply the adapter twice.
     for base_folder, adapter_folder, said in [
         *[
