@@ -31,6 +31,7 @@ from pydantic import (
 from starlette.requests import ClientDisconnect
 
 from playground.chat import Chat, Update, check_text, in_words
+from playground.guards import error_body
 from playground.sampling import ParamError, SamplingParams
 from playground.settings import Settings
 from playground.template import DialogueError, split_system, validate
@@ -56,8 +57,7 @@ class APIError(Exception):
 def error(refusal: APIError) -> JSONResponse:
     headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
     message = refusal.message.encode("utf-8", "backslashreplace").decode()  # it may quote a lone surrogate
-    body = {"error": {"message": message, "type": refusal.kind, "param": refusal.param, "code": refusal.code}}
-    return JSONResponse(body, refusal.status, headers=headers)
+    return JSONResponse(error_body(message, refusal.kind, refusal.param, refusal.code), refusal.status, headers=headers)
 
 
 def content_text(content: object) -> object:
@@ -372,7 +372,7 @@ async def chunks(updates: AsyncIterator[Update], first: Update, meta: dict, body
     async for last in updates:
         if last.error:
             message = in_words(last.error, body.limit)
-            yield sse({"error": {"message": message, "type": "server_error", "code": last.status}})
+            yield sse(error_body(message, "server_error"))
             return
         reply = last.conversation[-1]["content"]
         if len(reply) > len(sent):

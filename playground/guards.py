@@ -23,8 +23,13 @@ Scope = dict
 ASGIApp = object
 
 
+def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code=None) -> dict:
+    """An error as OpenAI's API gives it, for every refusal this server writes as JSON."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 async def respond(send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": status}}).encode()
+    body = json.dumps(error_body(message)).encode()
     extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send(
         {
