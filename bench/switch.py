@@ -4,10 +4,10 @@
 
 Starts the app (the demo model by default) on a free loopback port, keeps `--busy` processes spinning, and
 in headless Chromium asks for a reply, clicks New conversation once the reply has 40 characters (or has
-ended), and
-times the click to the empty chat. `--streaming` asks for long replies (temperature 2, no top-k or top-p
+ended), and times the click to the empty chat. `--streaming` asks for long replies (temperature 2, no top-k or top-p
 cut, 800 new tokens) so that the click comes while one streams. Prints one JSON line: the device, the
-tries, the median and the slowest, and how many never showed within `--give-up` seconds.
+tries, the median and the slowest, how many never showed within `--give-up` seconds, and how many the
+reply's own event then drew over with the old conversation.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ REPLY = (
     "(document.querySelector('#chatbot [data-testid=bot]'))"
 )
 EMPTY = "document.querySelector('#raw-conversation textarea').value === '[]'"
+# The reply's event has ended: what it showed last is on screen (the old conversation, if it drew over).
+SETTLED = "!document.querySelector('#stop')?.checkVisibility() && !document.querySelector('#message .generating')"
 
 
 def start_app(flags: list[str], cache_dir: str) -> tuple[subprocess.Popen, str]:
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                 page.locator(f"#{slider} input[type=number]").press("Enter")
             page.locator("#max_new_tokens input[type=number]").fill("800")
             page.locator("#max_new_tokens input[type=number]").press("Enter")
-        seconds, lost, streaming = [], 0, 0
+        seconds, lost, streaming, drawn_over = [], 0, 0, 0
         for attempt in range(args.tries):
             page.locator("#message textarea").fill(f"Write a long explanation of Python lists ({attempt})")
             page.locator("#send").click()
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 page.wait_for_function(EMPTY, timeout=args.give_up * 1000)
                 seconds.append(time.monotonic() - start)
+                page.wait_for_function(SETTLED, timeout=args.give_up * 1000)
+                drawn_over += not page.evaluate(EMPTY)
             except Exception:
                 lost += 1
                 page.reload()
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
                 "median_s": round(statistics.median(seconds), 3) if seconds else None,
                 "slowest_s": round(max(seconds), 3) if seconds else None,
                 "lost": lost,
+                "drawn_over": drawn_over,
             }
         )
 
