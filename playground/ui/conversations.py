@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import gradio as gr
@@ -28,15 +28,17 @@ from playground.history import (
 )
 from playground.template import DialogueError, Message
 from playground.ui.layout import Page
+from playground.ui.stop import Leaving
 from playground.ui.turn import edited, notes_before, waiting
 from playground.versions import Versions, branch
 
 
 class Conversations:
-    """The handlers of the conversations' list. `show` draws a conversation (Turn.show)."""
+    """The handlers of the conversations' list. `show` draws a conversation (Turn.show), `leave` ends a reply
+    streaming into the open one as another opens (Turn.leave)."""
 
-    def __init__(self, page: Page, chat: Chat, show: Callable[[list[Message], dict[int, str], Versions], dict]):
-        self.page, self.chat, self.show = page, chat, show
+    def __init__(self, page: Page, chat: Chat, show: Callable[..., dict], leave: Callable[..., Awaitable[Leaving]]):
+        self.page, self.chat, self.show, self.leave = page, chat, show, leave
         self.limit = chat.settings.max_conversation_chars
 
     def listing(self, current: StoredConversation, labels: list[tuple[str, str, float]]) -> dict:
@@ -166,7 +168,7 @@ class Conversations:
             )
         return self.listing(open_one(opened, conversation, system), entries(past))
 
-    def reopen(
+    async def reopen(
         self,
         stored: str | None,
         chosen: str,
@@ -175,16 +177,21 @@ class Conversations:
         versions: Versions,
         system: str,
         opened: tuple,
+        box: str,
         busy: bool,
+        request: gr.Request,
     ) -> dict:
+        """Another conversation from the list; a reply streaming into the open one stops there first."""
         past = self.past(stored)
-        leaving = open_one(opened, conversation, system, notes, versions)
         found = next((k for k in past if k.id == chosen), None)
-        if streaming(busy) or not found or found.id == leaving.id:
+        left = found and found.id != opened[0] and await self.leave(conversation, notes, versions, box, busy, request)
+        if not left:
+            leaving = open_one(opened, conversation, system, notes, versions)
             return self.listing(leaving, entries([k for k in past if k.id != leaving.id]))
-        return self.opening(found, *shelve([k for k in past if k.id != chosen], leaving))
+        leaving = open_one(opened, left.conversation, system, left.notes, left.versions)
+        return left.opens(self.opening(found, *shelve([k for k in past if k.id != chosen], leaving)))
 
-    def new(
+    async def new(
         self,
         stored: str | None,
         conversation: list,
@@ -192,13 +199,16 @@ class Conversations:
         versions: Versions,
         system: str,
         opened: tuple,
+        box: str,
         busy: bool,
+        request: gr.Request,
     ) -> dict:
-        """An empty conversation (the system prompt stays: it is more a setting than a message)."""
-        if streaming(busy):
+        """An empty conversation (the system prompt stays: it is more a setting than a message); a reply
+        streaming into the open one stops there first."""
+        if not (left := await self.leave(conversation, notes, versions, box, busy, request)):
             return gr.skip()
-        leaving = open_one(opened, conversation, system, notes, versions)
-        return self.opening(open_one((new_id(), ""), [], system), *shelve(self.past(stored), leaving))
+        leaving = open_one(opened, left.conversation, system, left.notes, left.versions)
+        return left.opens(self.opening(open_one((new_id(), ""), [], system), *shelve(self.past(stored), leaving)))
 
     def act(
         self,

@@ -35,9 +35,7 @@ def wires(page: Page) -> Wires:
     listed = page.conversations
     # The open conversation's id is among the values: a streaming reply is kept under it.
     values = {page.state, page.notes, page.versions, page.system, page.model, listed.opened, *page.samplers}
-    # The message box is among every reply's outputs (written to give a refused message back): it marks the
-    # event as running, which page.js's `settled` waits on.
-    replying = [*page.shown, page.busy, page.send, page.stop, page.textbox, listed.current]
+    replying = page.replying
     opened = [page.state, page.notes, page.versions, page.system, listed.opened, listed.labels]
     keeping = [listed.current, listed.opened, listed.labels, listed.listed, listed.dates]
     leaving = [page.state, page.notes, page.versions, page.system, listed.opened, page.busy]
@@ -47,7 +45,7 @@ def wires(page: Page) -> Wires:
 
 def wire(page: Page, chat: Chat) -> None:
     turn = Turn(page, chat)
-    kept = Conversations(page, chat, turn.show)
+    kept = Conversations(page, chat, turn.show, turn.leave)
     w = wires(page)
     page.model.change(
         turn.pick_model,
@@ -135,12 +133,15 @@ def wire_list(page: Page, kept: Conversations, w: Wires) -> None:
         **QUICK,
     )
     # Not queued: an event queued the moment another ends can wait in Gradio's queue until the page's next
-    # event (its stream closed as it joined), with the old conversation on screen; the page stops a streaming
-    # reply before these (page.js `stopFirst`), so they have no warning to give.
+    # event (its stream closed as it joined), with the old conversation on screen. They end a streaming reply
+    # themselves (Turn.leave), so they have no warning to give; page.js `switchAgain` repeats one that came
+    # while the page was behind.
     switching = {**QUICK, "queue": False}
-    reopening = [listed.past, listed.listed, *w.leaving]
-    listed.listed.input(kept.reopen, reopening, w.opening, js=call("sendStored", 8), **switching)
-    listed.new.click(kept.new, [listed.past, *w.leaving], w.opening, js=call("sendStored", 7), **switching)
+    left = [page.state, page.notes, page.versions, page.system, listed.opened, page.textbox, page.busy]
+    leaving = [*w.opening, page.busy, page.send, page.stop]  # with the page given back
+    reopening = [listed.past, listed.listed, *left]
+    listed.listed.input(kept.reopen, reopening, leaving, js=call("sendStored", 9), **switching)
+    listed.new.click(kept.new, [listed.past, *left], leaving, js=call("sendStored", 8), **switching)
     # Another tab wrote the list, or its own open conversation (page.js).
     relisting = [listed.past, page.state, page.system, listed.opened]
     listed.relist.click(kept.relist_written, relisting, reading, js=call("readStored", 4), **switching)

@@ -94,6 +94,12 @@ class Page:
         ]
 
     @property
+    def replying(self) -> list[gr.components.Component]:
+        """What a reply's event writes. The message box is among them (written to give a refused message
+        back): it marks the event as running, which page.js's `settled` waits on."""
+        return [*self.shown, self.busy, self.send, self.stop, self.textbox, self.conversations.current]
+
+    @property
     def max_new_tokens(self) -> gr.components.Component:
         return self.samplers[PARAM_NAMES.index("max_new_tokens")]
 

@@ -53,6 +53,9 @@ class Reply:
     shown: bool = False  # the reply's event has shown where it stopped, or how it ended by itself
     dropped: bool = False  # its conversation was cleared: it shows nothing more
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    # Its conversation was left for another (Replies.leave): the reply's last update shows what this is given.
+    instead: asyncio.Future | None = None
+    halted: asyncio.Event = field(default_factory=asyncio.Event)  # it streams no more
 
     def where_stopped(self) -> Stopped:
         """The reply as far as it got, marked as stopped; or, with nothing streamed, the conversation as it
@@ -60,6 +63,28 @@ class Reply:
         if self.started:
             return Stopped(self.conversation, marked(self.conversation, self.notes), None, self.versions)
         return Stopped(self.conversation, self.notes, self.back)
+
+
+@dataclass
+class Leaving:
+    """The open conversation as it is left, and how the one opened instead is shown."""
+
+    conversation: list[Message]
+    notes: dict[int, str]
+    versions: Versions
+    shown: dict  # the page given back, with the other conversation
+    back: dict  # the message back in the box: from the reply's event (the switch writing the box too would
+    # end the box's "running" mark, which page.js's `settled` waits on, before the reply's event has ended)
+    instead: asyncio.Future | None  # the reply's event shows what this is given as its last update
+    replying: list  # what the reply's event writes
+
+    def opens(self, outputs: dict) -> dict:
+        """`outputs`, the other conversation opened, with the page given back; the reply that was left shows
+        the same (those of them it writes), so it cannot draw its conversation over them."""
+        shown = {**outputs, **self.shown}
+        if self.instead is not None and not self.instead.done():
+            self.instead.set_result({**{c: v for c, v in shown.items() if c in self.replying}, **self.back})
+        return shown
 
 
 async def until_stopped(updates: AsyncGenerator, reply: Reply) -> AsyncIterator:
@@ -106,6 +131,8 @@ class Replies:
     live: dict[str, Reply] = field(default_factory=dict)  # session -> its newest reply
     unsent: dict[str, str] = field(default_factory=dict)  # session -> the message taken, until its reply starts
     halted: set[str] = field(default_factory=set)  # sessions whose Stop came before their reply started
+    left: dict[str, asyncio.Future] = field(default_factory=dict)  # session -> what its reply that did not
+    # start shows instead (Replies.leave)
 
     def taken(self, session: str, message: str) -> None:
         self.unsent[session] = message
@@ -121,6 +148,12 @@ class Replies:
             self.halted.discard(session)
             return False
         return True
+
+    def behind(self, session: str, busy: bool) -> bool:
+        """Whether a page that shows a reply streaming (`busy`) is behind: the reply has ended here, and its
+        last updates are on their way to the page, where they would draw over anything sent now."""
+        live = self.live.get(session)
+        return busy and (live is None or live.shown) and session not in self.unsent
 
     def begin(self, session: str, reply: Reply) -> None:
         self.live[session] = reply
@@ -154,6 +187,32 @@ class Replies:
             return None
         return Stopped(conversation, marked(conversation, notes), back)
 
+    async def leave(
+        self, session: str, conversation: list[Message], notes: dict[int, str], box: str
+    ) -> tuple[Stopped | None, asyncio.Future | None]:
+        """Ends the session's reply as another conversation opens, in the event that opens it: no Stop, and
+        no wait for the page to show where the reply stopped. Returns what `stop` would show, and a future
+        that the caller gives what it shows instead: the reply's event shows that as its last update, so
+        whichever of the two events reaches the page last, the other conversation stays on screen."""
+        live = self.live.get(session)
+        if live is None:
+            stopped = await self.stop(session, conversation, notes, box)
+            if stopped is None or stopped.back is None:
+                return stopped, None
+            # Its message was taken, its reply has not begun: that reply will not start, and shows this.
+            self.left[session] = instead = asyncio.get_running_loop().create_future()
+            return stopped, instead
+        if live.shown:  # it has ended, and shown how
+            return (Stopped(live.conversation, live.notes, None, live.versions) if live.started else None), None
+        live.box = box
+        live.instead = asyncio.get_running_loop().create_future()
+        live.stop.set()
+        waits = [asyncio.ensure_future(event.wait()) for event in (live.halted, live.done)]
+        await asyncio.wait(waits, timeout=STOP_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        return live.where_stopped(), live.instead
+
     def forget(self, session: str) -> None:
         """A session that has left (its tab closed or reloaded): its reply ends, and nothing of it is kept.
 
@@ -161,6 +220,7 @@ class Replies:
         generating to its end, for nobody, while later replies waited for the slot)."""
         taken = self.unsent.get(session) is not None
         self.drop(session)
+        self.left.pop(session, None)
         if taken:
             self.halted.add(session)  # a message taken for a reply that has not started: it will not run
         else:

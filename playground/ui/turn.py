@@ -21,7 +21,7 @@ from playground.history import STORE_BYTES, open_one, sent_size
 from playground.sampling import ParamError
 from playground.template import DialogueError, Message
 from playground.ui.layout import PARAM_NAMES, Page
-from playground.ui.stop import Replies, Reply, Stopped, until_stopped
+from playground.ui.stop import Leaving, Replies, Reply, Stopped, until_stopped
 from playground.versions import MAX_DEPTH, MAX_VERSIONS, Versions, before, branch, flip, marks, take_back
 
 REPLY_LIMIT = "'max new tokens'"  # the reply's token limit as the page's slider names it
@@ -123,8 +123,9 @@ class Turn:
         gives `back` (the message sent or edited) back to the box. Once it streams, the conversation from
         message `parts_at` on (Retry's reply, Edit's question) is kept as an earlier version."""
         session = session_of(request)
-        if not self.replies.starts(session):  # stopped before it started
-            yield self.unlocked
+        if not self.replies.starts(session):  # stopped before it started, or its conversation left
+            instead = self.replies.left.pop(session, None)
+            yield self.unlocked if instead is None else await instead
             return
         before, notes = values[self.page.state], values[self.page.notes]
         versions = self.branched(values, parts_at)
@@ -149,6 +150,11 @@ class Turn:
                 return
             if live.dropped:  # cleared: Gradio ends an event by sending its last update again, a no-op here
                 yield gr.skip()
+                return
+            if live.instead is not None:  # its conversation was left: the one opened instead stays on screen
+                live.halted.set()
+                yield await live.instead
+                live.shown = True
                 return
             if live.stop.is_set():
                 yield self.where_stopped(run, live)
@@ -347,6 +353,28 @@ class Turn:
     def stopped(self, stopped: Stopped, box: str) -> dict:
         back = {} if stopped.back is None else {self.page.textbox: put_back(stopped.back, box)}
         return {**self.show(stopped.conversation, stopped.notes, stopped.versions), **self.unlocked, **back}
+
+    async def leave(
+        self,
+        conversation: list[Message],
+        notes: dict[int, str],
+        versions: Versions,
+        box: str,
+        busy: bool,
+        request: gr.Request,
+    ) -> Leaving | None:
+        """The open conversation as another replaces it (New conversation, or one from the list): a reply
+        streaming into it stops there, as far as it got; its message goes back into the box if nothing of it
+        streamed yet. None: not now, the page is behind (Replies.behind)."""
+        session = session_of(request)
+        if self.replies.behind(session, busy):  # page.js asks again once the page has caught up
+            return None
+        stopped, instead = await self.replies.leave(session, conversation, notes, box)
+        if stopped is None:
+            return Leaving(conversation, notes, versions, {}, {}, instead, self.page.replying)
+        back = {} if stopped.back is None else {self.page.textbox: put_back(stopped.back, box)}
+        versions = stopped.versions or versions
+        return Leaving(stopped.conversation, stopped.notes, versions, self.unlocked, back, instead, self.page.replying)
 
     def forget(self, request: gr.Request) -> None:
         self.replies.forget(session_of(request))

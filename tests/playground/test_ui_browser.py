@@ -522,29 +522,38 @@ def test_stop_while_the_prompt_is_read_gives_the_message_back(app, page, monkeyp
     assert wait_until_idle()
 
 
-def test_stop_while_the_backend_is_slow_to_its_first_word_gives_the_message_back_at_once(app, page, monkeypatch):
-    """A server may take seconds to its first word (its own queue): Stop does not wait for that word."""
-    url, chat = app
+def hold_first_word(chat, monkeypatch) -> tuple[threading.Event, threading.Event, threading.Event]:
+    """The backend, once asked, holds its first word until `first_word` is set (a server with its own queue):
+    returns (asked, first_word, woke)."""
     backend, asked, first_word, woke = chat.backend(), threading.Event(), threading.Event(), threading.Event()
     stream = backend.stream
 
     def late(request):
         asked.set()
-        first_word.wait(30)  # held until the message is back in the box
+        first_word.wait(30)
         woke.set()
         yield from stream(request)
 
     monkeypatch.setattr(backend, "stream", late)
+    return asked, first_word, woke
+
+
+@pytest.mark.parametrize("button", ["#stop", "#new-conversation"])
+def test_stop_or_a_switch_before_the_first_word_gives_the_message_back_at_once(app, page, monkeypatch, button):
+    """A server may take seconds to its first word (its own queue): Stop, or New conversation, does not wait
+    for that word. The message goes back into the box, and the word, when it comes, shows nowhere."""
+    url, chat = app
+    asked, first_word, woke = hold_first_word(chat, monkeypatch)
     page.goto(url)
     ask(page, SORT)
     assert asked.wait(10)
-    page.locator("#stop").click()
+    page.locator(button).click()
     page.wait_for_function("(text) => document.querySelector('#message textarea').value === text", arg=SORT)
     assert not woke.is_set()  # the message came back while the first word was still held
     first_word.set()
     assert wait_until_idle()  # the first word has come, and found its reply stopped
     page.wait_for_function(EVENT_ENDED)
-    assert page.locator("#chatbot [data-testid=user]").count() == 0 and page.locator(BOTS).count() == 0
+    assert page.evaluate(f"{RAW} === '[]'") and page.locator(BOTS).count() == 0
     assert page.locator("#send").is_visible() and wait_until_idle()
 
 

@@ -147,11 +147,12 @@ window.starchat = (() => {
 
   // A finished reply's event ends a moment after its last update, and Gradio then sends that update again:
   // an event that replaces the conversation in that moment (New conversation, reopen, load, delete) would
-  // be drawn over by it, so it waits (2 s at most). A reply's events all have the message box among their
-  // outputs, which Gradio marks while they run; while a reply streams nothing waits: the server says why.
+  // be drawn over by it, so it waits (a moment, but seconds on a loaded machine: 10 s at most). A reply's
+  // events all have the message box among their outputs, which Gradio marks while they run; while a reply
+  // streams nothing waits: the switch ends it (Turn.leave).
   const settled = async () => {
     const ending = () => $('#message .generating') && !$('#stop')?.checkVisibility();
-    for (let i = 0; i < 100 && ending(); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    for (let i = 0; i < 500 && ending(); i++) await new Promise((resolve) => setTimeout(resolve, 20));
   };
 
   // An event whose first input is a BrowserState. Gradio calls its js with the inputs' values and then the
@@ -499,18 +500,18 @@ window.starchat = (() => {
     $(`#chatbot button[aria-label="${save ? 'Submit' : 'Cancel'}"]`)?.click();
   }, true);
 
-  // New conversation, or another from the list, while a reply streams: the reply stops first (it stays, as
-  // far as it got, in the conversation that goes to the list), then the click goes on. A click of the page's
-  // own (not trusted) is the one that goes on.
-  const stopFirst = () => document.addEventListener('click', async (event) => {
+  // New conversation, or another from the list, while a reply streams: the switch's own event ends the reply.
+  // If the reply had already ended on the server, its last updates are still on their way here and would draw
+  // over the switch, so the server changes nothing (Replies.behind): once they are drawn, the page asks again.
+  let switches = 0;
+  const switchAgain = () => document.addEventListener('click', async (event) => {
     const switching = event.target.closest?.('#new-conversation, #conversations label');
     if (!switching || !event.isTrusted || event.target.closest('.item-actions, .rename-box')) return;
     if (!$('#stop')?.checkVisibility()) return;
-    event.preventDefault();
-    event.stopImmediatePropagation();
-    $('#stop').click();
-    const replying = () => $('#stop')?.checkVisibility() || $('#message .generating');
-    for (let i = 0; i < 250 && replying(); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    const clicked = ++switches, shown = $('#raw-conversation textarea')?.value;
+    for (let i = 0; i < 500 && $('#message .generating'); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    const first = (text) => JSON.parse(text || '[]')[0]?.content;
+    if (clicked !== switches || !first(shown) || first(shown) !== raw()[0]?.content) return;
     // Found again: the reply's end may have drawn the list anew.
     const chosen = switching.tagName === 'LABEL' ? switching.querySelector('input')?.value : null;
     const again = chosen ? [...document.querySelectorAll('#conversations input')].find((input) => input.value === chosen)
@@ -526,7 +527,7 @@ window.starchat = (() => {
     labelCode();
     versions();
     conversationList();
-    stopFirst();
+    switchAgain();
     // Clear empties the open conversation for good (the list keeps no copy): it asks first, as Delete does.
     document.addEventListener('click', (event) => {
       if (!event.target.closest('#chatbot button[aria-label="Clear"]') || !raw().length) return;
