@@ -61,9 +61,9 @@ def timed(device: torch.device, fn) -> float:
     return time.perf_counter() - start
 
 
-def log_bucket(batch: int, length: int, seconds: float) -> None:
+def log_bucket(batch: int, length: int, seconds: float, width: int = 1) -> None:
     """Each bucket's start-up to stderr (gpu.log): a part stopped by its time limit still shows how far it got."""
-    print(f"warm-up: batch {batch}, context {length}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    print(f"warm-up: batch {batch}, context {length}, width {width}: {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
 def emit(record: dict) -> None:

@@ -162,7 +162,9 @@ def our_way(engine: FastEngine, prompts: torch.Tensor, new: int) -> dict:
 def bare_step(engine: FastEngine, batch: int, length: int):
     """The decode step without the loop: its CUDA graph's replay on a GPU, the (compiled) step on the CPU.
     On an idle engine every row is parked and only the unread cache column is written."""
-    return engine.graphs[batch, length].replay if engine.graphs is not None else lambda: engine.decode(batch, length)
+    if engine.graphs is not None:
+        return engine.graphs[batch, length, 1].replay
+    return lambda: engine.decode(batch, length)
 
 
 def step_alone_ms(engine: FastEngine, batch: int, length: int) -> float:

@@ -123,6 +123,13 @@ class Settings:
         choices=("auto", "fast", "plain"),
     )
     batch_slots: int = option(8, "conversations the fast engine decodes together", minimum=1, maximum=1024)
+    speculate: int = option(
+        0,
+        "tokens the fast engine drafts a step for each conversation from its own prompt and reply, all checked "
+        "in one pass (prompt lookup; the same replies, more tokens a step where they repeat); 0: off",
+        minimum=0,
+        maximum=16,
+    )
     host: str = option(
         # A Hugging Face Space (SPACE_ID is set there) must listen on every interface.
         "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1",

@@ -56,6 +56,7 @@ def load_backend(settings, default_model: Callable[[], str | Path] | None = None
         demo=not settings.model,
         engine=settings.engine,
         slots=settings.batch_slots,
+        speculate=settings.speculate,
         name="" if settings.model else DEMO_NAME,
     )
 

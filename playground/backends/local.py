@@ -111,14 +111,15 @@ def fit_hint(weight_bytes: int, gpu_bytes: int) -> str | None:
     return f"{sizes}: the model is too big even in int4; serve it on a larger card (--backend endpoint)"
 
 
-def say_slow_bucket(batch: int, length: int, seconds: float) -> None:
+def say_slow_bucket(batch: int, length: int, seconds: float, width: int = 1) -> None:
     """A first start on a GPU compiles every bucket (minutes for int8): the log shows that it moves."""
     if seconds >= SLOW_BUCKET_S:
-        print(f"Fast engine: batch {batch}, context {length} ready after {seconds:.1f} s", flush=True)
+        verifying = f", verifying {width} positions" if width > 1 else ""
+        print(f"Fast engine: batch {batch}, context {length}{verifying} ready after {seconds:.1f} s", flush=True)
 
 
 def say_warm_up(fast: FastEngine) -> None:
-    buckets = len(fast.batch_buckets) * len(fast.context_buckets)
+    buckets = len(fast.buckets())
     what = "captured as CUDA graphs" if fast.graphs else "compiled"
     print(f"Fast engine: {buckets} (batch, context) buckets {what} in {fast.warm_up_s:.1f} s.", flush=True)
 
@@ -165,10 +166,11 @@ class LocalBackend:
         engine: str = "auto",
         slots: int = 8,
         name: str = "",
+        speculate: int = 0,
     ) -> LocalBackend:
         """engine: "fast" (our batched decoder), "plain" (generate), or "auto": fast on a CUDA GPU
         for a GPTBigCode model on one device without bitsandbytes, plain otherwise. name: what people
-        see (default: the Hub id, or a local folder's name)."""
+        see (default: the Hub id, or a local folder's name). speculate: the fast engine's draft tokens a step."""
         quant = quantization_config(quantize)
         if torch.cuda.is_available():
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -205,7 +207,7 @@ class LocalBackend:
         fast = None
         if engine == "fast" or (engine == "auto" and torch.cuda.is_available() and supports(model)):
             try:
-                fast = FastEngine(model, stop_ids(tokenizer), slots, on_bucket=say_slow_bucket)
+                fast = FastEngine(model, stop_ids(tokenizer), slots, on_bucket=say_slow_bucket, speculate=speculate)
             except Exception as exc:
                 if engine == "fast":
                     raise
@@ -214,6 +216,7 @@ class LocalBackend:
         if fast and fast.warm_up_s:  # the start-up's longest wait on a GPU: say what it was
             say_warm_up(fast)
         device = describe_device(model) + (f", batched decoding of {slots}" if fast else "")
+        device += f", drafting up to {speculate} tokens a step" if fast and speculate else ""
         info = BackendInfo(name, device, quantize, context_length(model.config), demo, slots if fast else 1)
         return cls(model, tokenizer, info, engine=fast)
 

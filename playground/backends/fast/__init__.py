@@ -17,9 +17,17 @@ when they stop, finish or are cancelled, and each has its own sampling parameter
   (batch, length) as a CUDA graph at start-up and replayed.
 - The host reads the sampled ids once a step (one device-to-host copy) and hands them to each
   request's queue; detokenizing happens in the consumer's thread, not here.
+- Speculation (`speculate` N > 0): before a step, each live row drafts up to N tokens by prompt lookup
+  (the tokens that followed the last earlier occurrence of its newest 3, 2 or 1 tokens in its prompt
+  and reply); a verify step reads every row's last token and draft over N+1 positions in one pass and
+  keeps the drafted tokens the model samples too, plus the model's own next one. The draws are those
+  the plain steps would make, so replies are the same, greedy or sampled, seed for seed. Rows without
+  a draft ride along at their first position; with no draft in a batch, or more than 8 rows, the step
+  is the plain one. Verify steps are CUDA graphs too, one per (batch, context) up to 8 rows.
 
 The modules, in the order a step uses them: `scheduler` (jobs in and out, the engine's thread),
-`graphs` (the step captured and replayed), `model` (the forward pass over the cache), `sampling`.
+`speculation` (drafts, and which to keep), `graphs` (the steps captured and replayed), `model` (the
+forward pass over the cache), `sampling`.
 
 Why our own loop rather than transformers' continuous batching: its batched and static-cache ways
 are far slower (docs/benchmarks.md: the peers beside ours). This package reads the model's own

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
 from playground.backends.fast.sampling import sample
+from playground.backends.fast.speculation import DRAFT_ROWS, accepted, seen_before
 
 if TYPE_CHECKING:
     from playground.backends.fast.scheduler import Job
@@ -28,19 +29,23 @@ def linear(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def decode_layer(block, x, keys, values, positions, visible) -> torch.Tensor:
-    """One GPTBigCode layer for one new token per row, over the layer's cache [slots, context, head_dim];
-    `visible` [batch, length] says which cache positions each row sees. A plain function of its inputs,
-    so one compiled version serves every layer and every engine with the same shapes and weight types."""
-    batch, length = visible.shape
+    """One GPTBigCode layer for new tokens over the layer's cache [slots, context, head_dim]: one per row
+    (x [batch, embed], positions [batch]) or several (x [batch, width, embed], positions [batch, width],
+    a verify step's); `visible` [*positions.shape, length] says which cache positions each token sees.
+    A plain function of its inputs, so one compiled version serves every layer and every engine with the
+    same shapes and weight types."""
+    batch, length = visible.shape[0], visible.shape[-1]
     attn = block.attn
     q, k, v = linear(attn.c_attn, block.ln_1(x)).split((attn.embed_dim, attn.head_dim, attn.head_dim), -1)
     rows = torch.arange(batch, device=x.device)
+    rows = rows if positions.dim() == 1 else rows[:, None]
     keys[rows, positions] = k
     values[rows, positions] = v
     q = q.unflatten(-1, (attn.num_heads, attn.head_dim))
-    scores = torch.einsum("bhd,bld->bhl", q, keys[:batch, :length]).float() * attn.scaling
-    weights = scores.masked_fill(~visible[:, None, :], float("-inf")).softmax(-1).to(x.dtype)
-    x = x + linear(attn.c_proj, torch.einsum("bhl,bld->bhd", weights, values[:batch, :length]).flatten(-2))
+    scores = torch.einsum("b...hd,bld->b...hl", q, keys[:batch, :length]).float() * attn.scaling
+    weights = scores.masked_fill(~visible.unsqueeze(visible.dim() - 1), float("-inf")).softmax(-1).to(x.dtype)
+    attended = torch.einsum("b...hl,bld->b...hd", weights, values[:batch, :length])
+    x = x + linear(attn.c_proj, attended.flatten(-2))
     return x + linear(block.mlp.c_proj, block.mlp.act(linear(block.mlp.c_fc, block.ln_2(x))))
 
 
@@ -58,9 +63,12 @@ compiled_row = torch.compile(decode_row, options=ROW_OPTIONS)
 
 
 class CacheModel:
-    """A GPTBigCode model over a static cache of `slots` rows; row i serves `jobs[i]`."""
+    """A GPTBigCode model over a static cache of `slots` rows; row i serves `jobs[i]`. With `speculate`, the
+    verify step reads up to that many drafted tokens a row after its last one (`width` positions)."""
 
-    def __init__(self, model, slots: int, max_context: int | None, compile: bool, tune_one_row: bool):
+    def __init__(
+        self, model, slots: int, max_context: int | None, compile: bool, tune_one_row: bool, speculate: int = 0
+    ):
         self.model = model
         config = model.config
         embeddings = model.get_input_embeddings().weight
@@ -86,7 +94,15 @@ class CacheModel:
         self.rows = torch.arange(slots, device=self.device)
         self.state = [self.tokens, self.positions, self.temperature, self.top_p, self.penalty, self.top_k]
         self.state += [self.seed, self.draw, self.logits, self.seen]
-        self.host_tokens = torch.zeros(slots, dtype=torch.long, pin_memory=self.device.type == "cuda")
+        self.speculate, self.width = speculate, speculate + 1
+        self.verify_buckets = [b for b in self.batch_buckets if b <= DRAFT_ROWS] if speculate else []
+        wide = min(slots, DRAFT_ROWS) if speculate else 0
+        # A verify step's input (column 0: how many of the row's drafts are real), its logits and its runs.
+        self.proposal = torch.zeros(wide, self.width, dtype=torch.long, device=self.device)
+        self.wide_logits = torch.zeros(wide, self.width, config.vocab_size, dtype=torch.float32, device=self.device)
+        self.runs = torch.zeros(wide, self.width, dtype=torch.long, device=self.device)
+        self.offsets = torch.arange(self.width, device=self.device)
+        self.host_runs = torch.zeros(slots * self.width, dtype=torch.long, pin_memory=self.device.type == "cuda")
         self.jobs: list[Job | None] = [None] * slots
         self.layer = compiled_layer if compile else decode_layer
         self.row_layer = compiled_row if compile and tune_one_row else None
@@ -113,11 +129,49 @@ class CacheModel:
         x = self.embed(self.tokens[:batch], positions.clamp(max=self.model.config.n_positions - 1))
         visible = torch.arange(length, device=self.device)[None, :] <= positions[:, None]
         layer = self.row_layer if batch == 1 and self.row_layer is not None else self.layer
-        for block, keys, values in zip(self.blocks, self.keys, self.values, strict=True):
-            x = layer(block, x, keys, values, positions, visible)
-        self.logits[:batch] = self.head(x)
+        self.logits[:batch] = self.through(layer, x, positions, visible)
         self.choose(self.rows[:batch])
         self.positions[:batch] = torch.where(positions == self.park, self.park, positions + 1)
+
+    def through(self, layer, x: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """The new tokens `x` through every layer and the head: their logits."""
+        for block, keys, values in zip(self.blocks, self.keys, self.values, strict=True):
+            x = layer(block, x, keys, values, positions, visible)
+        return self.head(x)
+
+    def advance(self, batch: int, length: int, width: int) -> None:
+        """The step of a bucket: the plain one, or (width > 1) the one that verifies drafts."""
+        (self.decode if width == 1 else self.verify)(batch, length)
+
+    def verify(self, batch: int, length: int) -> None:
+        """The step with drafts: rows [0, batch) take their last token and their draft (`proposal`) through the
+        model at once, keep the draft tokens it samples too and the token it samples after them (`runs`: each
+        row's tokens, then -1). Positions past a row's draft write to the parked column, which no step reads;
+        a rejected draft's cache entries lie past the row's position, where the next steps write before reading."""
+        drafted, drafts, start = self.proposal[:batch, 0], self.proposal[:batch, 1:], self.positions[:batch]
+        inside = (self.offsets <= drafted[:, None]) & (start != self.park)[:, None]
+        positions = torch.where(inside, start[:, None] + self.offsets, self.park)
+        x = self.embed(
+            torch.cat([self.tokens[:batch, None], drafts], 1), positions.clamp(max=self.model.config.n_positions - 1)
+        )
+        visible = torch.arange(length, device=self.device) <= positions[..., None]
+        self.wide_logits[:batch] = self.through(self.layer, x, positions, visible)
+        seen = seen_before(self.seen[:batch], drafts)
+        each = lambda values: values[:batch, None].expand(batch, self.width).flatten()  # noqa: E731
+        targets = sample(
+            self.wide_logits[:batch].flatten(0, 1),
+            seen.flatten(0, 1),
+            *map(each, (self.temperature, self.top_k, self.top_p, self.penalty, self.seed)),
+            (self.draw[:batch, None] + self.offsets).flatten(),  # position j's draw, as the plain j-th step's
+        ).view(batch, self.width)
+        kept = accepted(targets, drafts, drafted)
+        self.runs[:batch] = torch.where(self.offsets <= kept[:, None], targets, -1)
+        self.tokens[:batch] = targets.gather(1, kept[:, None])[:, 0]
+        rows = self.rows[:batch]
+        self.seen[:batch] = seen[rows, kept]
+        self.seen[rows, self.tokens[:batch]] = torch.ones_like(rows, dtype=torch.bool)
+        self.draw[:batch] += kept + 1
+        self.positions[:batch] = torch.where(start == self.park, self.park, start + kept + 1)
 
     def choose(self, rows: torch.Tensor) -> None:
         """Samples the next token of `rows` from their logits and notes it for the repetition penalty."""

@@ -1,5 +1,6 @@
 """The scheduler: requests join the cache's rows between decode steps and leave when they stop, finish or
-are cancelled; prompts are prefilled in packed chunks while other rows decode.
+are cancelled; prompts are prefilled in packed chunks while other rows decode; with `speculate`, each step
+first drafts tokens for its rows from their own conversations.
 
 The engine thread owns the cache; each request gets its sampled token ids through its own queue.
 """
@@ -17,6 +18,7 @@ import torch
 
 from playground.backends import BackendError, ChatRequest
 from playground.backends.fast.graphs import Graphs
+from playground.backends.fast.speculation import Lookup
 
 IDLE_PREFILL = 4
 
@@ -31,6 +33,7 @@ class Job:
     generated: int = 0
     prefilled: int = 0  # prompt tokens already in the cache
     logits: list[torch.Tensor] | None = None  # a list: each sampled position's logits are kept (checks)
+    lookup: Lookup | None = None  # its prompt and reply, where drafts are found (with speculation)
 
     def put(self, token: int | None) -> None:
         self.ids.put(token)
@@ -51,11 +54,14 @@ class Job:
 
 @dataclass
 class Stats:
-    """Wall-clock seconds the engine thread spent, for the benchmark."""
+    """Wall-clock seconds the engine thread spent and what its steps did, for the benchmark."""
 
     prefill_s: float = 0.0
     steps: int = 0
     step_s: float = 0.0
+    row_steps: int = 0  # a step's live rows, summed: each gets one token from a step, plus its kept drafts
+    drafted: int = 0  # draft tokens the steps verified
+    accepted: int = 0  # of those, the ones kept
 
 
 class FastEngine(Graphs):
@@ -68,13 +74,16 @@ class FastEngine(Graphs):
         max_context: int | None = None,
         prefill_tokens: int = 4096,
         tune_one_row: bool = True,
-        on_bucket: Callable[[int, int, float], None] | None = None,
+        on_bucket: Callable[[int, int, float, int], None] | None = None,
+        speculate: int = 0,
     ):
-        """`on_bucket(batch, context, seconds)` hears of each bucket as start-up makes it ready: a first start
-        can compile for minutes, and the next bucket's wait is all a caller would otherwise see."""
+        """`on_bucket(batch, context, seconds, width)` hears of each bucket as start-up makes it ready: a first
+        start can compile for minutes, and the next bucket's wait is all a caller would otherwise see.
+        `speculate`: draft tokens a row may verify in one step (0: none); lowered later (a benchmark's plain
+        rows), it takes effect at the next step, and requests that started without drafts keep none."""
         on_gpu = model.get_input_embeddings().weight.device.type == "cuda"
         compile = on_gpu if compile is None else compile
-        super().__init__(model, slots, max_context, compile, tune_one_row, on_bucket)
+        super().__init__(model, slots, max_context, compile, tune_one_row, on_bucket, speculate)
         self.stop_ids, self.prefill_tokens = stop_ids, prefill_tokens
         self.order: list[Job] = []  # jobs still prefilling, first come first served
         self.waiting: queue.Queue[Job | None] = queue.Queue()  # None: close
@@ -143,26 +152,34 @@ class FastEngine(Graphs):
         self.choose(index)
         for job in jobs:
             self.order.remove(job)
-        self.deliver(rows, self.tokens[: max(rows) + 1])
+            job.lookup = Lookup(job.prompt) if self.speculate else None
+        last = max(rows) + 1
+        self.deliver(rows, self.tokens[:last, None], self.logits[:last, None])
 
-    def deliver(self, rows: list[int], tokens: torch.Tensor) -> None:
-        """The sampled ids (`tokens`: one per row from row 0) reach the host in one transfer, then each
-        request's queue."""
-        host = self.host_tokens[: len(tokens)]
-        host.copy_(tokens, non_blocking=True)
+    def deliver(self, rows: list[int], runs: torch.Tensor, logits: torch.Tensor) -> None:
+        """The sampled ids (`runs` [batch, width] from row 0: each row's tokens, then -1; `logits` each
+        token's) reach the host in one transfer, then each request's queue, up to a stop token or the limit."""
+        host = self.host_runs[: runs.numel()].view_as(runs)
+        host.copy_(runs, non_blocking=True)
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()
         sampled = host.tolist()
         for row in rows:
-            job, token = self.jobs[row], sampled[row]
-            job.generated += 1
-            if job.logits is not None:
-                job.logits.append(self.logits[row].to("cpu", copy=True))
-            job.put(token)
-            if token in self.stop_ids:
-                self.finish(row, "stop")
-            elif job.generated >= job.request.params.max_new_tokens or job.position + 1 >= self.max_len:
-                self.finish(row, "length")
+            job, run = self.jobs[row], [token for token in sampled[row] if token >= 0]
+            self.stats.accepted += len(run) - 1
+            for i, token in enumerate(run):
+                job.generated += 1
+                if job.lookup:
+                    job.lookup.add(token)
+                if job.logits is not None:
+                    job.logits.append(logits[row, i].to("cpu", copy=True))
+                job.put(token)
+                if token in self.stop_ids:
+                    self.finish(row, "stop")
+                elif job.generated >= job.request.params.max_new_tokens or job.position + 1 >= self.max_len:
+                    self.finish(row, "length")
+                if self.jobs[row] is not job:
+                    break
 
     def compact(self) -> None:
         """Moves decoding rows down into free rows, so a step's batch covers only live conversations."""
@@ -208,15 +225,39 @@ class FastEngine(Graphs):
             return
         start = time.perf_counter()
         batch = next(b for b in self.batch_buckets if b > live[-1])
-        length = next(b for b in self.context_buckets if b > max(self.jobs[row].position for row in live))
-        self.run(batch, length)
-        self.deliver(live, self.tokens[:batch])
+        drafted = self.propose(live, batch)
+        reach = max(self.jobs[row].position + n for row, n in zip(live, drafted, strict=True))
+        length = next(b for b in self.context_buckets if b > reach)
+        # Counted before the step's tokens go out: a caller who waits for the last one then reads them all.
         self.stats.steps += 1
+        self.stats.row_steps += len(live)
+        self.stats.drafted += sum(drafted)
+        if any(drafted):
+            self.run(batch, length, self.width)
+            self.deliver(live, self.runs[:batch], self.wide_logits[:batch])
+        else:
+            self.run(batch, length)
+            self.deliver(live, self.tokens[:batch, None], self.logits[:batch, None])
         self.stats.step_s += time.perf_counter() - start
+
+    def propose(self, live: list[int], batch: int) -> list[int]:
+        """Drafts each live row's next tokens into `proposal` (one copy to the device) and returns their
+        lengths: none where the batch is past the verify buckets, nor past a reply's token limit or the cache."""
+        if not self.speculate or batch not in self.verify_buckets:
+            return [0] * len(live)
+        table = [[0] * self.width for _ in range(batch)]
+        for row in live:
+            job = self.jobs[row]
+            room = min(job.request.params.max_new_tokens - job.generated, self.max_len - 1 - job.position) - 1
+            draft = job.lookup.draft(min(self.speculate, room)) if job.lookup else []
+            table[row][: len(draft) + 1] = [len(draft), *draft]
+        if any(table[row][0] for row in live):
+            self.proposal[:batch] = torch.tensor(table, device=self.device)
+        return [table[row][0] for row in live]
 
     @torch.inference_mode()
     def warm_up(self) -> None:
-        """Readies every (batch, context) bucket and both prefill paths now, not at someone's first message."""
+        """Readies every step's bucket and both prefill paths now, not at someone's first message."""
         start = time.perf_counter()
         self.warm_buckets()
         self.warm_prefill()
