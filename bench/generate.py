@@ -10,8 +10,12 @@ compiles itself on a GPU. For each stream count it prints time to first token (t
 last stream's), decode tok/s (all streams and per stream), peak memory, the weight bandwidth
 achieved as a share of a device-to-device copy measured in the same run, and for ours the step's
 time, the graph's time alone, the loop's overhead per step and the prefill time. A teacher-forced
-check compares the engine's logits with a plain forward at two prompt lengths. Once the engine is
-warm, any compilation, skipped CUDA graph or late capture during the timed runs fails the run.
+check compares the engine's logits with a plain forward at two prompt lengths, and once more with
+drafts verified. Speculation's rows (bench.speculation's workloads: edit, echo, no match) run each
+workload through the same engine without drafts and with them, at each of `--spec-streams`: tok/s,
+the share of drafted tokens kept, tokens per row per step. The engine is made with `--speculate` and
+drafts only in those rows. Once the engine is warm, any compilation, skipped CUDA graph or late
+capture during the timed runs fails the run.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from bench.common import (
     timed,
     top_kernels,
 )
+from bench.speculation import longest_prompt, workloads
 from playground.backends import ChatRequest, SamplingParams
 from playground.backends.fast import FastEngine, Job
 
@@ -85,13 +90,13 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * size / seconds
 
 
-def random_model(tiny: bool, device: torch.device) -> GPTBigCodeForCausalLM:
+def random_model(tiny: bool, device: torch.device, scale: float | None = None) -> GPTBigCodeForCausalLM:
     """Random weights. The tiny fp32 model gets ten times the usual scale: at 0.02 its tied embedding decides
     every top-1 and a broken cache goes unseen by the teacher-forced check. The full bf16 model keeps 0.02:
     at 0.2 its 40 layers amplify bf16 rounding until two correct paths disagree (seen on an H100)."""
     torch.manual_seed(0)
     config = model_config(tiny)
-    config.initializer_range = 0.2 if tiny else 0.02
+    config.initializer_range = scale or (0.2 if tiny else 0.02)
     with torch.device(device):
         model = GPTBigCodeForCausalLM(config)
     return model.to(torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
@@ -137,8 +142,9 @@ def peer_way(model, prompts: torch.Tensor, new: int) -> dict:
     return {**seed_way(model, prompts, new, cache_implementation="static"), "warm_up_s": warm_up}
 
 
-def our_way(engine: FastEngine, prompts: torch.Tensor, new: int) -> dict:
-    params = SamplingParams(max_new_tokens=new, temperature=0.2, top_k=50, top_p=0.95, repetition_penalty=1.0)
+def our_way(engine: FastEngine, prompts: torch.Tensor, new: int, sampling: dict | None = None) -> dict:
+    sampling = sampling or {"temperature": 0.2, "top_k": 50, "top_p": 0.95, "repetition_penalty": 1.0}
+    params = SamplingParams(max_new_tokens=new, **sampling)
     jobs = [TimedJob(ChatRequest([], params), row.tolist()) for row in prompts]
     engine.stats.__init__()
     start = time.perf_counter()
@@ -245,6 +251,52 @@ def check(model, engine: FastEngine, prompt: list[int], new: int, path: str, min
     }
 
 
+def speculation(model, speculate: int, streams: list[int], prompt_len: int, new: int, bandwidth: float) -> list[str]:
+    """Speculation's engine (its start-up, a teacher-forced check of its verify step on an echo whose drafts
+    are kept, its guards) and rows; what failed. On the CPU `model` is the tiny one at the full model's
+    scale, 0.02: like the full model's, its greedy replies repeat themselves (at 0.2 they never do, and no
+    draft would be kept). On a GPU the engine shares the bench's model."""
+    device = next(model.parameters()).device
+    context = longest_prompt(prompt_len, new) + new + 1
+    engine = FastEngine(
+        model, [], slots=max(streams), compile=True, max_context=context, on_bucket=log_bucket, speculate=speculate
+    )
+    start = {"bench": "generate", "path": f"ours: start-up, speculate {speculate}", "device": device_name(device)}
+    emit({**start, "warm_up_s": engine.warm_up_s, "graphs": len(engine.graphs or {}), "buckets": engine.buckets()})
+    echo = workloads(engine, 1, prompt_len, new)["echo"][0][0].tolist()
+    engine.stats.__init__()
+    verified = {**check(model, engine, echo, 32, f"check: teacher-forced, speculate {speculate}", 0.99)}
+    emit({**verified, "drafted": engine.stats.drafted, "accepted": engine.stats.accepted})
+    counters = compile_counters()
+    for row in speculative_rows(engine, model, streams, prompt_len, new, bandwidth):
+        emit(row)
+    moved = {key: value - counters[key] for key, value in compile_counters().items()}
+    emit({**start, "path": f"ours: guards, speculate {speculate}", **moved, "late_captures": engine.late_captures})
+    engine.close()
+    failures = [f"{key} moved by {value} with speculation" for key, value in moved.items() if value]
+    failures += [f"{engine.late_captures} verify graphs captured after start-up"] if engine.late_captures else []
+    return failures + ([] if verified["passed"] else [f"speculative top-1 agreement {verified['top1_agreement']}"])
+
+
+def speculative_rows(engine: FastEngine, model, streams: list[int], prompt_len: int, new: int, bandwidth: float):
+    """Each workload at each stream count, without drafts then with them (the engine's `speculate`)."""
+    device, speculate = engine.device, engine.speculate
+    for n in streams:
+        for name, (prompts, sampling) in workloads(engine, n, prompt_len, new).items():
+            plain = None
+            for drafts in (0, speculate):
+                engine.speculate = drafts
+                run = our_way(engine, prompts, new, sampling)
+                path = f"ours: fast engine, {name}" + (f", speculate {drafts}" if drafts else "")
+                stats = engine.stats
+                counts = {"drafted": stats.drafted, "accepted": stats.accepted, "row_steps": stats.row_steps}
+                counts["acceptance"] = stats.accepted / stats.drafted if stats.drafted else 0.0
+                counts["tokens_per_step"] = (stats.row_steps + stats.accepted) / stats.row_steps
+                row = record(path, n, run, model, device, bandwidth, prompt=prompts.shape[1], **counts)
+                plain = plain or row["decode_tok_s"]
+                yield {**row, "vs_plain": row["decode_tok_s"] / plain}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny model on the CPU")
@@ -255,12 +307,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--new", type=int, default=None, help="new tokens (256; 16 with --tiny)")
     parser.add_argument("--streams", default="1,8,32", help="comma-separated stream counts")
     parser.add_argument("--peer-streams", default="1,32", help="stream counts for the peer (each compiles anew)")
+    parser.add_argument("--spec-streams", default="1,8", help="stream counts for speculation's rows")
+    parser.add_argument("--speculate", type=int, default=4, help="draft tokens a row verifies per step")
+    parser.add_argument("--spec-new", type=int, default=None, help="new tokens in speculation's rows (256; 64 tiny)")
     parser.add_argument("--start-up-only", action="store_true", help="start the engine, print its warm-up, stop")
     args = parser.parse_args(argv)
     prompt_len, new = args.prompt or (32 if args.tiny else 512), args.new or (16 if args.tiny else 256)
     long_len, long_new = args.long_prompt or (200 if args.tiny else 2000), 64 if not args.tiny else 8
     streams = [int(s) for s in args.streams.split(",")]
     peer_streams = [int(s) for s in args.peer_streams.split(",") if s]
+    spec_streams = [int(s) for s in args.spec_streams.split(",") if s]
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     bandwidth = copy_bandwidth(device)
     model = random_model(args.tiny, device)
@@ -318,6 +374,10 @@ def main(argv: list[str] | None = None) -> None:
     failures += [
         f"top-1 agreement {c['top1_agreement']:.3f} at prompt {c['prompt']}" for c in checks if not c["passed"]
     ]
+    if spec_streams:
+        model_for_drafts = random_model(True, device, scale=0.02) if args.tiny else model
+        spec_new = args.spec_new or (64 if args.tiny else 256)
+        failures += speculation(model_for_drafts, args.speculate, spec_streams, prompt_len, spec_new, bandwidth)
     if 1 in streams:  # after the guards: this engine's start-up compiles on purpose
         emit(one_row_untuned(model, torch.randint(1, vocab, (1, prompt_len), device=device), new, bandwidth, context))
     # The peer last: each stream count compiles anew, and its compilations are not ours to count.

@@ -2,7 +2,8 @@
 # The GPU figures as JSON lines, in calls of under 9 minutes each on one H100 (each part has its
 # own time limit; a part that fails is reported and does not stop the others; the exit code says so):
 #
-#   bash bench/gpu.sh [OUTDIR]          # decoding (seed's way, ours, transformers' static cache), a restart's
+#   bash bench/gpu.sh [OUTDIR]          # decoding (seed's way, ours, transformers' static cache, speculation's
+#                                       # edit / echo / no match rows at 1 and 8 streams), a restart's
 #                                       # warm-up, int8 / int4 at 1 stream, LoRA and QLoRA training
 #   bash bench/gpu.sh --rest [OUTDIR]   # bitsandbytes 8bit / 4bit under plain generate, int4 at 32 streams,
 #                                       # the MLP products each way, one row and batched (bench.rows)
@@ -63,7 +64,7 @@ elif [[ $which == rest ]]; then
     part 250 quantized bench.quantized --paths torchao --torchao int4 --streams 32
     part $((535 - (SECONDS - start))) rows bench.rows --limit $((500 - (SECONDS - start)))
 else
-    part 270 generate bench.generate --streams 1,32
+    part 330 generate bench.generate --streams 1,32
     part 45 restart bench.generate --streams 1,32 --start-up-only
     part 220 quantized bench.quantized --paths torchao --streams 1
     part $((535 - (SECONDS - start))) train bench.train

@@ -10,6 +10,9 @@ from tests.conftest import bench_records
 pytestmark = pytest.mark.slow  # Runs the benchmark end to end (compiles on the CPU).
 
 
+OURS = "ours: fast engine"
+
+
 def named(records: list[dict], path: str) -> list[dict]:
     return [r for r in records if r["path"] == path]
 
@@ -17,7 +20,7 @@ def named(records: list[dict], path: str) -> list[dict]:
 def test_tiny_generate_bench_measures_three_ways_and_checks_the_engine():
     records = bench_records("bench.generate", "--tiny", "--streams", "1,4", "--peer-streams", "1")
     start, checks, guards, peer = records[0], records[1:3], named(records, "ours: guards")[0], records[-1]
-    runs = [r for r in records if r["path"].startswith(("seed", "ours: fast engine"))]
+    runs = [r for r in records if r["path"].startswith("seed") or r["path"] in (OURS, OURS + ", one row untuned")]
     assert start["path"] == "ours: start-up" and start["warm_up_s"] > 0 and start["batch_buckets"] == [1, 2, 4]
     assert [c["prompt"] for c in checks] == [32, 200]
     assert [(r["path"].split(":")[0], r["streams"], r.get("prompt")) for r in runs] == [
@@ -41,6 +44,25 @@ def test_tiny_generate_bench_measures_three_ways_and_checks_the_engine():
     for r in (r for r in runs if r["path"].startswith("ours")):
         assert r["step_ms"] > 0 and r["graph_ms"] > 0 and r["prefill_ms"] > 0 and "loop_overhead_ms" in r
     assert guards["path"] == "ours: guards" and guards["compiled_graphs"] == guards["late_captures"] == 0
+    check_speculation_rows(records)
+
+
+def check_speculation_rows(records: list[dict]) -> None:
+    """Each workload without drafts and with them, at 1 and 8 streams, and the verify step checked."""
+    rows = [r for r in records if r["path"].startswith(OURS + ", ") and "untuned" not in r["path"]]
+    workloads = [w + drafts for w in ("edit", "echo", "no match") for drafts in ("", ", speculate 4")]
+    named_rows = [(r["path"].removeprefix(OURS + ", "), r["streams"]) for r in rows]
+    assert named_rows == [(w, n) for n in (1, 8) for w in workloads]
+    for r in rows:
+        assert r["decode_tok_s"] > 0 and r["tokens_per_step"] >= 1 and 0 <= r["acceptance"] <= 1
+        if "speculate" not in r["path"]:
+            assert r["drafted"] == 0 and r["tokens_per_step"] == 1 and r["vs_plain"] == 1
+    for echo in named(records, OURS + ", echo, speculate 4"):  # the model's own reply in the prompt: kept
+        assert echo["acceptance"] > 0.8 and echo["tokens_per_step"] > 3
+    [verified] = named(records, "check: teacher-forced, speculate 4")
+    assert verified["passed"] and verified["accepted"] > 0 and verified["max_abs_diff"] < 1e-3
+    [guards] = named(records, "ours: guards, speculate 4")
+    assert guards["compiled_graphs"] == guards["late_captures"] == 0
 
 
 def test_the_teacher_forced_check_tells_a_bug_from_rounding():
