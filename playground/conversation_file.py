@@ -1,8 +1,9 @@
 """A conversation as files and the browser keep it, and reading one back from anyone.
 
 The record is `{"messages": [...]}`: the system prompt first, then each message as `{"role", "content"}`,
-a reply with its `"note"` (how it went: tokens, speed, why it ended), and a message where Retry or Edit
-made versions with its `"versions"` (playground.versions). A bare list of messages reads too.
+a reply with its `"note"` (how it went: tokens, speed, why it ended) and its `"rating"` (`"like"` or
+`"dislike"`, marked on the page: playground.preferences), and a message where Retry or Edit made versions
+with its `"versions"` (playground.versions). A bare list of messages reads too.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import re
 
 from playground.chat import check_text
+from playground.preferences import RATINGS
 from playground.template import DialogueError, Message, split_system, validate
 from playground.versions import MAX_DEPTH, MAX_VERSIONS, Versions, tail
 
@@ -43,9 +45,9 @@ def import_conversation(text: str, limit: int = 100_000) -> tuple[list[Message],
 
 def check_record(data: object, limit: int = 100_000) -> tuple[list[Message], str, dict[int, str], Versions]:
     """A `conversation_record` (or a bare message list) from anyone, checked whole before anything is
-    returned: roles, text, notes only on replies, versions that fit where they part; at most `limit`
-    characters in the conversation (and in each version, read with what comes before it), and again in
-    all its versions. Returns (conversation, system, notes, versions)."""
+    returned: roles, text, notes and ratings only on replies, versions that fit where they part; at most
+    `limit` characters in the conversation (and in each version, read with what comes before it), and
+    again in all its versions. Returns (conversation, system, notes, versions)."""
     conversation, system, notes = check_messages(data, limit)
     raw = data.get("messages") if isinstance(data, dict) else data
     shift = len(raw) - len(conversation)  # the system message, when there is one
@@ -57,6 +59,7 @@ def check_messages(data: object, limit: int) -> tuple[list[Message], str, dict[i
     if not isinstance(messages, list):
         raise DialogueError("The file must hold a list of messages or {'messages': [...]}.")
     notes = {i: m["note"] for i, m in enumerate(messages) if isinstance(m, dict) and "note" in m}
+    ratings = {i: m["rating"] for i, m in enumerate(messages) if isinstance(m, dict) and "rating" in m}
     messages = [{"role": m.get("role"), "content": m.get("content")} if isinstance(m, dict) else m for m in messages]
     for i, m in enumerate(messages):
         if isinstance(m, dict):
@@ -64,7 +67,10 @@ def check_messages(data: object, limit: int) -> tuple[list[Message], str, dict[i
     only_system = len(messages) == 1 and isinstance(messages[0], dict) and messages[0]["role"] == "system"
     if messages and not only_system:
         validate(messages, last=None)  # a question may wait for its reply (a reload mid-reply)
-    system, conversation = split_system(messages)
+    check_ratings(ratings, messages)
+    system, conversation = split_system(
+        [{**m, "rating": ratings[i]} if i in ratings else m for i, m in enumerate(messages)]
+    )
     if not isinstance(system, str):
         raise DialogueError("The system prompt must be text.")
     if sum(len(m["content"]) for m in messages) > limit:
@@ -76,6 +82,15 @@ def check_messages(data: object, limit: int) -> tuple[list[Message], str, dict[i
             raise DialogueError(f"Message {i} has a note, but only replies have notes.")
     shift = len(messages) - len(conversation)
     return conversation, system, {i - shift: note for i, note in notes.items()}
+
+
+def check_ratings(ratings: dict[int, object], messages: list[Message]) -> None:
+    """Each rating (by message index) is one the page gives, on a reply."""
+    for i, rating in ratings.items():
+        if not isinstance(rating, str) or rating not in RATINGS:
+            raise DialogueError(f"The rating of message {i} must be {' or '.join(map(json.dumps, RATINGS))}.")
+        if messages[i]["role"] != "assistant":
+            raise DialogueError(f"Message {i} has a rating, but only replies are rated.")
 
 
 def check_versions(

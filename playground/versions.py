@@ -1,10 +1,14 @@
 """Versions of a conversation: Retry and Edit keep what they replace, and "‹ 2/3 ›" flips between them.
 
 A version is a tail of the conversation: the messages from the retried reply or the edited question on,
-with their notes and the versions that part further down. The open conversation holds the tail on
-screen; `Versions` holds the others by the index where they part, in the order they were made, as records
-(`{"role", "content", "note"?, "versions"?}`): the form files and the browser keep them in, hung on the
-message where they part, so that a file without versions reads as before.
+with their notes, their ratings and the versions that part further down. The open conversation holds the
+tail on screen; `Versions` holds the others by the index where they part, in the order they were made, as
+records (`{"role", "content", "rating"?, "note"?, "versions"?}`): the form files and the browser keep them
+in, hung on the message where they part, so that a file without versions reads as before.
+
+A reply's rating (the page's like or dislike: playground.preferences) rides on its message, in the
+conversation and in its records alike, so it goes wherever the reply goes; the model reads only the role
+and content.
 """
 
 from __future__ import annotations
@@ -18,11 +22,16 @@ MAX_DEPTH = 32  # versions within versions; past it the innermost go (a reader r
 Versions = dict[int, dict]
 
 
+def as_message(record: dict) -> Message:
+    """A message or a record as the conversation holds it: its role, its content and its rating, if any."""
+    rating = {"rating": record["rating"]} if record.get("rating") else {}
+    return {"role": record["role"], "content": record["content"], **rating}
+
+
 def record(message: Message, note: str | None = None, versions: dict | None = None) -> dict:
     """A message as files keep it, with its note and the versions that part at it."""
     return {
-        "role": message["role"],
-        "content": message["content"],
+        **as_message(message),
         **({"note": note} if note else {}),
         **({"versions": versions} if versions else {}),
     }
@@ -35,7 +44,7 @@ def tail(conversation: list[Message], notes: dict[int, str], versions: Versions,
 
 def untail(records: list[dict], at: int) -> tuple[list[Message], dict[int, str], Versions]:
     """A tail's records as the messages, notes and versions of a conversation whose tail starts at `at`."""
-    messages = [{"role": r["role"], "content": r["content"]} for r in records]
+    messages = [as_message(r) for r in records]
     notes = {at + i: r["note"] for i, r in enumerate(records) if r.get("note")}
     versions = {at + i: r["versions"] for i, r in enumerate(records) if r.get("versions")}
     return messages, notes, versions

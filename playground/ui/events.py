@@ -13,6 +13,7 @@ from playground.ui.browser import call
 from playground.ui.conversations import Conversations
 from playground.ui.files import Loading, as_markdown
 from playground.ui.layout import Page
+from playground.ui.preferences import Preferences
 from playground.ui.turn import Turn
 
 PRIVATE = {"api_visibility": "private"}  # the page's own events: not in the API that clients see
@@ -46,6 +47,7 @@ def wires(page: Page) -> Wires:
 def wire(page: Page, chat: Chat) -> None:
     turn = Turn(page, chat)
     kept = Conversations(page, chat, turn.show, turn.leave)
+    preferences = Preferences(page)
     w = wires(page)
     page.model.change(
         turn.pick_model,
@@ -62,7 +64,7 @@ def wire(page: Page, chat: Chat) -> None:
     generating = wire_sending(page, turn, kept, w)
     # page.js runs it in turn with the list's events: each writes what the one before it has written.
     keep = {"fn": kept.keep, "inputs": w.opened, "outputs": w.keeping, "js": call("inTurn"), **QUICK}
-    for change in wire_changes(page, turn, w, generating):
+    for change in wire_changes(page, turn, preferences, w, generating):
         change.then(**keep)
     page.system.blur(**keep)
     wire_list(page, kept, w)
@@ -101,9 +103,9 @@ def wire_sending(page: Page, turn: Turn, kept: Conversations, w: Wires) -> list:
     ]
 
 
-def wire_changes(page: Page, turn: Turn, w: Wires, generating: list) -> list:
+def wire_changes(page: Page, turn: Turn, preferences: Preferences, w: Wires, generating: list) -> list:
     """Every event that changes the open conversation: those that start a reply, Stop, Undo, the versions'
-    ‹ and ›, Clear."""
+    ‹ and ›, a reply's like or dislike, Clear."""
     shown = page.shown
     # Stop does not cancel the reply's event: the reply ends and shows where it stopped itself (ui/stop.py).
     changing = [*generating, page.stop.click(turn.stop, [page.state, page.notes, page.textbox], w.replying, **PRIVATE)]
@@ -112,6 +114,18 @@ def wire_changes(page: Page, turn: Turn, w: Wires, generating: list) -> list:
         changing.append(undo(turn.undo, undoing, [*shown, page.textbox], queue=False, **PRIVATE))
     flipping = [page.flip_to, page.state, page.notes, page.versions, page.busy]
     changing.append(page.flip.click(turn.flip, flipping, shown, js=call("flipTo"), queue=False, **PRIVATE))
+    # Queued one at a time, each in turn: each click says what its reply's mark now is, and two at once would
+    # each rate the conversation as it was, the last undoing the first.
+    changing.append(
+        page.chatbot.like(
+            preferences.rate,
+            [page.state, page.busy],
+            [page.chatbot, page.state],
+            trigger_mode="multiple",
+            concurrency_limit=1,
+            **QUICK,
+        )
+    )
     changing.append(  # the chatbot's trash icon (page.js asks first)
         page.chatbot.clear(None, cancels=generating, **PRIVATE).then(
             turn.clear, [page.model, page.max_new_tokens], [*shown, page.busy, page.send, page.stop], **PRIVATE

@@ -18,6 +18,7 @@ import gradio as gr
 from playground.chat import Chat, Update, describe_budget, in_words, sendable
 from playground.display import CONTINUABLE, ENDINGS, display_messages, raw_json, reply_note, tokens_in
 from playground.history import STORE_BYTES, open_one, sent_size
+from playground.preferences import feedback
 from playground.sampling import ParamError
 from playground.template import DialogueError, Message
 from playground.ui.layout import PARAM_NAMES, Page
@@ -89,8 +90,9 @@ class Turn:
         self.unlocked = {page.busy: False, page.send: gr.update(visible=True), page.stop: gr.update(visible=False)}
 
     def show(self, conversation: list[Message], notes: dict[int, str], versions: Versions | None = None) -> dict:
-        """The conversation, with Continue under a last reply whose note says it was cut at max new tokens or
-        interrupted (also once reopened, reloaded or loaded from a file); `versions` when they change."""
+        """The conversation with its replies' likes and dislikes, and Continue under a last reply whose note
+        says it was cut at max new tokens or interrupted (also once reopened, reloaded or loaded from a
+        file); `versions` when they change."""
         page = self.page
         last = len(conversation) - 1
         reply = last >= 0 and conversation[last]["role"] == "assistant"
@@ -98,7 +100,7 @@ class Turn:
         changed = {} if versions is None else {page.versions: versions, page.marks: json.dumps(marks(versions))}
         return {
             **changed,
-            page.chatbot: display_messages(conversation, notes),
+            page.chatbot: gr.update(value=display_messages(conversation, notes), feedback_value=feedback(conversation)),
             page.state: conversation,
             page.notes: notes,
             page.raw: raw_json(conversation),

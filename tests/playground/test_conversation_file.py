@@ -1,4 +1,5 @@
-"""Conversation files: what Save writes and Load reads, notes and versions included, and what is refused."""
+"""Conversation files: what Save writes and Load reads, notes, ratings and versions included, and what is
+refused."""
 
 import json
 
@@ -46,6 +47,46 @@ def test_each_reply_keeps_its_note_in_the_file():
 )
 def test_a_bad_note_is_refused_with_its_reason(messages, reason):
     with pytest.raises(DialogueError, match=reason):
+        import_conversation(json.dumps(messages))
+
+
+def test_each_reply_keeps_its_rating_in_the_file_and_in_its_versions():
+    """The page's like or dislike is the message's "rating", also on a version Retry kept."""
+    liked = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "rating": "like"}]
+    versions = branch([*liked[:1], {"role": "assistant", "content": "b", "rating": "dislike"}], {}, {}, 1, LIMIT)[0]
+    text = export_conversation(liked, "", {1: "3 tokens"}, versions)
+    message = json.loads(text)["messages"][2]
+    assert message["rating"] == "like" and message["versions"]["others"][0][0]["rating"] == "dislike"
+    assert import_conversation(text) == (liked, "", {1: "3 tokens"}, versions)
+
+
+@pytest.mark.parametrize(
+    ("rating", "reason"),
+    [
+        ("great", 'must be "like" or "dislike"'),
+        (True, 'must be "like" or "dislike"'),
+        (None, 'must be "like" or "dislike"'),
+        (["like"], 'must be "like" or "dislike"'),  # not a key: refused, not a TypeError
+    ],
+)
+def test_a_bad_rating_is_refused_with_its_reason(rating, reason):
+    reply = {"role": "assistant", "content": "a", "rating": rating}
+    with pytest.raises(DialogueError, match=f"The rating of message 1 {reason}"):
+        import_conversation(json.dumps([{"role": "user", "content": "q"}, reply]))
+    with pytest.raises(DialogueError, match=f"A version of message 1: The rating of message 1 {reason}"):
+        liked = {"role": "assistant", "content": "b", "versions": versions_of([reply])}
+        import_conversation(json.dumps([{"role": "user", "content": "q"}, liked]))
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "q", "rating": "like"}, {"role": "assistant", "content": "a"}],
+        [{"role": "system", "content": "s", "rating": "dislike"}],
+    ],
+)
+def test_only_replies_are_rated(messages):
+    with pytest.raises(DialogueError, match="Message 0 has a rating, but only replies are rated"):
         import_conversation(json.dumps(messages))
 
 

@@ -37,6 +37,9 @@ def test_a_kept_conversation_round_trips_and_is_labelled_by_its_first_question()
     assert read_current(None, 1000) is None  # nothing stored
     with_note = StoredConversation(new_id(), "", conversation.conversation, "", {1: "3 tokens · ended by the model"})
     assert read_current(json.dumps(with_note.stored()), 1000) == with_note  # the reply's note comes back
+    liked = [conversation.conversation[0], {**conversation.conversation[1], "rating": "like"}]
+    with_rating = StoredConversation(new_id(), "", liked, "")
+    assert read_current(json.dumps(with_rating.stored()), 1000) == with_rating  # and its like
 
 
 @pytest.mark.parametrize(

@@ -162,7 +162,8 @@ def test_a_conversation_file_is_read_as_text_and_checked_before_it_replaces_anyt
     # system prompt, ...
     sent = json.dumps({"text": good})  # as the page's openFile sends a file it has read
     loaded = call_event(url, load["id"], [None, sent, None, None, None, "old system", None, False])["output"]["data"]
-    assert loaded[load["outputs"].index(system)] == "sys" and [m["content"][0]["text"] for m in loaded[0]] == ["q", "a"]
+    shown = loaded[0]["value"]  # the chatbot's update: its messages, with their like / dislike marks
+    assert loaded[load["outputs"].index(system)] == "sys" and [m["content"][0]["text"] for m in shown] == ["q", "a"]
     broken = json.dumps({"text": good.replace('"a"', '"\\ud800"')})
     kept = call_event(url, load["id"], [None, broken, None, None, None, "old system", None, False])["output"]["data"]
     assert "sys" not in json.dumps(kept) and '"q"' not in json.dumps(kept)  # nothing replaced

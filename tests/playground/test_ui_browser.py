@@ -768,6 +768,7 @@ def test_a_reply_cut_at_max_new_tokens_continues_in_the_same_bubble(app, page, m
     page.wait_for_function(f"document.querySelector('{NOTES}')?.innerText.includes('cut at max new tokens')")
     page.locator("#continue").wait_for(state="visible")
     cut = json.loads(page.locator("#raw-conversation textarea").input_value())[-1]["content"]
+    mark(page, "Like")
 
     page.locator("#continue").click()
     page.wait_for_function(
@@ -779,6 +780,7 @@ def test_a_reply_cut_at_max_new_tokens_continues_in_the_same_bubble(app, page, m
     raw = json.loads(page.locator("#raw-conversation textarea").input_value())
     assert len(raw) == 2 and raw[-1]["content"].startswith(cut)  # the same reply, longer
     assert page.locator(BOTS).count() == 1 and page.locator(NOTES).count() == 1
+    wait_for_marks(page, [""])  # the like was for the text before: it goes
     page.locator("#continue").wait_for(state="visible")  # cut again: it can go on again
     page.reload()  # its note says it was cut: Continue is there after a reload too
     page.wait_for_function(f"document.querySelector('{NOTES}')?.innerText.includes('cut at max new tokens')")
@@ -919,11 +921,16 @@ def wait_for_conversation(page, raw: str) -> None:
     page.wait_for_function(f"(raw) => {RAW} === raw", arg=raw)
 
 
-def wait_for_list(page, labels: list[str]) -> None:
+def wait_for_json(page, expression: str, expected: list, what: str) -> None:
+    """Waits until the JSON text the page's `expression` gives is `expected`'s; else says what it is."""
     try:
-        page.wait_for_function(f"(labels) => {LISTED} === JSON.stringify(labels)", arg=labels, timeout=10_000)
+        page.wait_for_function(f"(expected) => {expression} === JSON.stringify(expected)", arg=expected, timeout=10_000)
     except Exception:
-        raise AssertionError(f"the list is {page.evaluate(LISTED)}, not {labels}") from None
+        raise AssertionError(f"{what} is {page.evaluate(expression)}, not {expected}") from None
+
+
+def wait_for_list(page, labels: list[str]) -> None:
+    wait_for_json(page, LISTED, labels, "the list")
 
 
 def wait_for_notice(page, text: str) -> None:
@@ -1475,6 +1482,61 @@ def test_undo_takes_back_the_reply_version_then_the_edited_question_then_its_tur
     page.locator(UNDO).last.click()
     page.wait_for_function(f"{RAW} === '[]'")
     assert page.locator("#message textarea").input_value() == "Second question"
+
+
+STOP_SHOWN = "document.querySelector('#stop')?.checkVisibility()"
+# The mark each reply shows, in order: "Liked", "Disliked" or "" (its two thumbs, as Gradio draws them).
+MARKS = """JSON.stringify((() => {
+  const thumbs = [...document.querySelectorAll('#chatbot button[aria-label]')].map((b) => b.getAttribute('aria-label'))
+    .filter((label) => ['Like', 'Liked', 'Dislike', 'Disliked'].includes(label));
+  const pairs = Array.from({length: thumbs.length / 2}, (_, i) => thumbs.slice(2 * i, 2 * i + 2));
+  return pairs.map((pair) => pair.find((label) => label.endsWith('d')) ?? '');
+})())"""
+
+
+def wait_for_marks(page, marks: list[str]) -> None:
+    wait_for_json(page, MARKS, marks, "the replies' marks")
+
+
+def mark(page, label: str) -> None:
+    """Clicks the last reply's thumb labelled `label`, and waits until the conversation is kept with it."""
+    kept_after(page, lambda: page.locator(f'#chatbot button[aria-label="{label}"]').last.click())
+
+
+def test_a_forged_like_changes_nothing_and_none_is_taken_while_a_reply_streams(app, page, monkeypatch):
+    """The page's own like event sent with another message's index (the question, one past the end): the
+    conversation stays as it was, and the next like counts. While a reply streams the thumbs wait."""
+    url, chat = app
+    answered(page, url, chat, monkeypatch, DATE)
+    forged, likes = [], []
+
+    def forge(route) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        liked = "liked" in (body.get("event_data") or {})
+        if liked:
+            likes.append(body["event_data"])
+            body["event_data"]["index"] = forged.pop(0) if forged else body["event_data"]["index"]
+        route.continue_(post_data=json.dumps(body) if liked else None)
+
+    page.route("**/gradio_api/queue/join*", forge)
+    for index, label in [(0, "Like"), (2, "Dislike")]:
+        forged.append(index)
+        mark(page, label)
+        assert "rating" not in json.dumps(kept_by_the_browser(page, STORAGE_KEYS[0]))
+    mark(page, "Like")
+    assert kept_by_the_browser(page, STORAGE_KEYS[0])["messages"][2]["rating"] == "like"
+    wait_for_marks(page, ["Liked"])
+
+    slow_model(chat, monkeypatch, delay=0.05, endless=True)
+    ask(page, "And the time?")
+    page.wait_for_function(f"JSON.parse({RAW})[3]?.content && {STOP_SHOWN}")  # the reply streams
+    before = len(likes)
+    page.locator('#chatbot button[aria-label="Dislike"]').first.click()
+    assert len(likes) == before and json.loads(page.evaluate(MARKS)) == ["Liked", ""]
+    page.locator("#stop").click()
+    wait_for_stable_reply(page, 2)
+    page.reload()
+    wait_for_marks(page, ["Liked", ""])
 
 
 def raw_conversation(page) -> list[dict]:

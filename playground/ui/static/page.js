@@ -536,6 +536,13 @@ window.starchat = (() => {
       event.preventDefault();
     }, true);
     exactCopies();
+    // No like or dislike is taken while a reply streams: the reply's end would draw over it.
+    const marks = ['Like', 'Liked', 'Dislike', 'Disliked'].map((label) => `#chatbot button[aria-label="${label}"]`);
+    document.addEventListener('click', (event) => {
+      if (!event.target.closest?.(marks.join(', ')) || !$('#stop')?.checkVisibility()) return;
+      event.stopImmediatePropagation();
+      event.preventDefault();
+    }, true);
     const replacing = '#new-conversation, #conversations label, #chatbot button[aria-label="Clear"]';
     document.addEventListener('click', (event) => event.target.closest(replacing) && closeEdit(), true);
   };
