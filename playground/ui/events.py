@@ -47,7 +47,7 @@ def wires(page: Page) -> Wires:
 def wire(page: Page, chat: Chat) -> None:
     turn = Turn(page, chat)
     kept = Conversations(page, chat, turn.show, turn.leave)
-    preferences = Preferences(page)
+    preferences = Preferences(page, chat)
     w = wires(page)
     page.model.change(
         turn.pick_model,
@@ -68,7 +68,7 @@ def wire(page: Page, chat: Chat) -> None:
         change.then(**keep)
     page.system.blur(**keep)
     wire_list(page, kept, w)
-    wire_files(page, chat, kept, w)
+    wire_files(page, chat, kept, preferences, w)
 
 
 def wire_sending(page: Page, turn: Turn, kept: Conversations, w: Wires) -> list:
@@ -166,7 +166,7 @@ def wire_list(page: Page, kept: Conversations, w: Wires) -> None:
     listed.act.click(kept.act, acting, w.opening, js=call("listAction"), **QUICK)
 
 
-def wire_files(page: Page, chat: Chat, kept: Conversations, w: Wires) -> None:
+def wire_files(page: Page, chat: Chat, kept: Conversations, preferences: Preferences, w: Wires) -> None:
     """The browser saves what the server writes into file_text, and reads the file Load opens."""
     saving = [page.state, page.system, page.notes, page.versions]
     page.save.click(export_conversation, saving, page.file_text, **PRIVATE).then(
@@ -175,6 +175,12 @@ def wire_files(page: Page, chat: Chat, kept: Conversations, w: Wires) -> None:
     page.save_markdown.click(
         as_markdown, [page.state, page.system, page.conversations.opened], page.file_text, **PRIVATE
     ).then(None, page.file_text, None, js=call("saveMarkdown"))
+    # The list as the browser keeps it, with the open conversation; '' when there is nothing to save.
+    listed = page.conversations
+    everything = [listed.past, page.state, page.notes, page.versions, page.system, listed.opened]
+    page.save_preferences.click(
+        preferences.save, everything, page.file_text, js=call("readStored", len(everything)), **PRIVATE
+    ).then(None, page.file_text, None, js=call("savePreferences"))
     page.load.click(None, None, page.file_text, js=call("openFile"), trigger_mode="multiple", **PRIVATE).then(
         Loading(chat, kept).load,
         [page.conversations.past, page.file_text, *w.leaving],

@@ -67,6 +67,7 @@ class Page:
     samplers: list[gr.components.Component]  # in PARAM_NAMES' order
     save: gr.Button
     save_markdown: gr.Button
+    save_preferences: gr.Button  # the pairs that likes make among Retry's versions, from every kept conversation
     load: gr.Button
     file_text: gr.Textbox
     state: gr.State  # the raw conversation: what the model sees
@@ -154,11 +155,12 @@ def settings(chat: Chat) -> tuple:
         with gr.Accordion("Conversation file", open=False):
             save = gr.Button("Save as JSON", elem_id="save")
             save_markdown = gr.Button("Save as Markdown", elem_id="save-markdown")
+            save_preferences = gr.Button("Save preferences", elem_id="save-preferences")
             load = gr.Button("Load JSON", elem_id="load")
             file_text = gr.Textbox(visible=False)  # a conversation file's text, on its way in or out
         with gr.Accordion("Use from code: /chat and /v1", open=False, elem_id="use-from-code"):
             snippet = gr.Code(api_snippet(names[0]), language="python", elem_id="api-snippet")
-    return model, system, samplers, save, save_markdown, load, file_text, snippet
+    return model, system, samplers, save, save_markdown, load, save_preferences, file_text, snippet
 
 
 def conversation_view() -> gr.Chatbot:
@@ -206,7 +208,7 @@ def layout(chat: Chat) -> Page:
     # its foot; the conversations' list and the settings are sidebars (page.js closes them on narrow screens).
     with gr.Blocks(title="StarChat Playground", analytics_enabled=False, fill_height=True) as blocks:
         conversations = conversation_list()
-        model, system, samplers, save, save_markdown, load, file_text, snippet = settings(chat)
+        model, system, samplers, save, save_markdown, load, save_preferences, file_text, snippet = settings(chat)
         blocks.load(None, None, snippet, js=call("apiSnippet"))  # with the address the browser is on
         info = gr.Markdown(chat.backend(names[0]).info.describe(), elem_id="model-info")
         # page.js gives it a close button; closed, it stays closed in this browser.
@@ -241,6 +243,7 @@ def layout(chat: Chat) -> Page:
             samplers=samplers,
             save=save,
             save_markdown=save_markdown,
+            save_preferences=save_preferences,
             load=load,
             file_text=file_text,
             state=gr.State([]),

@@ -1,22 +1,28 @@
-"""A reply rated with the chatbot's like and dislike (playground.preferences)."""
+"""A reply rated with the chatbot's like and dislike, and "Save preferences": the pairs those ratings make
+among Retry's versions (playground.preferences), from every conversation kept in the browser, as a JSONL
+file the browser saves. The server keeps none of it."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from playground.preferences import feedback, rated
+from playground.chat import Chat
+from playground.history import open_one, read_past
+from playground.preferences import as_jsonl, feedback, pairs, rated
 from playground.template import Message
 from playground.ui.layout import Page
+from playground.versions import Versions
 
 # What the chatbot's like event says the reply's mark now is -> its rating; "": the mark taken back.
 LIKED = {True: "like", False: "dislike", "": None}
 
 
 class Preferences:
-    """The handler of a reply's like and dislike."""
+    """The handlers of a reply's like and dislike, and of Save preferences."""
 
-    def __init__(self, page: Page):
+    def __init__(self, page: Page, chat: Chat):
         self.page = page
+        self.limit = chat.settings.max_conversation_chars
 
     def rate(self, conversation: list[Message], busy: bool, like: gr.LikeData) -> dict:
         """The reply's like or dislike, or (clicked again) none. Not while a reply streams: its end would draw
@@ -30,3 +36,19 @@ class Preferences:
             return gr.skip()
         now = rated(conversation, index, LIKED[liked])
         return {self.page.chatbot: gr.update(feedback_value=feedback(now)), self.page.state: now}
+
+    def save(
+        self, stored: str | None, conversation: list, notes: dict, versions: Versions, system: str, opened: tuple
+    ) -> str:
+        """The pairs of the open conversation and of the list, as JSONL; '' (nothing to save) if none."""
+        current = open_one(opened, conversation, system, notes, versions)
+        listed = [k for k in read_past(stored, self.limit)[0] if k.id != current.id]  # an older copy: not twice
+        found = [pair for k in [current, *listed] for pair in pairs(k.conversation, k.system, k.versions)]
+        if not found:
+            gr.Info(
+                "No preference pairs yet: Retry a reply for another version of it, then like the better "
+                "one (its thumbs-up). A liked version is paired with each other version of its reply."
+            )
+            return ""
+        gr.Info(f"{len(found)} preference pair{'s' * (len(found) != 1)} from the conversations in this browser.")
+        return as_jsonl(found)

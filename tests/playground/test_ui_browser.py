@@ -1503,6 +1503,63 @@ def mark(page, label: str) -> None:
     kept_after(page, lambda: page.locator(f'#chatbot button[aria-label="{label}"]').last.click())
 
 
+def saved_preferences(page) -> list[dict]:
+    with page.expect_download() as download:
+        page.locator("#save-preferences").click()
+    assert download.value.suggested_filename.startswith("preferences-")
+    return [json.loads(line) for line in Path(download.value.path()).read_text().splitlines()]
+
+
+def test_likes_stay_with_their_versions_and_save_as_preference_pairs(app, page, monkeypatch):
+    """A disliked reply, retried, the new version liked: the marks are each version's own, kept through a
+    reload and in the list, and Save preferences downloads the pair (nothing before there is one). A mark
+    clicked again is taken back."""
+    url, chat = app
+    downloads = []
+    page.on("download", lambda download: downloads.append(download))
+    slow_model(chat, monkeypatch, delay=0.0, endless=True)
+    page.goto(url)
+    set_max_new_tokens(page, 6)
+    page.locator("#temperature input[type=number]").fill("2")  # versions that differ
+    page.locator("#temperature input[type=number]").press("Enter")
+    ask(page, "First question")
+    wait_for_stable_reply(page, 1)
+    mark(page, "Dislike")
+    wait_for_marks(page, ["Disliked"])
+    first = raw_conversation(page)
+    page.get_by_text("Conversation file").click()
+    page.locator("#save-preferences").click()  # a dislike alone makes no pair
+    wait_for_notice(page, "No preference pairs yet")
+
+    rerun(page, lambda: page.locator(RETRY).last.click())
+    wait_for_stable_reply(page, 1)
+    wait_for_marks(page, [""])  # the new version is not marked
+    mark(page, "Like")
+    second = raw_conversation(page)
+    page.locator('#chatbot button[aria-label="Previous version"]').click()
+    wait_for_conversation(page, json.dumps(first))
+    wait_for_marks(page, ["Disliked"])
+    page.locator('#chatbot button[aria-label="Next version"]').click()
+    wait_for_conversation(page, json.dumps(second))
+    wait_until_kept(page)
+
+    page.reload()
+    wait_for_conversation(page, json.dumps(second))
+    wait_for_marks(page, ["Liked"])
+    page.locator("#new-conversation").click()  # it goes to the list: saved from there
+    page.wait_for_function(f"{RAW} === '[]'")
+    page.get_by_text("Conversation file").click()
+    pair = {"prompt": [first[0]], "chosen": [second[1]], "rejected": [first[1]]}
+    assert saved_preferences(page) == [pair] and len(downloads) == 1
+    page.locator("#conversations label", has_text="First question").click()
+    wait_for_conversation(page, json.dumps(second))
+    wait_for_marks(page, ["Liked"])
+    mark(page, "Liked")  # clicked again: taken back
+    wait_for_marks(page, [""])
+    reply = kept_by_the_browser(page, STORAGE_KEYS[0])["messages"][2]
+    assert "rating" not in reply and reply["versions"]["others"][0][0]["rating"] == "dislike"
+
+
 def test_a_forged_like_changes_nothing_and_none_is_taken_while_a_reply_streams(app, page, monkeypatch):
     """The page's own like event sent with another message's index (the question, one past the end): the
     conversation stays as it was, and the next like counts. While a reply streams the thumbs wait."""

@@ -1,6 +1,5 @@
 """DPO runs on the CPU: `stage: dpo` recipes through `python -m training.train`, into a served checkpoint."""
 
-import json
 from pathlib import Path
 from unittest.mock import ANY
 
@@ -11,7 +10,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from playground.backends import ChatRequest, SamplingParams, collect
 from playground.backends.local import LocalBackend
+from playground.preferences import as_jsonl, pairs
 from playground.template import encode
+from tests.playground.test_preferences import retried
 from training.dpo import tokenize_pair
 from training.format import tokenize_dialogue
 from training.preferences import builtin_pairs
@@ -40,9 +41,15 @@ FEW_STEPS = [
 
 
 def saved_preferences(folder: Path, count: int = 8) -> Path:
-    """Pairs as the page's "Save preferences" writes them: TRL's conversational format, as JSONL."""
+    """The built-in pairs as the page's "Save preferences" writes them: each a question whose reply was
+    retried, the chosen version liked."""
+    found = []
+    for pair in builtin_pairs(count):
+        conversation, versions = retried(pair["prompt"], *pair["rejected"], {**pair["chosen"][0], "rating": "like"})
+        found += pairs(conversation, "", versions)
+    assert found == builtin_pairs(count)
     path = folder / "preferences.jsonl"
-    path.write_text("\n".join(json.dumps(pair) for pair in builtin_pairs(count)))
+    path.write_text(as_jsonl(found))
     return path
 
 

@@ -307,10 +307,12 @@ window.starchat = (() => {
   });
 
   // Save: the browser saves the text as a file, so nothing is written on the server for another visitor.
-  const download = (type, extension) => (text) => {
+  // No text, no file: the server has said why.
+  const download = (type, name, extension) => (text) => {
+    if (!text) return;
     const link = document.createElement('a');
     link.href = URL.createObjectURL(new Blob([text], {type}));
-    link.download = `conversation-${new Date().toISOString().slice(0, 19).replaceAll(':', '')}.${extension}`;
+    link.download = `${name}-${new Date().toISOString().slice(0, 19).replaceAll(':', '')}.${extension}`;
     link.click();
     setTimeout(() => URL.revokeObjectURL(link.href), 10000);
   };
@@ -549,6 +551,8 @@ window.starchat = (() => {
 
   return {
     start, take, sendStored, readStored, listAction, takeIn, inTurn, openFile, apiSnippet, flipTo,
-    saveJson: download('application/json', 'json'), saveMarkdown: download('text/markdown', 'md'),
+    saveJson: download('application/json', 'conversation', 'json'),
+    saveMarkdown: download('text/markdown', 'conversation', 'md'),
+    savePreferences: download('application/jsonl', 'preferences', 'jsonl'),
   };
 })();
