@@ -172,13 +172,10 @@ class LocalBackend:
         for a GPTBigCode model on one device without bitsandbytes, plain otherwise. name: what people
         see (default: the Hub id, or a local folder's name). speculate: the fast engine's draft tokens a step."""
         quant = quantization_config(quantize)
-        if torch.cuda.is_available():
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            device_map = "auto"
-        else:
-            dtype, device_map = torch.float32, None
-        if quantize in TORCHAO:
-            device_map = None  # loaded on the CPU, then quantized onto the GPU layer by layer
+        on_gpu = torch.cuda.is_available()
+        dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if on_gpu else torch.float32
+        # torchao's: loaded on the CPU, then quantized onto the GPU layer by layer.
+        device_map = "auto" if on_gpu and quantize not in TORCHAO else None
         tokenizer = AutoTokenizer.from_pretrained(model_id, trust_remote_code=False)
         control_ids(tokenizer)  # fail at start-up, not at the first message, on a non-StarChat tokenizer
         # A named model's load takes a while and transformers' bar shows it; the demo loads in milliseconds,
