@@ -50,7 +50,7 @@ part() {  # part SECONDS NAME ARGS...: one python -m run, its JSON lines to gpu.
     fi
 }
 if [[ $which == tiny ]]; then
-    part 240 generate bench.generate --tiny --streams 1,4 --peer-streams 1
+    part 240 generate bench.generate --tiny --streams 1,4 --peer-streams 1 --spec-streams 1,4 --spec-new 16
     part 120 restart bench.generate --tiny --streams 1,4 --start-up-only
     part 120 quantized bench.quantized --tiny --streams 1,4 --paths torchao
     part 240 train bench.train --tiny --steps 2

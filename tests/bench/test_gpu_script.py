@@ -29,7 +29,7 @@ def test_gpu_script_runs_every_part_and_writes_json_lines(tmp_path, inductor_cac
     assert ("generate", "ours: guards") in paths and ("generate", "check: teacher-forced") in paths
     assert ("generate", "ours: fast engine, int8") in paths and ("generate", "ours: fast engine, int4") in paths
     for workload in ("edit", "echo", "no match"):  # speculation's rows, each beside the plain engine's
-        assert paths.count(("generate", f"ours: fast engine, {workload}, speculate 4")) == 2  # 1 and 8 streams
+        assert paths.count(("generate", f"ours: fast engine, {workload}, speculate 4")) == 2  # 1 and 4 streams
         assert paths.count(("generate", f"ours: fast engine, {workload}")) == 2
     assert ("generate", "ours: guards, speculate 4") in paths
     assert ("generate", "ours: one decode step, profiled, int8") in paths  # where int8's step time goes
