@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,10 +66,16 @@ def gradio_folder(tmp_path_factory) -> Path:
 NEEDS_THE_DEMO = {"first_start", "demo_model"}
 
 
+def needs_the_demo(item: pytest.Item) -> set[str]:
+    return NEEDS_THE_DEMO & set(getattr(item, "fixturenames", ()))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if NEEDS_THE_DEMO & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.slow)
+    needing = [item for item in items if needs_the_demo(item)]
+    for item in needing:
+        item.add_marker(pytest.mark.slow)
+    # Last: the demo model builds meanwhile (`launched_first_start`), on what the tests before leave idle.
+    items[:] = [item for item in items if not needs_the_demo(item)] + needing
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -148,34 +155,61 @@ def demo_built(cache: Path) -> bool:
     return (demo_folder(cache) / "config.json").exists()
 
 
+@dataclass(frozen=True)
+class Launched:
+    proc: subprocess.Popen
+    url: str
+    cache: Path  # where it builds the demo
+    hub_requests: list[str]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def launched_first_start(request, cache_dir, tmp_path_factory) -> Iterator[Launched | None]:
+    """The session's first start of `python app.py` (see `first_start`), launched as the session begins when a
+    test will need it: it builds the demo model (~85 s on 2 cores) at a lower priority, on what the tests
+    before those that need it (run last) leave idle. A cache_dir that already holds the demo (STARCHAT_TEST_CACHE
+    between local runs) would make it no first start: then it runs in a fresh folder, if a test asks for it."""
+    from tests.fakes import FakeHub
+
+    needed = set().union(*(needs_the_demo(item) for item in request.session.items))
+    if "first_start" not in needed and ("demo_model" not in needed or demo_built(cache_dir)):
+        yield None
+        return
+    cache = tmp_path_factory.mktemp("first-start") if demo_built(cache_dir) else cache_dir
+    with FakeHub() as hub:
+        env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url}
+        proc, url = launch_app(cache_dir=cache, env=env, nice=10)
+        try:
+            yield Launched(proc, url, cache, hub.requests)
+        finally:
+            stop_app(proc)
+
+
 @pytest.fixture(scope="session")
-def first_start(cache_dir, tmp_path_factory) -> FirstStart:
+def first_start(launched_first_start) -> FirstStart:
     """`python app.py` on a machine without the demo: it builds it (the session's one build, in cache_dir),
-    serves, answers one message at temperature 0, and stops. It runs online, against a fake Hub on loopback.
-    A cache_dir that already holds the demo (STARCHAT_TEST_CACHE between local runs) would make this no
-    first start: then it runs in a fresh folder."""
+    serves, answers one message at temperature 0, and stops. It runs online, against a fake Hub on loopback."""
     import httpx
     from gradio_client import Client
 
-    from tests.fakes import FakeHub
     from training.demo import demo_checkpoint
 
-    cache = tmp_path_factory.mktemp("first-start") if demo_built(cache_dir) else cache_dir
-    with FakeHub() as hub:
-        proc, url = start_app(cache_dir=cache, timeout=600, env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url})
-        try:
-            message = {"role": "user", "content": "How do I reverse a list in Python?"}
-            reply = httpx.post(url + "v1/chat/completions", json={"messages": [message], "temperature": 0}, timeout=60)
-            reply.raise_for_status()
-            # What the other first-start tests read, asked while it runs: one start of the app serves them all.
-            example = "How can I write a Python function to generate the nth Fibonacci number?"
-            page = Client(url, verbose=False)
-            chat_reply = page.predict(message=example, history=[], seed=0, api_name="/chat")
-            config = httpx.get(url + "config").json()
-            models = [m["id"] for m in httpx.get(url + "v1/models").json()["data"]]
-        finally:
-            stop_app(proc)
-    return FirstStart(demo_checkpoint(cache), proc.stdout.read(), hub.requests, chat_reply, config, models)
+    proc, url = launched_first_start.proc, launched_first_start.url
+    try:
+        wait_for_app(proc, url, timeout=900)
+        message = {"role": "user", "content": "How do I reverse a list in Python?"}
+        reply = httpx.post(url + "v1/chat/completions", json={"messages": [message], "temperature": 0}, timeout=60)
+        reply.raise_for_status()
+        # What the other first-start tests read, asked while it runs: one start of the app serves them all.
+        example = "How can I write a Python function to generate the nth Fibonacci number?"
+        page = Client(url, verbose=False)
+        chat_reply = page.predict(message=example, history=[], seed=0, api_name="/chat")
+        config = httpx.get(url + "config").json()
+        models = [m["id"] for m in httpx.get(url + "v1/models").json()["data"]]
+    finally:
+        stop_app(proc)
+    console, requests = proc.stdout.read(), launched_first_start.hub_requests
+    return FirstStart(demo_checkpoint(launched_first_start.cache), console, requests, chat_reply, config, models)
 
 
 @pytest.fixture(scope="session")
@@ -287,8 +321,15 @@ def start_app(
     """`python app.py ARGS` on a free loopback port; returns the process and its URL once it answers, and
     proc.stdout reads what it printed.
     open_files: the app starts under that hard limit on open files (its soft limit half of it)."""
-    import httpx
+    proc, url = launch_app(*args, cache_dir=cache_dir, env=env, open_files=open_files)
+    wait_for_app(proc, url, timeout)
+    return proc, url
 
+
+def launch_app(
+    *args: str, cache_dir: Path, env: dict | None = None, open_files: int | None = None, nice: int = 0
+) -> tuple[subprocess.Popen, str]:
+    """`python app.py ARGS` on a free loopback port, not waited for; `nice`: its lower priority."""
     port = free_port()
     full_env = {
         **os.environ,
@@ -297,6 +338,12 @@ def start_app(
         "HF_HUB_OFFLINE": "1",
         **(env or {}),
     }
+
+    def limits() -> None:
+        os.nice(nice)
+        if open_files:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files // 2, open_files))
+
     # Its output goes to a file, not a pipe: a pipe nobody reads while the test runs fills at 64 KB and then
     # stops the server at its next log line.
     fd, log = tempfile.mkstemp(prefix="app-", suffix=".log")
@@ -307,20 +354,23 @@ def start_app(
             env=full_env,
             stdout=sink,
             stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (open_files // 2, open_files)))
-            if open_files
-            else None,
+            preexec_fn=limits,
         )
     proc.stdout = open(log, encoding="utf-8", errors="replace")  # noqa: SIM115 (read after it ends)
     os.unlink(log)
-    url = f"http://127.0.0.1:{port}/"
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def wait_for_app(proc: subprocess.Popen, url: str, timeout: float) -> None:
+    import httpx
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"app.py exited with {proc.returncode}:\n{proc.stdout.read()}")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
-                return proc, url
+                return
         except httpx.HTTPError:
             time.sleep(0.5)
     proc.kill()
