@@ -45,12 +45,19 @@ def descendants(pid: int | None = None) -> dict[int, str]:
     return found
 
 
+# Processes a module's fixture keeps for its tests (a browser's driver): they, and what they start, outlive a test.
+KEPT: set[int] = set()
+
+
 def survivors(before: dict[int, str], seconds: float) -> dict[int, str]:
-    """Descendants not in `before` that are still alive after waiting up to `seconds` for them to end."""
+    """Descendants not in `before`, nor kept, that are still alive after waiting up to `seconds` for them to end."""
     deadline = time.monotonic() + seconds
-    while (left := {p: c for p, c in descendants().items() if p not in before}) and time.monotonic() < deadline:
+    while True:
+        kept = {pid for root in KEPT for pid in (root, *descendants(root))}
+        left = {p: c for p, c in descendants().items() if p not in before and p not in kept}
+        if not left or time.monotonic() >= deadline:
+            return left
         time.sleep(0.1)
-    return left
 
 
 @pytest.fixture(scope="session", autouse=True)

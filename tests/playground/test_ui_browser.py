@@ -13,7 +13,16 @@ import pytest
 from playground.backends.loading import DEMO_NAME
 from playground.ui.browser import STORAGE_KEYS, STORAGE_SECRET
 from playground.ui.layout import EXAMPLES
-from tests.conftest import generating, local_and_remote, serve, serve_model, slow_model, wait_until_idle
+from tests.conftest import (
+    KEPT,
+    descendants,
+    generating,
+    local_and_remote,
+    serve,
+    serve_model,
+    slow_model,
+    wait_until_idle,
+)
 from tests.fakes import FakeServer
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -52,12 +61,24 @@ def no_event_fails(capfd):
     assert "in process_events" not in capfd.readouterr().err
 
 
-@pytest.fixture
-def page():
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium for the module; each test gets its own context (its own storage, as a fresh browser)."""
+    before = descendants()
     with playwright.sync_playwright() as p:
+        driver = descendants().keys() - before.keys()
+        KEPT.update(driver)
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        yield browser
         browser.close()
+    KEPT.difference_update(driver)
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    yield context.new_page()
+    context.close()
 
 
 def bot_texts(page) -> list[str]:
@@ -314,15 +335,13 @@ RETRY, UNDO, CLEAR = (f'#chatbot button[aria-label="{label}"]' for label in ("Re
 
 
 @pytest.fixture
-def clipboard_page():
+def clipboard_page(browser):
     """A page whose clipboard the test can read back, as a person pastes what they copied."""
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        context = browser.new_context(
-            viewport={"width": 1400, "height": 1000}, permissions=["clipboard-read", "clipboard-write"]
-        )
-        yield context.new_page()
-        browser.close()
+    context = browser.new_context(
+        viewport={"width": 1400, "height": 1000}, permissions=["clipboard-read", "clipboard-write"]
+    )
+    yield context.new_page()
+    context.close()
 
 
 def ask(page, text: str) -> None:
@@ -871,27 +890,26 @@ def test_the_layout_fills_the_window_and_only_the_conversation_scrolls(as_starte
     assert page_size(page) == [390, 844] and box.bounding_box()["y"] + box.bounding_box()["height"] <= 844
 
 
-def test_the_layout_on_a_phone_opens_on_the_chat_with_the_sidebars_over_it(as_started):
+def test_the_layout_on_a_phone_opens_on_the_chat_with_the_sidebars_over_it(as_started, browser):
     url, _ = as_started
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-        page.goto(url)
-        page.wait_for_function(f"({SIDEBARS})().join() === 'false,false'")  # closed at the start
-        assert page_size(page) == [390, 844]
-        box = page.locator("#message textarea").bounding_box()
-        send = page.locator("#send").bounding_box()
-        assert box["y"] + box["height"] <= 844 and send["y"] + send["height"] <= 844
-        assert send["x"] > box["x"] + box["width"] - 1  # beside the box, not under it
-        screenshot(page, "phone")
-        page.locator("#settings > .toggle-button").click()  # the settings open over the chat
-        page.wait_for_function("document.querySelector('#settings').getBoundingClientRect().x === 0")
-        page.locator("#system textarea").fill("Answer in Python.")  # in reach
-        assert page_size(page)[0] == 390
-        tablet = browser.new_page(viewport={"width": 768, "height": 1024}, is_mobile=True, has_touch=True)
-        tablet.goto(url)
-        tablet.wait_for_function(f"({SIDEBARS})().join() === 'false,false'")  # a sidebar there is the whole page
-        browser.close()
+    page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page.goto(url)
+    page.wait_for_function(f"({SIDEBARS})().join() === 'false,false'")  # closed at the start
+    assert page_size(page) == [390, 844]
+    box = page.locator("#message textarea").bounding_box()
+    send = page.locator("#send").bounding_box()
+    assert box["y"] + box["height"] <= 844 and send["y"] + send["height"] <= 844
+    assert send["x"] > box["x"] + box["width"] - 1  # beside the box, not under it
+    screenshot(page, "phone")
+    page.locator("#settings > .toggle-button").click()  # the settings open over the chat
+    page.wait_for_function("document.querySelector('#settings').getBoundingClientRect().x === 0")
+    page.locator("#system textarea").fill("Answer in Python.")  # in reach
+    assert page_size(page)[0] == 390
+    tablet = browser.new_page(viewport={"width": 768, "height": 1024}, is_mobile=True, has_touch=True)
+    tablet.goto(url)
+    tablet.wait_for_function(f"({SIDEBARS})().join() === 'false,false'")  # a sidebar there is the whole page
+    page.context.close()
+    tablet.context.close()
 
 
 def test_the_reply_limit_fits_the_model_and_the_context_is_shown_before_sending(app, page, monkeypatch):
@@ -1182,43 +1200,41 @@ def test_new_conversation_as_a_reply_event_ends_is_not_drawn_over(demo_model, pa
         assert page.evaluate(RAW) == "[]" and page.locator(BOTS).count() == 0
 
 
-def test_two_tabs_share_the_list_and_each_keeps_its_own_conversation(app):
+def test_two_tabs_share_the_list_and_each_keeps_its_own_conversation(app, browser):
     """A tab draws the list anew when another writes it, and takes another tab's open conversation into its
     list: neither tab's conversation is lost, whichever writes last. Only a tab whose open conversation
     another tab opens too stops keeping, and says so."""
     url, _ = app
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        first, second = context.new_page(), context.new_page()
-        first.goto(url)
-        ask(first, REVERSE)
-        wait_for_stable_reply(first, 1)
-        second.goto(url)
-        wait_for_conversation(second, first.evaluate(RAW))
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    first, second = context.new_page(), context.new_page()
+    first.goto(url)
+    ask(first, REVERSE)
+    wait_for_stable_reply(first, 1)
+    second.goto(url)
+    wait_for_conversation(second, first.evaluate(RAW))
 
-        second.locator("#new-conversation").click()
-        second.wait_for_function(f"{RAW} === '[]'")
-        ask(second, SORT)
-        wait_for_stable_reply(second, 1)
-        sorting = second.evaluate(RAW)
-        wait_for_list(first, [REVERSE, SORT])  # the second tab's conversation, in the first's list
-        wait_for_list(second, [SORT, REVERSE])
+    second.locator("#new-conversation").click()
+    second.wait_for_function(f"{RAW} === '[]'")
+    ask(second, SORT)
+    wait_for_stable_reply(second, 1)
+    sorting = second.evaluate(RAW)
+    wait_for_list(first, [REVERSE, SORT])  # the second tab's conversation, in the first's list
+    wait_for_list(second, [SORT, REVERSE])
 
-        ask(first, "And a tuple?")  # the first goes on keeping its own
-        wait_for_stable_reply(first, 2)
-        kept = first.evaluate(RAW)
-        first.reload()
-        wait_for_conversation(first, kept)
-        wait_for_list(first, [REVERSE, SORT])
-        assert first.locator("#other-tab").count() == 0 and second.locator("#other-tab").count() == 0
+    ask(first, "And a tuple?")  # the first goes on keeping its own
+    wait_for_stable_reply(first, 2)
+    kept = first.evaluate(RAW)
+    first.reload()
+    wait_for_conversation(first, kept)
+    wait_for_list(first, [REVERSE, SORT])
+    assert first.locator("#other-tab").count() == 0 and second.locator("#other-tab").count() == 0
 
-        # Both tabs on one conversation: the one that had it open stops keeping, and says so.
-        first.locator("#conversations label", has_text=SORT).click()
-        wait_for_conversation(first, sorting)  # the second tab's, whole
-        second.wait_for_selector("#other-tab")
-        assert "another tab" in second.locator("#other-tab").inner_text() and first.locator("#other-tab").count() == 0
-        browser.close()
+    # Both tabs on one conversation: the one that had it open stops keeping, and says so.
+    first.locator("#conversations label", has_text=SORT).click()
+    wait_for_conversation(first, sorting)  # the second tab's, whole
+    second.wait_for_selector("#other-tab")
+    assert "another tab" in second.locator("#other-tab").inner_text() and first.locator("#other-tab").count() == 0
+    context.close()
 
 
 CODE_REPLY = (
