@@ -68,7 +68,7 @@ def gradio_folder(tmp_path_factory) -> Path:
     return folder
 
 
-# What builds the demo model (~85 s on 2 cores, once a run): whatever needs it is slow, so the quick loop
+# What builds the demo model (~65 s on 2 cores, once a run): whatever needs it is slow, so the quick loop
 # (-m "not slow") never builds it.
 NEEDS_THE_DEMO = {"first_start", "demo_model"}
 
@@ -173,7 +173,7 @@ class Launched:
 @pytest.fixture(scope="session", autouse=True)
 def launched_first_start(request, cache_dir, tmp_path_factory) -> Iterator[Launched | None]:
     """The session's first start of `python app.py` (see `first_start`), launched as the session begins when a
-    test will need it: it builds the demo model (~85 s on 2 cores) at a lower priority, on what the tests
+    test will need it: it builds the demo model (~65 s on 2 cores) at a lower priority, on what the tests
     before those that need it (run last) leave idle. A cache_dir that already holds the demo (STARCHAT_TEST_CACHE
     between local runs) would make it no first start: then it runs in a fresh folder, if a test asks for it."""
     from tests.fakes import FakeHub

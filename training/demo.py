@@ -9,7 +9,7 @@ from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parent / "recipes" / "tiny.yaml"
 SOURCES = [RECIPE, RECIPE.parent.parent / "scratch.py"]
-BUILD_SECONDS = 85  # measured on 2 CPU cores (docs/benchmarks.md)
+BUILD_SECONDS = 65  # measured on 2 CPU cores (docs/benchmarks.md)
 
 
 def demo_folder(cache_dir: str | Path) -> Path:

@@ -50,13 +50,13 @@ TAUGHT = {
         "This sorts the list in place. `sorted(numbers)` returns a new sorted list instead."
     ),
 }
-TAUGHT_REPEATS = 12  # the demo must answer its own example prompts; they are a few rows among hundreds
+TAUGHT_REPEATS = 24  # the demo must answer its own example prompts; they are a few rows among hundreds
 
 DOCUMENTED = [builtins, str, list, dict, set, json, os.path, itertools, math, functools]
 QUESTIONS = ["What does `{name}` do in Python?", "Explain `{name}`.", "How do I use `{name}`?"]
 
 
-def python_doc_dialogues(limit: int = 400, seed: int = 0) -> list[list[Message]]:
+def python_doc_dialogues(limit: int = 200, seed: int = 0) -> list[list[Message]]:
     """Question/answer pairs built from this interpreter's docstrings (deterministic)."""
     entries = []
     for module in DOCUMENTED:
