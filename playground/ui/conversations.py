@@ -37,7 +37,9 @@ class Conversations:
     """The handlers of the conversations' list. `show` draws a conversation (Turn.show), `leave` ends a reply
     streaming into the open one as another opens (Turn.leave)."""
 
-    def __init__(self, page: Page, chat: Chat, show: Callable[..., dict], leave: Callable[..., Awaitable[Leaving]]):
+    def __init__(
+        self, page: Page, chat: Chat, show: Callable[..., dict], leave: Callable[..., Awaitable[Leaving | None]]
+    ):
         self.page, self.chat, self.show, self.leave = page, chat, show, leave
         self.limit = chat.settings.max_conversation_chars
 
@@ -178,13 +180,15 @@ class Conversations:
         system: str,
         opened: tuple,
         box: str,
-        busy: bool,
+        drawing: bool,
         request: gr.Request,
     ) -> dict:
         """Another conversation from the list; a reply streaming into the open one stops there first."""
         past = self.past(stored)
         found = next((k for k in past if k.id == chosen), None)
-        left = found and found.id != opened[0] and await self.leave(conversation, notes, versions, box, busy, request)
+        left = (
+            found and found.id != opened[0] and await self.leave(conversation, notes, versions, box, drawing, request)
+        )
         if not left:
             leaving = open_one(opened, conversation, system, notes, versions)
             return self.listing(leaving, entries([k for k in past if k.id != leaving.id]))
@@ -200,12 +204,12 @@ class Conversations:
         system: str,
         opened: tuple,
         box: str,
-        busy: bool,
+        drawing: bool,
         request: gr.Request,
     ) -> dict:
         """An empty conversation (the system prompt stays: it is more a setting than a message); a reply
         streaming into the open one stops there first."""
-        if not (left := await self.leave(conversation, notes, versions, box, busy, request)):
+        if not (left := await self.leave(conversation, notes, versions, box, drawing, request)):
             return gr.skip()
         leaving = open_one(opened, left.conversation, system, left.notes, left.versions)
         return left.opens(self.opening(open_one((new_id(), ""), [], system), *shelve(self.past(stored), leaving)))

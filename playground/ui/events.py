@@ -151,11 +151,11 @@ def wire_list(page: Page, kept: Conversations, w: Wires) -> None:
     # themselves (Turn.leave), so they have no warning to give; page.js `switchAgain` repeats one that came
     # while the page was behind.
     switching = {**QUICK, "queue": False}
-    left = [page.state, page.notes, page.versions, page.system, listed.opened, page.textbox, page.busy]
+    left = [page.state, page.notes, page.versions, page.system, listed.opened, page.textbox, page.drawing]
     leaving = [*w.opening, page.busy, page.send, page.stop]  # with the page given back
     reopening = [listed.past, listed.listed, *left]
-    listed.listed.input(kept.reopen, reopening, leaving, js=call("sendStored", 9), **switching)
-    listed.new.click(kept.new, [listed.past, *left], leaving, js=call("sendStored", 8), **switching)
+    listed.listed.input(kept.reopen, reopening, leaving, js=call("switchStored", 9), **switching)
+    listed.new.click(kept.new, [listed.past, *left], leaving, js=call("switchStored", 8), **switching)
     # Another tab wrote the list, or its own open conversation (page.js).
     relisting = [listed.past, page.state, page.system, listed.opened]
     listed.relist.click(kept.relist_written, relisting, reading, js=call("readStored", 4), **switching)

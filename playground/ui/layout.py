@@ -74,6 +74,7 @@ class Page:
     notes: gr.State  # message index -> how that reply went; shown, never sent to the model
     versions: gr.State  # what Retry and Edit replaced (playground.versions)
     busy: gr.State  # a reply is being generated
+    drawing: gr.Checkbox  # hidden: whether the page still draws a reply, as page.js sees it (Replies.behind)
     sent: gr.State  # the message taken from the box, on its way to `Chat.respond`
     refused: gr.State  # why the box's message was not taken: said by `submit`, a queued event that can warn
     conversations: ConversationList
@@ -218,6 +219,7 @@ def layout(chat: Chat) -> Page:
         marks = gr.Textbox("{}", visible="hidden", elem_id="versions")
         flip = gr.Button(visible="hidden", elem_id="flip")
         flip_to = gr.Textbox(visible="hidden")
+        drawing = gr.Checkbox(False, visible="hidden")
         first = chat.backend(names[0]).info.context_length
         reply = min(SamplingParams().max_new_tokens, chat.reply_limit())
         context = gr.Markdown(describe_budget(first, reply), elem_id="context")  # before the first send
@@ -250,6 +252,7 @@ def layout(chat: Chat) -> Page:
             notes=gr.State({}),
             versions=gr.State({}),
             busy=gr.State(False),
+            drawing=drawing,
             sent=gr.State(""),
             refused=gr.State(""),
             conversations=conversations,

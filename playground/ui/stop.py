@@ -149,11 +149,12 @@ class Replies:
             return False
         return True
 
-    def behind(self, session: str, busy: bool) -> bool:
-        """Whether a page that shows a reply streaming (`busy`) is behind: the reply has ended here, and its
-        last updates are on their way to the page, where they would draw over anything sent now."""
+    def behind(self, session: str, drawing: bool) -> bool:
+        """Whether a page that still draws a reply (`drawing`, as the page says: the busy State is already
+        down) is behind: the reply has ended here, and its last updates are on their way to the page, where
+        they would draw over anything sent now."""
         live = self.live.get(session)
-        return busy and (live is None or live.shown) and session not in self.unsent
+        return drawing and (live is None or live.shown) and session not in self.unsent
 
     def begin(self, session: str, reply: Reply) -> None:
         self.live[session] = reply

@@ -362,14 +362,15 @@ class Turn:
         notes: dict[int, str],
         versions: Versions,
         box: str,
-        busy: bool,
+        drawing: bool,
         request: gr.Request,
     ) -> Leaving | None:
         """The open conversation as another replaces it (New conversation, or one from the list): a reply
         streaming into it stops there, as far as it got; its message goes back into the box if nothing of it
-        streamed yet. None: not now, the page is behind (Replies.behind)."""
+        streamed yet. None: not now, the page is behind (Replies.behind): `drawing`
+        is page.js's word that it still draws a reply."""
         session = session_of(request)
-        if self.replies.behind(session, busy):  # page.js asks again once the page has caught up
+        if self.replies.behind(session, drawing):  # page.js asks again once the page has caught up
             return None
         stopped, instead = await self.replies.leave(session, conversation, notes, box)
         if stopped is None:

@@ -55,11 +55,11 @@ def test_leaving_with_no_reply_on_its_way_changes_nothing():
 def test_a_page_that_shows_a_reply_the_server_has_ended_is_behind():
     replies, reply = Replies(), Reply(ASKED, {})
     replies.taken("tab", "How do I sort a list?")
-    assert not replies.behind("tab", busy=True)  # a message taken: its reply is on its way
+    assert not replies.behind("tab", drawing=True)  # a message taken: its reply is on its way
     replies.starts("tab")
     replies.begin("tab", reply)
-    assert not replies.behind("tab", busy=True)  # streaming
+    assert not replies.behind("tab", drawing=True)  # streaming
     reply.shown = True
-    assert replies.behind("tab", busy=True) and not replies.behind("tab", busy=False)
+    assert replies.behind("tab", drawing=True) and not replies.behind("tab", drawing=False)
     replies.end("tab", reply)
-    assert replies.behind("tab", busy=True)  # its last updates may still be on their way
+    assert replies.behind("tab", drawing=True)  # its last updates may still be on their way

@@ -163,6 +163,12 @@ window.starchat = (() => {
     await settled();
     return oneAtATime(() => readStored(inputs, value, ...rest));
   };
+  // A switch (New conversation, another from the list) sends last whether this page still draws a reply: the
+  // server's busy mark is down as soon as the reply's last update leaves it, while it is still on its way.
+  const switchStored = async (inputs, ...values) => {
+    const sent = await sendStored(inputs, ...values);
+    return [...sent.slice(0, inputs - 1), Boolean($('#stop')?.checkVisibility() || $('#message .generating'))];
+  };
   // The same for an event that only reads the list (it writes nothing, so it need not wait its turn).
   const readStored = async (inputs, value, ...rest) => [stored(await freshList(value)), ...rest.slice(0, inputs - 1)];
 
@@ -511,13 +517,17 @@ window.starchat = (() => {
     if (!switching || !event.isTrusted || event.target.closest('.item-actions, .rename-box')) return;
     if (!$('#stop')?.checkVisibility()) return;
     const clicked = ++switches, shown = $('#raw-conversation textarea')?.value;
-    for (let i = 0; i < 500 && $('#message .generating'); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    // Noted now: the reply's end draws the list anew, another item may then stand where this one was.
+    const chosen = switching.tagName === 'LABEL' ? switching.querySelector('input')?.value : null;
+    // Until the reply's event has ended here: Stop shows from Send on, the box's mark only once pieces stream.
+    const drawing = () => $('#stop')?.checkVisibility() || $('#message .generating');
+    for (let i = 0; i < 500 && drawing(); i++) await new Promise((resolve) => setTimeout(resolve, 20));
     const first = (text) => JSON.parse(text || '[]')[0]?.content;
     if (clicked !== switches || !first(shown) || first(shown) !== raw()[0]?.content) return;
-    // Found again: the reply's end may have drawn the list anew.
-    const chosen = switching.tagName === 'LABEL' ? switching.querySelector('input')?.value : null;
     const again = chosen ? [...document.querySelectorAll('#conversations input')].find((input) => input.value === chosen)
       : $('#new-conversation');
+    // An item still checked from the first click fires nothing: the server's answer unchecks it.
+    for (let i = 0; i < 500 && again?.checked; i++) await new Promise((resolve) => setTimeout(resolve, 20));
     again?.click();
   }, true);
 
@@ -550,7 +560,7 @@ window.starchat = (() => {
   };
 
   return {
-    start, take, sendStored, readStored, listAction, takeIn, inTurn, openFile, apiSnippet, flipTo,
+    start, take, sendStored, switchStored, readStored, listAction, takeIn, inTurn, openFile, apiSnippet, flipTo,
     saveJson: download('application/json', 'conversation', 'json'),
     saveMarkdown: download('text/markdown', 'conversation', 'md'),
     savePreferences: download('application/jsonl', 'preferences', 'jsonl'),
