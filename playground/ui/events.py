@@ -119,7 +119,7 @@ def wire_changes(page: Page, turn: Turn, preferences: Preferences, w: Wires, gen
     changing.append(
         page.chatbot.like(
             preferences.rate,
-            [page.state, page.busy],
+            [page.state, page.notes, page.busy],
             [page.chatbot, page.state],
             trigger_mode="multiple",
             concurrency_limit=1,

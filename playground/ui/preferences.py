@@ -7,6 +7,7 @@ from __future__ import annotations
 import gradio as gr
 
 from playground.chat import Chat
+from playground.display import display_messages
 from playground.history import open_one, read_past
 from playground.preferences import as_jsonl, feedback, pairs, rated
 from playground.template import Message
@@ -24,13 +25,19 @@ class Preferences:
         self.page = page
         self.limit = chat.settings.max_conversation_chars
 
-    def rate(self, conversation: list[Message], busy: bool, like: gr.LikeData) -> dict:
+    def rate(self, conversation: list[Message], notes: dict[int, str], busy: bool, like: gr.LikeData) -> dict:
         """The reply's like or dislike, or (clicked again) none. Not while a reply streams: its end would draw
         over the mark (page.js drops the click meanwhile). A forged one (not a reply's, no such message, a
-        mark the page has not) changes nothing."""
+        mark the page has not) changes nothing; nor does one for a reply no longer open (it waited in the
+        queue while another conversation or version opened: the like names the reply by its text)."""
         index, liked = like.index, like.liked
         known = type(liked) is bool or liked == ""
-        if busy or not known or type(index) is not int or not 0 <= index < len(conversation):
+        if busy or not known or type(index) is not int:
+            return gr.skip()
+        if not 0 <= index < len(conversation) or like.value != [
+            display_messages(conversation, notes)[index]["content"]
+        ]:
+            gr.Warning("That reply was no longer open when its mark arrived: nothing was marked.")
             return gr.skip()
         if conversation[index]["role"] != "assistant":
             return gr.skip()

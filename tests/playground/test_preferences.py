@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
+from playground.display import display_messages
 from playground.history import StoredConversation, new_id
 from playground.preferences import feedback, pairs, rated
 from playground.template import Message
@@ -99,11 +100,15 @@ def test_a_rating_is_set_changed_and_taken_back():
     assert rated(liked, 3, None) == conversation
 
 
-def rating(conversation: list[Message], index: object, liked: object, busy: bool = False):
+def rating(conversation: list[Message], index: object, liked: object, busy: bool = False, shown: str | None = None):
+    """The like event as the page sends it: the reply's index, its text as shown (`shown`), the mark."""
     page = SimpleNamespace(chatbot="chatbot", state="state")
     chat = SimpleNamespace(settings=SimpleNamespace(max_conversation_chars=LIMIT))
-    like = gr.LikeData(None, {"index": index, "value": "", "liked": liked})
-    return Preferences(page, chat).rate(conversation, busy, like)
+    notes = {1: "12 tokens"}
+    if shown is None and type(index) is int and 0 <= index < len(conversation):
+        shown = display_messages(conversation, notes)[index]["content"]
+    like = gr.LikeData(None, {"index": index, "value": [shown], "liked": liked})
+    return Preferences(page, chat).rate(conversation, notes, busy, like)
 
 
 def test_the_like_event_rates_a_reply_and_a_forged_one_changes_nothing():
@@ -114,6 +119,16 @@ def test_the_like_event_rates_a_reply_and_a_forged_one_changes_nothing():
     for index, liked in [(0, True), (2, True), (-1, True), (True, True), ([1, 0], True), ("1", True), (1, "Flag")]:
         assert rating(conversation, index, liked) == gr.skip(), (index, liked)
     assert rating(conversation, 1, True, busy=True) == gr.skip()  # not while a reply streams
+
+
+def test_a_like_for_a_reply_no_longer_open_changes_nothing():
+    """Liked, then another conversation (or version) opened at once: the like, queued, arrives after the
+    switch, and names a reply the open conversation does not have at its index."""
+    conversation = [Q, reply("the reply that was liked")]
+    other = [{"role": "user", "content": "another question"}, reply("another reply")]
+    shown = display_messages(conversation, {1: "12 tokens"})[1]["content"]
+    assert rating(other, 1, True, shown=shown) == gr.skip()
+    assert rating(conversation, 1, True, shown=shown)["state"][1]["rating"] == "like"
 
 
 def test_save_preferences_writes_what_the_training_loader_reads(tmp_path):

@@ -1612,6 +1612,31 @@ def test_a_forged_like_changes_nothing_and_none_is_taken_while_a_reply_streams(a
     wait_for_marks(page, ["Liked", ""])
 
 
+def test_a_like_that_arrives_after_another_conversation_opened_marks_nothing(app, page, monkeypatch):
+    """Liked, then New conversation at once: the like, held back until the empty conversation shows, marks
+    neither conversation, and the page says why."""
+    url, chat = app
+    answered(page, url, chat, monkeypatch, DATE)
+    held = []
+
+    def hold_likes(route) -> None:
+        body = json.loads(route.request.post_data or "{}")
+        held.append(route) if "liked" in (body.get("event_data") or {}) else route.continue_()
+
+    page.route("**/gradio_api/queue/join*", hold_likes)
+    page.locator('#chatbot button[aria-label="Like"]').last.click()
+    page.locator("#new-conversation").click()
+    page.wait_for_function(f"{RAW} === '[]'")
+    for _ in range(200):  # the like's request reaches the route while Playwright waits on the page
+        if held:
+            break
+        page.wait_for_function("true")
+    held.pop().continue_()
+    page.locator('[data-testid="toast-body"]', has_text="no longer open").wait_for()
+    assert page.evaluate(RAW) == "[]"
+    assert "rating" not in json.dumps(kept_by_the_browser(page, STORAGE_KEYS[1]))
+
+
 def raw_conversation(page) -> list[dict]:
     return json.loads(page.locator("#raw-conversation textarea").input_value())
 
