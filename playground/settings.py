@@ -79,6 +79,14 @@ def origins(value: str) -> str | None:
 KINDS = {int: "a whole number", float: "a number", str: "text"}
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """An environment twin's value that its setting's type cannot read, in its flag's place until the flags
+    are read (a flag given on the command line replaces it)."""
+
+    problem: str
+
+
 class SettingError(ValueError):
     def __init__(self, name: str, problem: str):
         super().__init__(f"{name} {problem}")
@@ -228,10 +236,11 @@ class Settings:
             if env_name in env:
                 try:
                     default = kind(env[env_name])
-                except ValueError:
-                    parser.error(f"{env_name}={env[env_name]!r} is not {KINDS[kind]}")
+                except ValueError:  # said once the flags are read: --help still answers
+                    default = Unreadable(f"{env_name}={env[env_name]!r} is not {KINDS[kind]}")
             extra = {k: v for k, v in f.metadata.items() if k not in ("help", "bounds", "secret", "check")}
-            shown = "" if f.metadata["secret"] or default in ("", None) else f"; default {default}"
+            hidden = f.metadata["secret"] or default in ("", None) or isinstance(default, Unreadable)
+            shown = "" if hidden else f"; default {default}"
             parser.add_argument(
                 f"--{f.name.replace('_', '-')}",
                 type=kind,
@@ -244,6 +253,9 @@ class Settings:
     @classmethod
     def from_parsed(cls, parser: argparse.ArgumentParser, args: argparse.Namespace) -> Settings:
         """The settings among `args` (a command's own flags aside), checked; an error is the parser's."""
+        for f in fields(cls):
+            if isinstance(value := getattr(args, f.name), Unreadable):  # its flag not given, its twin unread
+                parser.error(value.problem)
         try:
             settings = cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
         except SettingError as exc:  # named as a flag, with its environment twin

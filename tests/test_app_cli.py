@@ -38,6 +38,18 @@ def test_environment_twins_configure_without_flags_and_flags_win():
     assert Settings.from_args([], env={}).host == "127.0.0.1"
 
 
+def test_a_twin_that_cannot_be_read_still_lets_help_answer_and_a_flag_replace_it(capsys):
+    env = {"STARCHAT_SPECULATE": "plenty", "STARCHAT_PORT": "x"}
+    with pytest.raises(SystemExit) as exit:
+        Settings.from_args(["--help"], env=env)
+    said = " ".join(capsys.readouterr().out.split())
+    assert exit.value.code == 0 and "[env STARCHAT_SPECULATE]" in said and "plenty" not in said
+    assert Settings.from_args(["--speculate", "2", "--port", "80"], env=env).speculate == 2
+    with pytest.raises(SystemExit) as exit:
+        Settings.from_args(["--port", "80"], env=env)
+    assert exit.value.code == 2 and "STARCHAT_SPECULATE='plenty' is not a whole number" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "flags, env, said",
     [
