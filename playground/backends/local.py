@@ -124,6 +124,17 @@ def say_warm_up(fast: FastEngine) -> None:
     print(f"Fast engine: {buckets} (batch, context) buckets {what} in {fast.warm_up_s:.1f} s.", flush=True)
 
 
+def say_speculation(name: str, speculate: int, fast: bool) -> None:
+    """Said at start-up: a setting that changes nothing must not look as if it worked."""
+    print(
+        f"{name}: the fast engine drafts up to {speculate} tokens a step (--speculate)"
+        if fast
+        else f"{name}: --speculate {speculate} is not used: it drafts in the fast engine, and this model "
+        "is served with plain generate (--engine fast chooses the fast engine where it can run)",
+        flush=True,
+    )
+
+
 def describe_device(model) -> str:
     devices = sorted({str(p.device) for p in model.parameters()})
     if devices == ["cpu"]:
@@ -212,6 +223,8 @@ class LocalBackend:
                 print(f"The fast engine could not start ({exc!r}); serving with plain generate.", flush=True)
         if fast and fast.warm_up_s:  # the start-up's longest wait on a GPU: say what it was
             say_warm_up(fast)
+        if speculate:
+            say_speculation(name, speculate, fast is not None)
         device = describe_device(model) + (f", batched decoding of {slots}" if fast else "")
         device += f", drafting up to {speculate} tokens a step" if fast and speculate else ""
         info = BackendInfo(name, device, quantize, context_length(model.config), demo, slots if fast else 1)

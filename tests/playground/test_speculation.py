@@ -221,3 +221,16 @@ def test_speculate_is_a_setting_the_engine_gets(tiny_checkpoint, monkeypatch):
     monkeypatch.setattr(local, "FastEngine", lambda *args, **kwargs: built.append(kwargs) or None)
     load_backend(Settings(model=str(tiny_checkpoint), engine="fast", speculate=3))
     assert built[0]["speculate"] == 3
+
+
+def test_speculate_says_at_start_up_whether_it_is_used(tiny_checkpoint, capsys):
+    """On the CPU the default engine is plain generate, which does not draft: the setting says so rather
+    than look as if it worked."""
+    from playground.backends.loading import load_backend
+
+    load_backend(Settings(model=str(tiny_checkpoint), speculate=3))
+    assert "--speculate 3 is not used" in capsys.readouterr().out
+    backend = load_backend(Settings(model=str(tiny_checkpoint), engine="fast", speculate=3))
+    assert "drafts up to 3 tokens a step" in capsys.readouterr().out and backend.engine.speculate == 3
+    load_backend(Settings(model=str(tiny_checkpoint)))
+    assert "speculate" not in capsys.readouterr().out
