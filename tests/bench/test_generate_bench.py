@@ -1,11 +1,12 @@
-"""`python -m bench.generate --tiny`: the seed's way, ours and the peer in one run, JSON lines naming the device."""
+"""`python -m bench.generate --tiny`: the seed's way, ours and the peer in one run, JSON lines naming the device.
+Its records are those of `bash bench/gpu.sh --tiny` (the `gpu_tiny` fixture), which runs it with
+`--streams 1,4 --peer-streams 1 --spec-streams 1,4 --spec-new 16`."""
 
 import pytest
 import torch
 
 from bench.generate import check, random_model
 from playground.backends.fast import FastEngine, decode_layer
-from tests.conftest import bench_records
 
 pytestmark = pytest.mark.slow  # Runs the benchmark end to end (compiles on the CPU).
 
@@ -17,8 +18,8 @@ def named(records: list[dict], path: str) -> list[dict]:
     return [r for r in records if r["path"] == path]
 
 
-def test_tiny_generate_bench_measures_three_ways_and_checks_the_engine():
-    records = bench_records("bench.generate", "--tiny", "--streams", "1,4", "--peer-streams", "1")
+def test_tiny_generate_bench_measures_three_ways_and_checks_the_engine(gpu_tiny):
+    records = gpu_tiny.part("generate", "ours: start-up")
     start, checks, guards, peer = records[0], records[1:3], named(records, "ours: guards")[0], records[-1]
     runs = [r for r in records if r["path"].startswith("seed") or r["path"] in (OURS, OURS + ", one row untuned")]
     assert start["path"] == "ours: start-up" and start["warm_up_s"] > 0 and start["batch_buckets"] == [1, 2, 4]
@@ -48,17 +49,18 @@ def test_tiny_generate_bench_measures_three_ways_and_checks_the_engine():
 
 
 def check_speculation_rows(records: list[dict]) -> None:
-    """Each workload without drafts and with them, at 1 and 8 streams, and the verify step checked."""
+    """Each workload without drafts and with them, at 1 and 4 streams, and the verify step checked."""
     rows = [r for r in records if r["path"].startswith(OURS + ", ") and "untuned" not in r["path"]]
     workloads = [w + drafts for w in ("edit", "echo", "no match") for drafts in ("", ", speculate 4")]
     named_rows = [(r["path"].removeprefix(OURS + ", "), r["streams"]) for r in rows]
-    assert named_rows == [(w, n) for n in (1, 8) for w in workloads]
+    assert named_rows == [(w, n) for n in (1, 4) for w in workloads]
     for r in rows:
         assert r["decode_tok_s"] > 0 and r["tokens_per_step"] >= 1 and 0 <= r["acceptance"] <= 1
         if "speculate" not in r["path"]:
             assert r["drafted"] == 0 and r["tokens_per_step"] == 1 and r["vs_plain"] == 1
-    for echo in named(records, OURS + ", echo, speculate 4"):  # the model's own reply in the prompt: kept
-        assert echo["acceptance"] > 0.8 and echo["tokens_per_step"] > 3
+    # The model's own reply in the prompt: kept, but for drafts that run past the 16 new tokens' end.
+    for echo in named(records, OURS + ", echo, speculate 4"):
+        assert echo["acceptance"] > 0.6 and echo["tokens_per_step"] > 2.5, echo
     [verified] = named(records, "check: teacher-forced, speculate 4")
     assert verified["passed"] and verified["accepted"] > 0 and verified["max_abs_diff"] < 1e-3
     [guards] = named(records, "ours: guards, speculate 4")

@@ -1,28 +1,13 @@
 """`bash bench/gpu.sh --tiny`: the one GPU command, its every part run on a tiny model on the CPU."""
 
-import json
-import os
-import subprocess
-
 import pytest
-
-from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # Runs bench/gpu.sh --tiny end to end.
 
 
-def test_gpu_script_runs_every_part_and_writes_json_lines(tmp_path, inductor_cache):
-    # The run's Inductor cache (TORCHINDUCTOR_CACHE_DIR, which gpu.sh keeps when set): the graphs the
-    # generate bench's test compiled are read from it, which halves this script's time on 2 cores.
-    done = subprocess.run(
-        ["bash", str(ROOT / "bench" / "gpu.sh"), "--tiny", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(inductor_cache)},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(line) for line in (tmp_path / "gpu.jsonl").read_text().splitlines()]
+def test_gpu_script_runs_every_part_and_writes_json_lines(gpu_tiny):
+    assert gpu_tiny.done.returncode == 0, gpu_tiny.done.stderr[-3000:]
+    records = gpu_tiny.records
     assert not [r for r in records if "failed" in r]
     paths = [(r["bench"], r.get("path")) for r in records]
     assert paths.count(("generate", "ours: start-up")) == 2  # the run, then a restart over Inductor's disk cache

@@ -6,13 +6,13 @@ import sys
 import pytest
 
 from bench.train import checkpointed_layers
-from tests.conftest import ROOT, bench_records
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # Runs the benchmark end to end.
 
 
-def test_tiny_train_bench_prints_json_lines_for_both_ways():
-    records = bench_records("bench.train", "--tiny", "--steps", "2")
+def test_tiny_train_bench_prints_json_lines_for_both_ways(gpu_tiny):
+    records = gpu_tiny.part("train", "seed: plain PEFT, checkpointing")  # gpu.sh runs it --tiny --steps 2
     paths = [r["path"] for r in records]
     assert paths == ["seed: plain PEFT, checkpointing", "ours: LoRA", "ours: QLoRA"]
     assert all(r["device"].startswith("CPU") for r in records)
