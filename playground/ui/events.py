@@ -148,14 +148,16 @@ def wire_list(page: Page, kept: Conversations, w: Wires) -> None:
     )
     # Not queued: an event queued the moment another ends can wait in Gradio's queue until the page's next
     # event (its stream closed as it joined), with the old conversation on screen. They end a streaming reply
-    # themselves (Turn.leave), so they have no warning to give; page.js `switchAgain` repeats one that came
-    # while the page was behind.
+    # themselves (Turn.leave), so they have no warning to give; page.js `askAgain` repeats one that came
+    # while the page was behind: "multiple", as Gradio drops a click while the same event is pending, and
+    # the page asks again as the first one's answer arrives.
     switching = {**QUICK, "queue": False}
     left = [page.state, page.notes, page.versions, page.system, listed.opened, page.textbox, page.drawing]
     leaving = [*w.opening, page.busy, page.send, page.stop]  # with the page given back
     reopening = [listed.past, listed.listed, *left]
-    listed.listed.input(kept.reopen, reopening, leaving, js=call("switchStored", 9), **switching)
-    listed.new.click(kept.new, [listed.past, *left], leaving, js=call("switchStored", 8), **switching)
+    again = {"trigger_mode": "multiple", **switching}
+    listed.listed.input(kept.reopen, reopening, leaving, js=call("switchStored", 9), **again)
+    listed.new.click(kept.new, [listed.past, *left], leaving, js=call("switchStored", 8), **again)
     # Another tab wrote the list, or its own open conversation (page.js).
     relisting = [listed.past, page.state, page.system, listed.opened]
     listed.relist.click(kept.relist_written, relisting, reading, js=call("readStored", 4), **switching)

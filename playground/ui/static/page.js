@@ -163,11 +163,27 @@ window.starchat = (() => {
     await settled();
     return oneAtATime(() => readStored(inputs, value, ...rest));
   };
-  // A switch (New conversation, another from the list) sends last whether this page still draws a reply: the
-  // server's busy mark is down as soon as the reply's last update leaves it, while it is still on its way.
+  // A switch (New conversation, another from the list) sends last whether this page still shows a reply
+  // streaming: the server's busy mark is down as soon as the reply's last update leaves it, while that is
+  // still on its way here. If the reply had ended there, the server changes nothing (Replies.behind), and
+  // the page asks again once that update is drawn (`askAgain`). A reply's event that has not shown Stop yet
+  // is not one: its message was taken or is on its way, and the server ends it.
+  let switches = 0;
   const switchStored = async (inputs, ...values) => {
-    const sent = await sendStored(inputs, ...values);
-    return [...sent.slice(0, inputs - 1), Boolean($('#stop')?.checkVisibility() || $('#message .generating'))];
+    const asked = ++switches, sent = await sendStored(inputs, ...values);
+    const streaming = Boolean($('#stop')?.checkVisibility());
+    if (streaming) askAgain(asked, inputs === 9 ? values[1] : null, raw()[0]?.content);
+    return [...sent.slice(0, inputs - 1), streaming];
+  };
+  const askAgain = async (asked, chosen, first) => {
+    const drawing = () => $('#stop')?.checkVisibility() || $('#message .generating');
+    for (let i = 0; i < 500 && drawing(); i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    if (asked !== switches || !first || first !== raw()[0]?.content) return;  // the switch was shown
+    const again = chosen ? [...document.querySelectorAll('#conversations input')].find((input) => input.value === chosen)
+      : $('#new-conversation');
+    // An item still checked from the first click fires nothing: the server's answer unchecks it.
+    for (let i = 0; i < 500 && again?.checked; i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    again?.click();
   };
   // The same for an event that only reads the list (it writes nothing, so it need not wait its turn).
   const readStored = async (inputs, value, ...rest) => [stored(await freshList(value)), ...rest.slice(0, inputs - 1)];
@@ -508,29 +524,6 @@ window.starchat = (() => {
     $(`#chatbot button[aria-label="${save ? 'Submit' : 'Cancel'}"]`)?.click();
   }, true);
 
-  // New conversation, or another from the list, while a reply streams: the switch's own event ends the reply.
-  // If the reply had already ended on the server, its last updates are still on their way here and would draw
-  // over the switch, so the server changes nothing (Replies.behind): once they are drawn, the page asks again.
-  let switches = 0;
-  const switchAgain = () => document.addEventListener('click', async (event) => {
-    const switching = event.target.closest?.('#new-conversation, #conversations label');
-    if (!switching || !event.isTrusted || event.target.closest('.item-actions, .rename-box')) return;
-    if (!$('#stop')?.checkVisibility()) return;
-    const clicked = ++switches, shown = $('#raw-conversation textarea')?.value;
-    // Noted now: the reply's end draws the list anew, another item may then stand where this one was.
-    const chosen = switching.tagName === 'LABEL' ? switching.querySelector('input')?.value : null;
-    // Until the reply's event has ended here: Stop shows from Send on, the box's mark only once pieces stream.
-    const drawing = () => $('#stop')?.checkVisibility() || $('#message .generating');
-    for (let i = 0; i < 500 && drawing(); i++) await new Promise((resolve) => setTimeout(resolve, 20));
-    const first = (text) => JSON.parse(text || '[]')[0]?.content;
-    if (clicked !== switches || !first(shown) || first(shown) !== raw()[0]?.content) return;
-    const again = chosen ? [...document.querySelectorAll('#conversations input')].find((input) => input.value === chosen)
-      : $('#new-conversation');
-    // An item still checked from the first click fires nothing: the server's answer unchecks it.
-    for (let i = 0; i < 500 && again?.checked; i++) await new Promise((resolve) => setTimeout(resolve, 20));
-    again?.click();
-  }, true);
-
   const start = () => {
     fitSidebars();
     editKeys();
@@ -539,7 +532,6 @@ window.starchat = (() => {
     labelCode();
     versions();
     conversationList();
-    switchAgain();
     // Clear empties the open conversation for good (the list keeps no copy): it asks first, as Delete does.
     document.addEventListener('click', (event) => {
       if (!event.target.closest('#chatbot button[aria-label="Clear"]') || !raw().length) return;
