@@ -16,7 +16,9 @@ import re
 from playground.template import Message
 
 # A fenced block (closed, or still open at the end while a reply streams) or an inline code span.
-_CODE = re.compile(r"(```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|`[^`\n]+`)", re.S)
+# Fenced blocks, then code spans as CommonMark reads them: a run of backticks (not escaped) to the next run
+# of as many, across lines but not a blank one (a paragraph's end).
+_CODE = re.compile(r"(```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|(?<!\\)(`+)(?!`)(?:(?!\n[ \t]*\n).)+?(?<!`)\2(?!`))", re.S)
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 # A markdown image would make every viewer's browser fetch its URL (a way to leak a conversation).
@@ -34,11 +36,12 @@ CONTINUABLE = (ENDINGS["length"], ENDINGS["interrupted"])  # a reply whose note 
 
 def to_display(text: str) -> str:
     """Outside code: HTML shown as typed, and images as links."""
-    parts = _CODE.split(text)
-    return "".join(
-        part if i % 2 else _IMAGE.sub(r"\1", re.sub("[&<>]", lambda m: _ESCAPES[m.group()], part))
-        for i, part in enumerate(parts)
-    )
+    parts, start = [], 0
+    for code in _CODE.finditer(text):
+        parts += [_IMAGE.sub(r"\1", re.sub("[&<>]", lambda m: _ESCAPES[m.group()], text[start : code.start()]))]
+        parts += [code.group()]
+        start = code.end()
+    return "".join([*parts, _IMAGE.sub(r"\1", re.sub("[&<>]", lambda m: _ESCAPES[m.group()], text[start:]))])
 
 
 def open_fence(text: str) -> str:

@@ -15,6 +15,16 @@ def test_html_outside_code_becomes_text_and_code_is_untouched():
     assert to_display("an open fence while streaming\n```python\nif a < b:").endswith("```python\nif a < b:")
 
 
+def test_code_spans_are_read_as_markdown_reads_them():
+    """Inside a code span an entity shows as typed (`&gt;`), so a span is left as it is: across a line
+    break, between runs of two backticks; not across a blank line, nor from an escaped backtick."""
+    assert to_display("`f(x,\n  y) -> int` ok") == "`f(x,\n  y) -> int` ok"
+    assert to_display("``a ` > b`` <i>") == "``a ` > b`` &lt;i&gt;"
+    assert to_display("`a\n\nb > c`") == "`a\n\nb &gt; c`"
+    assert to_display("\\`<b>x</b>`") == "\\`&lt;b&gt;x&lt;/b&gt;`"  # markdown shows the backtick, not code
+    assert to_display("a lone ` <b>") == "a lone ` &lt;b&gt;"
+
+
 def test_the_raw_conversation_is_exactly_what_was_typed():
     conversation = [{"role": "user", "content": TYPED}, {"role": "assistant", "content": "x &amp; y"}]
     assert json.loads(raw_json(conversation)) == conversation
