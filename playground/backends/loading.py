@@ -39,6 +39,12 @@ def load_backend(settings, default_model: Callable[[], str | Path] | None = None
     if settings.backend == "endpoint":
         from playground.backends.endpoint import EndpointBackend
 
+        if settings.speculate:  # said, as the local backend says whether it drafts
+            print(
+                f"--speculate {settings.speculate} is not used with --backend endpoint: the server decodes "
+                "(vLLM, SGLang and TGI have n-gram speculation of their own)",
+                flush=True,
+            )
         return EndpointBackend.connect(
             settings.model,
             settings.endpoint_url,

@@ -234,3 +234,13 @@ def test_speculate_says_at_start_up_whether_it_is_used(tiny_checkpoint, capsys):
     assert "drafts up to 3 tokens a step" in capsys.readouterr().out and backend.engine.speculate == 3
     load_backend(Settings(model=str(tiny_checkpoint)))
     assert "speculate" not in capsys.readouterr().out
+
+
+def test_speculate_says_it_is_not_used_with_an_endpoint(tiny_checkpoint, capsys, monkeypatch):
+    from playground.backends.endpoint import EndpointBackend
+    from playground.backends.loading import load_backend
+
+    monkeypatch.setattr(EndpointBackend, "connect", lambda *args: "the server's backend")
+    settings = Settings(model=str(tiny_checkpoint), backend="endpoint", endpoint_url="http://127.0.0.1:9", speculate=4)
+    assert load_backend(settings) == "the server's backend"
+    assert "--speculate 4 is not used with --backend endpoint" in capsys.readouterr().out
