@@ -114,6 +114,7 @@ def open_server(tiny_checkpoint, tmp_path_factory):
         yield url, chat
 
 
+@pytest.mark.slow  # calls each of the page's events four times: 10 s on 2 cores
 def test_no_event_reads_a_path_a_client_names(open_server):
     """Every event with a server function, called directly with forged files for all its inputs."""
     import gradio.utils

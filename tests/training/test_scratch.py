@@ -3,9 +3,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow  # trains a tokenizer on a megabyte: 6 s on 2 cores
 def test_a_megabyte_without_a_space_does_not_stall_the_tokenizers_training():
     # The BPE trainer's time grows with the square of a word's length: 100,000 characters took 6 s, a
     # megabyte would take most of an hour (a hostile tester's row hung the scratch build).
