@@ -74,7 +74,11 @@ def preflight(script: ScriptArguments, args: TrainingArguments, settings: dict) 
     """Refuses a run that could not finish or would lose files, before the data and the model are loaded;
     claims the output folder (clearing it on --overwrite_output_dir)."""
     output = Path(args.output_dir).expanduser()
-    claim_output(output, script, args)
+    # One process a machine claims and tries the folder: check_writable makes and removes it, and another
+    # process listing it meanwhile found it gone (a two-process run failed so).
+    main = args.local_process_index == 0
+    if main:
+        claim_output(output, script)
     checkpoints = output / "checkpoints"
     resume_from = get_last_checkpoint(str(checkpoints)) if script.resume and checkpoints.is_dir() else None
     if resume_from is not None:
@@ -90,11 +94,12 @@ def preflight(script: ScriptArguments, args: TrainingArguments, settings: dict) 
         check_positions(script.model_name_or_path, config.max_position_embeddings, script.block_size)
     if script.lora and not is_deepspeed_zero3_enabled():  # ZeRO-3 would build even the meta model sharded
         check_lora_targets(script, config)
-    check_writable(output, "--output_dir")
+    if main:
+        check_writable(output, "--output_dir")
     return Plan(output, resume_from)
 
 
-def claim_output(output: Path, script: ScriptArguments, args: TrainingArguments) -> None:
+def claim_output(output: Path, script: ScriptArguments) -> None:
     """Refuses a folder that holds a run unless told to resume or start over (then clears it)."""
     base = {} if script.model_name_or_path == "scratch" else {"the base model": script.model_name_or_path}
     check_output(output, "--output_dir", base)
@@ -117,10 +122,9 @@ def claim_output(output: Path, script: ScriptArguments, args: TrainingArguments)
             f"{output} already holds a run ({', '.join(held)}): pass --resume true to continue it, "
             "or --overwrite_output_dir true to start over (its checkpoints are deleted)"
         )
-    if args.local_process_index == 0:
-        for part in RUN_PARTS:
-            shutil.rmtree(output / part, ignore_errors=True)
-        clear_served(output)  # until the new run is saved, no finished checkpoint
+    for part in RUN_PARTS:
+        shutil.rmtree(output / part, ignore_errors=True)
+    clear_served(output)  # until the new run is saved, no finished checkpoint
 
 
 def shaping(settings: dict) -> dict:

@@ -412,7 +412,7 @@ def test_an_interrupted_demo_build_is_resumed_not_refused(tmp_path, monkeypatch)
     def claim_then_finish(argv, quiet=False):  # the real argument parsing and folder check, without training
         script, args, _ = parse(argv)
         output = Path(args.output_dir)
-        claim_output(output, script, args)
+        claim_output(output, script)
         found.append(sorted(p.name for p in (output / "checkpoints").glob("*")))
         output.mkdir(parents=True, exist_ok=True)
         (output / "config.json").write_text("{}")
