@@ -15,9 +15,8 @@ import re
 
 from playground.template import Message
 
-# A fenced block (closed, or still open at the end while a reply streams) or an inline code span.
-# Fenced blocks, then code spans as CommonMark reads them: a run of backticks (not escaped) to the next run
-# of as many, across lines but not a blank one (a paragraph's end).
+# A fenced block (closed, or still open at the end while a reply streams), or a code span as CommonMark reads
+# it: a run of backticks (not escaped) to the next run of as many, across lines but not a blank one.
 _CODE = re.compile(r"(```.*?(?:```|\Z)|~~~.*?(?:~~~|\Z)|(?<!\\)(`+)(?!`)(?:(?!\n[ \t]*\n).)+?(?<!`)\2(?!`))", re.S)
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
@@ -38,10 +37,13 @@ def to_display(text: str) -> str:
     """Outside code: HTML shown as typed, and images as links."""
     parts, start = [], 0
     for code in _CODE.finditer(text):
-        parts += [_IMAGE.sub(r"\1", re.sub("[&<>]", lambda m: _ESCAPES[m.group()], text[start : code.start()]))]
-        parts += [code.group()]
+        parts += [as_text(text[start : code.start()]), code.group()]
         start = code.end()
-    return "".join([*parts, _IMAGE.sub(r"\1", re.sub("[&<>]", lambda m: _ESCAPES[m.group()], text[start:]))])
+    return "".join([*parts, as_text(text[start:])])
+
+
+def as_text(part: str) -> str:
+    return _IMAGE.sub(r"\1", re.sub("[&<>]", lambda m: _ESCAPES[m.group()], part))
 
 
 def open_fence(text: str) -> str:

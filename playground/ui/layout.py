@@ -74,7 +74,7 @@ class Page:
     notes: gr.State  # message index -> how that reply went; shown, never sent to the model
     versions: gr.State  # what Retry and Edit replaced (playground.versions)
     busy: gr.State  # a reply is being generated
-    drawing: gr.Checkbox  # hidden: whether the page still draws a reply, as page.js sees it (Replies.behind)
+    drawing: gr.Checkbox  # hidden: page.js's word that it shows a reply streaming (Stop), for Replies.behind
     sent: gr.State  # the message taken from the box, on its way to `Chat.respond`
     refused: gr.State  # why the box's message was not taken: said by `submit`, a queued event that can warn
     conversations: ConversationList

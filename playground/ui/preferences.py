@@ -34,9 +34,7 @@ class Preferences:
         known = type(liked) is bool or liked == ""
         if busy or not known or type(index) is not int:
             return gr.skip()
-        if not 0 <= index < len(conversation) or like.value != [
-            display_messages(conversation, notes)[index]["content"]
-        ]:
+        if not 0 <= index < len(conversation) or like.value != [shown_as(conversation, notes, index)]:
             gr.Warning("That reply was no longer open when its mark arrived: nothing was marked.")
             return gr.skip()
         if conversation[index]["role"] != "assistant":
@@ -59,3 +57,9 @@ class Preferences:
             return ""
         gr.Info(f"{len(found)} preference pair{'s' * (len(found) != 1)} from the conversations in this browser.")
         return as_jsonl(found)
+
+
+def shown_as(conversation: list[Message], notes: dict[int, str], index: int) -> str:
+    """Message `index` as the chatbot shows it, with its note."""
+    note = {0: notes[index]} if index in notes else {}
+    return display_messages([conversation[index]], note)[0]["content"]

@@ -150,7 +150,7 @@ class Replies:
         return True
 
     def behind(self, session: str, drawing: bool) -> bool:
-        """Whether a page that still draws a reply (`drawing`, as the page says: the busy State is already
+        """Whether a page that shows a reply streaming (`drawing`, as the page says: the busy State is already
         down) is behind: the reply has ended here, and its last updates are on their way to the page, where
         they would draw over anything sent now."""
         live = self.live.get(session)

@@ -367,8 +367,8 @@ class Turn:
     ) -> Leaving | None:
         """The open conversation as another replaces it (New conversation, or one from the list): a reply
         streaming into it stops there, as far as it got; its message goes back into the box if nothing of it
-        streamed yet. None: not now, the page is behind (Replies.behind): `drawing`
-        is page.js's word that it still draws a reply."""
+        streamed yet. None: not now, the page is behind (Replies.behind; `drawing`: page.js's word that it
+        shows the reply streaming)."""
         session = session_of(request)
         if self.replies.behind(session, drawing):  # page.js asks again once the page has caught up
             return None
