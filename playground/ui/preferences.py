@@ -34,7 +34,7 @@ class Preferences:
         known = type(liked) is bool or liked == ""
         if busy or not known or type(index) is not int:
             return gr.skip()
-        if not 0 <= index < len(conversation) or like.value != [shown_as(conversation, notes, index)]:
+        if not 0 <= index < len(conversation) or not names(like.value, shown_as(conversation, notes, index)):
             gr.Warning("That reply was no longer open when its mark arrived: nothing was marked.")
             return gr.skip()
         if conversation[index]["role"] != "assistant":
@@ -63,3 +63,8 @@ def shown_as(conversation: list[Message], notes: dict[int, str], index: int) -> 
     """Message `index` as the chatbot shows it, with its note."""
     note = {0: notes[index]} if index in notes else {}
     return display_messages([conversation[index]], note)[0]["content"]
+
+
+def names(value: object, shown: str) -> bool:
+    """Whether a like's value is the message `shown`: Gradio's chatbot sends its text stripped."""
+    return isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and value[0] == shown.strip()

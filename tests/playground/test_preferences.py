@@ -129,6 +129,9 @@ def test_a_like_for_a_reply_no_longer_open_changes_nothing():
     shown = display_messages(conversation, {1: "12 tokens"})[1]["content"]
     assert rating(other, 1, True, shown=shown) == gr.skip()
     assert rating(conversation, 1, True, shown=shown)["state"][1]["rating"] == "like"
+    spaced = [Q, reply(" = a reply the model began with a space")]  # the chatbot sends its text stripped
+    shown = display_messages(spaced, {1: "12 tokens"})[1]["content"].strip()
+    assert rating(spaced, 1, True, shown=shown)["state"][1]["rating"] == "like"
 
 
 def test_save_preferences_writes_what_the_training_loader_reads(tmp_path):
